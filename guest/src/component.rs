@@ -1,0 +1,227 @@
+//! Thin binding layer: WIT types ⇄ library types, the wasi-nn model, the per-instance
+//! tokenizer cache and the fixture runner. No QA logic lives here.
+
+use qa_guest::infer::{Logits, QaModel};
+use qa_guest::pipeline::{self, ModelProfile};
+use qa_guest::tokenize::load_tokenizer;
+use qa_guest::window::Batch;
+use qa_guest::{Options, QaError};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::SystemTime;
+use tokenizers::Tokenizer;
+
+wit_bindgen::generate!({
+    world: "guest",
+    path: "../wit",
+    generate_all,
+});
+
+use exports::qa::extractive::qa as wit;
+use wasi::nn::{graph, tensor};
+
+/// Where the host (or `wasmtime run --dir models::/models`) mounts the model directories.
+const MODELS_ROOT: &str = "/models";
+
+struct Component;
+export!(Component);
+
+impl wit::Guest for Component {
+    fn ask(model: String, question: String, context: String, opts: wit::Options) -> Result<wit::Response, wit::QaError> {
+        let options = Options {
+            top_k: opts.top_k as usize,
+            max_answer_len: opts.max_answer_len as usize,
+            max_seq_len: opts.max_seq_len as usize,
+            doc_stride: opts.doc_stride as usize,
+            max_question_len: opts.max_question_len as usize,
+            handle_impossible: opts.handle_impossible,
+        };
+        let (answers, timings) = answer(&model, &question, &context, &options).map_err(to_wit_error)?;
+        Ok(wit::Response {
+            answers: answers
+                .into_iter()
+                .map(|a| wit::Answer { text: a.text, score: a.score, start: to_u32(a.start), end: to_u32(a.end) })
+                .collect(),
+            timings: wit::Timings {
+                tokenize_us: timings.tokenize_us,
+                inference_us: timings.inference_us,
+                decode_us: timings.decode_us,
+                windows: timings.windows,
+            },
+        })
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn to_wit_error(e: QaError) -> wit::QaError {
+    match e {
+        QaError::InvalidInput(m) => wit::QaError::InvalidInput(m),
+        QaError::ModelNotFound(m) => wit::QaError::ModelNotFound(m),
+        QaError::ModelInvalid(m) => wit::QaError::ModelInvalid(m),
+        QaError::Inference(m) => wit::QaError::Inference(m),
+    }
+}
+
+/// A model's parsed files, kept for the life of the instance and re-read when they change
+/// on disk (a model updated in place by the host).
+struct Loaded {
+    stamp: Stamp,
+    tokenizer: Tokenizer,
+    profile: ModelProfile,
+}
+
+type Stamp = [(u64, Option<SystemTime>); 2];
+
+thread_local! {
+    static MODELS: RefCell<HashMap<String, Loaded>> = RefCell::new(HashMap::new());
+}
+
+fn answer(model: &str, question: &str, context: &str, options: &Options) -> Result<(Vec<qa_guest::Answer>, qa_guest::Timings), QaError> {
+    if model.is_empty() || model.contains(['/', '\\']) || model == "." || model == ".." {
+        return Err(QaError::InvalidInput(format!("model name {model:?} is not a plain name")));
+    }
+    let graph = graph::load_by_name(model).map_err(|e| QaError::ModelNotFound(format!("graph {model:?}: {}", e.data())))?;
+    let mut nn = WasiNnModel { graph, token_type_ids: true };
+    MODELS.with_borrow_mut(|models| {
+        let loaded = load_files(models, model)?;
+        nn.token_type_ids = loaded.profile.token_type_ids;
+        pipeline::answer(&mut loaded.tokenizer, &loaded.profile, &mut nn, question, context, options)
+    })
+}
+
+fn load_files<'m>(models: &'m mut HashMap<String, Loaded>, model: &str) -> Result<&'m mut Loaded, QaError> {
+    let dir = format!("{MODELS_ROOT}/{model}");
+    let tokenizer_path = format!("{dir}/tokenizer.json");
+    let config_path = format!("{dir}/config.json");
+    let stamp_of = |path: &str| {
+        std::fs::metadata(path)
+            .map(|m| (m.len(), m.modified().ok()))
+            .map_err(|e| QaError::ModelNotFound(format!("{path}: {e}")))
+    };
+    let stamp = [stamp_of(&tokenizer_path)?, stamp_of(&config_path)?];
+    if models.get(model).is_none_or(|l| l.stamp != stamp) {
+        let read = |path: &str| std::fs::read(path).map_err(|e| QaError::ModelNotFound(format!("{path}: {e}")));
+        let tokenizer = load_tokenizer(&read(&tokenizer_path)?)?;
+        let profile = ModelProfile::from_config_json(&read(&config_path)?)?;
+        models.insert(model.to_string(), Loaded { stamp, tokenizer, profile });
+    }
+    models.get_mut(model).ok_or_else(|| QaError::ModelNotFound(model.to_string()))
+}
+
+/// The model behind `wasi:nn`: int64 `input_ids`, `attention_mask` (and `token_type_ids`
+/// when the model takes them) in, `start_logits` and `end_logits` out.
+struct WasiNnModel {
+    graph: graph::Graph,
+    token_type_ids: bool,
+}
+
+impl QaModel for WasiNnModel {
+    fn infer(&mut self, batch: &Batch) -> Result<Logits, QaError> {
+        let dims = [to_u32(batch.rows), to_u32(batch.seq_len)];
+        let i64_tensor = |values: &[i64]| {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            tensor::Tensor::new(&dims.to_vec(), tensor::TensorType::I64, &bytes)
+        };
+        let mut inputs = vec![
+            ("input_ids".to_string(), i64_tensor(&batch.input_ids)),
+            ("attention_mask".to_string(), i64_tensor(&batch.attention_mask)),
+        ];
+        if self.token_type_ids {
+            inputs.push(("token_type_ids".to_string(), i64_tensor(&batch.token_type_ids)));
+        }
+        let context = self
+            .graph
+            .init_execution_context()
+            .map_err(|e| QaError::Inference(format!("init execution context: {}", e.data())))?;
+        let outputs = context.compute(inputs).map_err(|e| QaError::Inference(e.data()))?;
+        let mut start = None;
+        let mut end = None;
+        for (name, tensor) in outputs {
+            match name.as_str() {
+                "start_logits" => start = Some(read_f32(&tensor)?),
+                "end_logits" => end = Some(read_f32(&tensor)?),
+                _ => {}
+            }
+        }
+        let missing = |name: &str| QaError::Inference(format!("the model has no output named {name:?}"));
+        let (start_dims, start) = start.ok_or_else(|| missing("start_logits"))?;
+        let (_, end) = end.ok_or_else(|| missing("end_logits"))?;
+        let (rows, seq_len) = match start_dims.as_slice() {
+            [rows, seq_len] => (*rows as usize, *seq_len as usize),
+            other => return Err(QaError::Inference(format!("start_logits has shape {other:?}, expected [batch, sequence]"))),
+        };
+        Ok(Logits { rows, seq_len, start, end })
+    }
+}
+
+fn read_f32(tensor: &tensor::Tensor) -> Result<(Vec<u32>, Vec<f32>), QaError> {
+    let data = tensor.data();
+    let values = match tensor.ty() {
+        tensor::TensorType::Fp32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        other => return Err(QaError::Inference(format!("logits are {other:?}, expected FP32"))),
+    };
+    Ok((tensor.dimensions(), values))
+}
+
+/// `wasmtime run` entry: a JSON fixture on stdin, the answers as JSON on stdout.
+///
+/// Fixture: `{"question", "context", "model_type"?, "top_k"?, "expected"?}`. Without
+/// `model_type`, the first directory under `/models` whose graph the runtime has loaded is
+/// used. With `expected`, the exit code says whether the best answer matched it.
+pub fn run_fixture() -> i32 {
+    match fixture() {
+        Ok(matched) => i32::from(!matched),
+        Err(message) => {
+            eprintln!("qa-guest: {message}");
+            2
+        }
+    }
+}
+
+fn fixture() -> Result<bool, String> {
+    let input = std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}"))?;
+    let fixture: serde_json::Value = serde_json::from_str(&input).map_err(|e| format!("fixture is not JSON: {e}"))?;
+    let text = |key: &str| fixture.get(key).and_then(serde_json::Value::as_str);
+    let question = text("question").ok_or("fixture needs a \"question\" string")?;
+    let context = text("context").ok_or("fixture needs a \"context\" string")?;
+    let model = match text("model_type") {
+        Some(m) => m.to_string(),
+        None => preloaded_model()?,
+    };
+    let mut options = Options::default();
+    if let Some(k) = fixture.get("top_k").and_then(serde_json::Value::as_u64) {
+        options.top_k = usize::try_from(k).map_err(|_| "top_k is out of range")?;
+    }
+    let (answers, timings) = answer(&model, question, context, &options).map_err(|e| e.to_string())?;
+    let best = answers.first().map(|a| a.text.as_str());
+    let expected = text("expected");
+    let matched = expected.is_none_or(|e| Some(e) == best);
+    let output = serde_json::json!({
+        "model_type": model,
+        "answer": best,
+        "answers": answers.iter().map(|a| serde_json::json!({"text": a.text, "score": a.score, "start": a.start, "end": a.end})).collect::<Vec<_>>(),
+        "expected": expected,
+        "matches_expected": expected.map(|_| matched),
+        "timings_us": {"tokenize": timings.tokenize_us, "inference": timings.inference_us, "decode": timings.decode_us},
+        "windows": timings.windows,
+    });
+    println!("{output:#}");
+    Ok(matched)
+}
+
+fn preloaded_model() -> Result<String, String> {
+    let mut names: Vec<String> = std::fs::read_dir(MODELS_ROOT)
+        .map_err(|e| format!("{MODELS_ROOT}: {e} (mount the models with --dir models::/models)"))?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .find(|name| graph::load_by_name(name).is_ok())
+        .ok_or_else(|| format!("no directory under {MODELS_ROOT} names a graph the runtime preloaded (use -S nn-graph=onnx::models/<name>)"))
+}

@@ -1,0 +1,84 @@
+//! Extractive question answering as plain Rust stages.
+//!
+//! The pipeline mirrors the Hugging Face question-answering pipeline:
+//! [`tokenize`] (question + context into overlapping windows, offsets kept) →
+//! [`window`] (padded tensors for one batched inference) → an [`infer::QaModel`] (start/end
+//! logits; wasi-nn in the component, a stub in tests) → [`score`] (masked softmax, span
+//! scoring, top-k) → [`extract`] (token spans to exact slices of the context, merged across
+//! windows). [`pipeline::answer`] runs them in order.
+//!
+//! Nothing here touches wasm or wasi-nn, so every stage is unit-tested natively; the component
+//! binding lives in `main.rs`.
+
+pub mod extract;
+pub mod infer;
+pub mod pipeline;
+pub mod score;
+pub mod tokenize;
+pub mod window;
+
+/// Decoding knobs. Defaults follow the transformers question-answering pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// How many answers to return, best first.
+    pub top_k: usize,
+    /// Longest answer, in tokens.
+    pub max_answer_len: usize,
+    /// Window length in tokens (question + context + special tokens).
+    pub max_seq_len: usize,
+    /// Tokens shared by consecutive windows of a long context.
+    pub doc_stride: usize,
+    /// Longest question, in tokens; longer questions are refused, never silently cut.
+    pub max_question_len: usize,
+    /// Also offer the empty answer, scored by the model's "no answer" (CLS) probability.
+    pub handle_impossible: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            top_k: 1,
+            max_answer_len: 15,
+            max_seq_len: 384,
+            doc_stride: 128,
+            max_question_len: 64,
+            handle_impossible: false,
+        }
+    }
+}
+
+/// One answer: `start..end` are **character** offsets into the context (end exclusive) and
+/// `text` is exactly that slice of the context.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub score: f64,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Why a question could not be answered. Variants map one-to-one onto the WIT `qa-error`.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum QaError {
+    /// The request itself is unusable (empty question, option out of range, question too long).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The model's files are missing or the runtime has no graph by that name.
+    #[error("model not found: {0}")]
+    ModelNotFound(String),
+    /// The model's files exist but are unusable (tokenizer.json does not parse, bad config).
+    #[error("model invalid: {0}")]
+    ModelInvalid(String),
+    /// Inference ran and failed, or returned tensors of an unexpected shape.
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Where time went inside one call, for the host's per-phase timings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub tokenize_us: u64,
+    pub inference_us: u64,
+    pub decode_us: u64,
+    pub windows: u32,
+}

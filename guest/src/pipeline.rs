@@ -1,0 +1,209 @@
+//! The stages in order: tokenize → window → infer → score → extract.
+
+use crate::extract::collect_answers;
+use crate::infer::QaModel;
+use crate::score::score_window;
+use crate::tokenize::encode_windows;
+use crate::window::{Batch, Window};
+use crate::{Answer, Options, QaError, Timings};
+use std::time::Instant;
+use tokenizers::Tokenizer;
+
+/// Windows per inference call: all windows of a short context go in one batch, long contexts
+/// in several, so activation memory stays bounded (attention alone is
+/// rows × heads × seq² floats per layer).
+pub const MAX_BATCH_ROWS: usize = 8;
+
+/// Largest values the guest accepts; the host enforces its own (smaller) request limits.
+pub const MAX_TOP_K: usize = 100;
+pub const MAX_ANSWER_LEN: usize = 512;
+pub const MAX_SEQ_LEN: usize = 4096;
+
+impl Options {
+    pub fn validate(&self) -> Result<(), QaError> {
+        let bad = |what: &str| Err(QaError::InvalidInput(what.to_string()));
+        if !(1..=MAX_TOP_K).contains(&self.top_k) {
+            return bad(&format!("top_k must be between 1 and {MAX_TOP_K}"));
+        }
+        if !(1..=MAX_ANSWER_LEN).contains(&self.max_answer_len) {
+            return bad(&format!("max_answer_len must be between 1 and {MAX_ANSWER_LEN}"));
+        }
+        if !(8..=MAX_SEQ_LEN).contains(&self.max_seq_len) {
+            return bad(&format!("max_seq_len must be between 8 and {MAX_SEQ_LEN}"));
+        }
+        if self.max_question_len == 0 {
+            return bad("max_question_len must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What the pipeline needs to know about a model beyond its tokenizer, read from its
+/// `config.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelProfile {
+    pub pad_id: u32,
+    /// Whether the graph takes `token_type_ids` (BERT does; DistilBERT and RoBERTa do not).
+    pub token_type_ids: bool,
+    /// Longest sequence the position embeddings cover.
+    pub max_positions: Option<usize>,
+}
+
+impl ModelProfile {
+    pub fn from_config_json(json: &[u8]) -> Result<Self, QaError> {
+        let config: serde_json::Value = serde_json::from_slice(json)
+            .map_err(|e| QaError::ModelInvalid(format!("config.json does not parse: {e}")))?;
+        let number = |key: &str| config.get(key).and_then(serde_json::Value::as_u64);
+        Ok(Self {
+            pad_id: number("pad_token_id").and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+            token_type_ids: number("type_vocab_size").is_some_and(|n| n >= 2),
+            max_positions: number("max_position_embeddings").and_then(|v| usize::try_from(v).ok()),
+        })
+    }
+}
+
+/// Answers `question` from `context`: up to `options.top_k` answers, best first.
+pub fn answer(
+    tokenizer: &mut Tokenizer,
+    profile: &ModelProfile,
+    model: &mut dyn QaModel,
+    question: &str,
+    context: &str,
+    options: &Options,
+) -> Result<(Vec<Answer>, Timings), QaError> {
+    options.validate()?;
+    if question.trim().is_empty() {
+        return Err(QaError::InvalidInput("question is empty".into()));
+    }
+    if context.trim().is_empty() {
+        return Err(QaError::InvalidInput("context is empty".into()));
+    }
+    let mut options = *options;
+    if let Some(max) = profile.max_positions {
+        options.max_seq_len = options.max_seq_len.min(max);
+    }
+    let mut timings = Timings::default();
+
+    let started = Instant::now();
+    let windows: Vec<Window> = encode_windows(tokenizer, question, context, &options)?
+        .into_iter()
+        .map(Window::new)
+        .collect();
+    timings.tokenize_us = micros(started);
+    timings.windows = u32::try_from(windows.len()).unwrap_or(u32::MAX);
+
+    // The reference keeps more candidates per window than it returns, since merging and
+    // word alignment can fold several spans into one answer.
+    let per_window = options.top_k * 2 + 10;
+    let mut spans = Vec::new();
+    let mut null_score: Option<f64> = None;
+    for chunk in windows.chunks(MAX_BATCH_ROWS) {
+        let started = Instant::now();
+        let batch = Batch::from_windows(chunk, profile.pad_id);
+        let logits = model.infer(&batch)?;
+        logits.check(&batch)?;
+        timings.inference_us += micros(started);
+
+        let started = Instant::now();
+        for (row, window) in chunk.iter().enumerate() {
+            let (start, end) = logits.row(row);
+            let scored = score_window(start, end, &window.in_context, window.cls_index, per_window, options.max_answer_len);
+            if let Some(null) = scored.null_score {
+                null_score = Some(null_score.map_or(f64::from(null), |n| n.min(f64::from(null))));
+            }
+            spans.extend(scored.spans.into_iter().map(|span| (window, span)));
+        }
+        timings.decode_us += micros(started);
+    }
+
+    let started = Instant::now();
+    let null_score = if options.handle_impossible { null_score } else { None };
+    let answers = collect_answers(context, spans, null_score, options.top_k);
+    timings.decode_us += micros(started);
+    Ok((answers, timings))
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::Logits;
+    use crate::tokenize::tests::tiny_tokenizer;
+
+    /// A model that puts high start and end logits on one token id, wherever it appears.
+    struct Spotlight {
+        token: i64,
+        calls: usize,
+        rows_seen: Vec<usize>,
+    }
+
+    impl QaModel for Spotlight {
+        fn infer(&mut self, batch: &Batch) -> Result<Logits, QaError> {
+            self.calls += 1;
+            self.rows_seen.push(batch.rows);
+            let logits: Vec<f32> = batch.input_ids.iter().map(|&id| if id == self.token { 10.0 } else { 0.0 }).collect();
+            Ok(Logits { rows: batch.rows, seq_len: batch.seq_len, start: logits.clone(), end: logits })
+        }
+    }
+
+    const BERT_PROFILE: ModelProfile = ModelProfile { pad_id: 0, token_type_ids: true, max_positions: Some(512) };
+
+    #[test]
+    fn answer_only_in_the_last_window_of_a_long_context_is_found() {
+        let mut tok = tiny_tokenizer();
+        let context = format!("{} 1886", "a b c d e f g h ".repeat(40));
+        let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] }; // "1886"
+        let options = Options { max_seq_len: 24, doc_stride: 4, ..Options::default() };
+        let (answers, timings) = answer(&mut tok, &BERT_PROFILE, &mut model, "when", &context, &options).unwrap();
+        assert_eq!(answers[0].text, "1886");
+        assert_eq!(answers[0].end, context.chars().count());
+        assert!(timings.windows > MAX_BATCH_ROWS as u32, "context spans several batches");
+        assert!(model.rows_seen.iter().all(|&r| r <= MAX_BATCH_ROWS));
+        assert_eq!(model.calls, (timings.windows as usize).div_ceil(MAX_BATCH_ROWS));
+    }
+
+    #[test]
+    fn short_context_is_one_inference_call() {
+        let mut tok = tiny_tokenizer();
+        let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
+        let (answers, _) = answer(&mut tok, &BERT_PROFILE, &mut model, "when was the car invented?", "benz patented it in 1886.", &Options::default()).unwrap();
+        assert_eq!(answers[0].text, "1886");
+        assert_eq!(model.calls, 1);
+    }
+
+    #[test]
+    fn empty_inputs_and_bad_options_are_refused() {
+        let mut tok = tiny_tokenizer();
+        let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
+        let mut ask = |q: &str, c: &str, o: Options| answer(&mut tok, &BERT_PROFILE, &mut model, q, c, &o).unwrap_err();
+        assert!(matches!(ask(" ", "a", Options::default()), QaError::InvalidInput(m) if m.contains("question")));
+        assert!(matches!(ask("a", "\n\t", Options::default()), QaError::InvalidInput(m) if m.contains("context")));
+        assert!(matches!(ask("a", "b", Options { top_k: 0, ..Options::default() }), QaError::InvalidInput(m) if m.contains("top_k")));
+        assert!(matches!(ask("a", "b", Options { max_answer_len: 0, ..Options::default() }), QaError::InvalidInput(_)));
+    }
+
+    #[test]
+    fn logits_of_the_wrong_shape_are_an_inference_error() {
+        struct Truncating;
+        impl QaModel for Truncating {
+            fn infer(&mut self, batch: &Batch) -> Result<Logits, QaError> {
+                Ok(Logits { rows: batch.rows, seq_len: 1, start: vec![0.0; batch.rows], end: vec![0.0; batch.rows] })
+            }
+        }
+        let mut tok = tiny_tokenizer();
+        let err = answer(&mut tok, &BERT_PROFILE, &mut Truncating, "when", "a b", &Options::default()).unwrap_err();
+        assert!(matches!(err, QaError::Inference(m) if m.contains("shape")));
+    }
+
+    #[test]
+    fn profile_reads_type_vocab_and_positions() {
+        let bert = ModelProfile::from_config_json(br#"{"type_vocab_size":2,"max_position_embeddings":512,"pad_token_id":0}"#).unwrap();
+        assert_eq!(bert, BERT_PROFILE);
+        let distil = ModelProfile::from_config_json(br#"{"model_type":"distilbert","max_position_embeddings":512}"#).unwrap();
+        assert!(!distil.token_type_ids);
+        assert!(matches!(ModelProfile::from_config_json(b"[").unwrap_err(), QaError::ModelInvalid(_)));
+    }
+}

@@ -1,0 +1,77 @@
+//! Every way a request can fail, each with a stable code and an HTTP status. Edges convert
+//! an [`ApiError`] once, with [`ApiError::body`].
+
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("request is missing a field or has one of the wrong type: {0}")]
+    InvalidField(String),
+    #[error("question is empty")]
+    EmptyQuestion,
+    #[error("context is empty")]
+    EmptyContext,
+    #[error("request body is {len} bytes; the limit is {limit}")]
+    BodyTooLarge { len: usize, limit: usize },
+    #[error("question is {len} bytes; the limit is {limit}")]
+    QuestionTooLong { len: usize, limit: usize },
+    #[error("context is {len} bytes; the limit is {limit}")]
+    ContextTooLarge { len: usize, limit: usize },
+    #[error("unknown model_type {name:?}; available: {available}")]
+    UnknownModel { name: String, available: String },
+    /// The guest refused the input (for example a question over its token limit).
+    #[error("{0}")]
+    GuestRejected(String),
+    #[error("model {name:?} is unusable: {reason}")]
+    ModelInvalid { name: String, reason: String },
+    #[error("model {name:?} is unavailable: {reason}")]
+    ModelUnavailable { name: String, reason: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("the QA guest timed out: {0}")]
+    GuestTimeout(String),
+    #[error("the QA guest failed: {0}")]
+    GuestFailed(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Stable machine-readable code, part of the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadJson(_) => "bad_json",
+            Self::InvalidField(_) => "invalid_field",
+            Self::EmptyQuestion => "empty_question",
+            Self::EmptyContext => "empty_context",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::QuestionTooLong { .. } => "question_too_long",
+            Self::ContextTooLarge { .. } => "context_too_large",
+            Self::UnknownModel { .. } => "unknown_model",
+            Self::GuestRejected(_) => "invalid_input",
+            Self::ModelInvalid { .. } => "model_invalid",
+            Self::ModelUnavailable { .. } => "model_unavailable",
+            Self::Inference(_) => "inference_failed",
+            Self::GuestTimeout(_) => "guest_timeout",
+            Self::GuestFailed(_) => "guest_failed",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadJson(_) | Self::InvalidField(_) | Self::EmptyQuestion | Self::EmptyContext | Self::GuestRejected(_) => 400,
+            Self::UnknownModel { .. } => 404,
+            Self::BodyTooLarge { .. } | Self::QuestionTooLong { .. } | Self::ContextTooLarge { .. } => 413,
+            Self::ModelUnavailable { .. } => 503,
+            Self::ModelInvalid { .. } | Self::Inference(_) | Self::GuestTimeout(_) | Self::GuestFailed(_) | Self::Internal(_) => 500,
+        }
+    }
+
+    /// `{"error": {"code", "message", "request_id"}}`.
+    pub fn body(&self, request_id: &str) -> serde_json::Value {
+        json!({"error": {"code": self.code(), "message": self.to_string(), "request_id": request_id}})
+    }
+}

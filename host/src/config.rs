@@ -1,0 +1,62 @@
+//! Where the host finds its parts, from flags and environment variables.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything [`crate::service::QaService`] needs to start.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Directory of model directories (`<dir>/<name>/{model.onnx,tokenizer.json,config.json}`).
+    pub models_dir: PathBuf,
+    /// Model used when a request names none.
+    pub default_model: Option<String>,
+    /// The guest component (`.wasm`).
+    pub guest_wasm: PathBuf,
+    /// Where compiled guests are cached (must be writable; `/tmp` on Lambda).
+    pub cache_dir: PathBuf,
+    /// `libonnxruntime.so`; `None` searches the documented places.
+    pub onnxruntime: Option<PathBuf>,
+    /// Wall-clock budget of one guest call.
+    pub guest_deadline: Duration,
+    /// Linear-memory cap of one guest instance.
+    pub guest_memory_bytes: usize,
+    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime decide.
+    pub inference_threads: usize,
+}
+
+impl HostConfig {
+    /// Defaults: models in `./models`, the guest next to the executable or in the cargo
+    /// target directory, the cache under the system temporary directory.
+    pub fn from_env() -> Self {
+        let env_path = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+        let guest_wasm = env_path("QA_GUEST").unwrap_or_else(|| default_guest(exe_dir.as_deref()));
+        Self {
+            models_dir: env_path("QA_MODELS_DIR").unwrap_or_else(|| PathBuf::from("models")),
+            default_model: std::env::var("QA_DEFAULT_MODEL").ok().filter(|v| !v.is_empty()),
+            guest_wasm,
+            cache_dir: env_path("QA_CACHE_DIR").unwrap_or_else(|| std::env::temp_dir().join("qa-host")),
+            onnxruntime: env_path("ORT_DYLIB_PATH"),
+            guest_deadline: Duration::from_millis(env_number("QA_GUEST_DEADLINE_MS").unwrap_or(30_000)),
+            guest_memory_bytes: env_number("QA_GUEST_MEMORY_MB").unwrap_or(512) << 20,
+            inference_threads: env_number("QA_INFERENCE_THREADS").unwrap_or(0),
+        }
+    }
+}
+
+fn env_number<T: std::str::FromStr>(key: &str) -> Option<T> {
+    std::env::var(key).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// `qa-guest.wasm` beside the executable (the container image layout), else the cargo
+/// build output when run from the repository.
+fn default_guest(exe_dir: Option<&Path>) -> PathBuf {
+    let name = "qa-guest.wasm";
+    let candidates = exe_dir.into_iter().flat_map(|dir| {
+        [dir.join(name), dir.join("../wasm32-wasip2/release").join(name)]
+    });
+    candidates
+        .chain([PathBuf::from("target/wasm32-wasip2/release").join(name)])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}

@@ -1,0 +1,259 @@
+//! The guest runtime: one wasmtime engine, the compiled guest component, and a pool of
+//! instances reused across requests.
+//!
+//! Each call runs under an epoch deadline and a linear-memory cap. The guest sees WASI with
+//! the models directory read-only at `/models`, no environment, no network and no other
+//! files, plus `wasi:nn` with a registry holding only the graph the request named. An
+//! instance that traps is dropped, never reused; the next call gets a fresh one.
+
+mod cache;
+
+pub use cache::{CacheError, Origin, load_component};
+
+use crate::nn::{NoGraphs, SingleGraph};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_nn::Graph;
+use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    inline: "package qa:host; world runner { export qa:extractive/qa@0.1.0; }",
+    world: "runner",
+});
+
+pub use exports::qa::extractive::qa::{Answer, Options, QaError as GuestQaError, Response, Timings};
+
+/// Where the guest sees the models directory.
+pub const MODELS_MOUNT: &str = "/models";
+/// Epoch granularity: deadlines are enforced to within one tick.
+const TICK: Duration = Duration::from_millis(10);
+/// Bytes of guest stderr kept per instance (panic messages end up in error reports).
+const STDERR_CAPACITY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error(transparent)]
+    Load(#[from] CacheError),
+    #[error("guest could not be linked or instantiated (was it built for qa:extractive/qa@0.1.0?): {0}")]
+    Instantiate(String),
+    #[error("models directory {path} cannot be mounted: {reason}")]
+    Mount { path: PathBuf, reason: String },
+    /// The guest returned an error of the contract.
+    #[error("{0:?}")]
+    Qa(GuestQaError),
+    #[error("guest exceeded its deadline of {0:?}")]
+    Timeout(Duration),
+    #[error("guest exceeded its memory limit of {limit_mb} MiB")]
+    MemoryLimit { limit_mb: usize },
+    #[error("guest trapped: {0}")]
+    Trap(String),
+}
+
+/// Limits every guest call runs under.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestLimits {
+    pub deadline: Duration,
+    pub memory_bytes: usize,
+}
+
+/// Per-store state: WASI, wasi-nn and the limiter.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    nn: WasiNnCtx,
+    limiter: MemoryCap,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory and table growth, remembering whether it refused, so a trap that
+/// follows a refused allocation is reported as a memory-limit error.
+struct MemoryCap {
+    max_bytes: usize,
+    refused: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_bytes;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = desired <= 1 << 20;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+}
+
+struct Instance {
+    store: Store<HostState>,
+    runner: Runner,
+}
+
+/// Compiles (or loads from cache) the guest once and runs calls on pooled instances.
+pub struct GuestRuntime {
+    engine: Engine,
+    pre: RunnerPre<HostState>,
+    models_dir: PathBuf,
+    limits: GuestLimits,
+    pool: Mutex<Vec<Instance>>,
+    ticker_stop: Arc<AtomicBool>,
+    pub origin: Origin,
+    pub load_time: Duration,
+}
+
+impl GuestRuntime {
+    pub fn new(wasm: &Path, cache_dir: &Path, models_dir: &Path, limits: GuestLimits) -> Result<Self, GuestError> {
+        let started = Instant::now();
+        let engine = Engine::new(&engine_config()).map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
+        let (component, origin) = load_component(&engine, wasm, cache_dir)?;
+        let pre = Self::link(&engine, &component)?;
+        let models_dir = std::fs::canonicalize(models_dir)
+            .map_err(|e| GuestError::Mount { path: models_dir.to_path_buf(), reason: e.to_string() })?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
+        let runtime = Self {
+            engine,
+            pre,
+            models_dir,
+            limits,
+            pool: Mutex::new(Vec::new()),
+            ticker_stop,
+            origin,
+            load_time: started.elapsed(),
+        };
+        // Instantiate once now: a guest that cannot start is refused at load, not per request.
+        let instance = runtime.instantiate()?;
+        runtime.checkin(instance);
+        Ok(runtime)
+    }
+
+    fn link(engine: &Engine, component: &Component) -> Result<RunnerPre<HostState>, GuestError> {
+        let mut linker: Linker<HostState> = Linker::new(engine);
+        let err = |e: wasmtime::Error| GuestError::Instantiate(format!("{e:#}"));
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
+        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| WasiNnView::new(&mut s.table, &mut s.nn)).map_err(err)?;
+        let pre = linker.instantiate_pre(component).map_err(err)?;
+        RunnerPre::new(pre).map_err(err)
+    }
+
+    fn instantiate(&self) -> Result<Instance, GuestError> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .preopened_dir(&self.models_dir, MODELS_MOUNT, FsPerms::ReadOnly)
+            .map_err(|e| GuestError::Mount { path: self.models_dir.clone(), reason: format!("{e:#}") })?;
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            nn: WasiNnCtx::new([], NoGraphs.into()),
+            limiter: MemoryCap { max_bytes: self.limits.memory_bytes, refused: false },
+            stderr,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let runner = self.pre.instantiate(&mut store).map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
+        Ok(Instance { store, runner })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.deadline.as_millis() / TICK.as_millis()).max(1) as u64
+    }
+
+    fn checkout(&self) -> Result<Instance, GuestError> {
+        let pooled = self.pool.lock().ok().and_then(|mut pool| pool.pop());
+        match pooled {
+            Some(instance) => Ok(instance),
+            None => self.instantiate(),
+        }
+    }
+
+    fn checkin(&self, instance: Instance) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push(instance);
+        }
+    }
+
+    /// Runs `ask` on a pooled instance that can see only `graph`, named `model`.
+    pub fn ask(&self, model: &str, graph: Graph, question: &str, context: &str, options: Options) -> Result<Response, GuestError> {
+        let mut instance = self.checkout()?;
+        let store = &mut instance.store;
+        store.data_mut().nn = WasiNnCtx::new([], SingleGraph::new(model, graph).into());
+        store.data_mut().limiter.refused = false;
+        store.set_epoch_deadline(self.deadline_ticks());
+        let outcome = instance.runner.qa_extractive_qa().call_ask(&mut instance.store, model, question, context, options);
+        match outcome {
+            Ok(result) => {
+                // Drop the graph between requests: an idle instance can load nothing.
+                instance.store.data_mut().nn = WasiNnCtx::new([], NoGraphs.into());
+                self.checkin(instance);
+                result.map_err(GuestError::Qa)
+            }
+            Err(error) => Err(self.classify_trap(&instance, error)),
+        }
+    }
+
+    fn classify_trap(&self, instance: &Instance, error: wasmtime::Error) -> GuestError {
+        let state = instance.store.data();
+        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return GuestError::Timeout(self.limits.deadline);
+        }
+        if state.limiter.refused {
+            return GuestError::MemoryLimit { limit_mb: self.limits.memory_bytes >> 20 };
+        }
+        let stderr = state.stderr.contents();
+        let stderr = String::from_utf8_lossy(&stderr);
+        let last_lines: Vec<&str> = stderr.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
+        if last_lines.is_empty() {
+            GuestError::Trap(format!("{error:#}"))
+        } else {
+            GuestError::Trap(format!("{error:#}; guest stderr: {}", last_lines.join(" | ")))
+        }
+    }
+}
+
+impl Drop for GuestRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Engine settings shared by compilation and execution (a precompiled artifact only loads
+/// into an engine configured the same way).
+pub fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config
+}
+
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("qa-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
+            }
+        })
+        .expect("spawning the epoch thread");
+}

@@ -1,0 +1,21 @@
+//! `qa-host`: serves extractive question answering by running a sandboxed WebAssembly guest
+//! component that reaches its model through `wasi-nn`.
+//!
+//! The seams, one module each:
+//! - [`api`]: the request and response of the original AWS sample (plus scores, offsets and
+//!   timings) and the limits every edge enforces;
+//! - [`models`]: where a model's files come from ([`models::ModelSource`]), by name;
+//! - [`nn`]: the wasi-nn backend over ONNX Runtime that turns those files into graphs;
+//! - [`guest`]: the wasmtime runtime that compiles, caches and runs the guest under a
+//!   deadline and a memory cap;
+//! - [`service`]: the one request handler tying them together;
+//! - [`server`] and [`eval`]: edges over the service (HTTP, SQuAD evaluation).
+
+pub mod api;
+pub mod config;
+pub mod eval;
+pub mod guest;
+pub mod models;
+pub mod nn;
+pub mod server;
+pub mod service;

@@ -1,0 +1,159 @@
+//! `qa-host`: ask one question, serve HTTP, or evaluate on SQuAD.
+
+use clap::{Args, Parser, Subcommand};
+use qa_host::api::QaRequest;
+use qa_host::config::HostConfig;
+use qa_host::service::QaService;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(version, about = "Extractive question answering in a WebAssembly guest over wasi-nn")]
+struct Cli {
+    #[command(flatten)]
+    host: HostArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the parts are; each flag also reads an environment variable.
+#[derive(Args)]
+struct HostArgs {
+    /// Directory of model directories.
+    #[arg(long, global = true, env = "QA_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    /// Guest component (.wasm).
+    #[arg(long, global = true, env = "QA_GUEST")]
+    guest: Option<PathBuf>,
+    /// Cache for compiled guests.
+    #[arg(long, global = true, env = "QA_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// libonnxruntime.so.
+    #[arg(long, global = true, env = "ORT_DYLIB_PATH")]
+    onnxruntime: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one question and print the response as JSON.
+    Ask {
+        /// A request body as sent to the API (`{"model_type","question","context",...}`);
+        /// the other flags override its fields.
+        #[arg(long, conflicts_with = "context_file")]
+        request: Option<PathBuf>,
+        #[arg(long, required_unless_present = "request")]
+        question: Option<String>,
+        #[arg(long, conflicts_with = "context_file")]
+        context: Option<String>,
+        #[arg(long)]
+        context_file: Option<PathBuf>,
+        /// Model name (a directory under the models directory); the default model if absent.
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        top_k: Option<u32>,
+        #[arg(long)]
+        max_answer_len: Option<u32>,
+        #[arg(long)]
+        handle_impossible_answer: bool,
+    },
+    /// Serve `POST /` (the API Gateway sample's body) over HTTP.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+    },
+    /// Exact match and F1 on a SQuAD v1.1 JSON file.
+    Eval {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        /// Evaluate only the first N questions.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Write {id: answer} predictions here (the official script's format).
+        #[arg(long)]
+        predictions: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("QA_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("qa-host: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let mut config = HostConfig::from_env();
+    let HostArgs { models_dir, guest, cache_dir, onnxruntime } = cli.host;
+    config.models_dir = models_dir.unwrap_or(config.models_dir);
+    config.guest_wasm = guest.unwrap_or(config.guest_wasm);
+    config.cache_dir = cache_dir.unwrap_or(config.cache_dir);
+    config.onnxruntime = onnxruntime.or(config.onnxruntime);
+    let service = Arc::new(QaService::start(&config).map_err(|e| e.to_string())?);
+
+    match cli.command {
+        Command::Ask { request, question, context, context_file, model, top_k, max_answer_len, handle_impossible_answer } => {
+            let mut request = match request {
+                Some(path) => {
+                    let body = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    QaRequest::from_json(&body).map_err(|e| format!("{}: {e}", path.display()))?
+                }
+                None => QaRequest::new(String::new(), String::new()),
+            };
+            if let Some(path) = context_file {
+                request.context = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            request.question = question.unwrap_or(request.question);
+            request.context = context.unwrap_or(request.context);
+            request.model_type = model.or(request.model_type);
+            request.top_k = top_k.or(request.top_k);
+            request.max_answer_len = max_answer_len.or(request.max_answer_len);
+            if handle_impossible_answer {
+                request.handle_impossible_answer = Some(true);
+            }
+            match service.answer(request).await {
+                Ok(response) => {
+                    println!("{}", serde_json::to_string_pretty(&response).map_err(|e| e.to_string())?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    println!("{}", error.body("cli"));
+                    eprintln!("qa-host: {error}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Serve { addr } => {
+            qa_host::server::serve(service, addr).await.map_err(|e| format!("serve on {addr}: {e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { file, model, limit, predictions } => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let mut questions = qa_host::eval::load_squad(&bytes).map_err(|e| format!("{}: not SQuAD v1.1 JSON: {e}", file.display()))?;
+            if let Some(limit) = limit {
+                questions.truncate(limit);
+            }
+            let mut predicted = BTreeMap::new();
+            let report = qa_host::eval::evaluate(&service, &questions, model, &mut predicted).await;
+            if let Some(path) = predictions {
+                let json = serde_json::to_vec_pretty(&predicted).map_err(|e| e.to_string())?;
+                std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Where models come from. A model is a directory holding `model.onnx`, `tokenizer.json` and
+//! `config.json`; a [`ModelSource`] makes that directory available locally. The
+//! [`ModelCatalog`] maps the names requests use (`model_type`) to sources.
+
+mod image;
+
+pub use image::ImageSource;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// The files every model directory must hold.
+pub const MODEL_FILES: [&str; 3] = ["model.onnx", "tokenizer.json", "config.json"];
+
+/// Why a model's files could not be made available.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source answered, and the model (or one of its files) is not there.
+    #[error("{0}")]
+    NotFound(String),
+    /// The source could not be reached or read (a 503-class condition).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub type SourceFuture<'a> = Pin<Box<dyn Future<Output = Result<PathBuf, SourceError>> + Send + 'a>>;
+
+/// One model's storage: makes the model's files available in a local directory.
+pub trait ModelSource: Send + Sync + std::fmt::Debug {
+    /// Returns the local directory holding [`MODEL_FILES`].
+    fn local_dir(&self) -> SourceFuture<'_>;
+}
+
+/// Model names → sources, plus the model used when a request names none.
+#[derive(Clone, Debug, Default)]
+pub struct ModelCatalog {
+    sources: BTreeMap<String, Arc<dyn ModelSource>>,
+    default: Option<String>,
+}
+
+impl ModelCatalog {
+    /// Every sub-directory of `root` holding a `model.onnx` becomes a model of that name.
+    pub fn discover(root: &Path) -> Result<Self, SourceError> {
+        let entries = std::fs::read_dir(root)
+            .map_err(|e| SourceError::NotFound(format!("models directory {}: {e}", root.display())))?;
+        let mut catalog = Self::default();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            if dir.join("model.onnx").is_file() && is_valid_name(&name) {
+                catalog.insert(name, Arc::new(ImageSource::new(dir)));
+            }
+        }
+        Ok(catalog)
+    }
+
+    pub fn insert(&mut self, name: String, source: Arc<dyn ModelSource>) {
+        self.sources.insert(name, source);
+    }
+
+    /// Sets the model used when a request names none; without this, the first name in
+    /// alphabetical order.
+    pub fn set_default(&mut self, name: Option<String>) {
+        self.default = name;
+    }
+
+    pub fn default_name(&self) -> Option<&str> {
+        self.default.as_deref().or_else(|| self.sources.keys().next().map(String::as_str))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn ModelSource>> {
+        self.sources.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.sources.keys().map(String::as_str)
+    }
+}
+
+/// Model names are plain identifiers: they become directory names and wasi-nn graph names.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_a_directory_are_not_model_names() {
+        for bad in ["", ".", "..", "../etc", "a/b", "a\\b", ".hidden", "http://x", "ü"] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+        for good in ["nlp1", "minilm-l6_squad", "v1.2"] {
+            assert!(is_valid_name(good), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn discovery_finds_model_directories_and_picks_a_default() {
+        let root = tempfile::tempdir().unwrap();
+        for name in ["nlp2", "nlp1"] {
+            std::fs::create_dir(root.path().join(name)).unwrap();
+            std::fs::write(root.path().join(name).join("model.onnx"), b"x").unwrap();
+        }
+        std::fs::create_dir(root.path().join("not-a-model")).unwrap();
+        let mut catalog = ModelCatalog::discover(root.path()).unwrap();
+        assert_eq!(catalog.names().collect::<Vec<_>>(), ["nlp1", "nlp2"]);
+        assert_eq!(catalog.default_name(), Some("nlp1"));
+        catalog.set_default(Some("nlp2".into()));
+        assert_eq!(catalog.default_name(), Some("nlp2"));
+    }
+}

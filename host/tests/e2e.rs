@@ -1,0 +1,220 @@
+//! End to end through the real guest component, the real host and the real model: the
+//! library, the `ask` and `eval` commands, and `serve` over HTTP.
+
+mod common;
+
+use common::*;
+use qa_host::api::QaRequest;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+fn sample() -> QaRequest {
+    serde_json::from_value(benz_request()).expect("fixture is a request")
+}
+
+#[tokio::test]
+async fn answers_the_original_sample_through_the_guest() {
+    let service = service(&config(qa_guest(), models_dir()));
+    let response = service.answer(sample()).await.expect("answer");
+    assert_eq!(response.model_type, "nlp1");
+    assert_eq!(response.answer, "1886");
+    let context: Vec<char> = sample().context.chars().collect();
+    let slice: String = context[response.start as usize..response.end as usize].iter().collect();
+    assert_eq!(slice, "1886", "offsets are character offsets of the answer");
+    assert!(response.score > 0.0 && response.score <= 1.0);
+    assert!(response.timings_ms.inference > 0.0 && response.timings_ms.total >= response.timings_ms.guest);
+}
+
+#[tokio::test]
+async fn top_k_answers_are_distinct_sorted_slices() {
+    let service = service(&config(qa_guest(), models_dir()));
+    let request = QaRequest { top_k: Some(5), ..sample() };
+    let context = request.context.clone();
+    let response = service.answer(request).await.expect("answer");
+    assert_eq!(response.answers.len(), 5);
+    let chars: Vec<char> = context.chars().collect();
+    for pair in response.answers.windows(2) {
+        assert!(pair[0].score >= pair[1].score);
+        assert_ne!(pair[0].text.to_lowercase(), pair[1].text.to_lowercase());
+    }
+    for a in &response.answers {
+        assert_eq!(chars[a.start as usize..a.end as usize].iter().collect::<String>(), a.text);
+    }
+}
+
+#[tokio::test]
+async fn answer_in_the_last_window_of_a_long_multibyte_context_is_found() {
+    let service = service(&config(qa_guest(), models_dir()));
+    // About 30 windows of filler with accents, CJK and emoji, then the sample's paragraph.
+    let filler = "Das Café in Zürich 東京 serves crème brûlée 😀 every morning to its guests. ".repeat(300);
+    let context = format!("{filler}{}", sample().context);
+    let response = service.answer(QaRequest::new("When was the car invented?", context.clone())).await.expect("answer");
+    assert_eq!(response.answer, "1886");
+    assert!(response.windows > 10, "the context needed {} windows", response.windows);
+    let chars: Vec<char> = context.chars().collect();
+    assert_eq!(chars[response.start as usize..response.end as usize].iter().collect::<String>(), "1886");
+}
+
+#[tokio::test]
+async fn unknown_and_hostile_model_names_are_404() {
+    let service = service(&config(qa_guest(), models_dir()));
+    for name in ["nlp9", "../../etc/passwd", "http://example.com/model", ""] {
+        let request = QaRequest { model_type: Some(name.into()), ..sample() };
+        let error = service.answer(request).await.unwrap_err();
+        assert_eq!((error.status(), error.code()), (404, "unknown_model"), "{name:?}");
+        assert!(error.to_string().contains("nlp1"), "the error lists the available models");
+    }
+}
+
+#[tokio::test]
+async fn question_over_the_token_limit_is_refused_by_the_guest() {
+    let service = service(&config(qa_guest(), models_dir()));
+    let question = "why ".repeat(100);
+    let error = service.answer(QaRequest::new(question, "Some context.")).await.unwrap_err();
+    assert_eq!((error.status(), error.code()), (400, "invalid_input"));
+    assert!(error.to_string().contains("tokens"), "{error}");
+}
+
+fn host_bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_qa-host"));
+    command
+        .env("ORT_DYLIB_PATH", onnxruntime())
+        .env("QA_GUEST", qa_guest())
+        .env("QA_MODELS_DIR", models_dir())
+        .env("QA_CACHE_DIR", workspace().join("target/qa-cache"));
+    command
+}
+
+#[test]
+fn ask_command_prints_the_sample_answer() {
+    let output = host_bin()
+        .args(["ask", "--request"])
+        .arg(workspace().join("fixtures/benz.json"))
+        .output()
+        .expect("run qa-host");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(json["Answer"], "1886");
+    assert_eq!(json["Model_Type"], "nlp1");
+    assert_eq!(json["Question"], "When was the car invented?");
+}
+
+#[test]
+fn ask_command_reports_a_missing_onnx_runtime_clearly() {
+    let output = host_bin()
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .args(["ask", "--question", "q", "--context", "c"])
+        .output()
+        .expect("run qa-host");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ONNX Runtime library not found") && stderr.contains("ORT_DYLIB_PATH"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn eval_command_scores_the_squad_sample_at_or_above_the_recorded_figures() {
+    let predictions = tempfile::NamedTempFile::new().unwrap();
+    let output = host_bin()
+        .args(["eval", "--predictions"])
+        .arg(predictions.path())
+        .arg(workspace().join("fixtures/squad-dev-v1.1-sample.json"))
+        .output()
+        .expect("run qa-host");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace().join("fixtures/squad-dev-v1.1-sample.expected.json")).unwrap()).unwrap();
+    assert_eq!(report["total"], recorded["total"]);
+    assert_eq!(report["failed"], 0);
+    let at_least = |key: &str| {
+        let got = report[key].as_f64().unwrap();
+        let floor = recorded[key].as_f64().unwrap();
+        assert!(got >= floor - 1e-9, "{key} {got} fell below the recorded {floor}");
+    };
+    at_least("exact_match");
+    at_least("f1");
+    let predicted: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(predictions.path()).unwrap()).unwrap();
+    assert_eq!(predicted.len() as u64, report["total"].as_u64().unwrap());
+}
+
+/// `qa-host serve` on an ephemeral loopback port; killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start() -> Self {
+        let mut child = host_bin()
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn qa-host serve");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let base = loop {
+            let line = lines.next().expect("qa-host serve exited before listening").unwrap();
+            if let Some(addr) = line.strip_prefix("qa-host: listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Server { child, base }
+    }
+
+    fn post(&self, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        let mut response = agent
+            .post(&format!("{}/", self.base))
+            .header("Content-Type", "application/json")
+            .send(body.into())
+            .expect("HTTP round trip");
+        let status = response.status().as_u16();
+        let text = response.body_mut().with_config().limit(10 << 20).read_to_string().expect("body");
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_answers_the_sample_and_refuses_bad_input_with_stable_codes() {
+    let server = Server::start();
+    let (status, json) = server.post(benz_request().to_string());
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["Answer"], "1886");
+    assert_eq!(json["Model_Type"], "nlp1");
+
+    let huge_context = serde_json::json!({"question": "q", "context": "x".repeat(10 << 20)}).to_string();
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{\"question\": \"q\", \"context\":".into(), 400, "bad_json"),
+        ("not json at all".into(), 400, "bad_json"),
+        (r#"{"question": 42, "context": "c"}"#.into(), 400, "invalid_field"),
+        (r#"{"context": "c"}"#.into(), 400, "invalid_field"),
+        (r#"{"question": "", "context": "c"}"#.into(), 400, "empty_question"),
+        (r#"{"question": "q", "context": "  "}"#.into(), 400, "empty_context"),
+        (r#"{"model_type": "nlp7", "question": "q", "context": "c"}"#.into(), 404, "unknown_model"),
+        (r#"{"question": "q", "context": "c", "top_k": 0}"#.into(), 400, "invalid_field"),
+        (huge_context, 413, "body_too_large"),
+        (serde_json::json!({"question": "q", "context": "x".repeat(300_000)}).to_string(), 413, "context_too_large"),
+    ];
+    for (body, want_status, want_code) in cases {
+        let (status, json) = server.post(body.clone());
+        let preview: String = body.chars().take(60).collect();
+        assert_eq!(status, want_status, "{preview}: {json}");
+        assert_eq!(json["error"]["code"], want_code, "{preview}");
+        assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(json["error"]["request_id"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Still serving after every refusal.
+    let (status, json) = server.post(benz_request().to_string());
+    assert_eq!((status, &json["Answer"]), (200, &serde_json::json!("1886")));
+}

@@ -1,0 +1,133 @@
+//! Faults must stay inside one request: a guest that traps, spins, or hoards memory, and
+//! models whose files are broken, each fail with a clear error, and the next request is
+//! served. The guest is the real component built from `guest/fixtures`; the models are the
+//! real model with one file broken.
+
+mod common;
+
+use common::*;
+use qa_host::api::QaRequest;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn misbehaving_service(deadline: Duration, memory_mb: usize) -> std::sync::Arc<qa_host::service::QaService> {
+    let mut config = config(misbehaving_guest(), models_dir());
+    config.guest_deadline = deadline;
+    config.guest_memory_bytes = memory_mb << 20;
+    service(&config)
+}
+
+async fn ask(service: &std::sync::Arc<qa_host::service::QaService>, question: &str) -> Result<String, (u16, &'static str, String)> {
+    service
+        .answer(QaRequest::new(question, "context"))
+        .await
+        .map(|r| r.answer)
+        .map_err(|e| (e.status(), e.code(), e.to_string()))
+}
+
+#[tokio::test]
+async fn a_trapping_guest_fails_one_request_and_the_next_is_served() {
+    let service = misbehaving_service(Duration::from_secs(10), 256);
+    let (status, code, message) = ask(&service, "trap").await.unwrap_err();
+    assert_eq!((status, code), (500, "guest_failed"));
+    assert!(message.contains("trap requested"), "the guest's panic message is reported: {message}");
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn a_looping_guest_is_stopped_at_its_deadline() {
+    let service = misbehaving_service(Duration::from_millis(300), 256);
+    let started = Instant::now();
+    let (status, code, _) = ask(&service, "spin").await.unwrap_err();
+    assert_eq!((status, code), (500, "guest_timeout"));
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped near the deadline, took {:?}", started.elapsed());
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn a_hoarding_guest_hits_its_memory_cap() {
+    let service = misbehaving_service(Duration::from_secs(30), 64);
+    let (status, code, message) = ask(&service, "hog").await.unwrap_err();
+    assert_eq!((status, code), (500, "guest_failed"));
+    assert!(message.contains("memory limit of 64 MiB"), "{message}");
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn the_guest_sees_no_environment_and_no_files_outside_models() {
+    // SAFETY: set before any thread of this test reads the environment; other tests in this
+    // process do not read this variable.
+    unsafe { std::env::set_var("AWS_SECRET_ACCESS_KEY", "host-secret-for-sandbox-test") };
+    let service = misbehaving_service(Duration::from_secs(10), 256);
+    assert_eq!(ask(&service, "env").await.unwrap(), "", "the guest's environment is empty");
+    for path in ["/etc/passwd", "/models/../../etc/passwd", "../etc/passwd", "/proc/self/environ"] {
+        let (status, _, message) = ask(&service, &format!("read:{path}")).await.unwrap_err();
+        assert_eq!(status, 500, "{path}: {message}");
+        assert!(message.contains("read refused"), "{path}: {message}");
+    }
+    // Inside the mount, reading works.
+    let config = ask(&service, "read:/models/nlp1/config.json").await.unwrap();
+    assert!(config.starts_with('{'), "{config}");
+}
+
+#[tokio::test]
+async fn the_guest_can_load_only_the_model_the_request_named() {
+    let dir = tempfile::tempdir().unwrap();
+    link_model(&models_dir().join("nlp1"), &dir.path().join("nlp1"));
+    link_model(&models_dir().join("nlp1"), &dir.path().join("other"));
+    let mut config = config(misbehaving_guest(), dir.path().to_path_buf());
+    config.default_model = Some("nlp1".into());
+    let service = service(&config);
+    let (status, _, message) = ask(&service, "load:other").await.unwrap_err();
+    assert_eq!(status, 500);
+    assert!(message.contains("load refused"), "{message}");
+    assert_eq!(ask(&service, "load:nlp1").await.unwrap(), "loaded");
+}
+
+/// A model directory whose files are the real model's (hard links, falling back to copies).
+fn link_model(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for file in ["model.onnx", "tokenizer.json", "config.json"] {
+        if std::fs::hard_link(from.join(file), to.join(file)).is_err() {
+            std::fs::copy(from.join(file), to.join(file)).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn broken_model_files_are_clear_errors_and_the_good_model_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    link_model(&models_dir().join("nlp1"), &root.join("good"));
+    link_model(&models_dir().join("nlp1"), &root.join("badtokenizer"));
+    std::fs::remove_file(root.join("badtokenizer/tokenizer.json")).unwrap();
+    std::fs::write(root.join("badtokenizer/tokenizer.json"), b"{ this is not a tokenizer").unwrap();
+    link_model(&models_dir().join("nlp1"), &root.join("notonnx"));
+    std::fs::remove_file(root.join("notonnx/model.onnx")).unwrap();
+    std::fs::write(root.join("notonnx/model.onnx"), b"definitely not protobuf").unwrap();
+    link_model(&models_dir().join("nlp1"), &root.join("mismatch"));
+    // The config claims no token types, so the guest omits an input the graph requires.
+    std::fs::remove_file(root.join("mismatch/config.json")).unwrap();
+    std::fs::write(root.join("mismatch/config.json"), br#"{"type_vocab_size": 1, "max_position_embeddings": 512}"#).unwrap();
+
+    let mut config = config(qa_guest(), root.to_path_buf());
+    config.default_model = Some("good".into());
+    let service = service(&config);
+    let sample: QaRequest = serde_json::from_value(benz_request()).unwrap();
+    let ask_model = |name: &str| QaRequest { model_type: Some(name.into()), ..sample.clone() };
+
+    let cases = [
+        ("badtokenizer", "model_invalid", "tokenizer.json does not parse"),
+        ("notonnx", "model_invalid", "not a loadable ONNX model"),
+        ("mismatch", "inference_failed", "token_type_ids"),
+    ];
+    for (name, code, needle) in cases {
+        for attempt in 0..2 {
+            let error = service.answer(ask_model(name)).await.unwrap_err();
+            assert_eq!((error.status(), error.code()), (500, code), "{name} attempt {attempt}: {error}");
+            assert!(error.to_string().contains(needle), "{name}: {error}");
+        }
+        let ok = service.answer(ask_model("good")).await.expect("the good model still answers");
+        assert_eq!(ok.answer, "1886");
+    }
+}
