@@ -22,6 +22,10 @@ pub struct HostConfig {
     pub guest_memory_bytes: usize,
     /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime decide.
     pub inference_threads: usize,
+    /// Models to load at start-up, outside any request (`QA_PRELOAD=nlp1,nlp2`).
+    pub preload: Vec<String>,
+    /// Budget in MiB for models loaded on demand (`QA_MODEL_CACHE_MB`); unbounded if unset.
+    pub model_cache_mb: Option<u64>,
 }
 
 impl HostConfig {
@@ -32,7 +36,7 @@ impl HostConfig {
         let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
         let guest_wasm = env_path("QA_GUEST").unwrap_or_else(|| default_guest(exe_dir.as_deref()));
         Self {
-            models_dir: env_path("QA_MODELS_DIR").unwrap_or_else(|| PathBuf::from("models")),
+            models_dir: env_path("QA_MODELS_DIR").unwrap_or_else(default_models_dir),
             default_model: std::env::var("QA_DEFAULT_MODEL").ok().filter(|v| !v.is_empty()),
             guest_wasm,
             cache_dir: env_path("QA_CACHE_DIR").unwrap_or_else(|| std::env::temp_dir().join("qa-host")),
@@ -40,8 +44,21 @@ impl HostConfig {
             guest_deadline: Duration::from_millis(env_number("QA_GUEST_DEADLINE_MS").unwrap_or(30_000)),
             guest_memory_bytes: env_number("QA_GUEST_MEMORY_MB").unwrap_or(512) << 20,
             inference_threads: env_number("QA_INFERENCE_THREADS").unwrap_or(0),
+            preload: std::env::var("QA_PRELOAD")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(str::to_string)
+                .collect(),
+            model_cache_mb: env_number("QA_MODEL_CACHE_MB"),
         }
     }
+}
+
+/// `$LAMBDA_TASK_ROOT/models` inside Lambda (the image layout), else `./models`.
+fn default_models_dir() -> PathBuf {
+    std::env::var_os("LAMBDA_TASK_ROOT").map_or_else(|| PathBuf::from("models"), |root| PathBuf::from(root).join("models"))
 }
 
 fn env_number<T: std::str::FromStr>(key: &str) -> Option<T> {

@@ -9,12 +9,14 @@
 //! - [`guest`]: the wasmtime runtime that compiles, caches and runs the guest under a
 //!   deadline and a memory cap;
 //! - [`service`]: the one request handler tying them together;
-//! - [`server`] and [`eval`]: edges over the service (HTTP, SQuAD evaluation).
+//! - [`lambda`], [`server`] and [`eval`]: edges over the service (Lambda Runtime API,
+//!   local HTTP, SQuAD evaluation).
 
 pub mod api;
 pub mod config;
 pub mod eval;
 pub mod guest;
+pub mod lambda;
 pub mod models;
 pub mod nn;
 pub mod server;

@@ -15,8 +15,9 @@ use std::sync::Arc;
 struct Cli {
     #[command(flatten)]
     host: HostArgs,
+    /// Without a command, `qa-host` is a Lambda bootstrap when `AWS_LAMBDA_RUNTIME_API` is set.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 /// Where the parts are; each flag also reads an environment variable.
@@ -65,6 +66,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
     },
+    /// Serve the Lambda Runtime API (what `qa-host` does with no command inside Lambda).
+    Lambda,
     /// Exact match and F1 on a SQuAD v1.1 JSON file.
     Eval {
         file: PathBuf,
@@ -102,9 +105,19 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     config.guest_wasm = guest.unwrap_or(config.guest_wasm);
     config.cache_dir = cache_dir.unwrap_or(config.cache_dir);
     config.onnxruntime = onnxruntime.or(config.onnxruntime);
+    let command = match cli.command {
+        Some(command) => command,
+        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda,
+        None => return Err("no command given (try --help); without one, AWS_LAMBDA_RUNTIME_API must be set".into()),
+    };
     let service = Arc::new(QaService::start(&config).map_err(|e| e.to_string())?);
+    service.preload(&config.preload).await.map_err(|e| format!("preloading {:?}: {e}", config.preload))?;
 
-    match cli.command {
+    match command {
+        Command::Lambda => {
+            qa_host::lambda::run(service).await.map_err(|e| format!("lambda runtime: {e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ask { request, question, context, context_file, model, top_k, max_answer_len, handle_impossible_answer } => {
             let mut request = match request {
                 Some(path) => {

@@ -170,13 +170,9 @@ impl GuestRuntime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(ticks(self.limits.deadline));
         let runner = self.pre.instantiate(&mut store).map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
         Ok(Instance { store, runner })
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.deadline.as_millis() / TICK.as_millis()).max(1) as u64
     }
 
     fn checkout(&self) -> Result<Instance, GuestError> {
@@ -193,13 +189,15 @@ impl GuestRuntime {
         }
     }
 
-    /// Runs `ask` on a pooled instance that can see only `graph`, named `model`.
-    pub fn ask(&self, model: &str, graph: Graph, question: &str, context: &str, options: Options) -> Result<Response, GuestError> {
+    /// Runs `ask` on a pooled instance that can see only `graph`, named `model`, stopping
+    /// the guest after `deadline` (at most the configured limit).
+    pub fn ask(&self, model: &str, graph: Graph, question: &str, context: &str, options: Options, deadline: Duration) -> Result<Response, GuestError> {
+        let deadline = deadline.min(self.limits.deadline);
         let mut instance = self.checkout()?;
         let store = &mut instance.store;
         store.data_mut().nn = WasiNnCtx::new([], SingleGraph::new(model, graph).into());
         store.data_mut().limiter.refused = false;
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(ticks(deadline));
         let outcome = instance.runner.qa_extractive_qa().call_ask(&mut instance.store, model, question, context, options);
         match outcome {
             Ok(result) => {
@@ -208,14 +206,14 @@ impl GuestRuntime {
                 self.checkin(instance);
                 result.map_err(GuestError::Qa)
             }
-            Err(error) => Err(self.classify_trap(&instance, error)),
+            Err(error) => Err(self.classify_trap(&instance, error, deadline)),
         }
     }
 
-    fn classify_trap(&self, instance: &Instance, error: wasmtime::Error) -> GuestError {
+    fn classify_trap(&self, instance: &Instance, error: wasmtime::Error, deadline: Duration) -> GuestError {
         let state = instance.store.data();
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            return GuestError::Timeout(self.limits.deadline);
+            return GuestError::Timeout(deadline);
         }
         if state.limiter.refused {
             return GuestError::MemoryLimit { limit_mb: self.limits.memory_bytes >> 20 };
@@ -235,6 +233,11 @@ impl Drop for GuestRuntime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Epoch ticks in `deadline`, at least one.
+fn ticks(deadline: Duration) -> u64 {
+    u64::try_from(deadline.as_millis() / TICK.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Engine settings shared by compilation and execution (a precompiled artifact only loads

@@ -50,6 +50,8 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         guest_deadline: Duration::from_secs(60),
         guest_memory_bytes: 512 << 20,
         inference_threads: 0,
+        preload: Vec::new(),
+        model_cache_mb: None,
     }
 }
 

@@ -1,0 +1,223 @@
+//! The Lambda edge against the real Lambda Runtime API protocol: cargo-lambda's emulator
+//! (`cargo lambda watch --only-lambda-apis`) on loopback, the real `qa-host` binary as the
+//! bootstrap connected to it, and invocations through the emulator's Invoke API.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn cargo_lambda() -> PathBuf {
+    let path = std::env::var_os("CARGO_LAMBDA").map(PathBuf::from).unwrap_or_else(|| workspace().join(".cache/tools-venv/bin/cargo-lambda"));
+    assert!(path.is_file(), "{} not found (CARGO_LAMBDA); run `bash scripts/test.sh`, which installs cargo-lambda from PyPI", path.display());
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The emulator plus one `qa-host` bootstrap connected to it; both killed on drop.
+struct Lambda {
+    emulator: Child,
+    function: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lambda {
+    fn start(guest: PathBuf, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let emulator = Command::new(cargo_lambda())
+            .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()])
+            .current_dir(workspace())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cargo-lambda");
+        wait_until("the emulator to listen", Duration::from_secs(60), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        let mut function = Command::new(env!("CARGO_BIN_EXE_qa-host"));
+        function
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
+            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("ORT_DYLIB_PATH", onnxruntime())
+            .env("QA_GUEST", guest)
+            .env("QA_MODELS_DIR", models_dir())
+            .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
+            .env("QA_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut function = function.spawn().expect("start qa-host as a Lambda bootstrap");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = function.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let lambda = Lambda { emulator, function, port, log };
+        lambda.wait_for_log("guest ready");
+        lambda
+    }
+
+    fn wait_for_log(&self, needle: &str) {
+        wait_until(needle, Duration::from_secs(120), || self.logged(needle));
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    fn invoke(&self, event: &Value) -> Value {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .new_agent();
+        let mut response = agent
+            .post(&format!("http://127.0.0.1:{}/2015-03-31/functions/_/invocations", self.port))
+            .send(event.to_string())
+            .expect("invoke through the emulator");
+        let text = response.body_mut().with_config().limit(10 << 20).read_to_string().unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("invoke returned non-JSON: {text}"))
+    }
+}
+
+impl Drop for Lambda {
+    fn drop(&mut self) {
+        for child in [&mut self.function, &mut self.emulator] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn http_v2(body: &str, base64: bool) -> Value {
+    json!({
+        "version": "2.0", "routeKey": "POST /", "rawPath": "/", "rawQueryString": "",
+        "headers": {"content-type": "application/json"},
+        "requestContext": {"accountId": "123456789012", "apiId": "api", "domainName": "api.example", "domainPrefix": "api",
+            "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"},
+            "requestId": "req", "routeKey": "POST /", "stage": "$default", "time": "27/Nov/2026:00:00:00 +0000", "timeEpoch": 0},
+        "body": body, "isBase64Encoded": base64
+    })
+}
+
+fn function_url(body: &str) -> Value {
+    json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
+        "headers": {"content-type": "application/json"},
+        "requestContext": {"accountId": "anonymous", "apiId": "urlid", "domainName": "urlid.lambda-url.us-east-1.on.aws",
+            "domainPrefix": "urlid", "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
+            "userAgent": "test"}, "requestId": "req", "routeKey": "$default", "stage": "$default",
+            "time": "27/Nov/2026:00:00:00 +0000", "timeEpoch": 0},
+        "body": body, "isBase64Encoded": false
+    })
+}
+
+fn rest_v1(body: &str) -> Value {
+    json!({
+        "resource": "/", "path": "/", "httpMethod": "POST", "headers": {"Content-Type": "application/json"},
+        "multiValueHeaders": {"Content-Type": ["application/json"]}, "queryStringParameters": null,
+        "multiValueQueryStringParameters": null, "pathParameters": null, "stageVariables": null,
+        "requestContext": {"resourcePath": "/", "httpMethod": "POST", "path": "/prod/", "stage": "prod",
+            "requestId": "req", "identity": {"sourceIp": "127.0.0.1"}, "accountId": "123456789012", "apiId": "api"},
+        "body": body, "isBase64Encoded": false
+    })
+}
+
+/// The JSON body of an HTTP envelope, checking the envelope on the way.
+fn envelope_body(response: &Value, status: u16) -> Value {
+    assert_eq!(response["statusCode"], status, "{response}");
+    assert_eq!(response["headers"]["content-type"], "application/json", "{response}");
+    serde_json::from_str(response["body"].as_str().expect("body is a string")).expect("body is JSON")
+}
+
+#[test]
+fn every_event_shape_is_answered_in_its_own_envelope() {
+    let lambda = Lambda::start(qa_guest(), &[("QA_PRELOAD", "nlp1")]);
+    let body = benz_request().to_string();
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&body);
+    for (name, event) in [
+        ("http api 2.0", http_v2(&body, false)),
+        ("http api 2.0, base64 body", http_v2(&encoded, true)),
+        ("function url", function_url(&body)),
+        ("rest api 1.0", rest_v1(&body)),
+        ("sample test event", json!({"body": body})),
+    ] {
+        let answer = envelope_body(&lambda.invoke(&event), 200);
+        assert_eq!(answer["Answer"], "1886", "{name}");
+        assert_eq!(answer["Model_Type"], "nlp1", "{name}");
+    }
+    let direct = lambda.invoke(&benz_request());
+    assert_eq!(direct["Answer"], "1886", "direct invoke returns the bare response: {direct}");
+    assert!(direct.get("statusCode").is_none());
+}
+
+#[test]
+fn each_error_class_has_its_status_and_code_and_the_runtime_keeps_serving() {
+    let lambda = Lambda::start(qa_guest(), &[]);
+    let huge = json!({"question": "q", "context": "x".repeat(300_000)}).to_string();
+    let cases = [
+        (http_v2("{oops", false), 400, "bad_json"),
+        (http_v2(r#"{"question": 1, "context": "c"}"#, false), 400, "invalid_field"),
+        (http_v2("%%%", true), 400, "bad_json"),
+        (rest_v1(r#"{"model_type": "nlp404", "question": "q", "context": "c"}"#), 404, "unknown_model"),
+        (function_url(&huge), 413, "context_too_large"),
+        (json!({"body": r#"{"question": " ", "context": "c"}"#}), 400, "empty_question"),
+    ];
+    for (event, status, code) in cases {
+        let body = envelope_body(&lambda.invoke(&event), status);
+        assert_eq!(body["error"]["code"], code);
+        assert!(!body["error"]["request_id"].as_str().unwrap().is_empty());
+    }
+    let direct = lambda.invoke(&json!({"question": "q"}));
+    assert_eq!((&direct["error"]["code"], &direct["error"]["status"]), (&json!("invalid_field"), &json!(400)));
+    let answer = envelope_body(&lambda.invoke(&http_v2(&benz_request().to_string(), false)), 200);
+    assert_eq!(answer["Answer"], "1886");
+}
+
+#[test]
+fn a_guest_trap_is_a_500_with_the_request_id_and_the_next_request_succeeds() {
+    let lambda = Lambda::start(misbehaving_guest(), &[]);
+    let trap = envelope_body(&lambda.invoke(&http_v2(r#"{"question": "trap", "context": "c"}"#, false)), 500);
+    assert_eq!(trap["error"]["code"], "guest_failed");
+    let request_id = trap["error"]["request_id"].as_str().unwrap();
+    assert!(!request_id.is_empty() && request_id != "req", "the Lambda request id, not the API's: {request_id}");
+    let ok = envelope_body(&lambda.invoke(&http_v2(r#"{"question": "hello", "context": "c"}"#, false)), 200);
+    assert_eq!(ok["Answer"], "ok");
+}
+
+#[test]
+fn preloaded_models_load_during_init_and_others_on_first_use() {
+    let preloading = Lambda::start(qa_guest(), &[("QA_PRELOAD", "nlp1")]);
+    preloading.wait_for_log("preloaded");
+    assert!(preloading.logged("model loaded"), "nlp1 was loaded before any invocation");
+    assert_eq!(preloading.invoke(&benz_request())["Answer"], "1886");
+
+    let lazy = Lambda::start(qa_guest(), &[]);
+    assert!(!lazy.logged("model loaded"), "without QA_PRELOAD nothing is loaded at init");
+    assert_eq!(lazy.invoke(&benz_request())["Answer"], "1886");
+    assert!(lazy.logged("model loaded"), "the first request loaded the model");
+}
