@@ -75,6 +75,25 @@ async fn question_over_the_token_limit_is_refused_by_the_guest() {
     assert!(error.to_string().contains("tokens"), "{error}");
 }
 
+#[tokio::test]
+async fn on_demand_models_beyond_the_cache_budget_are_evicted_least_recently_used_first() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["alpha", "beta", "gamma"] {
+        link_model(&models_dir().join("nlp1"), &dir.path().join(name));
+    }
+    let model_mb = std::fs::metadata(models_dir().join("nlp1/model.onnx")).unwrap().len().div_ceil(1 << 20);
+    let mut config = config(qa_guest(), dir.path().to_path_buf());
+    config.model_cache_mb = Some(2 * model_mb); // room for two
+    let service = service(&config);
+    let ask = |name: &str| QaRequest { model_type: Some(name.into()), ..sample() };
+    for name in ["alpha", "beta", "alpha", "gamma"] {
+        assert_eq!(service.answer(ask(name)).await.expect(name).answer, "1886");
+    }
+    assert_eq!(service.loaded_models(), ["alpha", "gamma"], "beta was the least recently used");
+    assert_eq!(service.answer(ask("beta")).await.expect("beta again").answer, "1886");
+    assert_eq!(service.loaded_models(), ["beta", "gamma"]);
+}
+
 fn host_bin() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qa-host"));
     command

@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use qa_host::api::QaRequest;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn misbehaving_service(deadline: Duration, memory_mb: usize) -> std::sync::Arc<qa_host::service::QaService> {
@@ -82,16 +81,6 @@ async fn the_guest_can_load_only_the_model_the_request_named() {
     assert_eq!(status, 500);
     assert!(message.contains("load refused"), "{message}");
     assert_eq!(ask(&service, "load:nlp1").await.unwrap(), "loaded");
-}
-
-/// A model directory whose files are the real model's (hard links, falling back to copies).
-fn link_model(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for file in ["model.onnx", "tokenizer.json", "config.json"] {
-        if std::fs::hard_link(from.join(file), to.join(file)).is_err() {
-            std::fs::copy(from.join(file), to.join(file)).unwrap();
-        }
-    }
 }
 
 #[tokio::test]

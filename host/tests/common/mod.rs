@@ -64,3 +64,13 @@ pub fn benz_request() -> serde_json::Value {
     let text = std::fs::read_to_string(workspace().join("fixtures/benz.json")).expect("fixtures/benz.json");
     serde_json::from_str(&text).expect("fixture is JSON")
 }
+
+/// A model directory whose files are the real model's (hard links, falling back to copies).
+pub fn link_model(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for file in ["model.onnx", "tokenizer.json", "config.json"] {
+        if std::fs::hard_link(from.join(file), to.join(file)).is_err() {
+            std::fs::copy(from.join(file), to.join(file)).unwrap();
+        }
+    }
+}

@@ -1,0 +1,96 @@
+"""Lambda init and first-request time, models preloaded (QA_PRELOAD) versus loaded on demand.
+
+Each run starts cargo-lambda's Runtime API emulator and a fresh `qa-host` bootstrap, then
+measures: init (process start until the bootstrap polls for its first event, read from the
+"ready" log line), first request and second request (Invoke API round trips). Prints a
+markdown table of medians over --runs runs.
+
+    source scripts/env.sh && python3 bench/lambda_init.py --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"emulator did not listen on {port}")
+
+
+def invoke(port: int, event: dict) -> float:
+    started = time.perf_counter()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/2015-03-31/functions/_/invocations", data=json.dumps(event).encode())
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        body = json.loads(resp.read())
+    assert "Answer" in body, body
+    return (time.perf_counter() - started) * 1e3
+
+
+def one_run(cargo_lambda: str, preload: bool) -> tuple[float, float, float]:
+    port = free_port()
+    emulator = subprocess.Popen([cargo_lambda, "lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", str(port)],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"http://127.0.0.1:{port}/.rt", AWS_LAMBDA_FUNCTION_NAME="_",
+                   AWS_LAMBDA_FUNCTION_MEMORY_SIZE="4096", AWS_LAMBDA_FUNCTION_VERSION="1", QA_LOG="info")
+        env.pop("QA_PRELOAD", None)
+        if preload:
+            env["QA_PRELOAD"] = "nlp1"
+        started = time.perf_counter()
+        host = subprocess.Popen([str(ROOT / "target/debug/qa-host")], env=env, stderr=subprocess.PIPE, text=True)
+        ready_marker = "preloaded" if preload else "guest ready"
+        for line in host.stderr:
+            if ready_marker in line:
+                break
+        init_ms = (time.perf_counter() - started) * 1e3
+        event = json.loads((ROOT / "fixtures/benz.json").read_text())
+        first = invoke(port, event)
+        second = invoke(port, event)
+        host.kill()
+        host.wait()
+        return init_ms, first, second
+    finally:
+        emulator.kill()
+        emulator.wait()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--cargo-lambda", default=str(ROOT / ".cache/tools-venv/bin/cargo-lambda"))
+    args = p.parse_args()
+    print("| mode | init (ms) | first request (ms) | second request (ms) |")
+    print("|---|---|---|---|")
+    for preload in (True, False):
+        runs = [one_run(args.cargo_lambda, preload) for _ in range(args.runs)]
+        med = [statistics.median(r[i] for r in runs) for i in range(3)]
+        name = "QA_PRELOAD=nlp1 (outside the handler)" if preload else "on demand (inside the handler)"
+        print(f"| {name} | {med[0]:.0f} | {med[1]:.0f} | {med[2]:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
