@@ -5,13 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-# cargo-lambda's Lambda Runtime API emulator, from PyPI, for the Lambda tests.
-CARGO_LAMBDA_VERSION=1.9.2
+# Real stand-ins for AWS, from PyPI: cargo-lambda's Lambda Runtime API emulator and moto's
+# S3-compatible server. Installed into .cache/tools-venv once; reinstalled when the pinned
+# versions change.
+TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5"
 export CARGO_LAMBDA="$PWD/.cache/tools-venv/bin/cargo-lambda"
-if ! "$CARGO_LAMBDA" lambda --version 2>/dev/null | grep -q "$CARGO_LAMBDA_VERSION"; then
-  echo "test: installing cargo-lambda $CARGO_LAMBDA_VERSION from PyPI" >&2
+export MOTO_SERVER="$PWD/.cache/tools-venv/bin/moto_server"
+if [ "$(cat .cache/tools-venv/.installed 2>/dev/null)" != "$TOOLS" ]; then
+  echo "test: installing $TOOLS from PyPI" >&2
   python3 -m venv .cache/tools-venv
-  .cache/tools-venv/bin/pip install --quiet "cargo-lambda==$CARGO_LAMBDA_VERSION"
+  # shellcheck disable=SC2086
+  .cache/tools-venv/bin/pip install --quiet $TOOLS
+  echo "$TOOLS" > .cache/tools-venv/.installed
 fi
 
 echo "test: building the misbehaving test guest" >&2

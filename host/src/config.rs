@@ -1,5 +1,7 @@
 //! Where the host finds its parts, from flags and environment variables.
 
+use crate::models::S3Settings;
+use crate::models::manifest::{self, ManifestError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,16 +28,32 @@ pub struct HostConfig {
     pub preload: Vec<String>,
     /// Budget in MiB for models loaded on demand (`QA_MODEL_CACHE_MB`); unbounded if unset.
     pub model_cache_mb: Option<u64>,
+    /// Models named by `QA_MODELS` and `QA_MODELS_FILE` (see [`crate::models::manifest`]).
+    pub manifest: Vec<manifest::Entry>,
+    /// How long a loaded model is trusted before its source is asked for changes.
+    pub model_ttl: Duration,
+    /// S3 download settings (cache under `QA_MODEL_CACHE_DIR`).
+    pub s3: S3Settings,
 }
 
 impl HostConfig {
     /// Defaults: models in `./models`, the guest next to the executable or in the cargo
     /// target directory, the cache under the system temporary directory.
-    pub fn from_env() -> Self {
+    /// Reads the environment; only a malformed model manifest is an error.
+    pub fn from_env() -> Result<Self, ManifestError> {
         let env_path = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
         let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
         let guest_wasm = env_path("QA_GUEST").unwrap_or_else(|| default_guest(exe_dir.as_deref()));
-        Self {
+        let mut manifest = manifest::parse_env(&std::env::var("QA_MODELS").unwrap_or_default())?;
+        if let Some(path) = env_path("QA_MODELS_FILE") {
+            let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::new(format!("{}: {e}", path.display())))?;
+            manifest.extend(manifest::parse_file(&text)?);
+        }
+        let mut s3 = S3Settings::default();
+        if let Some(dir) = env_path("QA_MODEL_CACHE_DIR") {
+            s3.cache_root = dir;
+        }
+        Ok(Self {
             models_dir: env_path("QA_MODELS_DIR").unwrap_or_else(default_models_dir),
             default_model: std::env::var("QA_DEFAULT_MODEL").ok().filter(|v| !v.is_empty()),
             guest_wasm,
@@ -52,7 +70,10 @@ impl HostConfig {
                 .map(str::to_string)
                 .collect(),
             model_cache_mb: env_number("QA_MODEL_CACHE_MB"),
-        }
+            manifest,
+            model_ttl: Duration::from_secs(env_number("QA_MODEL_TTL_SECS").unwrap_or(60)),
+            s3,
+        })
     }
 }
 

@@ -99,7 +99,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let mut config = HostConfig::from_env();
+    let mut config = HostConfig::from_env().map_err(|e| e.to_string())?;
     let HostArgs { models_dir, guest, cache_dir, onnxruntime } = cli.host;
     config.models_dir = models_dir.unwrap_or(config.models_dir);
     config.guest_wasm = guest.unwrap_or(config.guest_wasm);

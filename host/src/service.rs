@@ -5,14 +5,14 @@
 use crate::api::{AnswerSpan, ApiError, PhaseTimings, QaRequest, QaResponse};
 use crate::config::HostConfig;
 use crate::guest::{GuestError, GuestLimits, GuestQaError, GuestRuntime, Options};
-use crate::models::{ModelCatalog, SourceError, is_valid_name};
+use crate::models::{ModelCatalog, ModelSource, SourceError, is_valid_name};
 use crate::nn::onnx::{OnnxBackend, SessionSettings};
 use crate::nn::{NnError, init_onnx_runtime};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
 use wasmtime_wasi_nn::Graph;
 
 /// Why the service could not start.
@@ -22,8 +22,6 @@ pub enum StartError {
     OnnxRuntime(#[from] NnError),
     #[error(transparent)]
     Guest(#[from] GuestError),
-    #[error(transparent)]
-    Models(#[from] SourceError),
     #[error("no models found in {0} (each model is a directory with model.onnx, tokenizer.json, config.json)")]
     NoModels(String),
 }
@@ -31,21 +29,34 @@ pub enum StartError {
 /// A model ready for inference, shared by all requests.
 struct ReadyModel {
     graph: Graph,
+    /// Where its files are (canonical), mounted into the guest as `/models/<name>`.
+    dir: PathBuf,
+    /// The source's content version when it was loaded.
+    version: String,
     /// Size of `model.onnx`: the measure of the model cache's budget.
     bytes: u64,
     /// Loaded at start-up (`QA_PRELOAD`): never evicted.
     preloaded: bool,
     /// Logical clock of the last request that used it, for least-recently-used eviction.
     last_used: AtomicU64,
+    /// When the source was last asked whether the model changed.
+    checked: Mutex<Instant>,
+}
+
+/// One model name's place in the cache. The async lock makes loading single-flight:
+/// concurrent first requests wait for one fetch and one load.
+#[derive(Default)]
+struct Slot {
+    current: tokio::sync::Mutex<Option<Arc<ReadyModel>>>,
 }
 
 pub struct QaService {
     catalog: ModelCatalog,
     backend: OnnxBackend,
-    /// One cell per model name: concurrent first requests load a model once.
-    ready: Mutex<HashMap<String, Arc<OnceCell<Arc<ReadyModel>>>>>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Budget for models loaded on demand (sum of `model.onnx` sizes); `None` is unbounded.
     cache_budget: Option<u64>,
+    model_ttl: Duration,
     clock: AtomicU64,
     guest: GuestRuntime,
     guest_deadline: Duration,
@@ -54,19 +65,20 @@ pub struct QaService {
 impl QaService {
     pub fn start(config: &HostConfig) -> Result<Self, StartError> {
         init_onnx_runtime(config.onnxruntime.as_deref())?;
-        let mut catalog = ModelCatalog::discover(&config.models_dir)?;
+        let mut catalog = ModelCatalog::build(&config.models_dir, &config.manifest, config.s3.clone());
         catalog.set_default(config.default_model.clone());
         if catalog.names().next().is_none() {
             return Err(StartError::NoModels(config.models_dir.display().to_string()));
         }
         let limits = GuestLimits { deadline: config.guest_deadline, memory_bytes: config.guest_memory_bytes };
-        let guest = GuestRuntime::new(&config.guest_wasm, &config.cache_dir, &config.models_dir, limits)?;
+        let guest = GuestRuntime::new(&config.guest_wasm, &config.cache_dir, limits)?;
         tracing::info!(origin = ?guest.origin, ms = guest.load_time.as_millis() as u64, guest = %config.guest_wasm.display(), "guest ready");
         Ok(Self {
             catalog,
             backend: OnnxBackend { settings: SessionSettings { intra_threads: config.inference_threads } },
-            ready: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
             cache_budget: config.model_cache_mb.map(|mb| mb << 20),
+            model_ttl: config.model_ttl,
             clock: AtomicU64::new(0),
             guest,
             guest_deadline: config.guest_deadline,
@@ -96,65 +108,107 @@ impl QaService {
 
     /// Names of the models currently loaded, for tests and health checks.
     pub fn loaded_models(&self) -> Vec<String> {
-        let ready = self.ready.lock().map(|r| r.iter().filter(|(_, c)| c.initialized()).map(|(n, _)| n.clone()).collect());
-        let mut names: Vec<String> = ready.unwrap_or_default();
+        let Ok(slots) = self.slots.lock() else { return Vec::new() };
+        let mut names: Vec<String> =
+            slots.iter().filter(|(_, slot)| slot.current.try_lock().is_ok_and(|c| c.is_some())).map(|(n, _)| n.clone()).collect();
         names.sort();
         names
     }
 
-    /// Makes `name`'s graph ready, fetching and loading it on first use.
+    /// The model `name`, fetched and loaded on first use, and re-checked against its source
+    /// once `model_ttl` has passed: a new version is loaded and used from then on (requests
+    /// already running finish on the old one). If a re-check or reload fails, the loaded
+    /// version keeps serving.
     async fn load(&self, name: &str, preloaded: bool) -> Result<Arc<ReadyModel>, ApiError> {
         let source = self.catalog.get(name).cloned().ok_or_else(|| ApiError::UnknownModel {
             name: name.to_string(),
             available: self.catalog.names().collect::<Vec<_>>().join(", "),
         })?;
-        let cell = {
-            let mut ready = self.ready.lock().map_err(|_| ApiError::Internal("model table poisoned".into()))?;
-            ready.entry(name.to_string()).or_default().clone()
+        let slot = {
+            let mut slots = self.slots.lock().map_err(|_| ApiError::Internal("model table poisoned".into()))?;
+            slots.entry(name.to_string()).or_default().clone()
         };
-        let model = cell
-            .get_or_try_init(|| async {
-                let dir = source.local_dir().await.map_err(|e| match e {
-                    SourceError::NotFound(reason) => ApiError::ModelInvalid { name: name.to_string(), reason },
-                    SourceError::Unavailable(reason) => ApiError::ModelUnavailable { name: name.to_string(), reason },
-                })?;
-                let backend = self.backend;
-                let started = Instant::now();
-                let bytes = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
-                let graph = tokio::task::spawn_blocking(move || backend.load_model_dir(&dir))
-                    .await
-                    .map_err(|e| ApiError::Internal(format!("model loader: {e}")))?
-                    .map_err(|e| ApiError::ModelInvalid { name: name.to_string(), reason: e.to_string() })?;
-                tracing::info!(model = name, ms = started.elapsed().as_millis() as u64, "model loaded");
-                Ok::<_, ApiError>(Arc::new(ReadyModel { graph, bytes, preloaded, last_used: AtomicU64::new(0) }))
-            })
-            .await?
-            .clone();
+        let mut current = slot.current.lock().await;
+        let due = match current.as_ref() {
+            None => true,
+            Some(model) => source.can_change() && model.checked.lock().map_or(true, |t| t.elapsed() >= self.model_ttl),
+        };
+        if due {
+            match self.refresh(name, source.as_ref(), current.as_ref(), preloaded).await {
+                Ok(Some(fresh)) => *current = Some(fresh),
+                Ok(None) => {}
+                Err(error) => match current.as_ref() {
+                    Some(model) => {
+                        tracing::warn!(model = name, %error, "model re-check failed; serving the loaded version");
+                        if let Ok(mut checked) = model.checked.lock() {
+                            *checked = Instant::now();
+                        }
+                    }
+                    None => return Err(error),
+                },
+            }
+        }
+        let model = current.clone().ok_or_else(|| ApiError::Internal("model slot empty after loading".into()))?;
+        drop(current);
         model.last_used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         self.evict_over_budget(name);
         Ok(model)
+    }
+
+    /// Asks the source for the model; loads it when it is new or its version changed.
+    async fn refresh(&self, name: &str, source: &dyn ModelSource, loaded: Option<&Arc<ReadyModel>>, preloaded: bool) -> Result<Option<Arc<ReadyModel>>, ApiError> {
+        let started = Instant::now();
+        let local = source.fetch().await.map_err(|e| source_error(name, e))?;
+        if let Some(model) = loaded.filter(|m| m.version == local.version) {
+            if let Ok(mut checked) = model.checked.lock() {
+                *checked = Instant::now();
+            }
+            return Ok(None);
+        }
+        let dir = std::fs::canonicalize(&local.dir).map_err(|e| ApiError::ModelUnavailable { name: name.to_string(), reason: format!("{}: {e}", local.dir.display()) })?;
+        let bytes = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
+        let backend = self.backend;
+        let load_dir = dir.clone();
+        let graph = tokio::task::spawn_blocking(move || backend.load_model_dir(&load_dir))
+            .await
+            .map_err(|e| ApiError::Internal(format!("model loader: {e}")))?
+            .map_err(|e| ApiError::ModelInvalid { name: name.to_string(), reason: e.to_string() })?;
+        tracing::info!(model = name, version = %local.version, ms = started.elapsed().as_millis() as u64, "model loaded");
+        Ok(Some(Arc::new(ReadyModel {
+            graph,
+            dir,
+            version: local.version,
+            bytes,
+            preloaded: preloaded || loaded.is_some_and(|m| m.preloaded),
+            last_used: AtomicU64::new(0),
+            checked: Mutex::new(Instant::now()),
+        })))
     }
 
     /// Drops least recently used on-demand models until the cache fits its budget. Requests
     /// already running keep their model alive until they finish.
     fn evict_over_budget(&self, keep: &str) {
         let Some(budget) = self.cache_budget else { return };
-        let Ok(mut ready) = self.ready.lock() else { return };
+        let Ok(mut slots) = self.slots.lock() else { return };
         loop {
-            let loaded: Vec<(&String, &Arc<ReadyModel>)> = ready.iter().filter_map(|(n, c)| c.get().map(|m| (n, m))).collect();
+            // Slots busy loading are skipped: they are in use.
+            let loaded: Vec<(String, Arc<ReadyModel>)> = slots
+                .iter()
+                .filter_map(|(n, slot)| slot.current.try_lock().ok().and_then(|c| c.clone()).map(|m| (n.clone(), m)))
+                .collect();
             let total: u64 = loaded.iter().filter(|(_, m)| !m.preloaded).map(|(_, m)| m.bytes).sum();
             if total <= budget {
                 return;
             }
             let victim = loaded
                 .iter()
-                .filter(|(n, m)| !m.preloaded && n.as_str() != keep)
+                .filter(|(n, m)| !m.preloaded && n != keep)
                 .min_by_key(|(_, m)| m.last_used.load(Ordering::Relaxed))
-                .map(|(n, _)| (*n).clone());
+                .map(|(n, _)| n.clone());
             match victim {
                 Some(name) => {
                     tracing::info!(model = %name, "evicted from the model cache");
-                    ready.remove(&name);
+                    slots.remove(&name);
                 }
                 None => return,
             }
@@ -192,11 +246,13 @@ impl QaService {
             max_question_len: 64,
             handle_impossible: request.handle_impossible_answer.unwrap_or(false),
         };
+        let model_version = model.version.clone();
         let service = self.clone();
-        let graph = model.graph.clone();
         let guest_started = Instant::now();
         let (question, context, guest_name) = (request.question.clone(), request.context.clone(), name.clone());
-        let response = tokio::task::spawn_blocking(move || service.guest.ask(&guest_name, graph, &question, &context, options, deadline))
+        let response = tokio::task::spawn_blocking(move || {
+            service.guest.ask(&guest_name, &model.dir, model.graph.clone(), &question, &context, options, deadline)
+        })
             .await
             .map_err(|e| ApiError::Internal(format!("guest task: {e}")))?
             .map_err(|e| guest_error(&name, e))?;
@@ -218,6 +274,7 @@ impl QaService {
             end: best.end,
             answers,
             windows: response.timings.windows,
+            model_version,
             timings_ms: PhaseTimings {
                 fetch: ms(fetched),
                 guest: ms(guest_time),
@@ -226,6 +283,15 @@ impl QaService {
                 total: ms(started.elapsed()),
             },
         })
+    }
+}
+
+fn source_error(model: &str, error: SourceError) -> ApiError {
+    let name = model.to_string();
+    match error {
+        SourceError::NotFound(reason) => ApiError::ModelNotFound { name, reason },
+        SourceError::Unavailable(reason) => ApiError::ModelUnavailable { name, reason },
+        SourceError::Corrupt(reason) => ApiError::ModelCorrupt { name, reason },
     }
 }
 

@@ -5,8 +5,7 @@ mod common;
 
 use common::*;
 use qa_host::api::QaRequest;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 fn sample() -> QaRequest {
     serde_json::from_value(benz_request()).expect("fixture is a request")
@@ -160,47 +159,27 @@ fn eval_command_scores_the_squad_sample_at_or_above_the_recorded_figures() {
 
 /// `qa-host serve` on an ephemeral loopback port; killed on drop.
 struct Server {
-    child: Child,
+    _process: Spawned,
     base: String,
 }
 
 impl Server {
     fn start() -> Self {
-        let mut child = host_bin()
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn qa-host serve");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let base = loop {
-            let line = lines.next().expect("qa-host serve exited before listening").unwrap();
-            if let Some(addr) = line.strip_prefix("qa-host: listening on ") {
-                break addr.trim().to_string();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Server { child, base }
+        let mut command = host_bin();
+        command.args(["serve", "--addr", "127.0.0.1:0"]);
+        let process = Spawned::start(command);
+        let line = process.wait_for_log("qa-host: listening on ", std::time::Duration::from_secs(120));
+        let base = line.trim_start_matches("qa-host: listening on ").trim().to_string();
+        Server { _process: process, base }
     }
 
     fn post(&self, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        let mut response = agent
+        let response = http()
             .post(&format!("{}/", self.base))
             .header("Content-Type", "application/json")
             .send(body.into())
             .expect("HTTP round trip");
-        let status = response.status().as_u16();
-        let text = response.body_mut().with_config().limit(10 << 20).read_to_string().expect("body");
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        json_body(response)
     }
 }
 

@@ -6,12 +6,10 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 fn cargo_lambda() -> PathBuf {
     let path = std::env::var_os("CARGO_LAMBDA").map(PathBuf::from).unwrap_or_else(|| workspace().join(".cache/tools-venv/bin/cargo-lambda"));
@@ -19,36 +17,19 @@ fn cargo_lambda() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The emulator plus one `qa-host` bootstrap connected to it; both killed on drop.
 struct Lambda {
-    emulator: Child,
-    function: Child,
+    function: Spawned,
+    _emulator: Spawned,
     port: u16,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Lambda {
     fn start(guest: PathBuf, env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let emulator = Command::new(cargo_lambda())
-            .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()])
-            .current_dir(workspace())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cargo-lambda");
+        let mut emulator = Command::new(cargo_lambda());
+        emulator.args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()]).current_dir(workspace());
+        let emulator = Spawned::start(emulator);
         wait_until("the emulator to listen", Duration::from_secs(60), || TcpStream::connect(("127.0.0.1", port)).is_ok());
         let mut function = Command::new(env!("CARGO_BIN_EXE_qa-host"));
         function
@@ -63,52 +44,26 @@ impl Lambda {
             .env("QA_MODELS_DIR", models_dir())
             .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
             .env("QA_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut function = function.spawn().expect("start qa-host as a Lambda bootstrap");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let stderr = function.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let lambda = Lambda { emulator, function, port, log };
-        lambda.wait_for_log("guest ready");
+            .envs(env.iter().copied());
+        let lambda = Lambda { function: Spawned::start(function), _emulator: emulator, port };
+        lambda.function.wait_for_log("guest ready", Duration::from_secs(120));
         lambda
     }
 
     fn wait_for_log(&self, needle: &str) {
-        wait_until(needle, Duration::from_secs(120), || self.logged(needle));
+        self.function.wait_for_log(needle, Duration::from_secs(120));
     }
 
     fn logged(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.function.logged(needle)
     }
 
     fn invoke(&self, event: &Value) -> Value {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build()
-            .new_agent();
-        let mut response = agent
+        let response = http()
             .post(&format!("http://127.0.0.1:{}/2015-03-31/functions/_/invocations", self.port))
             .send(event.to_string())
             .expect("invoke through the emulator");
-        let text = response.body_mut().with_config().limit(10 << 20).read_to_string().unwrap();
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("invoke returned non-JSON: {text}"))
-    }
-}
-
-impl Drop for Lambda {
-    fn drop(&mut self) {
-        for child in [&mut self.function, &mut self.emulator] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        json_body(response).1
     }
 }
 

@@ -24,6 +24,10 @@ pub enum ApiError {
     /// The guest refused the input (for example a question over its token limit).
     #[error("{0}")]
     GuestRejected(String),
+    #[error("model {name:?} is not in its storage: {reason}")]
+    ModelNotFound { name: String, reason: String },
+    #[error("model {name:?} failed verification: {reason}")]
+    ModelCorrupt { name: String, reason: String },
     #[error("model {name:?} is unusable: {reason}")]
     ModelInvalid { name: String, reason: String },
     #[error("model {name:?} is unavailable: {reason}")]
@@ -51,6 +55,8 @@ impl ApiError {
             Self::ContextTooLarge { .. } => "context_too_large",
             Self::UnknownModel { .. } => "unknown_model",
             Self::GuestRejected(_) => "invalid_input",
+            Self::ModelNotFound { .. } => "model_not_found",
+            Self::ModelCorrupt { .. } => "model_corrupt",
             Self::ModelInvalid { .. } => "model_invalid",
             Self::ModelUnavailable { .. } => "model_unavailable",
             Self::Inference(_) => "inference_failed",
@@ -63,9 +69,9 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             Self::BadJson(_) | Self::InvalidField(_) | Self::EmptyQuestion | Self::EmptyContext | Self::GuestRejected(_) => 400,
-            Self::UnknownModel { .. } => 404,
+            Self::UnknownModel { .. } | Self::ModelNotFound { .. } => 404,
             Self::BodyTooLarge { .. } | Self::QuestionTooLong { .. } | Self::ContextTooLarge { .. } => 413,
-            Self::ModelUnavailable { .. } => 503,
+            Self::ModelUnavailable { .. } | Self::ModelCorrupt { .. } => 503,
             Self::ModelInvalid { .. } | Self::Inference(_) | Self::GuestTimeout(_) | Self::GuestFailed(_) | Self::Internal(_) => 500,
         }
     }

@@ -133,6 +133,8 @@ pub struct QaResponse {
     pub answers: Vec<AnswerSpan>,
     /// Windows the context was split into.
     pub windows: u32,
+    /// Version of the model's files that answered (changes when the stored model changes).
+    pub model_version: String,
     pub timings_ms: PhaseTimings,
 }
 
@@ -195,6 +197,7 @@ mod tests {
             end: 5,
             answers: vec![],
             windows: 1,
+            model_version: "image".into(),
             timings_ms: PhaseTimings::default(),
         };
         let json = serde_json::to_value(&response).unwrap();

@@ -2,8 +2,8 @@
 //! instances reused across requests.
 //!
 //! Each call runs under an epoch deadline and a linear-memory cap. The guest sees WASI with
-//! the models directory read-only at `/models`, no environment, no network and no other
-//! files, plus `wasi:nn` with a registry holding only the graph the request named. An
+//! each model's directory read-only at `/models/<name>`, no environment, no network and no
+//! other files, plus `wasi:nn` with a registry holding only the graph the request named. An
 //! instance that traps is dropped, never reused; the next call gets a fresh one.
 
 mod cache;
@@ -11,6 +11,7 @@ mod cache;
 pub use cache::{CacheError, Origin, load_component};
 
 use crate::nn::{NoGraphs, SingleGraph};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -103,13 +104,18 @@ impl ResourceLimiter for MemoryCap {
 struct Instance {
     store: Store<HostState>,
     runner: Runner,
+    /// Model name → host directory mounted read-only at `/models/<name>`.
+    mounts: Mounts,
 }
+
+type Mounts = BTreeMap<String, PathBuf>;
 
 /// Compiles (or loads from cache) the guest once and runs calls on pooled instances.
 pub struct GuestRuntime {
     engine: Engine,
     pre: RunnerPre<HostState>,
-    models_dir: PathBuf,
+    /// Every model directory a request has used; new instances mount them all.
+    mounts: Mutex<Mounts>,
     limits: GuestLimits,
     pool: Mutex<Vec<Instance>>,
     ticker_stop: Arc<AtomicBool>,
@@ -118,19 +124,17 @@ pub struct GuestRuntime {
 }
 
 impl GuestRuntime {
-    pub fn new(wasm: &Path, cache_dir: &Path, models_dir: &Path, limits: GuestLimits) -> Result<Self, GuestError> {
+    pub fn new(wasm: &Path, cache_dir: &Path, limits: GuestLimits) -> Result<Self, GuestError> {
         let started = Instant::now();
         let engine = Engine::new(&engine_config()).map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
         let (component, origin) = load_component(&engine, wasm, cache_dir)?;
         let pre = Self::link(&engine, &component)?;
-        let models_dir = std::fs::canonicalize(models_dir)
-            .map_err(|e| GuestError::Mount { path: models_dir.to_path_buf(), reason: e.to_string() })?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
         let runtime = Self {
             engine,
             pre,
-            models_dir,
+            mounts: Mutex::new(Mounts::new()),
             limits,
             pool: Mutex::new(Vec::new()),
             ticker_stop,
@@ -138,7 +142,7 @@ impl GuestRuntime {
             load_time: started.elapsed(),
         };
         // Instantiate once now: a guest that cannot start is refused at load, not per request.
-        let instance = runtime.instantiate()?;
+        let instance = runtime.instantiate(Mounts::new())?;
         runtime.checkin(instance);
         Ok(runtime)
     }
@@ -152,15 +156,14 @@ impl GuestRuntime {
         RunnerPre::new(pre).map_err(err)
     }
 
-    fn instantiate(&self) -> Result<Instance, GuestError> {
+    fn instantiate(&self, mounts: Mounts) -> Result<Instance, GuestError> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .preopened_dir(&self.models_dir, MODELS_MOUNT, FsPerms::ReadOnly)
-            .map_err(|e| GuestError::Mount { path: self.models_dir.clone(), reason: format!("{e:#}") })?;
+        wasi.stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        for (name, dir) in &mounts {
+            wasi.preopened_dir(dir, format!("{MODELS_MOUNT}/{name}"), FsPerms::ReadOnly)
+                .map_err(|e| GuestError::Mount { path: dir.clone(), reason: format!("{e:#}") })?;
+        }
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -172,15 +175,26 @@ impl GuestRuntime {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks(self.limits.deadline));
         let runner = self.pre.instantiate(&mut store).map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
-        Ok(Instance { store, runner })
+        Ok(Instance { store, runner, mounts })
     }
 
-    fn checkout(&self) -> Result<Instance, GuestError> {
-        let pooled = self.pool.lock().ok().and_then(|mut pool| pool.pop());
-        match pooled {
-            Some(instance) => Ok(instance),
-            None => self.instantiate(),
+    /// An instance that mounts `dir` as `model`. Instances instantiated before a model (or a
+    /// new version of it) appeared lack its mount and are dropped; the replacement mounts
+    /// every model used so far.
+    fn checkout(&self, model: &str, dir: &Path) -> Result<Instance, GuestError> {
+        let wanted = {
+            let mut mounts = self.mounts.lock().map_err(|_| GuestError::Instantiate("mount table poisoned".into()))?;
+            if mounts.get(model).map(PathBuf::as_path) != Some(dir) {
+                mounts.insert(model.to_string(), dir.to_path_buf());
+            }
+            mounts.clone()
+        };
+        while let Some(instance) = self.pool.lock().ok().and_then(|mut pool| pool.pop()) {
+            if instance.mounts == wanted {
+                return Ok(instance);
+            }
         }
+        self.instantiate(wanted)
     }
 
     fn checkin(&self, instance: Instance) {
@@ -189,11 +203,12 @@ impl GuestRuntime {
         }
     }
 
-    /// Runs `ask` on a pooled instance that can see only `graph`, named `model`, stopping
-    /// the guest after `deadline` (at most the configured limit).
-    pub fn ask(&self, model: &str, graph: Graph, question: &str, context: &str, options: Options, deadline: Duration) -> Result<Response, GuestError> {
+    /// Runs `ask` on a pooled instance that can load only `graph`, named `model`, and reads
+    /// the model's files from `dir`, stopping the guest after `deadline` (at most the
+    /// configured limit).
+    pub fn ask(&self, model: &str, dir: &Path, graph: Graph, question: &str, context: &str, options: Options, deadline: Duration) -> Result<Response, GuestError> {
         let deadline = deadline.min(self.limits.deadline);
-        let mut instance = self.checkout()?;
+        let mut instance = self.checkout(model, dir)?;
         let store = &mut instance.store;
         store.data_mut().nn = WasiNnCtx::new([], SingleGraph::new(model, graph).into());
         store.data_mut().limiter.refused = false;

@@ -1,7 +1,7 @@
 //! Models baked into the deployment (the container image, or `./models` in the repository):
-//! a local directory, read with no network at all.
+//! a local directory, read with no network at all, that cannot change while the process runs.
 
-use super::{MODEL_FILES, ModelSource, SourceError, SourceFuture};
+use super::{LocalModel, ModelSource, SourceFuture, check_model_dir};
 use std::path::PathBuf;
 
 #[derive(Clone, Debug)]
@@ -16,15 +16,14 @@ impl ImageSource {
 }
 
 impl ModelSource for ImageSource {
-    fn local_dir(&self) -> SourceFuture<'_> {
+    fn fetch(&self) -> SourceFuture<'_> {
         Box::pin(async move {
-            for file in MODEL_FILES {
-                let path = self.dir.join(file);
-                if !path.is_file() {
-                    return Err(SourceError::NotFound(format!("{} is missing", path.display())));
-                }
-            }
-            Ok(self.dir.clone())
+            check_model_dir(&self.dir)?;
+            Ok(LocalModel { dir: self.dir.clone(), version: "image".into() })
         })
+    }
+
+    fn can_change(&self) -> bool {
+        false
     }
 }

@@ -1,10 +1,17 @@
 //! Where models come from. A model is a directory holding `model.onnx`, `tokenizer.json` and
-//! `config.json`; a [`ModelSource`] makes that directory available locally. The
-//! [`ModelCatalog`] maps the names requests use (`model_type`) to sources.
+//! `config.json`; a [`ModelSource`] makes that directory available locally: [`ImageSource`]
+//! (baked into the deployment), [`EfsSource`] (a mounted file system) and [`S3Source`]
+//! (downloaded into a cache under `/tmp`). The [`ModelCatalog`] maps the names requests use
+//! (`model_type`) to sources, from a manifest ([`manifest`]) and by discovering directories.
 
+mod efs;
 mod image;
+pub mod manifest;
+pub mod s3;
 
+pub use efs::EfsSource;
 pub use image::ImageSource;
+pub use s3::{S3Connector, S3Settings, S3Source};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,17 +28,34 @@ pub enum SourceError {
     /// The source answered, and the model (or one of its files) is not there.
     #[error("{0}")]
     NotFound(String),
-    /// The source could not be reached or read (a 503-class condition).
+    /// The source could not be reached, read or stored locally (a 503-class condition).
     #[error("{0}")]
     Unavailable(String),
+    /// What the source returned failed verification (size, ETag or sha256); nothing was kept.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
-pub type SourceFuture<'a> = Pin<Box<dyn Future<Output = Result<PathBuf, SourceError>> + Send + 'a>>;
+/// A model's files on local disk, and a fingerprint of their content: when it changes, the
+/// model is reloaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalModel {
+    pub dir: PathBuf,
+    pub version: String,
+}
+
+pub type SourceFuture<'a> = Pin<Box<dyn Future<Output = Result<LocalModel, SourceError>> + Send + 'a>>;
 
 /// One model's storage: makes the model's files available in a local directory.
 pub trait ModelSource: Send + Sync + std::fmt::Debug {
-    /// Returns the local directory holding [`MODEL_FILES`].
-    fn local_dir(&self) -> SourceFuture<'_>;
+    /// Returns the local directory holding [`MODEL_FILES`] and the content's version.
+    fn fetch(&self) -> SourceFuture<'_>;
+
+    /// Whether the content can change while the process runs (and so is re-checked after the
+    /// model TTL). Models baked into the image cannot.
+    fn can_change(&self) -> bool {
+        true
+    }
 }
 
 /// Model names → sources, plus the model used when a request names none.
@@ -42,11 +66,11 @@ pub struct ModelCatalog {
 }
 
 impl ModelCatalog {
-    /// Every sub-directory of `root` holding a `model.onnx` becomes a model of that name.
-    pub fn discover(root: &Path) -> Result<Self, SourceError> {
-        let entries = std::fs::read_dir(root)
-            .map_err(|e| SourceError::NotFound(format!("models directory {}: {e}", root.display())))?;
+    /// Every sub-directory of `root` holding a `model.onnx` becomes an image model of that
+    /// name. A missing `root` is an empty catalog (models may all come from a manifest).
+    pub fn discover(root: &Path) -> Self {
         let mut catalog = Self::default();
+        let Ok(entries) = std::fs::read_dir(root) else { return catalog };
         for entry in entries.flatten() {
             let dir = entry.path();
             let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
@@ -54,7 +78,25 @@ impl ModelCatalog {
                 catalog.insert(name, Arc::new(ImageSource::new(dir)));
             }
         }
-        Ok(catalog)
+        catalog
+    }
+
+    /// Image models discovered in `models_dir`, then the manifest's entries (which win on a
+    /// name clash). S3 models share one client built from `s3`.
+    pub fn build(models_dir: &Path, manifest: &[manifest::Entry], s3: S3Settings) -> Self {
+        let mut catalog = Self::discover(models_dir);
+        let connector = S3Connector::new(s3);
+        for entry in manifest {
+            let source: Arc<dyn ModelSource> = match &entry.location {
+                manifest::Location::S3 { bucket, prefix } => {
+                    Arc::new(S3Source::new(connector.clone(), &entry.name, bucket, prefix, entry.sha256.clone()))
+                }
+                manifest::Location::Efs(dir) => Arc::new(EfsSource::new(dir.clone())),
+                manifest::Location::Image(dir) => Arc::new(ImageSource::new(dir.clone())),
+            };
+            catalog.insert(entry.name.clone(), source);
+        }
+        catalog
     }
 
     pub fn insert(&mut self, name: String, source: Arc<dyn ModelSource>) {
@@ -88,6 +130,20 @@ pub fn is_valid_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
+/// Checks that `dir` holds every file of [`MODEL_FILES`], naming the first one missing.
+fn check_model_dir(dir: &Path) -> Result<(), SourceError> {
+    if !dir.is_dir() {
+        return Err(SourceError::NotFound(format!("model directory {} does not exist", dir.display())));
+    }
+    for file in MODEL_FILES {
+        let path = dir.join(file);
+        if !path.is_file() {
+            return Err(SourceError::NotFound(format!("{} is missing", path.display())));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,10 +166,11 @@ mod tests {
             std::fs::write(root.path().join(name).join("model.onnx"), b"x").unwrap();
         }
         std::fs::create_dir(root.path().join("not-a-model")).unwrap();
-        let mut catalog = ModelCatalog::discover(root.path()).unwrap();
+        let mut catalog = ModelCatalog::discover(root.path());
         assert_eq!(catalog.names().collect::<Vec<_>>(), ["nlp1", "nlp2"]);
         assert_eq!(catalog.default_name(), Some("nlp1"));
         catalog.set_default(Some("nlp2".into()));
         assert_eq!(catalog.default_name(), Some("nlp2"));
+        assert_eq!(ModelCatalog::discover(&root.path().join("absent")).names().count(), 0);
     }
 }

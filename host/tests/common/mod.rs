@@ -52,6 +52,9 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         inference_threads: 0,
         preload: Vec::new(),
         model_cache_mb: None,
+        manifest: Vec::new(),
+        model_ttl: Duration::from_secs(60),
+        s3: Default::default(),
     }
 }
 
@@ -73,4 +76,92 @@ pub fn link_model(from: &Path, to: &Path) {
             std::fs::copy(from.join(file), to.join(file)).unwrap();
         }
     }
+}
+
+/// A child process whose stderr lines are collected, killed on drop.
+pub struct Spawned {
+    pub child: std::process::Child,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Spawned {
+    pub fn start(mut command: std::process::Command) -> Self {
+        use std::io::BufRead;
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Spawned { child, log }
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn logged(&self, needle: &str) -> bool {
+        self.count(needle) > 0
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle`; panics with the log after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            if started.elapsed() > timeout {
+                panic!("no log line with {needle:?} within {timeout:?}; log:\n{}", self.lines().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An HTTP client for loopback tests that returns error statuses instead of failing.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(180)))
+        .build()
+        .new_agent()
+}
+
+/// Reads a response body as JSON, up to 10 MiB.
+pub fn json_body(mut response: ureq::http::Response<ureq::Body>) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.body_mut().with_config().limit(10 << 20).read_to_string().expect("response body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
 }

@@ -1,0 +1,342 @@
+//! Models in S3, fetched into a local cache (under `/tmp` in Lambda) and reused while warm.
+//!
+//! Every object directly under the model's prefix is fetched; large objects in concurrent
+//! ranged GETs pinned to the listed ETag (`If-Match`), so an object replaced mid-download
+//! fails cleanly instead of mixing versions. What arrives is verified (size, the ETag's MD5
+//! for single-part uploads, and the manifest's SHA-256 when given) in a private partial
+//! directory that is renamed into place only when complete: a crash, a kill or a truncated
+//! download never leaves files that a later request would load. Free space is checked before
+//! downloading. Throttling, 5xx answers and timeouts are retried with backoff by the SDK's
+//! standard retry policy; a server that stays down becomes [`SourceError::Unavailable`].
+
+use super::{LocalModel, MODEL_FILES, ModelSource, SourceError, SourceFuture};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use futures_util::{StreamExt, TryStreamExt};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// How S3 is reached and how downloads are cut up.
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    /// Root of the download cache (`/tmp/qa-models` by default).
+    pub cache_root: PathBuf,
+    /// Objects larger than this are fetched in ranged parts of this size.
+    pub part_bytes: u64,
+    /// Ranged GETs in flight per object.
+    pub concurrency: usize,
+    /// Attempts per request, including the first (standard retry mode, exponential backoff).
+    pub max_attempts: u32,
+    /// Time limit of one attempt.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            cache_root: std::env::temp_dir().join("qa-models"),
+            part_bytes: 8 << 20,
+            concurrency: 4,
+            max_attempts: 4,
+            attempt_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One S3 client for all S3 models, built from the standard AWS configuration chain on first
+/// use. `AWS_ENDPOINT_URL` points it at an S3-compatible server, with path-style addressing.
+#[derive(Debug)]
+pub struct S3Connector {
+    settings: S3Settings,
+    client: OnceCell<Client>,
+}
+
+impl S3Connector {
+    pub fn new(settings: S3Settings) -> Arc<Self> {
+        Arc::new(Self { settings, client: OnceCell::new() })
+    }
+
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| async {
+                use aws_config::retry::RetryConfig;
+                use aws_config::timeout::TimeoutConfig;
+                use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+                use aws_smithy_http_client::tls;
+                let http = aws_smithy_http_client::Builder::new()
+                    .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+                    .build_https();
+                let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .http_client(http)
+                    .retry_config(RetryConfig::standard().with_max_attempts(self.settings.max_attempts).with_initial_backoff(Duration::from_millis(100)))
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .connect_timeout(Duration::from_secs(5))
+                            .operation_attempt_timeout(self.settings.attempt_timeout)
+                            .build(),
+                    )
+                    .load()
+                    .await;
+                // S3-compatible servers often reject the CRC checksums newer SDKs send by default.
+                let mut config = aws_sdk_s3::config::Builder::from(&shared)
+                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                    .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+                if shared.endpoint_url().is_some() {
+                    config = config.force_path_style(true);
+                }
+                Client::from_conf(config.build())
+            })
+            .await
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct S3Source {
+    connector: Arc<S3Connector>,
+    name: String,
+    bucket: String,
+    prefix: String,
+    sha256: BTreeMap<String, String>,
+}
+
+/// An object as listed: what a download must reproduce.
+#[derive(Clone, Debug)]
+struct Listed {
+    file: String,
+    key: String,
+    etag: String,
+    size: u64,
+}
+
+impl S3Source {
+    pub fn new(connector: Arc<S3Connector>, name: &str, bucket: &str, prefix: &str, sha256: BTreeMap<String, String>) -> Self {
+        Self { connector, name: name.to_string(), bucket: bucket.to_string(), prefix: prefix.to_string(), sha256 }
+    }
+
+    fn url(&self, file: &str) -> String {
+        format!("s3://{}/{}{file}", self.bucket, self.prefix)
+    }
+
+    async fn list(&self) -> Result<Vec<Listed>, SourceError> {
+        let client = self.connector.client().await;
+        let pages: Vec<_> = client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| classify(&self.url(""), e))?;
+        let mut listed: Vec<Listed> = pages
+            .iter()
+            .flat_map(|page| page.contents())
+            .filter_map(|o| {
+                let key = o.key()?.to_string();
+                let file = key.strip_prefix(&self.prefix)?.to_string();
+                let plain = !file.is_empty() && !file.starts_with('.') && !file.contains('/');
+                plain.then(|| Listed {
+                    file,
+                    etag: o.e_tag().unwrap_or_default().to_string(),
+                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                    key,
+                })
+            })
+            .collect();
+        listed.sort_by(|a, b| a.file.cmp(&b.file));
+        for required in MODEL_FILES {
+            if !listed.iter().any(|l| l.file == required) {
+                return Err(SourceError::NotFound(format!("{} is missing", self.url(required))));
+            }
+        }
+        Ok(listed)
+    }
+
+    async fn download(&self, object: &Listed, dest: &Path) -> Result<(), SourceError> {
+        let client = self.connector.client().await;
+        let io = |e: std::io::Error| SourceError::Unavailable(format!("{}: {e}", dest.display()));
+        let file = std::fs::File::create(dest).map_err(io)?;
+        file.set_len(object.size).map_err(io)?;
+        let file = Arc::new(file);
+        let part = self.connector.settings.part_bytes.max(1);
+        let ranges: Vec<(u64, u64)> = (0..object.size).step_by(part as usize).map(|start| (start, (start + part).min(object.size) - 1)).collect();
+        futures_util::stream::iter(ranges)
+            .map(|(first, last)| {
+                let file = file.clone();
+                async move {
+                    let mut get = client.get_object().bucket(&self.bucket).key(&object.key).range(format!("bytes={first}-{last}"));
+                    if !object.etag.is_empty() {
+                        get = get.if_match(&object.etag);
+                    }
+                    let response = get.send().await.map_err(|e| classify(&self.url(&object.file), e))?;
+                    let bytes = response
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| SourceError::Unavailable(format!("{}: download interrupted: {e}", self.url(&object.file))))?
+                        .into_bytes();
+                    if bytes.len() as u64 != last - first + 1 {
+                        return Err(SourceError::Corrupt(format!(
+                            "{}: bytes {first}-{last} came back as {} bytes",
+                            self.url(&object.file),
+                            bytes.len()
+                        )));
+                    }
+                    file.write_all_at(&bytes, first).map_err(|e| SourceError::Unavailable(format!("writing the cache: {e}")))
+                }
+            })
+            .buffer_unordered(self.connector.settings.concurrency.max(1))
+            .try_collect::<()>()
+            .await
+    }
+
+    /// Size, the ETag's MD5 (single-part uploads) and the manifest's SHA-256.
+    fn verify(&self, object: &Listed, path: &Path) -> Result<(), SourceError> {
+        let corrupt = |what: String| SourceError::Corrupt(format!("{}: {what}; the download was discarded", self.url(&object.file)));
+        let mut file = std::fs::File::open(path).map_err(|e| SourceError::Unavailable(format!("{}: {e}", path.display())))?;
+        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = file.read(&mut buffer).map_err(|e| SourceError::Unavailable(format!("{}: {e}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            md5.update(&buffer[..n]);
+            sha.update(&buffer[..n]);
+            total += n as u64;
+        }
+        if total != object.size {
+            return Err(corrupt(format!("{total} bytes, the listing says {}", object.size)));
+        }
+        let etag = object.etag.trim_matches('"');
+        if etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let got = hex::encode(md5.finalize());
+            if !got.eq_ignore_ascii_case(etag) {
+                return Err(corrupt(format!("MD5 {got} does not match the ETag {etag}")));
+            }
+        }
+        if let Some(expected) = self.sha256.get(&object.file) {
+            let got = hex::encode(sha.finalize());
+            if &got != expected {
+                return Err(corrupt(format!("SHA-256 {got} does not match the manifest's {expected}")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_into_cache(&self) -> Result<LocalModel, SourceError> {
+        let listed = self.list().await?;
+        let version = {
+            let mut digest = Sha256::new();
+            for l in &listed {
+                digest.update(format!("{}\0{}\0{}\n", l.file, l.etag, l.size));
+            }
+            hex::encode(&digest.finalize()[..8])
+        };
+        let root = self.connector.settings.cache_root.join(&self.name);
+        let dir = root.join(&version);
+        if dir.join(COMPLETE).is_file() {
+            return Ok(LocalModel { dir, version });
+        }
+        let io = |e: std::io::Error| SourceError::Unavailable(format!("model cache {}: {e}", root.display()));
+        std::fs::create_dir_all(&root).map_err(io)?;
+        remove_leftovers(&root, None);
+        let needed: u64 = listed.iter().map(|l| l.size).sum();
+        let free = free_bytes(&root).map_err(io)?;
+        if free < needed + SPACE_MARGIN {
+            return Err(SourceError::Unavailable(format!(
+                "model {} needs {} MiB in {}, only {} MiB are free (raise the function's ephemeral storage)",
+                self.name,
+                needed.div_ceil(1 << 20),
+                root.display(),
+                free >> 20
+            )));
+        }
+        let partial = root.join(format!("{PARTIAL}{}-{}", std::process::id(), version));
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).map_err(io)?;
+        let outcome = async {
+            for object in &listed {
+                let path = partial.join(&object.file);
+                self.download(object, &path).await?;
+                let (source, object, path) = (self.clone(), object.clone(), path.clone());
+                tokio::task::spawn_blocking(move || source.verify(&object, &path))
+                    .await
+                    .map_err(|e| SourceError::Unavailable(format!("verifying: {e}")))??;
+            }
+            std::fs::write(partial.join(COMPLETE), version.as_bytes()).map_err(io)?;
+            match std::fs::rename(&partial, &dir) {
+                Ok(()) => Ok(()),
+                // Another process published the same version first: use theirs.
+                Err(_) if dir.join(COMPLETE).is_file() => Ok(()),
+                Err(e) => Err(io(e)),
+            }
+        }
+        .await;
+        if outcome.is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
+        }
+        outcome?;
+        remove_leftovers(&root, Some(&version));
+        tracing::info!(model = %self.name, bytes = needed, version, "fetched from S3");
+        Ok(LocalModel { dir, version })
+    }
+
+}
+
+impl ModelSource for S3Source {
+    fn fetch(&self) -> SourceFuture<'_> {
+        Box::pin(self.fetch_into_cache())
+    }
+}
+
+/// Marker written last into a version directory: only complete downloads have it.
+const COMPLETE: &str = ".complete";
+/// Name prefix of in-progress download directories, never loaded.
+const PARTIAL: &str = ".partial-";
+/// Free space kept beyond the model's size.
+const SPACE_MARGIN: u64 = 16 << 20;
+
+/// Removes downloads interrupted by processes that died (they were never loaded) and, once
+/// `current` is published, older versions.
+fn remove_leftovers(root: &Path, current: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = name.strip_prefix(PARTIAL).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
+        let stale_partial = owner.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists());
+        let old_version = current.is_some_and(|c| name != c && !name.starts_with('.'));
+        if stale_partial || old_version {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// S3 errors: absent objects and buckets are [`SourceError::NotFound`], the rest (after the
+/// SDK's retries) [`SourceError::Unavailable`].
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(what: &str, error: SdkError<E, R>) -> SourceError {
+    if let SdkError::ServiceError(service) = &error {
+        let code = service.err().code().unwrap_or("");
+        if matches!(code, "NoSuchKey" | "NoSuchBucket" | "NotFound") {
+            return SourceError::NotFound(format!("{what}: {code}"));
+        }
+        if code == "PreconditionFailed" {
+            return SourceError::Unavailable(format!("{what}: the object changed during the download; try again"));
+        }
+    }
+    SourceError::Unavailable(format!("{what}: S3 request failed: {}", DisplayErrorContext(&error)))
+}
