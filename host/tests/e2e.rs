@@ -93,6 +93,24 @@ async fn on_demand_models_beyond_the_cache_budget_are_evicted_least_recently_use
     assert_eq!(service.loaded_models(), ["beta", "gamma"]);
 }
 
+#[test]
+fn the_compiled_guest_is_cached_and_an_unusable_artifact_is_recompiled_not_trusted() {
+    use qa_host::guest::{Origin, engine_config, load_component};
+    let engine = wasmtime::Engine::new(&engine_config()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (_, first) = load_component(&engine, &qa_guest(), cache.path()).unwrap();
+    assert_eq!(first, Origin::Compiled);
+    let (_, second) = load_component(&engine, &qa_guest(), cache.path()).unwrap();
+    assert_eq!(second, Origin::Cached);
+    let artifacts: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(artifacts.len(), 1, "one artifact, no temporary files: {artifacts:?}");
+    std::fs::write(&artifacts[0], b"not a compiled component").unwrap();
+    let (_, third) = load_component(&engine, &qa_guest(), cache.path()).unwrap();
+    assert_eq!(third, Origin::Compiled, "a corrupt artifact is replaced by a fresh compile");
+    let (_, fourth) = load_component(&engine, &qa_guest(), cache.path()).unwrap();
+    assert_eq!(fourth, Origin::Cached);
+}
+
 fn host_bin() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qa-host"));
     command

@@ -132,7 +132,7 @@ fn every_event_shape_is_answered_in_its_own_envelope() {
 
 #[test]
 fn each_error_class_has_its_status_and_code_and_the_runtime_keeps_serving() {
-    let lambda = Lambda::start(qa_guest(), &[]);
+    let lambda = Lambda::start(qa_guest(), &[("QA_MODELS", "unmounted=efs:/mnt-not-mounted/lambda/models/x")]);
     let huge = json!({"question": "q", "context": "x".repeat(300_000)}).to_string();
     let cases = [
         (http_v2("{oops", false), 400, "bad_json"),
@@ -141,6 +141,7 @@ fn each_error_class_has_its_status_and_code_and_the_runtime_keeps_serving() {
         (rest_v1(r#"{"model_type": "nlp404", "question": "q", "context": "c"}"#), 404, "unknown_model"),
         (function_url(&huge), 413, "context_too_large"),
         (json!({"body": r#"{"question": " ", "context": "c"}"#}), 400, "empty_question"),
+        (http_v2(r#"{"model_type": "unmounted", "question": "q", "context": "c"}"#, false), 503, "model_unavailable"),
     ];
     for (event, status, code) in cases {
         let body = envelope_body(&lambda.invoke(&event), status);

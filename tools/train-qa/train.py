@@ -12,7 +12,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from export import export  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
     AutoModelForQuestionAnswering,
@@ -160,43 +160,6 @@ def collate(features: list[dict], ids: list[int], pad_id: int) -> dict[str, torc
     }
 
 
-def export(model, tokenizer, base_model: Path, out: Path) -> None:
-    """Standard Hugging Face QA layout: model.onnx (int64 inputs, dynamic batch/sequence),
-    tokenizer.json without padding/truncation, config.json; plus an int8 variant."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    fp32 = out / "export" / "fp32"
-    int8 = out / "export" / "int8"
-    for d in (fp32, int8):
-        d.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    # The same weights in PyTorch form, for the parity check against the transformers pipeline.
-    model.save_pretrained(str(out / "export" / "hf"))
-    tokenizer.save_pretrained(str(out / "export" / "hf"))
-    dummy = tokenizer("What is this?", "This is a test.", return_tensors="pt")
-    axes = {0: "batch", 1: "sequence"}
-    torch.onnx.export(
-        model,
-        (dummy["input_ids"], dummy["attention_mask"], dummy["token_type_ids"]),
-        str(fp32 / "model.onnx"),
-        input_names=["input_ids", "attention_mask", "token_type_ids"],
-        output_names=["start_logits", "end_logits"],
-        dynamic_axes={n: axes for n in ["input_ids", "attention_mask", "token_type_ids", "start_logits", "end_logits"]},
-        opset_version=17,
-        do_constant_folding=True,
-        dynamo=False,
-    )
-    quantize_dynamic(str(fp32 / "model.onnx"), str(int8 / "model.onnx"), weight_type=QuantType.QInt8)
-
-    tok = json.loads((base_model / "tokenizer.json").read_text(encoding="utf-8"))
-    tok["padding"] = None
-    tok["truncation"] = None
-    for d in (fp32, int8):
-        (d / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
-        model.config.to_json_file(str(d / "config.json"))
-    print(f"exported {fp32} and {int8}", flush=True)
-
-
 def main() -> None:
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +174,7 @@ def main() -> None:
     if args.export_only:
         state = torch.load(ckpt_path, map_location="cpu")
         model.load_state_dict(state["model"])
-        export(model, tokenizer, args.base_model, args.out)
+        export(model, tokenizer, args.out / "export")
         return
 
     examples = load_squad(args.train_file)
@@ -279,7 +242,7 @@ def main() -> None:
             os.replace(tmp, ckpt_path)  # a kill mid-write never leaves a torn checkpoint
 
     (args.out / "train_seconds.txt").write_text(f"{time.time() - started:.0f}\n")
-    export(model, tokenizer, args.base_model, args.out)
+    export(model, tokenizer, args.out / "export")
 
 
 if __name__ == "__main__":
