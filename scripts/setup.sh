@@ -4,7 +4,7 @@
 #   - the wasm32-wasip2 Rust target;
 #   - ONNX Runtime (libonnxruntime.so) from the onnxruntime wheel on PyPI, into .cache/;
 #   - the guest component (release, wasm32-wasip2) and the host (cargo's dev profile, with
-#     optimized dependencies).
+#     optimized dependencies) at target/debug/qa-host.
 # Source scripts/env.sh afterwards (the other scripts do) to point the host at them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +34,6 @@ fi
 echo "setup: building the guest component" >&2
 cargo build --quiet -p qa-guest --target wasm32-wasip2 --release
 echo "setup: building the host" >&2
-cargo build --quiet -p qa-host
+# Built as the tests build it (with dev-dependencies), so the test run reuses this build
+# instead of compiling wasmtime and the AWS SDK a second time with other feature flags.
+cargo test --quiet --no-run -p qa-host

@@ -12,9 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn cargo_lambda() -> PathBuf {
-    let path = std::env::var_os("CARGO_LAMBDA").map(PathBuf::from).unwrap_or_else(|| workspace().join(".cache/tools-venv/bin/cargo-lambda"));
-    assert!(path.is_file(), "{} not found (CARGO_LAMBDA); run `bash scripts/test.sh`, which installs cargo-lambda from PyPI", path.display());
-    path
+    required("CARGO_LAMBDA", workspace().join(".cache/tools-venv/bin/cargo-lambda"))
 }
 
 /// The emulator plus one `qa-host` bootstrap connected to it; both killed on drop.

@@ -11,9 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn moto_server() -> PathBuf {
-    let path = std::env::var_os("MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|| workspace().join(".cache/tools-venv/bin/moto_server"));
-    assert!(path.is_file(), "{} not found (MOTO_SERVER); run `bash scripts/test.sh`, which installs moto[server] from PyPI", path.display());
-    path
+    required("MOTO_SERVER", workspace().join(".cache/tools-venv/bin/moto_server"))
 }
 
 /// An S3-compatible server on a loopback port, written to with the real aws-sdk-s3 client.

@@ -184,9 +184,9 @@ impl GuestRuntime {
     fn checkout(&self, model: &str, dir: &Path) -> Result<Instance, GuestError> {
         let wanted = {
             let mut mounts = self.mounts.lock().map_err(|_| GuestError::Instantiate("mount table poisoned".into()))?;
-            if mounts.get(model).map(PathBuf::as_path) != Some(dir) {
-                mounts.insert(model.to_string(), dir.to_path_buf());
-            }
+            mounts.insert(model.to_string(), dir.to_path_buf());
+            // A replaced S3 version's directory is deleted; never try to mount it again.
+            mounts.retain(|_, d| d.is_dir());
             mounts.clone()
         };
         while let Some(instance) = self.pool.lock().ok().and_then(|mut pool| pool.pop()) {

@@ -13,11 +13,12 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
 }
 
-fn required(var: &str, default: PathBuf) -> PathBuf {
+/// A file the tests need: `$var`, else `default`; a missing one fails with instructions.
+pub fn required(var: &str, default: PathBuf) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
     assert!(
         path.is_file(),
-        "{} not found ({var}); run `bash scripts/test.sh`, which builds and fetches it",
+        "{} not found ({var}); run `bash scripts/test.sh`, which builds or installs it",
         path.display()
     );
     path
@@ -78,6 +79,9 @@ pub fn link_model(from: &Path, to: &Path) {
     }
 }
 
+/// Logged when the child's stderr closes, which is when it exits.
+const STDERR_CLOSED: &str = "<stderr closed>";
+
 /// A child process whose stderr lines are collected, killed on drop.
 pub struct Spawned {
     pub child: std::process::Child,
@@ -96,6 +100,7 @@ impl Spawned {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
+            sink.lock().unwrap().push(STDERR_CLOSED.to_string());
         });
         Spawned { child, log }
     }
@@ -119,8 +124,8 @@ impl Spawned {
             if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
                 return line.clone();
             }
-            if started.elapsed() > timeout {
-                panic!("no log line with {needle:?} within {timeout:?}; log:\n{}", self.lines().join("\n"));
+            if started.elapsed() > timeout || self.logged(STDERR_CLOSED) {
+                panic!("no log line with {needle:?} (waited {:?}); log:\n{}", started.elapsed(), self.lines().join("\n"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
