@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,12 +33,33 @@ fn next_request_id() -> String {
     format!("local-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Bodies over the limit are still read (and dropped) up to this size, so clients that send
+/// the whole body before reading the response get the 413 instead of a broken pipe.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// The body, or `body_too_large` with its real size once it passes the limit.
+async fn read_body(body: Body) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let (mut kept, mut total) = (Vec::new(), 0usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadJson(format!("reading the request body: {e}")))?;
+        total += chunk.len();
+        if total <= limits::MAX_BODY_BYTES {
+            kept.extend_from_slice(&chunk);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if total > limits::MAX_BODY_BYTES {
+        return Err(ApiError::BodyTooLarge { len: total, limit: limits::MAX_BODY_BYTES });
+    }
+    Ok(kept)
+}
+
 async fn answer(State(service): State<Arc<QaService>>, body: Body) -> Response {
     let request_id = next_request_id();
     let outcome = async {
-        let bytes = axum::body::to_bytes(body, limits::MAX_BODY_BYTES)
-            .await
-            .map_err(|_| ApiError::BodyTooLarge { len: limits::MAX_BODY_BYTES + 1, limit: limits::MAX_BODY_BYTES })?;
+        let bytes = read_body(body).await?;
         let request = QaRequest::from_json(&bytes)?;
         service.answer(request).await
     }

@@ -10,7 +10,7 @@ mod cache;
 
 pub use cache::{CacheError, Origin, load_component};
 
-use crate::nn::{NoGraphs, SingleGraph};
+use crate::nn::{NoGraphs, SingleGraph, take_backend_error};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -130,7 +130,8 @@ impl GuestRuntime {
         let (component, origin) = load_component(&engine, wasm, cache_dir)?;
         let pre = Self::link(&engine, &component)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())
+            .map_err(|e| GuestError::Instantiate(format!("starting the deadline timer thread: {e}")))?;
         let runtime = Self {
             engine,
             pre,
@@ -213,13 +214,17 @@ impl GuestRuntime {
         store.data_mut().nn = WasiNnCtx::new([], SingleGraph::new(model, graph).into());
         store.data_mut().limiter.refused = false;
         store.set_epoch_deadline(ticks(deadline));
+        take_backend_error();
         let outcome = instance.runner.qa_extractive_qa().call_ask(&mut instance.store, model, question, context, options);
         match outcome {
             Ok(result) => {
                 // Drop the graph between requests: an idle instance can load nothing.
                 instance.store.data_mut().nn = WasiNnCtx::new([], NoGraphs.into());
                 self.checkin(instance);
-                result.map_err(GuestError::Qa)
+                result.map_err(|error| match (error, take_backend_error()) {
+                    (GuestQaError::Inference(message), Some(detail)) => GuestError::Qa(GuestQaError::Inference(format!("{message}: {detail}"))),
+                    (error, _) => GuestError::Qa(error),
+                })
             }
             Err(error) => Err(self.classify_trap(&instance, error, deadline)),
         }
@@ -264,14 +269,13 @@ pub fn engine_config() -> Config {
     config
 }
 
-fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
-    std::thread::Builder::new()
-        .name("qa-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(TICK);
-                engine.increment_epoch();
-            }
-        })
-        .expect("spawning the epoch thread");
+/// Advances the engine's epoch every [`TICK`] until `stop` is set (when the runtime drops).
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("qa-epoch".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(TICK);
+            engine.increment_epoch();
+        }
+    })?;
+    Ok(())
 }

@@ -63,6 +63,22 @@ pub fn init_onnx_runtime(explicit: Option<&Path>) -> Result<PathBuf, NnError> {
     outcome.clone().map_err(|reason| NnError::RuntimeUnusable { path, reason })
 }
 
+thread_local! {
+    static LAST_BACKEND_ERROR: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Remembers the detail of a backend failure on this thread. wasi-nn hands the guest only the
+/// top-level message of a backend error ("Failed while accessing backend"), so the host
+/// recovers the detail here, on the thread that ran the guest call, for its error report.
+pub(crate) fn record_backend_error(detail: &str) {
+    LAST_BACKEND_ERROR.with_borrow_mut(|last| *last = Some(detail.to_string()));
+}
+
+/// Takes the detail recorded by the last backend failure on this thread, if any.
+pub fn take_backend_error() -> Option<String> {
+    LAST_BACKEND_ERROR.with_borrow_mut(Option::take)
+}
+
 /// The registry a guest sees during one request: one graph, under the model's name.
 pub struct SingleGraph {
     name: String,
