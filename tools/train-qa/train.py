@@ -196,7 +196,14 @@ def main() -> None:
         onnxruntime=__import__("onnxruntime").__version__,
         python=sys.version.split()[0],
     )
-    (args.out / "hparams.json").write_text(json.dumps(hparams, indent=2) + "\n")
+    previous = args.out / "hparams.json"
+    if ckpt_path.exists() and previous.exists():
+        before = json.loads(previous.read_text())
+        changed = sorted(k for k in hparams if k not in ("threads", "export_only") and before.get(k) != hparams[k])
+        if changed:
+            raise SystemExit(f"{args.out} holds a checkpoint of a run with other settings ({', '.join(changed)}); "
+                             "resume with the same settings or choose another --out (QA_TRAIN_OUT)")
+    previous.write_text(json.dumps(hparams, indent=2) + "\n")
 
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
