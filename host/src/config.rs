@@ -53,6 +53,9 @@ impl HostConfig {
         if let Some(dir) = env_path("QA_MODEL_CACHE_DIR") {
             s3.cache_root = dir;
         }
+        if let Some(mb) = env_number::<u64>("QA_TMP_RESERVE_MB") {
+            s3.reserve_bytes = mb.saturating_mul(1 << 20);
+        }
         Ok(Self {
             models_dir: env_path("QA_MODELS_DIR").unwrap_or_else(default_models_dir),
             default_model: std::env::var("QA_DEFAULT_MODEL").ok().filter(|v| !v.is_empty()),

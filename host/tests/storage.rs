@@ -260,3 +260,25 @@ fn efs_models_are_read_in_place_reloaded_when_changed_and_missing_ones_are_named
     assert_eq!((status, &body["error"]["code"]), (404, &json!("model_not_found")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("models/absent"), "{body}");
 }
+
+#[test]
+fn a_model_that_would_not_fit_in_the_cache_is_refused_before_downloading() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "big/", &models_dir().join("nlp1"));
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = s3_env(&s3, cache.path(), "big=s3://models/big/");
+    // Keep more free than any disk has: the download can never fit.
+    env.push(("QA_TMP_RESERVE_MB", (1u64 << 40).to_string()));
+    let host = Host::start(&env);
+    let (status, body) = host.ask("big");
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("model_unavailable")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    let needed: u64 = ["model.onnx", "tokenizer.json", "config.json"]
+        .iter()
+        .map(|f| std::fs::metadata(models_dir().join("nlp1").join(f)).unwrap().len())
+        .sum();
+    assert!(message.contains(&format!("needs {} MiB", needed.div_ceil(1 << 20))) && message.contains("ephemeral storage"), "{message}");
+    assert!(cached_versions(cache.path(), "big").is_empty(), "nothing was written");
+    assert!(!host.process.logged("fetched from S3"));
+}

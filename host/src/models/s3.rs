@@ -36,6 +36,8 @@ pub struct S3Settings {
     pub max_attempts: u32,
     /// Time limit of one attempt.
     pub attempt_timeout: Duration,
+    /// Free space a download must leave in the cache's file system.
+    pub reserve_bytes: u64,
 }
 
 impl Default for S3Settings {
@@ -46,6 +48,7 @@ impl Default for S3Settings {
             concurrency: 4,
             max_attempts: 4,
             attempt_timeout: Duration::from_secs(30),
+            reserve_bytes: 16 << 20,
         }
     }
 }
@@ -252,12 +255,14 @@ impl S3Source {
         remove_leftovers(&root, None);
         let needed: u64 = listed.iter().map(|l| l.size).sum();
         let free = free_bytes(&root).map_err(io)?;
-        if free < needed + SPACE_MARGIN {
+        let reserve = self.connector.settings.reserve_bytes;
+        if free < needed.saturating_add(reserve) {
             return Err(SourceError::Unavailable(format!(
-                "model {} needs {} MiB in {}, only {} MiB are free (raise the function's ephemeral storage)",
+                "model {} needs {} MiB in {} (plus {} MiB kept free), only {} MiB are free; raise the function's ephemeral storage",
                 self.name,
                 needed.div_ceil(1 << 20),
                 root.display(),
+                reserve >> 20,
                 free >> 20
             )));
         }
@@ -303,8 +308,6 @@ impl ModelSource for S3Source {
 const COMPLETE: &str = ".complete";
 /// Name prefix of in-progress download directories, never loaded.
 const PARTIAL: &str = ".partial-";
-/// Free space kept beyond the model's size.
-const SPACE_MARGIN: u64 = 16 << 20;
 
 /// Removes downloads interrupted by processes that died (they were never loaded) and, once
 /// `current` is published, older versions.
