@@ -221,7 +221,7 @@ impl QaService {
     }
 
     /// Answers one request; the guest's deadline is the configured one or `budget`, if shorter.
-    pub async fn answer_within(self: &Arc<Self>, request: QaRequest, budget: Option<Duration>) -> Result<QaResponse, ApiError> {
+    pub async fn answer_within(self: &Arc<Self>, mut request: QaRequest, budget: Option<Duration>) -> Result<QaResponse, ApiError> {
         let started = Instant::now();
         request.validate()?;
         let name = match request.model_type.as_deref() {
@@ -249,7 +249,8 @@ impl QaService {
         let model_version = model.version.clone();
         let service = self.clone();
         let guest_started = Instant::now();
-        let (question, context, guest_name) = (request.question.clone(), request.context.clone(), name.clone());
+        // The context moves into the guest call; only the question is echoed back.
+        let (question, context, guest_name) = (request.question.clone(), std::mem::take(&mut request.context), name.clone());
         let response = tokio::task::spawn_blocking(move || {
             service.guest.ask(&guest_name, &model.dir, model.graph.clone(), &question, &context, options, deadline)
         })

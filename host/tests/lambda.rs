@@ -65,38 +65,25 @@ impl Lambda {
     }
 }
 
+/// An event from `fixtures/events/` carrying `body`.
+fn event(name: &str, body: &str, base64: bool) -> Value {
+    let text = std::fs::read_to_string(workspace().join(format!("fixtures/events/{name}.json"))).unwrap();
+    let mut event: Value = serde_json::from_str(&text).unwrap();
+    event["body"] = json!(body);
+    event["isBase64Encoded"] = json!(base64);
+    event
+}
+
 fn http_v2(body: &str, base64: bool) -> Value {
-    json!({
-        "version": "2.0", "routeKey": "POST /", "rawPath": "/", "rawQueryString": "",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"accountId": "123456789012", "apiId": "api", "domainName": "api.example", "domainPrefix": "api",
-            "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"},
-            "requestId": "req", "routeKey": "POST /", "stage": "$default", "time": "27/Nov/2026:00:00:00 +0000", "timeEpoch": 0},
-        "body": body, "isBase64Encoded": base64
-    })
+    event("http-api-v2", body, base64)
 }
 
 fn function_url(body: &str) -> Value {
-    json!({
-        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"accountId": "anonymous", "apiId": "urlid", "domainName": "urlid.lambda-url.us-east-1.on.aws",
-            "domainPrefix": "urlid", "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-            "userAgent": "test"}, "requestId": "req", "routeKey": "$default", "stage": "$default",
-            "time": "27/Nov/2026:00:00:00 +0000", "timeEpoch": 0},
-        "body": body, "isBase64Encoded": false
-    })
+    event("function-url", body, false)
 }
 
 fn rest_v1(body: &str) -> Value {
-    json!({
-        "resource": "/", "path": "/", "httpMethod": "POST", "headers": {"Content-Type": "application/json"},
-        "multiValueHeaders": {"Content-Type": ["application/json"]}, "queryStringParameters": null,
-        "multiValueQueryStringParameters": null, "pathParameters": null, "stageVariables": null,
-        "requestContext": {"resourcePath": "/", "httpMethod": "POST", "path": "/prod/", "stage": "prod",
-            "requestId": "req", "identity": {"sourceIp": "127.0.0.1"}, "accountId": "123456789012", "apiId": "api"},
-        "body": body, "isBase64Encoded": false
-    })
+    event("rest-api-v1", body, false)
 }
 
 /// The JSON body of an HTTP envelope, checking the envelope on the way.

@@ -104,26 +104,21 @@ mod tests {
 
     const BODY: &str = r#"{"model_type":"nlp1","question":"When?","context":"In 1886."}"#;
 
+    /// An event from `fixtures/events/` (shared with the Lambda integration tests) carrying `body`.
+    fn event(name: &str, body: &str, base64: bool) -> Value {
+        let path = format!("{}/../fixtures/events/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        event["body"] = json!(body);
+        event["isBase64Encoded"] = json!(base64);
+        event
+    }
+
     fn v2(body: &str, base64: bool) -> Value {
-        json!({
-            "version": "2.0", "routeKey": "POST /", "rawPath": "/", "rawQueryString": "",
-            "headers": {"content-type": "application/json"},
-            "requestContext": {"accountId": "123", "apiId": "api", "domainName": "x", "domainPrefix": "x",
-                "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "t"},
-                "requestId": "r", "routeKey": "POST /", "stage": "$default", "time": "t", "timeEpoch": 0},
-            "body": body, "isBase64Encoded": base64
-        })
+        event("http-api-v2", body, base64)
     }
 
     fn v1(body: &str) -> Value {
-        json!({
-            "resource": "/", "path": "/", "httpMethod": "POST", "headers": {"Content-Type": "application/json"},
-            "multiValueHeaders": {}, "queryStringParameters": null, "multiValueQueryStringParameters": null,
-            "pathParameters": null, "stageVariables": null,
-            "requestContext": {"resourcePath": "/", "httpMethod": "POST", "path": "/prod/", "stage": "prod", "requestId": "r",
-                "identity": {}, "accountId": "123", "apiId": "api"},
-            "body": body, "isBase64Encoded": false
-        })
+        event("rest-api-v1", body, false)
     }
 
     #[test]
@@ -133,6 +128,7 @@ mod tests {
         let events = [
             (v2(BODY, false), Source::HttpV2),
             (v2(&b64, true), Source::HttpV2),
+            (event("function-url", BODY, false), Source::HttpV2),
             (v1(BODY), Source::HttpV1),
             (json!({"body": BODY}), Source::BodyOnly),
             (serde_json::from_str(BODY).unwrap(), Source::Direct),
