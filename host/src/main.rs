@@ -68,6 +68,9 @@ enum Command {
     },
     /// Serve the Lambda Runtime API (what `qa-host` does with no command inside Lambda).
     Lambda,
+    /// Compile the guest for this host's engine and write the artifact beside the `.wasm`
+    /// (`<name>.wasm.<sha256-prefix>.cwasm`), so deployments skip the compile at cold start.
+    CompileGuest,
     /// Exact match and F1 on a SQuAD v1.1 JSON file.
     Eval {
         file: PathBuf,
@@ -106,6 +109,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     config.cache_dir = cache_dir.unwrap_or(config.cache_dir);
     config.onnxruntime = onnxruntime.or(config.onnxruntime);
     let command = match cli.command {
+        Some(Command::CompileGuest) => {
+            let engine = wasmtime::Engine::new(&qa_host::guest::engine_config()).map_err(|e| format!("{e:#}"))?;
+            let started = std::time::Instant::now();
+            let path = qa_host::guest::write_shipped_artifact(&engine, &config.guest_wasm).map_err(|e| e.to_string())?;
+            eprintln!("qa-host: compiled {} in {} ms", config.guest_wasm.display(), started.elapsed().as_millis());
+            println!("{}", path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
         Some(command) => command,
         None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda,
         None => return Err("no command given (try --help); without one, AWS_LAMBDA_RUNTIME_API must be set".into()),
@@ -114,6 +125,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     service.preload(&config.preload).await.map_err(|e| format!("preloading {:?}: {e}", config.preload))?;
 
     match command {
+        Command::CompileGuest => unreachable!("handled before the service starts"),
         Command::Lambda => {
             qa_host::lambda::run(service).await.map_err(|e| format!("lambda runtime: {e}"))?;
             Ok(ExitCode::SUCCESS)

@@ -111,6 +111,28 @@ fn the_compiled_guest_is_cached_and_an_unusable_artifact_is_recompiled_not_trust
     assert_eq!(fourth, Origin::Cached);
 }
 
+#[test]
+fn a_shipped_precompiled_guest_is_used_when_it_fits_and_ignored_when_it_does_not() {
+    use qa_host::guest::{Origin, engine_config, load_component, write_shipped_artifact};
+    let engine = wasmtime::Engine::new(&engine_config()).unwrap();
+    let deploy = tempfile::tempdir().unwrap();
+    let wasm = deploy.path().join("qa-guest.wasm");
+    std::fs::copy(qa_guest(), &wasm).unwrap();
+    let artifact = write_shipped_artifact(&engine, &wasm).unwrap();
+    assert!(artifact.file_name().unwrap().to_str().unwrap().starts_with("qa-guest.wasm."));
+    let cache = tempfile::tempdir().unwrap();
+    assert_eq!(load_component(&engine, &wasm, cache.path()).unwrap().1, Origin::Shipped);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0, "nothing compiled, nothing cached");
+
+    // An artifact that is not what it claims is refused by wasmtime, and the guest compiles.
+    std::fs::write(&artifact, b"garbage").unwrap();
+    assert_eq!(load_component(&engine, &wasm, cache.path()).unwrap().1, Origin::Compiled);
+    // A different wasm never picks up another wasm's artifact.
+    write_shipped_artifact(&engine, &wasm).unwrap();
+    std::fs::write(&wasm, std::fs::read(misbehaving_guest()).unwrap()).unwrap();
+    assert_eq!(load_component(&engine, &wasm, cache.path()).unwrap().1, Origin::Compiled);
+}
+
 fn host_bin() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qa-host"));
     command

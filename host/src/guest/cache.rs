@@ -13,6 +13,9 @@ use wasmtime::component::Component;
 /// How the component was obtained, for logs and benchmarks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
+    /// Deserialized from the precompiled artifact shipped next to the `.wasm`
+    /// (`qa-host compile-guest`).
+    Shipped,
     /// Deserialized from the cache.
     Cached,
     /// Compiled now (and written to the cache when it is writable).
@@ -27,9 +30,38 @@ pub enum CacheError {
     Compile { path: PathBuf, reason: String },
 }
 
-/// Loads the component at `wasm_path`, from `cache_dir` when a matching artifact is there.
+/// Where `qa-host compile-guest` puts the artifact for `wasm_path`: beside it, named after the
+/// wasm's SHA-256, so an artifact is only ever tried with the exact wasm it was compiled from.
+pub fn shipped_artifact_path(wasm_path: &Path, wasm: &[u8]) -> PathBuf {
+    let name = wasm_path.file_name().and_then(|n| n.to_str()).unwrap_or("guest.wasm");
+    wasm_path.with_file_name(format!("{name}.{}.cwasm", &hex::encode(Sha256::digest(wasm))[..16]))
+}
+
+/// Compiles the guest at `wasm_path` for `engine` and writes the artifact beside it.
+pub fn write_shipped_artifact(engine: &Engine, wasm_path: &Path) -> Result<PathBuf, CacheError> {
+    let wasm = std::fs::read(wasm_path).map_err(|source| CacheError::Read { path: wasm_path.to_path_buf(), source })?;
+    let compiled = engine
+        .precompile_component(&wasm)
+        .map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
+    let path = shipped_artifact_path(wasm_path, &wasm);
+    write_atomically(&path, &compiled).map_err(|source| CacheError::Read { path: path.clone(), source })?;
+    Ok(path)
+}
+
+/// Loads the component at `wasm_path`: from the artifact shipped beside it when wasmtime
+/// accepts it for this engine (same version, settings and CPU features; checked by
+/// `deserialize`), else from `cache_dir`, else by compiling it (and caching the result).
 pub fn load_component(engine: &Engine, wasm_path: &Path, cache_dir: &Path) -> Result<(Component, Origin), CacheError> {
     let wasm = std::fs::read(wasm_path).map_err(|source| CacheError::Read { path: wasm_path.to_path_buf(), source })?;
+    let shipped = shipped_artifact_path(wasm_path, &wasm);
+    if shipped.is_file() {
+        // SAFETY: the artifact's name carries the SHA-256 of this wasm, it sits beside the
+        // wasm in the deployment, and wasmtime refuses artifacts built for another engine.
+        match unsafe { Component::deserialize_file(engine, &shipped) } {
+            Ok(component) => return Ok((component, Origin::Shipped)),
+            Err(e) => tracing::warn!(artifact = %shipped.display(), error = %e, "shipped compiled guest does not fit this engine; ignoring it"),
+        }
+    }
     let artifact = cache_dir.join(format!("guest-{}.cwasm", cache_key(engine, &wasm)));
     if artifact.is_file() {
         // SAFETY: the artifact was written by `precompile_component` of an engine with the

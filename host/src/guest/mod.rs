@@ -8,7 +8,7 @@
 
 mod cache;
 
-pub use cache::{CacheError, Origin, load_component};
+pub use cache::{CacheError, Origin, load_component, shipped_artifact_path, write_shipped_artifact};
 
 use crate::nn::{NoGraphs, SingleGraph, take_backend_error};
 use std::collections::BTreeMap;
