@@ -18,6 +18,8 @@ pub struct HostConfig {
     pub cache_dir: PathBuf,
     /// `libonnxruntime.so`; `None` searches the documented places.
     pub onnxruntime: Option<PathBuf>,
+    /// How long the guest file is trusted before it is checked for a replacement.
+    pub guest_ttl: Duration,
     /// Wall-clock budget of one guest call.
     pub guest_deadline: Duration,
     /// Linear-memory cap of one guest instance.
@@ -63,6 +65,7 @@ impl HostConfig {
             cache_dir: env_path("QA_CACHE_DIR").unwrap_or_else(|| std::env::temp_dir().join("qa-host")),
             onnxruntime: env_path("ORT_DYLIB_PATH"),
             guest_deadline: Duration::from_millis(env_number("QA_GUEST_DEADLINE_MS").unwrap_or(30_000)),
+            guest_ttl: Duration::from_secs(env_number("QA_GUEST_TTL_SECS").unwrap_or(60)),
             guest_memory_bytes: env_number("QA_GUEST_MEMORY_MB").unwrap_or(512) << 20,
             inference_threads: env_number("QA_INFERENCE_THREADS").unwrap_or(0),
             preload: std::env::var("QA_PRELOAD")

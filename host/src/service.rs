@@ -4,7 +4,7 @@
 
 use crate::api::{AnswerSpan, ApiError, PhaseTimings, QaRequest, QaResponse};
 use crate::config::HostConfig;
-use crate::guest::{GuestError, GuestLimits, GuestQaError, GuestRuntime, Options};
+use crate::guest::{GuestError, GuestLimits, GuestQaError, GuestRuntime, Options, SwappableGuest};
 use crate::models::{ModelCatalog, ModelSource, SourceError, is_valid_name};
 use crate::nn::onnx::{OnnxBackend, SessionSettings};
 use crate::nn::{NnError, init_onnx_runtime};
@@ -58,7 +58,7 @@ pub struct QaService {
     cache_budget: Option<u64>,
     model_ttl: Duration,
     clock: AtomicU64,
-    guest: GuestRuntime,
+    guest: Arc<SwappableGuest>,
     guest_deadline: Duration,
 }
 
@@ -80,7 +80,7 @@ impl QaService {
             cache_budget: config.model_cache_mb.map(|mb| mb << 20),
             model_ttl: config.model_ttl,
             clock: AtomicU64::new(0),
-            guest,
+            guest: SwappableGuest::new(guest, &config.guest_wasm, &config.cache_dir, limits, config.guest_ttl),
             guest_deadline: config.guest_deadline,
         })
     }
@@ -247,12 +247,12 @@ impl QaService {
             handle_impossible: request.handle_impossible_answer.unwrap_or(false),
         };
         let model_version = model.version.clone();
-        let service = self.clone();
+        let guest = self.guest.current();
         let guest_started = Instant::now();
         // The context moves into the guest call; only the question is echoed back.
         let (question, context, guest_name) = (request.question.clone(), std::mem::take(&mut request.context), name.clone());
         let response = tokio::task::spawn_blocking(move || {
-            service.guest.ask(&guest_name, &model.dir, model.graph.clone(), &question, &context, options, deadline)
+            guest.ask(&guest_name, &model.dir, model.graph.clone(), &question, &context, options, deadline)
         })
             .await
             .map_err(|e| ApiError::Internal(format!("guest task: {e}")))?

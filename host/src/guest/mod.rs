@@ -7,6 +7,9 @@
 //! instance that traps is dropped, never reused; the next call gets a fresh one.
 
 mod cache;
+mod swap;
+
+pub use swap::SwappableGuest;
 
 pub use cache::{CacheError, Origin, load_component, shipped_artifact_path, write_shipped_artifact};
 

@@ -49,6 +49,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         cache_dir: workspace().join("target/qa-cache"),
         onnxruntime: Some(onnxruntime()),
         guest_deadline: Duration::from_secs(60),
+        guest_ttl: Duration::from_secs(60),
         guest_memory_bytes: 512 << 20,
         inference_threads: 0,
         preload: Vec::new(),
