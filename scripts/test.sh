@@ -8,7 +8,7 @@ source scripts/env.sh
 # Real stand-ins for AWS, from PyPI: cargo-lambda's Lambda Runtime API emulator and moto's
 # S3-compatible server. Installed into .cache/tools-venv once; reinstalled when the pinned
 # versions change.
-TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5"
+TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5 onnx==1.19.1"
 export CARGO_LAMBDA="$PWD/.cache/tools-venv/bin/cargo-lambda"
 export MOTO_SERVER="$PWD/.cache/tools-venv/bin/moto_server"
 if [ "$(cat .cache/tools-venv/.installed 2>/dev/null)" != "$TOOLS" ]; then
@@ -18,6 +18,14 @@ if [ "$(cat .cache/tools-venv/.installed 2>/dev/null)" != "$TOOLS" ]; then
   .cache/tools-venv/bin/pip install --quiet $TOOLS
   echo "$TOOLS" > .cache/tools-venv/.installed
 fi
+
+# The guest on its own: the wasmtime CLI with ONNX (built once, cached outside the clone) and
+# the shipped model with float32 inputs, which that CLI's ONNX backend needs.
+export WASMTIME_CLI="$(bash scripts/wasmtime.sh)"
+if [ ! -f .cache/wasmtime-models/nlp1/model.onnx ] || [ models/nlp1/model.onnx -nt .cache/wasmtime-models/nlp1/model.onnx ]; then
+  .cache/tools-venv/bin/python tools/train-qa/f32_inputs.py models/nlp1 .cache/wasmtime-models/nlp1 >&2
+fi
+export QA_TEST_F32_MODELS="$PWD/.cache/wasmtime-models/nlp1/model.onnx"
 
 echo "test: building the misbehaving test guest" >&2
 cargo build --quiet -p qa-guest-fixtures --target wasm32-wasip2 --release

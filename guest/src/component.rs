@@ -84,10 +84,9 @@ fn answer(model: &str, question: &str, context: &str, options: &Options) -> Resu
         return Err(QaError::InvalidInput(format!("model name {model:?} is not a plain name")));
     }
     let graph = graph::load_by_name(model).map_err(|e| QaError::ModelNotFound(format!("graph {model:?}: {}", e.data())))?;
-    let mut nn = WasiNnModel { graph, token_type_ids: true };
     MODELS.with_borrow_mut(|models| {
         let loaded = load_files(models, model)?;
-        nn.token_type_ids = loaded.profile.token_type_ids;
+        let mut nn = WasiNnModel { graph, profile: loaded.profile };
         pipeline::answer(&mut loaded.tokenizer, &loaded.profile, &mut nn, question, context, options)
     })
 }
@@ -112,25 +111,32 @@ fn load_files<'m>(models: &'m mut HashMap<String, Loaded>, model: &str) -> Resul
 }
 
 /// The model behind `wasi:nn`: int64 `input_ids`, `attention_mask` (and `token_type_ids`
-/// when the model takes them) in, `start_logits` and `end_logits` out.
+/// when the model takes them) in, `start_logits` and `end_logits` out. Models marked as taking
+/// float32 ids get the same values as f32 (exact for ids below 2^24).
 struct WasiNnModel {
     graph: graph::Graph,
-    token_type_ids: bool,
+    profile: ModelProfile,
 }
 
 impl QaModel for WasiNnModel {
     fn infer(&mut self, batch: &Batch) -> Result<Logits, QaError> {
         let dims = [to_u32(batch.rows), to_u32(batch.seq_len)];
-        let i64_tensor = |values: &[i64]| {
-            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            tensor::Tensor::new(&dims.to_vec(), tensor::TensorType::I64, &bytes)
+        let f32_inputs = self.profile.f32_inputs;
+        let id_tensor = |values: &[i64]| {
+            if f32_inputs {
+                let bytes: Vec<u8> = values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
+                tensor::Tensor::new(&dims.to_vec(), tensor::TensorType::Fp32, &bytes)
+            } else {
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                tensor::Tensor::new(&dims.to_vec(), tensor::TensorType::I64, &bytes)
+            }
         };
         let mut inputs = vec![
-            ("input_ids".to_string(), i64_tensor(&batch.input_ids)),
-            ("attention_mask".to_string(), i64_tensor(&batch.attention_mask)),
+            ("input_ids".to_string(), id_tensor(&batch.input_ids)),
+            ("attention_mask".to_string(), id_tensor(&batch.attention_mask)),
         ];
-        if self.token_type_ids {
-            inputs.push(("token_type_ids".to_string(), i64_tensor(&batch.token_type_ids)));
+        if self.profile.token_type_ids {
+            inputs.push(("token_type_ids".to_string(), id_tensor(&batch.token_type_ids)));
         }
         let context = self
             .graph

@@ -47,6 +47,10 @@ pub struct ModelProfile {
     pub token_type_ids: bool,
     /// Longest sequence the position embeddings cover.
     pub max_positions: Option<usize>,
+    /// Whether the graph takes its ids as float32 (`"qa_input_dtype": "float32"` in
+    /// config.json, written by `tools/train-qa/f32_inputs.py` for runtimes whose ONNX backend
+    /// only accepts f32 tensors, such as the stock wasmtime CLI's).
+    pub f32_inputs: bool,
 }
 
 impl ModelProfile {
@@ -58,6 +62,7 @@ impl ModelProfile {
             pad_id: number("pad_token_id").and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
             token_type_ids: number("type_vocab_size").is_some_and(|n| n >= 2),
             max_positions: number("max_position_embeddings").and_then(|v| usize::try_from(v).ok()),
+            f32_inputs: config.get("qa_input_dtype").and_then(serde_json::Value::as_str) == Some("float32"),
         })
     }
 }
@@ -149,7 +154,7 @@ mod tests {
         }
     }
 
-    const BERT_PROFILE: ModelProfile = ModelProfile { pad_id: 0, token_type_ids: true, max_positions: Some(512) };
+    const BERT_PROFILE: ModelProfile = ModelProfile { pad_id: 0, token_type_ids: true, max_positions: Some(512), f32_inputs: false };
 
     #[test]
     fn answer_only_in_the_last_window_of_a_long_context_is_found() {
@@ -205,5 +210,7 @@ mod tests {
         let distil = ModelProfile::from_config_json(br#"{"model_type":"distilbert","max_position_embeddings":512}"#).unwrap();
         assert!(!distil.token_type_ids);
         assert!(matches!(ModelProfile::from_config_json(b"[").unwrap_err(), QaError::ModelInvalid(_)));
+        let f32 = ModelProfile::from_config_json(br#"{"type_vocab_size":2,"qa_input_dtype":"float32"}"#).unwrap();
+        assert!(f32.f32_inputs);
     }
 }

@@ -1,0 +1,52 @@
+//! The guest on its own under the wasmtime command-line tool (built with ONNX support by
+//! `scripts/wasmtime.sh`), with a JSON fixture on standard input, exactly as a guest author
+//! runs it locally. The model is the shipped one with float32 inputs
+//! (`tools/train-qa/f32_inputs.py`), because the CLI's ONNX backend accepts only f32 tensors.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+#[test]
+fn the_guest_answers_the_sample_fixture_under_wasmtime_run() {
+    let wasmtime = required("WASMTIME_CLI", std::path::PathBuf::from("wasmtime"));
+    let models = required("QA_TEST_F32_MODELS", workspace().join(".cache/wasmtime-models/nlp1/model.onnx"));
+    let models = models.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
+    let run = |fixture: &[u8]| {
+        let mut child = Command::new(&wasmtime)
+            .arg("run")
+            .args(["-S", "nn", "-S"])
+            .arg(format!("nn-graph=onnx::{}", models.join("nlp1").display()))
+            .arg("--dir")
+            .arg(format!("{}::/models", models.display()))
+            .arg(qa_guest())
+            .env("ORT_DYLIB_PATH", onnxruntime())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run wasmtime");
+        child.stdin.take().unwrap().write_all(fixture).unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    let output = run(&std::fs::read(workspace().join("fixtures/benz.json")).unwrap());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("answers as JSON");
+    assert_eq!(printed["answer"], "1886");
+    assert_eq!(printed["matches_expected"], true);
+
+    // Without model_type the guest uses the graph the runtime preloaded.
+    let fixture = serde_json::json!({"question": "When was the car invented?", "context": benz_request()["context"], "expected": "1886"});
+    let output = run(fixture.to_string().as_bytes());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((&printed["model_type"], &printed["answer"]), (&serde_json::json!("nlp1"), &serde_json::json!("1886")));
+
+    // A wrong expectation is reported through the exit code.
+    let fixture = serde_json::json!({"question": "When was the car invented?", "context": benz_request()["context"], "expected": "1908"});
+    let output = run(fixture.to_string().as_bytes());
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stdout));
+}
