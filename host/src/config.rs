@@ -12,8 +12,11 @@ pub struct HostConfig {
     pub models_dir: PathBuf,
     /// Model used when a request names none.
     pub default_model: Option<String>,
-    /// The guest component (`.wasm`).
+    /// The guest component (`.wasm`): a local path, or the local copy of `guest_s3`.
     pub guest_wasm: PathBuf,
+    /// The guest's S3 object when `QA_GUEST` is an `s3://bucket/key` URI, with the version
+    /// fetched at start-up (see [`crate::service::resolve_guest`]).
+    pub guest_s3: Option<(std::sync::Arc<crate::models::S3Source>, String)>,
     /// Where compiled guests are cached (must be writable; `/tmp` on Lambda).
     pub cache_dir: PathBuf,
     /// `libonnxruntime.so`; `None` searches the documented places.
@@ -62,6 +65,7 @@ impl HostConfig {
             models_dir: env_path("QA_MODELS_DIR").unwrap_or_else(default_models_dir),
             default_model: std::env::var("QA_DEFAULT_MODEL").ok().filter(|v| !v.is_empty()),
             guest_wasm,
+            guest_s3: None,
             cache_dir: env_path("QA_CACHE_DIR").unwrap_or_else(|| std::env::temp_dir().join("qa-host")),
             onnxruntime: env_path("ORT_DYLIB_PATH"),
             guest_deadline: Duration::from_millis(env_number("QA_GUEST_DEADLINE_MS").unwrap_or(30_000)),

@@ -121,6 +121,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda,
         None => return Err("no command given (try --help); without one, AWS_LAMBDA_RUNTIME_API must be set".into()),
     };
+    qa_host::service::resolve_guest(&mut config).await?;
     let service = Arc::new(QaService::start(&config).map_err(|e| e.to_string())?);
     service.preload(&config.preload).await.map_err(|e| format!("preloading {:?}: {e}", config.preload))?;
 

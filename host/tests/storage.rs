@@ -282,3 +282,25 @@ fn a_model_that_would_not_fit_in_the_cache_is_refused_before_downloading() {
     assert!(cached_versions(cache.path(), "big").is_empty(), "nothing was written");
     assert!(!host.process.logged("fetched from S3"));
 }
+
+#[test]
+fn a_guest_in_s3_is_fetched_at_start_and_a_new_one_is_swapped_in_after_the_ttl() {
+    let s3 = S3::start();
+    s3.create_bucket("guests");
+    s3.put("guests", "qa/qa-guest.wasm", &std::fs::read(qa_guest()).unwrap());
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = s3_env(&s3, cache.path(), "");
+    env.push(("QA_GUEST", "s3://guests/qa/qa-guest.wasm".into()));
+    env.push(("QA_GUEST_TTL_SECS", "1".into()));
+    env.push(("QA_CACHE_DIR", cache.path().join("compiled").display().to_string()));
+    let host = Host::start(&env);
+    assert_eq!(host.ask("nlp1").1["Answer"], "1886");
+
+    // A new guest build uploaded over the old one: fetched, compiled and swapped in.
+    s3.put("guests", "qa/qa-guest.wasm", &std::fs::read(misbehaving_guest()).unwrap());
+    std::thread::sleep(Duration::from_millis(1100));
+    host.ask("nlp1");
+    host.process.wait_for_log("guest swapped", Duration::from_secs(120));
+    let (status, body) = host.ask("nlp1");
+    assert_eq!((status, &body["Answer"]), (200, &json!("ok")), "{body}");
+}

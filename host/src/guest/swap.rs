@@ -1,11 +1,12 @@
 //! The guest can be replaced without restarting the host: the `.wasm` at `QA_GUEST` (a path
-//! in the image or on EFS) is re-checked once `QA_GUEST_TTL_SECS` has passed; a changed file
-//! (size or modification time) is compiled in the background and swapped in when it
-//! instantiates. Requests already running finish on the guest they started with; a new guest
+//! in the image or on EFS, or an `s3://` object) is re-checked once `QA_GUEST_TTL_SECS` has
+//! passed; a changed file (size or modification time; for S3, a new ETag, downloaded and
+//! verified like a model) is compiled in the background and swapped in when it instantiates. Requests already running finish on the guest they started with; a new guest
 //! that fails to compile, to link or to instantiate (another contract version, say) is logged
 //! and ignored until the file changes again, and the previous guest keeps serving.
 
 use super::{GuestLimits, GuestRuntime};
+use crate::models::{ModelSource, S3Source};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,6 +21,10 @@ fn stamp(path: &Path) -> Stamp {
 pub struct SwappableGuest {
     current: RwLock<Arc<GuestRuntime>>,
     path: PathBuf,
+    /// Where the guest comes from when it lives in S3 (`path` is then its local copy).
+    s3: Option<Arc<S3Source>>,
+    /// The S3 version the running guest came from.
+    s3_version: Mutex<String>,
     cache_dir: PathBuf,
     limits: GuestLimits,
     ttl: Duration,
@@ -29,10 +34,13 @@ pub struct SwappableGuest {
 }
 
 impl SwappableGuest {
-    pub fn new(runtime: GuestRuntime, path: &Path, cache_dir: &Path, limits: GuestLimits, ttl: Duration) -> Arc<Self> {
+    pub fn new(runtime: GuestRuntime, path: &Path, s3: Option<(Arc<S3Source>, String)>, cache_dir: &Path, limits: GuestLimits, ttl: Duration) -> Arc<Self> {
+        let (s3, s3_version) = s3.map_or((None, String::new()), |(source, version)| (Some(source), version));
         Arc::new(Self {
             current: RwLock::new(Arc::new(runtime)),
             path: path.to_path_buf(),
+            s3,
+            s3_version: Mutex::new(s3_version),
             cache_dir: cache_dir.to_path_buf(),
             limits,
             ttl,
@@ -47,11 +55,18 @@ impl SwappableGuest {
             && seen.1.elapsed() >= self.ttl
         {
             seen.1 = Instant::now();
-            let now = stamp(&self.path);
-            if now != seen.0 && now.is_some() && !self.swapping.swap(true, Ordering::AcqRel) {
-                seen.0 = now;
-                let this = self.clone();
-                tokio::task::spawn_blocking(move || this.swap());
+            if self.s3.is_some() {
+                if !self.swapping.swap(true, Ordering::AcqRel) {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.check_s3().await });
+                }
+            } else {
+                let now = stamp(&self.path);
+                if now != seen.0 && now.is_some() && !self.swapping.swap(true, Ordering::AcqRel) {
+                    seen.0 = now;
+                    let this = self.clone();
+                    tokio::task::spawn_blocking(move || this.swap(this.path.clone()));
+                }
             }
         }
         match self.current.read() {
@@ -60,9 +75,29 @@ impl SwappableGuest {
         }
     }
 
-    fn swap(&self) {
+    /// Asks S3 for the guest's version; fetches, compiles and swaps in a new one.
+    async fn check_s3(self: Arc<Self>) {
+        let Some(source) = self.s3.clone() else { return };
+        let file = self.path.file_name().map(PathBuf::from).unwrap_or_default();
+        match source.fetch().await {
+            Ok(local) if self.s3_version.lock().is_ok_and(|v| *v != local.version) => {
+                if let Ok(mut version) = self.s3_version.lock() {
+                    *version = local.version;
+                }
+                let this = self.clone();
+                let _ = tokio::task::spawn_blocking(move || this.swap(local.dir.join(file))).await;
+            }
+            Ok(_) => self.swapping.store(false, Ordering::Release),
+            Err(error) => {
+                tracing::warn!(%error, "guest re-check in S3 failed; the current guest keeps serving");
+                self.swapping.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    fn swap(&self, path: PathBuf) {
         let started = Instant::now();
-        match GuestRuntime::new(&self.path, &self.cache_dir, self.limits) {
+        match GuestRuntime::new(&path, &self.cache_dir, self.limits) {
             Ok(runtime) => {
                 if let Ok(mut current) = self.current.write() {
                     *current = Arc::new(runtime);

@@ -107,6 +107,10 @@ pub struct S3Source {
     bucket: String,
     prefix: String,
     sha256: BTreeMap<String, String>,
+    /// Files that must be under the prefix.
+    required: Vec<String>,
+    /// Fetch only this file of the prefix (a single object, such as a guest `.wasm`).
+    only: Option<String>,
 }
 
 /// An object as listed: what a download must reproduce.
@@ -119,8 +123,35 @@ struct Listed {
 }
 
 impl S3Source {
+    /// A model: every object directly under `prefix`, which must include [`MODEL_FILES`].
     pub fn new(connector: Arc<S3Connector>, name: &str, bucket: &str, prefix: &str, sha256: BTreeMap<String, String>) -> Self {
-        Self { connector, name: name.to_string(), bucket: bucket.to_string(), prefix: prefix.to_string(), sha256 }
+        Self {
+            connector,
+            name: name.to_string(),
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            sha256,
+            required: MODEL_FILES.iter().map(|f| f.to_string()).collect(),
+            only: None,
+        }
+    }
+
+    /// One object (`s3://bucket/key`), cached under `name`; [`ModelSource::fetch`] returns the
+    /// directory holding it under its own file name.
+    pub fn single_object(connector: Arc<S3Connector>, name: &str, bucket: &str, key: &str) -> Self {
+        let (prefix, file) = match key.rsplit_once('/') {
+            Some((dir, file)) => (format!("{dir}/"), file.to_string()),
+            None => (String::new(), key.to_string()),
+        };
+        Self {
+            connector,
+            name: name.to_string(),
+            bucket: bucket.to_string(),
+            prefix,
+            sha256: BTreeMap::new(),
+            required: vec![file.clone()],
+            only: Some(file),
+        }
     }
 
     fn url(&self, file: &str) -> String {
@@ -146,6 +177,7 @@ impl S3Source {
                 let key = o.key()?.to_string();
                 let file = key.strip_prefix(&self.prefix)?.to_string();
                 let plain = !file.is_empty() && !file.starts_with('.') && !file.contains('/');
+                let plain = plain && self.only.as_ref().is_none_or(|only| *only == file);
                 plain.then(|| Listed {
                     file,
                     etag: o.e_tag().unwrap_or_default().to_string(),
@@ -155,8 +187,8 @@ impl S3Source {
             })
             .collect();
         listed.sort_by(|a, b| a.file.cmp(&b.file));
-        for required in MODEL_FILES {
-            if !listed.iter().any(|l| l.file == required) {
+        for required in &self.required {
+            if !listed.iter().any(|l| l.file == *required) {
                 return Err(SourceError::NotFound(format!("{} is missing", self.url(required))));
             }
         }

@@ -46,6 +46,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         models_dir,
         default_model: None,
         guest_wasm: guest,
+        guest_s3: None,
         cache_dir: workspace().join("target/qa-cache"),
         onnxruntime: Some(onnxruntime()),
         guest_deadline: Duration::from_secs(60),
