@@ -38,11 +38,16 @@ impl OnnxBackend {
     /// Builds a session from `dir/model.onnx`.
     pub fn load_model_dir(&self, dir: &Path) -> Result<Graph, NnError> {
         let path = dir.join("model.onnx");
-        let session = self
-            .builder()
-            .and_then(|b| b.commit_from_file(&path))
-            .map_err(|e| NnError::ModelUnloadable { path: path.clone(), reason: e.to_string() })?;
+        let session = self.session(&path)?;
         OnnxGraph::new(session).map_err(|reason| NnError::ModelUnloadable { path, reason })
+    }
+
+    /// An ONNX Runtime session for `path` with exactly the settings the guest's graphs get
+    /// (the native benchmark rows use it, so they measure the same runtime configuration).
+    pub fn session(&self, path: &Path) -> Result<Session, NnError> {
+        self.builder()
+            .and_then(|b| b.commit_from_file(path))
+            .map_err(|e| NnError::ModelUnloadable { path: path.to_path_buf(), reason: e.to_string() })
     }
 
     fn builder(&self) -> ort::Result<ort::session::builder::SessionBuilder> {
