@@ -21,3 +21,4 @@ pub mod models;
 pub mod nn;
 pub mod server;
 pub mod service;
+pub mod telemetry;

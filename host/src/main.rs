@@ -87,12 +87,11 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("QA_LOG").unwrap_or_else(|_| "warn".into()))
-        .init();
+    let process_started = std::time::Instant::now();
     let cli = Cli::parse();
-    match run(cli).await {
+    let under_lambda = matches!(cli.command, Some(Command::Lambda)) || (cli.command.is_none() && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some());
+    qa_host::telemetry::init_logging(under_lambda);
+    match run(cli, process_started).await {
         Ok(code) => code,
         Err(message) => {
             eprintln!("qa-host: {message}");
@@ -101,7 +100,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, String> {
+async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, String> {
     let mut config = HostConfig::from_env().map_err(|e| e.to_string())?;
     let HostArgs { models_dir, guest, cache_dir, onnxruntime } = cli.host;
     config.models_dir = models_dir.unwrap_or(config.models_dir);
@@ -128,7 +127,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     match command {
         Command::CompileGuest => unreachable!("handled before the service starts"),
         Command::Lambda => {
-            qa_host::lambda::run(service).await.map_err(|e| format!("lambda runtime: {e}"))?;
+            qa_host::lambda::run(service, process_started).await.map_err(|e| format!("lambda runtime: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ask { request, question, context, context_file, model, top_k, max_answer_len, handle_impossible_answer } => {

@@ -98,6 +98,12 @@ impl QaService {
         Ok(())
     }
 
+    /// How the serving guest was loaded (compiled, or from a cache) and how long that took.
+    pub fn guest_load(&self) -> (crate::guest::Origin, Duration) {
+        let guest = self.guest.current();
+        (guest.origin, guest.load_time)
+    }
+
     pub fn catalog(&self) -> &ModelCatalog {
         &self.catalog
     }
@@ -119,7 +125,7 @@ impl QaService {
     /// once `model_ttl` has passed: a new version is loaded and used from then on (requests
     /// already running finish on the old one). If a re-check or reload fails, the loaded
     /// version keeps serving.
-    async fn load(&self, name: &str, preloaded: bool) -> Result<Arc<ReadyModel>, ApiError> {
+    async fn load(&self, name: &str, preloaded: bool) -> Result<(Arc<ReadyModel>, bool), ApiError> {
         let source = self.catalog.get(name).cloned().ok_or_else(|| ApiError::UnknownModel {
             name: name.to_string(),
             available: self.catalog.names().collect::<Vec<_>>().join(", "),
@@ -133,9 +139,13 @@ impl QaService {
             None => true,
             Some(model) => source.can_change() && model.checked.lock().map_or(true, |t| t.elapsed() >= self.model_ttl),
         };
+        let mut loaded = false;
         if due {
             match self.refresh(name, source.as_ref(), current.as_ref(), preloaded).await {
-                Ok(Some(fresh)) => *current = Some(fresh),
+                Ok(Some(fresh)) => {
+                    *current = Some(fresh);
+                    loaded = true;
+                }
                 Ok(None) => {}
                 Err(error) => match current.as_ref() {
                     Some(model) => {
@@ -152,7 +162,7 @@ impl QaService {
         drop(current);
         model.last_used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         self.evict_over_budget(name);
-        Ok(model)
+        Ok((model, loaded))
     }
 
     /// Asks the source for the model; loads it when it is new or its version changed.
@@ -234,7 +244,7 @@ impl QaService {
             Some(name) => name.to_string(),
             None => self.default_model().ok_or_else(|| ApiError::Internal("no default model".into()))?.to_string(),
         };
-        let model = self.load(&name, false).await?;
+        let (model, model_loaded) = self.load(&name, false).await?;
         let fetched = started.elapsed();
         let deadline = budget.map_or(self.guest_deadline, |b| b.saturating_sub(fetched).min(self.guest_deadline));
 
@@ -283,6 +293,7 @@ impl QaService {
                 inference: response.timings.inference_us as f64 / 1e3,
                 total: ms(started.elapsed()),
             },
+            model_loaded,
         })
     }
 }

@@ -162,3 +162,74 @@ fn preloaded_models_load_during_init_and_others_on_first_use() {
     assert_eq!(lazy.invoke(&benz_request())["Answer"], "1886");
     assert!(lazy.logged("model loaded"), "the first request loaded the model");
 }
+
+#[test]
+fn the_bad_request_catalogue_gets_the_same_statuses_and_codes_through_lambda() {
+    let lambda = Lambda::start(qa_guest(), &[("QA_PRELOAD", "nlp1")]);
+    let catalogue: Value = serde_json::from_str(&std::fs::read_to_string(workspace().join("fixtures/bad-requests.json")).unwrap()).unwrap();
+    let cases = catalogue["cases"].as_array().unwrap();
+    assert!(cases.len() >= 25);
+    for case in cases {
+        let (name, body) = (case["name"].as_str().unwrap(), case["body"].as_str().unwrap());
+        let status = case["status"].as_u64().unwrap() as u16;
+        let answer = envelope_body(&lambda.invoke(&http_v2(body, false)), status);
+        assert_eq!(answer["error"]["code"], case["code"], "{name}: {answer}");
+        assert!(answer["error"]["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{name}");
+    }
+    // Bytes that are not UTF-8, base64-encoded as API Gateway sends binary bodies.
+    use base64::Engine as _;
+    let not_utf8 = base64::engine::general_purpose::STANDARD.encode(b"{\"question\": \"\xff\xfe\", \"context\": \"c\"}");
+    let answer = envelope_body(&lambda.invoke(&http_v2(&not_utf8, true)), 400);
+    assert_eq!(answer["error"]["code"], "bad_json", "{answer}");
+    assert_eq!(envelope_body(&lambda.invoke(&http_v2(&benz_request().to_string(), false)), 200)["Answer"], "1886");
+}
+
+#[test]
+fn logs_are_json_lines_with_the_request_id_and_metrics_are_embedded_metric_format() {
+    let lambda = Lambda::start(
+        qa_guest(),
+        &[("QA_PRELOAD", "nlp1"), ("POWERTOOLS_METRICS_NAMESPACE", "QaTests"), ("POWERTOOLS_SERVICE_NAME", "qa-under-test")],
+    );
+    let body = benz_request().to_string();
+    assert_eq!(envelope_body(&lambda.invoke(&http_v2(&body, false)), 200)["Answer"], "1886");
+    let refused = envelope_body(&lambda.invoke(&http_v2(r#"{"question": " ", "context": "c"}"#, false)), 400);
+    let refused_id = refused["error"]["request_id"].as_str().unwrap().to_string();
+    assert_eq!(envelope_body(&lambda.invoke(&http_v2(&body, false)), 200)["Answer"], "1886");
+
+    // Lines reach the test through a pipe and a reader thread; the last may still be on its way.
+    wait_until("a metric line per invocation", Duration::from_secs(10), || lambda.function.count("\"_aws\"") >= 3);
+    let lines: Vec<Value> = lambda
+        .function
+        .lines()
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
+        .collect();
+    let metrics: Vec<&Value> = lines.iter().filter(|l| l.get("_aws").is_some()).collect();
+    let logs: Vec<&Value> = lines.iter().filter(|l| l.get("_aws").is_none()).collect();
+    assert_eq!(metrics.len(), 3, "one metric line per invocation");
+    for line in &metrics {
+        qa_host::telemetry::emf::validate(line).unwrap();
+        assert_eq!(line["_aws"]["CloudWatchMetrics"][0]["Namespace"], "QaTests");
+        assert_eq!(line["service"], "qa-under-test");
+        assert_eq!(line["model"], "nlp1");
+    }
+    assert_eq!(metrics[0]["ColdStart"], 1.0, "the first invocation reports the cold start");
+    assert_eq!(metrics[0]["guest_origin"].as_str().is_some(), true);
+    assert!(metrics[1..].iter().all(|l| l.get("ColdStart").is_none()));
+    assert_eq!(metrics[0]["ModelCacheHit"], 1.0, "nlp1 was preloaded");
+    assert!(metrics[0]["InferenceTime"].as_f64().unwrap() > 0.0);
+    assert_eq!((&metrics[1]["Errors"], &metrics[1]["error_code"]), (&json!(1.0), &json!("empty_question")));
+    assert_eq!(metrics[1]["request_id"], refused_id.as_str(), "metrics carry the request id the client saw");
+
+    for log in &logs {
+        assert!(log["timestamp"].is_string() && log["level"].is_string() && log["message"].is_string(), "{log}");
+    }
+    let per_request: Vec<&&Value> = logs.iter().filter(|l| l["message"] == "answered" || l["message"] == "request failed").collect();
+    assert_eq!(per_request.len(), 3, "one log line per invocation");
+    for (log, metric) in per_request.iter().zip(&metrics) {
+        assert_eq!(log["request_id"], metric["request_id"]);
+        assert_eq!(log["span"]["request_id"], metric["request_id"], "the invocation span carries the id to nested lines");
+    }
+    let ids: std::collections::HashSet<&str> = metrics.iter().map(|m| m["request_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "each invocation has its own id");
+}

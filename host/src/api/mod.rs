@@ -136,6 +136,9 @@ pub struct QaResponse {
     /// Version of the model's files that answered (changes when the stored model changes).
     pub model_version: String,
     pub timings_ms: PhaseTimings,
+    /// Whether this request had to load the model (a model-cache miss); for metrics only.
+    #[serde(skip)]
+    pub model_loaded: bool,
 }
 
 #[cfg(test)]
@@ -199,10 +202,12 @@ mod tests {
             windows: 1,
             model_version: "image".into(),
             timings_ms: PhaseTimings::default(),
+            model_loaded: true,
         };
         let json = serde_json::to_value(&response).unwrap();
         for key in ["Model_Type", "Question", "Answer", "score", "start", "end", "answers", "timings_ms"] {
             assert!(json.get(key).is_some(), "{key}");
         }
+        assert!(json.get("model_loaded").is_none(), "internal fields stay out of the body");
     }
 }

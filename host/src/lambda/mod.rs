@@ -6,36 +6,69 @@
 pub mod event;
 
 use crate::service::QaService;
+use crate::telemetry::emf::{ColdStart, Invocation, Metrics};
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 /// Time kept back from the invocation's deadline so a slow request ends with a clean error
 /// response instead of a Lambda timeout.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
-/// Serves invocations until the runtime API goes away.
-pub async fn run(service: Arc<QaService>) -> Result<(), lambda_runtime::Error> {
+/// Serves invocations until the runtime API goes away. `process_started` is when the
+/// process began, for the cold-start metrics of the first invocation.
+pub async fn run(service: Arc<QaService>, process_started: Instant) -> Result<(), lambda_runtime::Error> {
+    let (guest_origin, guest_load) = service.guest_load();
+    let cold = ColdStart { init: process_started.elapsed(), guest_load, guest_origin };
+    let edge = Arc::new(Edge { service, metrics: Metrics::from_env(), cold: Mutex::new(Some(cold)) });
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let service = service.clone();
-        async move { Ok::<Value, lambda_runtime::Error>(handle(&service, event).await) }
+        let edge = edge.clone();
+        async move {
+            let span = tracing::info_span!("invoke", request_id = %event.context.request_id);
+            Ok::<Value, lambda_runtime::Error>(edge.handle(event).instrument(span).await)
+        }
     }))
     .await
 }
 
-async fn handle(service: &Arc<QaService>, event: LambdaEvent<Value>) -> Value {
-    let request_id = event.context.request_id.clone();
-    let budget = remaining(event.context.deadline).map(|left| left.saturating_sub(DEADLINE_MARGIN));
-    let (source, request) = event::parse(event.payload);
-    let result = match request {
-        Ok(request) => service.answer_within(request, budget).await,
-        Err(error) => Err(error),
-    };
-    if let Err(error) = &result {
-        tracing::warn!(request_id, code = error.code(), %error, "request failed");
+/// The one handler, with what it reports beside the response.
+struct Edge {
+    service: Arc<QaService>,
+    metrics: Metrics,
+    /// Taken by the first invocation.
+    cold: Mutex<Option<ColdStart>>,
+}
+
+impl Edge {
+    async fn handle(&self, event: LambdaEvent<Value>) -> Value {
+        let started = Instant::now();
+        let request_id = event.context.request_id.clone();
+        let budget = remaining(event.context.deadline).map(|left| left.saturating_sub(DEADLINE_MARGIN));
+        let (source, request) = event::parse(event.payload);
+        let model = request.as_ref().ok().and_then(|r| r.model_type.clone()).or_else(|| self.service.default_model().map(str::to_string));
+        let result = match request {
+            Ok(request) => self.service.answer_within(request, budget).await,
+            Err(error) => Err(error),
+        };
+        let total = started.elapsed();
+        match &result {
+            Ok(response) => tracing::info!(
+                request_id,
+                model = %response.model_type,
+                windows = response.windows,
+                ms = total.as_secs_f64() * 1e3,
+                "answered"
+            ),
+            Err(error) => tracing::warn!(request_id, code = error.code(), status = error.status(), %error, "request failed"),
+        }
+        let cold = self.cold.lock().ok().and_then(|mut c| c.take());
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let invocation = Invocation { request_id: &request_id, model: model.as_deref(), result: result.as_ref(), total };
+        self.metrics.emit(&self.metrics.invocation_line(&invocation, cold.as_ref(), now_ms));
+        event::respond(source, result, &request_id)
     }
-    event::respond(source, result, &request_id)
 }
 
 /// Time left before the invocation's deadline. Lambda sends milliseconds since the epoch;
