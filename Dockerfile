@@ -55,10 +55,13 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
     | sh -s -- -y --profile minimal --default-toolchain "${RUST_VERSION}" --target wasm32-wasip2
 ENV PATH=/root/.cargo/bin:$PATH
 WORKDIR /src
+# The workspace: every member of Cargo.toml's [workspace] members, and the WIT contract.
+# (scripts/lint-deploy.sh checks that each member is copied.)
 COPY Cargo.toml Cargo.lock ./
 COPY wit/ wit/
 COPY guest/ guest/
 COPY host/ host/
+COPY bench/ bench/
 RUN --mount=type=cache,target=/root/.cargo/registry \
     cargo build --locked --release -p qa-guest --target wasm32-wasip2 \
  && mkdir -p /out \
@@ -98,6 +101,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY wit/ wit/
 COPY guest/ guest/
 COPY host/ host/
+COPY bench/ bench/
 RUN --mount=type=cache,target=/root/.cargo/registry \
     cargo build --locked --release -p qa-host \
  && cp target/release/qa-host /out/bootstrap

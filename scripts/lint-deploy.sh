@@ -55,6 +55,19 @@ PY
   fi
 done
 
+echo "lint-deploy: Dockerfile copies every workspace member into each build stage" >&2
+"$VENV/bin/python" - <<'PY' || failed=1
+import re, sys
+cargo = open("Cargo.toml").read()
+members = re.search(r"^members\s*=\s*\[(.*?)\]", cargo, re.M | re.S)
+tops = sorted({m.split("/")[0] for m in re.findall(r'"([^"]+)"', members.group(1))})
+dockerfile = open("Dockerfile").read()
+stages = dockerfile.count("\nCOPY Cargo.toml Cargo.lock ./\n")
+missing = [t for t in tops if dockerfile.count(f"\nCOPY {t}/ {t}/\n") != stages]
+if not stages or missing:
+    sys.exit(f"Dockerfile: each stage that copies Cargo.toml must also `COPY <dir>/ <dir>/` for {missing or tops} (workspace members)")
+PY
+
 echo "lint-deploy: hadolint Dockerfile" >&2
 "$VENV/bin/hadolint" --no-color --failure-threshold style Dockerfile || failed=1
 
