@@ -16,12 +16,21 @@ fn misbehaving_service(deadline: Duration, memory_mb: usize) -> std::sync::Arc<q
     service(&config)
 }
 
+/// Asks the misbehaving guest; a well-behaved answer is the whole context, "ok".
 async fn ask(service: &std::sync::Arc<qa_host::service::QaService>, question: &str) -> Result<String, (u16, &'static str, String)> {
     service
-        .answer(QaRequest::new(question, "context"))
+        .answer(QaRequest::new(question, "ok"))
         .await
         .map(|r| r.answer)
         .map_err(|e| (e.status(), e.code(), e.to_string()))
+}
+
+/// What a probing question found out from inside the sandbox (reported as an error, since
+/// findings are not spans of the context).
+async fn probe(service: &std::sync::Arc<qa_host::service::QaService>, question: &str) -> String {
+    let (_, _, message) = ask(service, question).await.expect_err("probes report through an error");
+    let (_, finding) = message.split_once("probe: ").unwrap_or_else(|| panic!("not a probe report: {message}"));
+    finding.to_string()
 }
 
 #[tokio::test]
@@ -56,16 +65,58 @@ async fn the_guest_sees_no_environment_and_no_files_outside_models() {
     // SAFETY: set before any thread of this test reads the environment; other tests in this
     // process do not read this variable.
     unsafe { std::env::set_var("AWS_SECRET_ACCESS_KEY", "host-secret-for-sandbox-test") };
-    let service = misbehaving_service(Duration::from_secs(10), 256);
-    assert_eq!(ask(&service, "env").await.unwrap(), "", "the guest's environment is empty");
-    for path in ["/etc/passwd", "/models/../../etc/passwd", "../etc/passwd", "/proc/self/environ"] {
-        let (status, _, message) = ask(&service, &format!("read:{path}")).await.unwrap_err();
-        assert_eq!(status, 500, "{path}: {message}");
-        assert!(message.contains("read refused"), "{path}: {message}");
+    // A model directory holding symlinks that point out of it, as a careless upload might.
+    let dir = tempfile::tempdir().unwrap();
+    link_model(&models_dir().join("nlp1"), &dir.path().join("nlp1"));
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("nlp1/passwd")).unwrap();
+    std::os::unix::fs::symlink("../../..", dir.path().join("nlp1/up")).unwrap();
+    let mut config = config(misbehaving_guest(), dir.path().to_path_buf());
+    config.default_model = Some("nlp1".into());
+    let service = service(&config);
+    assert_eq!(probe(&service, "env").await, "", "the guest's environment is empty");
+    for path in [
+        "/etc/passwd",
+        "/models/../../etc/passwd",
+        "../etc/passwd",
+        "/proc/self/environ",
+        "/models/nlp1/passwd",
+        "/models/nlp1/up/etc/passwd",
+        "/models/nlp1/../../../etc/hostname",
+    ] {
+        let finding = probe(&service, &format!("read:{path}")).await;
+        assert!(finding.starts_with("read refused"), "{path}: {finding}");
     }
     // Inside the mount, reading works.
-    let config = ask(&service, "read:/models/nlp1/config.json").await.unwrap();
+    let config = probe(&service, "read:/models/nlp1/config.json").await;
     assert!(config.starts_with('{'), "{config}");
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn the_guest_cannot_open_a_network_connection() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let service = misbehaving_service(Duration::from_secs(10), 256);
+    let finding = probe(&service, &format!("socket:{port}")).await;
+    assert!(finding.starts_with("socket refused"), "{finding}");
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the listener saw a connection from the guest: {other:?}"),
+    }
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn answers_that_are_not_spans_of_the_context_are_dropped() {
+    let service = misbehaving_service(Duration::from_secs(30), 256);
+    for question in ["huge:64", "many"] {
+        let (status, code, message) = ask(&service, question).await.unwrap_err();
+        assert_eq!((status, code), (500, "guest_failed"), "{question}: {message}");
+        assert!(message.contains("broke the answer contract"), "{question}: {message}");
+        assert!(message.len() < 500, "the enormous answer is not echoed: {} bytes", message.len());
+    }
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
 }
 
 #[tokio::test]
@@ -76,10 +127,9 @@ async fn the_guest_can_load_only_the_model_the_request_named() {
     let mut config = config(misbehaving_guest(), dir.path().to_path_buf());
     config.default_model = Some("nlp1".into());
     let service = service(&config);
-    let (status, _, message) = ask(&service, "load:other").await.unwrap_err();
-    assert_eq!(status, 500);
-    assert!(message.contains("load refused"), "{message}");
-    assert_eq!(ask(&service, "load:nlp1").await.unwrap(), "loaded");
+    let finding = probe(&service, "load:other").await;
+    assert!(finding.starts_with("load refused"), "{finding}");
+    assert_eq!(probe(&service, "load:nlp1").await, "loaded");
 }
 
 #[tokio::test]

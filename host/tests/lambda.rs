@@ -23,13 +23,28 @@ struct Lambda {
 }
 
 impl Lambda {
+    /// The emulator plus the test build of `qa-host` with `guest` and the shipped models.
     fn start(guest: PathBuf, env: &[(&str, &str)]) -> Self {
+        let mut function = Command::new(env!("CARGO_BIN_EXE_qa-host"));
+        function
+            .env("ORT_DYLIB_PATH", onnxruntime())
+            .env("QA_GUEST", guest)
+            .env("QA_MODELS_DIR", models_dir())
+            .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
+            .envs(env.iter().copied());
+        Self::run(function)
+    }
+
+    /// The emulator plus `function` as the bootstrap, with only PATH, the runtime's variables
+    /// and what `function` already sets in its environment.
+    fn run(mut function: Command) -> Self {
         let port = free_port();
         let mut emulator = Command::new(cargo_lambda());
         emulator.args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()]).current_dir(workspace());
         let emulator = Spawned::start(emulator);
         wait_until("the emulator to listen", Duration::from_secs(60), || TcpStream::connect(("127.0.0.1", port)).is_ok());
-        let mut function = Command::new(env!("CARGO_BIN_EXE_qa-host"));
+        let given: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+            function.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))).collect();
         function
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -37,12 +52,8 @@ impl Lambda {
             .env("AWS_LAMBDA_FUNCTION_NAME", "_")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("ORT_DYLIB_PATH", onnxruntime())
-            .env("QA_GUEST", guest)
-            .env("QA_MODELS_DIR", models_dir())
-            .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
             .env("QA_LOG", "info")
-            .envs(env.iter().copied());
+            .envs(given);
         let lambda = Lambda { function: Spawned::start(function), _emulator: emulator, port };
         lambda.function.wait_for_log("guest ready", Duration::from_secs(120));
         lambda
@@ -146,7 +157,7 @@ fn a_guest_trap_is_a_500_with_the_request_id_and_the_next_request_succeeds() {
     assert_eq!(trap["error"]["code"], "guest_failed");
     let request_id = trap["error"]["request_id"].as_str().unwrap();
     assert!(!request_id.is_empty() && request_id != "req", "the Lambda request id, not the API's: {request_id}");
-    let ok = envelope_body(&lambda.invoke(&http_v2(r#"{"question": "hello", "context": "c"}"#, false)), 200);
+    let ok = envelope_body(&lambda.invoke(&http_v2(r#"{"question": "hello", "context": "ok"}"#, false)), 200);
     assert_eq!(ok["Answer"], "ok");
 }
 
@@ -160,7 +171,7 @@ fn preloaded_models_load_during_init_and_others_on_first_use() {
     let lazy = Lambda::start(qa_guest(), &[]);
     assert!(!lazy.logged("model loaded"), "without QA_PRELOAD nothing is loaded at init");
     assert_eq!(lazy.invoke(&benz_request())["Answer"], "1886");
-    assert!(lazy.logged("model loaded"), "the first request loaded the model");
+    lazy.wait_for_log("model loaded"); // the first request loaded the model
 }
 
 #[test]
@@ -232,4 +243,44 @@ fn logs_are_json_lines_with_the_request_id_and_metrics_are_embedded_metric_forma
     }
     let ids: std::collections::HashSet<&str> = metrics.iter().map(|m| m["request_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 3, "each invocation has its own id");
+}
+
+#[test]
+fn the_container_image_layout_runs_as_a_bootstrap_under_the_emulator() {
+    // scripts/image-layout.sh lays out this build the way the Dockerfile's final stage does
+    // (bootstrap, ONNX Runtime, guest and its precompiled artifact, models) and writes the
+    // final stage's ENV, rewritten into that directory.
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("image");
+    let target = PathBuf::from(env!("CARGO_BIN_EXE_qa-host")).parent().unwrap().parent().unwrap().to_path_buf();
+    let output = Command::new("bash")
+        .arg(workspace().join("scripts/image-layout.sh"))
+        .arg("--target-dir")
+        .arg(&target)
+        .arg("--onnxruntime")
+        .arg(onnxruntime())
+        .arg(&layout)
+        .arg("debug")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "image-layout.sh failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let env_file = PathBuf::from(String::from_utf8(output.stdout).unwrap().trim());
+    let env: Vec<(String, String)> = std::fs::read_to_string(&env_file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("{key} not in {env:?}"));
+    let task_root = PathBuf::from(get("LAMBDA_TASK_ROOT"));
+    assert!(task_root.starts_with(&layout) && task_root.join("models/nlp1/model.onnx").is_file());
+    assert_eq!(get("QA_PRELOAD"), "nlp1");
+
+    let mut bootstrap = Command::new(PathBuf::from(get("LAMBDA_RUNTIME_DIR")).join("bootstrap"));
+    bootstrap.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(dir.path());
+    let lambda = Lambda::run(bootstrap);
+    let ready = lambda.function.wait_for_log("guest ready", Duration::from_secs(10));
+    assert!(ready.contains("Shipped"), "the precompiled guest in the layout is used: {ready}");
+    lambda.wait_for_log("preloaded");
+    let answer = envelope_body(&lambda.invoke(&http_v2(&benz_request().to_string(), false)), 200);
+    assert_eq!(answer["Answer"], "1886");
 }

@@ -59,6 +59,10 @@ pub enum GuestError {
     MemoryLimit { limit_mb: usize },
     #[error("guest trapped: {0}")]
     Trap(String),
+    /// The guest answered outside the contract (spans must be slices of the context, at most
+    /// `top_k` of them); the answer is dropped, never forwarded.
+    #[error("guest broke the answer contract: {0}")]
+    BadAnswer(String),
 }
 
 /// Limits every guest call runs under.
@@ -224,10 +228,12 @@ impl GuestRuntime {
                 // Drop the graph between requests: an idle instance can load nothing.
                 instance.store.data_mut().nn = WasiNnCtx::new([], NoGraphs.into());
                 self.checkin(instance);
-                result.map_err(|error| match (error, take_backend_error()) {
+                let response = result.map_err(|error| match (error, take_backend_error()) {
                     (GuestQaError::Inference(message), Some(detail)) => GuestError::Qa(GuestQaError::Inference(format!("{message}: {detail}"))),
                     (error, _) => GuestError::Qa(error),
-                })
+                })?;
+                check_answers(&response, context, options.top_k).map_err(GuestError::BadAnswer)?;
+                Ok(response)
             }
             Err(error) => Err(self.classify_trap(&instance, error, deadline)),
         }
@@ -258,6 +264,31 @@ impl Drop for GuestRuntime {
     }
 }
 
+/// A guest is untrusted code: its answers must be character spans of the context with exactly
+/// that text, at most `top_k` of them, scores finite. This also bounds what a guest can make
+/// the host send back (no answer is larger than the request's context).
+fn check_answers(response: &Response, context: &str, top_k: u32) -> Result<(), String> {
+    if response.answers.len() > top_k as usize {
+        return Err(format!("{} answers for top_k {top_k}", response.answers.len()));
+    }
+    // Byte offset of every character boundary, so char offsets map to slices in O(1).
+    let boundaries: Vec<usize> = context.char_indices().map(|(i, _)| i).chain(std::iter::once(context.len())).collect();
+    for (i, answer) in response.answers.iter().enumerate() {
+        let (start, end) = (answer.start as usize, answer.end as usize);
+        let slice = (start <= end)
+            .then(|| Some(&context[*boundaries.get(start)?..*boundaries.get(end)?]))
+            .flatten()
+            .ok_or_else(|| format!("answer {i} spans characters {start}..{end} of a {}-character context", boundaries.len() - 1))?;
+        if answer.text != slice {
+            return Err(format!("answer {i} text ({} bytes) is not the context's characters {start}..{end}", answer.text.len()));
+        }
+        if !answer.score.is_finite() {
+            return Err(format!("answer {i} has score {}", answer.score));
+        }
+    }
+    Ok(())
+}
+
 /// Epoch ticks in `deadline`, at least one.
 fn ticks(deadline: Duration) -> u64 {
     u64::try_from(deadline.as_millis() / TICK.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -281,4 +312,31 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<
         }
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(answers: &[(&str, u32, u32, f64)]) -> Response {
+        Response {
+            answers: answers.iter().map(|&(text, start, end, score)| Answer { text: text.into(), score, start, end }).collect(),
+            timings: Timings { tokenize_us: 0, inference_us: 0, decode_us: 0, windows: 1 },
+        }
+    }
+
+    #[test]
+    fn answers_must_be_character_slices_of_the_context() {
+        let context = "Benz, née 1844, built it in 1886 🚗.";
+        assert_eq!(check_answers(&response(&[("1886", 28, 32, 0.9)]), context, 1), Ok(()));
+        assert_eq!(check_answers(&response(&[("🚗", 33, 34, 0.1), ("née", 6, 9, 0.1)]), context, 2), Ok(()));
+        assert_eq!(check_answers(&response(&[("", 0, 0, 0.0)]), context, 1), Ok(()), "the no-answer span");
+        let refused = |answers: &[(&str, u32, u32, f64)], top_k| check_answers(&response(answers), context, top_k).unwrap_err();
+        assert!(refused(&[("1886", 28, 32, 0.9), ("1844", 10, 14, 0.1)], 1).contains("2 answers"));
+        assert!(refused(&[("x", 35, 99, 0.5)], 1).contains("35..99"));
+        assert!(refused(&[("", 5, 4, 0.5)], 1).contains("5..4"));
+        assert!(refused(&[("ok", 0, 2, 0.5)], 1).contains("not the context's"));
+        assert!(refused(&[(&"A".repeat(1 << 20), 0, 4, 0.5)], 1).contains("1048576 bytes"));
+        assert!(refused(&[("1886", 28, 32, f64::NAN)], 1).contains("NaN"));
+    }
 }
