@@ -14,7 +14,9 @@ pub struct Logits {
 }
 
 impl Logits {
-    /// Checks the shape the model returned against the batch it was given.
+    /// Checks the shape the model returned against the batch it was given, and that no logit
+    /// is NaN or +inf (either would make every score of its window NaN). -inf is a
+    /// probability of zero and passes.
     pub fn check(&self, batch: &Batch) -> Result<(), QaError> {
         let cells = batch.rows * batch.seq_len;
         if self.rows != batch.rows || self.seq_len != batch.seq_len || self.start.len() != cells || self.end.len() != cells {
@@ -27,6 +29,9 @@ impl Logits {
                 batch.rows,
                 batch.seq_len
             )));
+        }
+        if let Some(bad) = self.start.iter().chain(&self.end).find(|x| x.is_nan() || **x == f32::INFINITY) {
+            return Err(QaError::Inference(format!("model returned a logit of {bad}")));
         }
         Ok(())
     }

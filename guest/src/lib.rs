@@ -17,6 +17,9 @@ pub mod score;
 pub mod tokenize;
 pub mod window;
 
+#[cfg(test)]
+mod props;
+
 /// Decoding knobs. Defaults follow the transformers question-answering pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {

@@ -204,6 +204,28 @@ mod tests {
     }
 
     #[test]
+    fn nan_or_infinite_logits_are_an_inference_error() {
+        // Found by props::non_finite_logits_are_inference_errors: one NaN (or +inf) logit made
+        // every score of its window NaN, answered as a success (JSON `"score": null`).
+        struct Poisoned(f32);
+        impl QaModel for Poisoned {
+            fn infer(&mut self, batch: &Batch) -> Result<Logits, QaError> {
+                let mut start = vec![0.0; batch.rows * batch.seq_len];
+                start[batch.seq_len - 2] = self.0;
+                Ok(Logits { rows: batch.rows, seq_len: batch.seq_len, end: vec![0.0; start.len()], start })
+            }
+        }
+        let mut tok = tiny_tokenizer();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let err = answer(&mut tok, &BERT_PROFILE, &mut Poisoned(bad), "when", "in 1886", &Options::default()).unwrap_err();
+            assert!(matches!(err, QaError::Inference(m) if m.contains(&bad.to_string())), "{bad}");
+        }
+        // -inf is a probability of zero, not an error.
+        let (answers, _) = answer(&mut tok, &BERT_PROFILE, &mut Poisoned(f32::NEG_INFINITY), "when", "in 1886", &Options::default()).unwrap();
+        assert!(answers[0].score.is_finite());
+    }
+
+    #[test]
     fn profile_reads_type_vocab_and_positions() {
         let bert = ModelProfile::from_config_json(br#"{"type_vocab_size":2,"max_position_embeddings":512,"pad_token_id":0}"#).unwrap();
         assert_eq!(bert, BERT_PROFILE);
