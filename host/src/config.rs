@@ -61,6 +61,12 @@ impl HostConfig {
         if let Some(mb) = env_number::<u64>("QA_TMP_RESERVE_MB") {
             s3.reserve_bytes = mb.saturating_mul(1 << 20);
         }
+        if let Some(ms) = env_number::<u64>("QA_S3_ATTEMPT_TIMEOUT_MS").filter(|&ms| ms > 0) {
+            s3.attempt_timeout = Duration::from_millis(ms);
+        }
+        if let Some(attempts) = env_number::<u32>("QA_S3_MAX_ATTEMPTS").filter(|&n| n > 0) {
+            s3.max_attempts = attempts;
+        }
         Ok(Self {
             models_dir: env_path("QA_MODELS_DIR").unwrap_or_else(default_models_dir),
             default_model: std::env::var("QA_DEFAULT_MODEL").ok().filter(|v| !v.is_empty()),

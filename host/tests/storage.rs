@@ -305,3 +305,225 @@ fn a_guest_in_s3_is_fetched_at_start_and_a_new_one_is_swapped_in_after_the_ttl()
     // The fixture guest answers with the whole context, which the real guest never does.
     assert_eq!((status, &body["Answer"]), (200, &benz_request()["context"]), "{body}");
 }
+
+/// What the fault proxy does to S3 requests whose request line contains its filter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    Pass,
+    /// Forward this many response bytes (headers included), then close the connection.
+    CutAfter(usize),
+    /// Hold the request this long before forwarding it (no response headers meanwhile).
+    StallHeaders(Duration),
+    /// Forward the response's first chunk (its headers), then go silent this long and close.
+    StallBody(Duration),
+    /// Answer this many requests with S3's throttling error instead of forwarding them.
+    SlowDown(u32),
+}
+
+/// A TCP proxy in front of the S3 server that misbehaves on request, one connection per
+/// request (it asks the server to close after each response).
+struct FaultProxy {
+    port: u16,
+    fault: Arc<Mutex<Fault>>,
+    /// Requests the fault applied to.
+    faulted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+
+impl FaultProxy {
+    fn start(upstream: u16, filter: &'static str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = FaultProxy { port, fault: Arc::new(Mutex::new(Fault::Pass)), faulted: Default::default() };
+        let (fault, faulted) = (proxy.fault.clone(), proxy.faulted.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (fault, faulted) = (fault.clone(), faulted.clone());
+                std::thread::spawn(move || Self::serve(client, upstream, filter, &fault, &faulted));
+            }
+        });
+        proxy
+    }
+
+    fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    fn faulted(&self) -> usize {
+        self.faulted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn serve(mut client: std::net::TcpStream, upstream: u16, filter: &str, fault: &Mutex<Fault>, faulted: &std::sync::atomic::AtomicUsize) {
+        let mut request = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let head_end = loop {
+            if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match client.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&request[..head_end]).into_owned();
+        let body_len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        while request.len() < head_end + body_len {
+            match client.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let applies = head.lines().next().is_some_and(|line| line.contains(filter));
+        let fault = {
+            let mut current = fault.lock().unwrap();
+            let now = if applies { *current } else { Fault::Pass };
+            if let Fault::SlowDown(n) = now {
+                *current = if n > 1 { Fault::SlowDown(n - 1) } else { Fault::Pass };
+            }
+            now
+        };
+        if fault != Fault::Pass {
+            faulted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        match fault {
+            Fault::SlowDown(_) => {
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                let _ = write!(client, "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                return;
+            }
+            Fault::StallHeaders(pause) => std::thread::sleep(pause),
+            _ => {}
+        }
+        // Forward with `Connection: close`, so each response ends its connection.
+        let mut forwarded: String = head.lines().filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty()).map(|l| format!("{l}\r\n")).collect();
+        forwarded.push_str("Connection: close\r\n\r\n");
+        let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { return };
+        if server.write_all(forwarded.as_bytes()).and_then(|_| server.write_all(&request[head_end..])).is_err() {
+            return;
+        }
+        let mut sent = 0usize;
+        loop {
+            let n = match server.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            match fault {
+                Fault::CutAfter(limit) if sent + n >= limit => {
+                    let _ = client.write_all(&buf[..limit - sent]);
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                Fault::StallBody(pause) => {
+                    let _ = client.write_all(&buf[..n.min(1024)]);
+                    std::thread::sleep(pause);
+                    return;
+                }
+                _ => {}
+            }
+            if client.write_all(&buf[..n]).is_err() {
+                return;
+            }
+            sent += n;
+        }
+    }
+}
+
+/// Directories under the model's cache root: complete versions and partial downloads alike.
+fn cache_entries(cache: &Path, model: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache.join(model))
+        .map(|entries| entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn s3_cut_stalled_and_throttled_downloads_fail_cleanly_leave_nothing_and_recover() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    let names = ["cut", "stall", "silent", "busy", "throttled"];
+    for name in names {
+        s3.upload_model("models", &format!("{name}/"), &models_dir().join("nlp1"));
+    }
+    let proxy = FaultProxy::start(s3.port, "model.onnx");
+    let cache = tempfile::tempdir().unwrap();
+    let manifest: Vec<String> = names.iter().map(|n| format!("{n}=s3://models/{n}/")).collect();
+    let mut env = vec![
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", proxy.port)),
+        ("QA_MODELS", manifest.join(",")),
+        ("QA_MODEL_CACHE_DIR", cache.path().display().to_string()),
+    ];
+    env.push(("QA_S3_ATTEMPT_TIMEOUT_MS", "1500".into()));
+    env.push(("QA_S3_MAX_ATTEMPTS", "2".into()));
+    let host = Host::start(&env);
+
+    let cases = [
+        ("cut", Fault::CutAfter(1 << 20), "interrupted"),
+        ("stall", Fault::StallHeaders(Duration::from_secs(4)), "timeout"),
+        ("silent", Fault::StallBody(Duration::from_secs(4)), "not received within"),
+        ("throttled", Fault::SlowDown(1000), "SlowDown"),
+    ];
+    for (name, fault, needle) in cases {
+        proxy.set(fault);
+        let (status, body) = host.ask(name);
+        assert_eq!((status, &body["error"]["code"]), (503, &json!("model_unavailable")), "{name}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{name}: {message}");
+        assert_eq!(cache_entries(cache.path(), name), Vec::<String>::new(), "{name}: nothing cached, no partial left");
+        assert_eq!(host.ask("nlp1").1["Answer"], "1886", "{name}: other models keep serving");
+        proxy.set(Fault::Pass);
+        let (status, body) = host.ask(name);
+        assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{name} after recovery: {body}");
+        assert_eq!(cache_entries(cache.path(), name).len(), 1, "{name}: one complete version");
+    }
+
+    // Throttling that passes: the retries absorb it.
+    let before = proxy.faulted();
+    proxy.set(Fault::SlowDown(1));
+    let (status, body) = host.ask("busy");
+    assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{body}");
+    assert_eq!(proxy.faulted(), before + 1, "one request was throttled and retried");
+}
+
+#[test]
+fn a_host_killed_mid_download_leaves_nothing_a_restart_would_use() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "k/", &models_dir().join("nlp1"));
+    let proxy = FaultProxy::start(s3.port, "model.onnx");
+    proxy.set(Fault::StallBody(Duration::from_secs(120)));
+    let cache = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", proxy.port)),
+        ("QA_MODELS", "killed=s3://models/k/".to_string()),
+        ("QA_MODEL_CACHE_DIR", cache.path().display().to_string()),
+    ];
+    let mut host = Host::start(&env);
+    let base = host.base.clone();
+    // This request hangs in the download until the process dies.
+    std::thread::spawn(move || {
+        let mut body = benz_request();
+        body["model_type"] = json!("killed");
+        let _ = http().post(&format!("{base}/")).send(body.to_string());
+    });
+    wait_until("a partial download of model.onnx", Duration::from_secs(60), || {
+        cache_entries(cache.path(), "killed").iter().any(|d| d.starts_with(".partial-") && cache.path().join("killed").join(d).join("model.onnx").exists())
+    });
+    host.process.stop(); // SIGKILL
+    let left = cache_entries(cache.path(), "killed");
+    assert!(left.iter().all(|d| d.starts_with(".partial-")), "only a partial download is left: {left:?}");
+
+    proxy.set(Fault::Pass);
+    let host = Host::start(&env);
+    let (status, body) = host.ask("killed");
+    assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{body}");
+    let after = cache_entries(cache.path(), "killed");
+    assert_eq!(after.len(), 1, "the dead process's partial download was removed: {after:?}");
+    assert!(!after[0].starts_with('.') && cache.path().join("killed").join(&after[0]).join(".complete").is_file());
+    assert_eq!(host.process.count("fetched from S3"), 1, "downloaded afresh, not resumed from the partial");
+}

@@ -34,7 +34,8 @@ pub struct S3Settings {
     pub concurrency: usize,
     /// Attempts per request, including the first (standard retry mode, exponential backoff).
     pub max_attempts: u32,
-    /// Time limit of one attempt.
+    /// Time limit of one attempt: of a request until its response headers (the SDK's attempt
+    /// timeout), and of reading one part's body.
     pub attempt_timeout: Duration,
     /// Free space a download must leave in the cache's file system.
     pub reserve_bytes: u64,
@@ -207,30 +208,53 @@ impl S3Source {
             .map(|(first, last)| {
                 let file = file.clone();
                 async move {
-                    let mut get = client.get_object().bucket(&self.bucket).key(&object.key).range(format!("bytes={first}-{last}"));
-                    if !object.etag.is_empty() {
-                        get = get.if_match(&object.etag);
-                    }
-                    let response = get.send().await.map_err(|e| classify(&self.url(&object.file), e))?;
-                    let bytes = response
-                        .body
-                        .collect()
-                        .await
-                        .map_err(|e| SourceError::Unavailable(format!("{}: download interrupted: {e}", self.url(&object.file))))?
-                        .into_bytes();
-                    if bytes.len() as u64 != last - first + 1 {
-                        return Err(SourceError::Corrupt(format!(
-                            "{}: bytes {first}-{last} came back as {} bytes",
-                            self.url(&object.file),
-                            bytes.len()
-                        )));
-                    }
+                    let settings = &self.connector.settings;
+                    let mut attempt = 1;
+                    let bytes = loop {
+                        match self.fetch_part(&client, object, first, last).await {
+                            Ok(bytes) => break bytes,
+                            // The SDK retries requests; a body cut or stalled after the headers
+                            // arrived is retried here, for this part only.
+                            Err(PartError::Body(reason)) if attempt < settings.max_attempts => {
+                                tracing::warn!(model = %self.name, file = %object.file, first, attempt, %reason, "part download failed; retrying");
+                                tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+                                attempt += 1;
+                            }
+                            Err(PartError::Body(reason)) => {
+                                return Err(SourceError::Unavailable(format!(
+                                    "{}: bytes {first}-{last}: {reason} (after {attempt} attempts)",
+                                    self.url(&object.file)
+                                )));
+                            }
+                            Err(PartError::Source(error)) => return Err(error),
+                        }
+                    };
                     file.write_all_at(&bytes, first).map_err(|e| SourceError::Unavailable(format!("writing the cache: {e}")))
                 }
             })
             .buffer_unordered(self.connector.settings.concurrency.max(1))
             .try_collect::<()>()
             .await
+    }
+
+    /// Bytes `first..=last` of `object`, pinned to its listed ETag; the body must arrive within
+    /// the attempt timeout.
+    async fn fetch_part(&self, client: &Client, object: &Listed, first: u64, last: u64) -> Result<bytes::Bytes, PartError> {
+        let mut get = client.get_object().bucket(&self.bucket).key(&object.key).range(format!("bytes={first}-{last}"));
+        if !object.etag.is_empty() {
+            get = get.if_match(&object.etag);
+        }
+        let response = get.send().await.map_err(|e| PartError::Source(classify(&self.url(&object.file), e)))?;
+        let timeout = self.connector.settings.attempt_timeout;
+        let bytes = tokio::time::timeout(timeout, response.body.collect())
+            .await
+            .map_err(|_| PartError::Body(format!("body not received within {timeout:?}")))?
+            .map_err(|e| PartError::Body(format!("download interrupted: {}", DisplayErrorContext(&e))))?
+            .into_bytes();
+        if bytes.len() as u64 != last - first + 1 {
+            return Err(PartError::Body(format!("came back as {} bytes", bytes.len())));
+        }
+        Ok(bytes)
     }
 
     /// Size, the ETag's MD5 (single-part uploads) and the manifest's SHA-256.
@@ -337,6 +361,12 @@ impl ModelSource for S3Source {
 }
 
 /// Marker written last into a version directory: only complete downloads have it.
+/// Why one ranged part failed: the request itself (already retried by the SDK), or its body.
+enum PartError {
+    Source(SourceError),
+    Body(String),
+}
+
 const COMPLETE: &str = ".complete";
 /// Name prefix of in-progress download directories, never loaded.
 const PARTIAL: &str = ".partial-";
