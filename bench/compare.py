@@ -345,6 +345,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", help="raw results JSON (default bench/results/compare-<UTC timestamp>.json)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per runner process (default 1800)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: --iters 2 --questions 2 --long 1 --cold-runs 1")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a requested row or cold start did not run or failed (for CI; timings are never checked)")
     args = p.parse_args()
     small = {"iters": 2, "questions": 2, "long": 1, "cold_runs": 1}
     full = {"iters": 20, "questions": 20, "long": 3, "cold_runs": 3}
@@ -719,6 +721,13 @@ def main() -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(raw, indent=1, ensure_ascii=False))
     shutil.rmtree(work, ignore_errors=True)
+    if args.strict:
+        failures = [f"row {k}: not run: {r['not_run']}" for k, r in results.items() if r.get("not_run")]
+        failures += [f"row {k}: {r['warm']['error']}" for k, r in results.items() if "error" in r.get("warm", {})]
+        failures += [f"row {k}: cold start not run: {r['cold_not_run']}" for k, r in results.items() if r.get("cold_not_run")]
+        if failures:
+            print("compare: --strict: " + "; ".join(failures), file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

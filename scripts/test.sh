@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 # Real stand-ins for AWS, from PyPI: cargo-lambda's Lambda Runtime API emulator and moto's
-# S3-compatible server. Installed into .cache/tools-venv once; reinstalled when the pinned
+# S3-compatible server; onnx for the float32-input model; onnxruntime and tokenizers for the
+# benchmark's Python row. Installed into .cache/tools-venv once; reinstalled when the pinned
 # versions change.
-TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5 onnx==1.19.1"
+TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5 onnx==1.19.1 onnxruntime==1.22.1 tokenizers==0.22.2"
 export CARGO_LAMBDA="$PWD/.cache/tools-venv/bin/cargo-lambda"
 export MOTO_SERVER="$PWD/.cache/tools-venv/bin/moto_server"
 if [ "$(cat .cache/tools-venv/.installed 2>/dev/null)" != "$TOOLS" ]; then
@@ -34,3 +35,14 @@ export QA_TEST_MISBEHAVING_GUEST="$PWD/target/wasm32-wasip2/release/misbehaving-
 # features and rebuilds wasmtime and the AWS SDK.
 cargo test -p qa-guest "$@"
 cargo test -p qa-host "$@"
+
+# The deployment, offline: SAM templates (cfn-lint, and the SAM transform) and the Dockerfile
+# (hadolint).
+bash scripts/lint-deploy.sh
+
+# A smoke run of the benchmark harness: every row but the PyTorch one (no torch here) must
+# run and answer; its timings are printed, never checked (debug builds, tiny sizes).
+echo "test: benchmark harness smoke run" >&2
+cargo build --quiet -p qa-bench
+python3 bench/compare.py --smoke --strict --rows 1,2,3,5 --python .cache/tools-venv/bin/python \
+  --qa-host target/debug/qa-host --qa-bench target/debug/qa-bench --out target/bench-smoke.json

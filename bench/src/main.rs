@@ -19,7 +19,7 @@ use qa_guest::window::{Batch, Window};
 use qa_guest::{Options, QaError};
 use qa_host::api::QaRequest;
 use qa_host::config::HostConfig;
-use qa_host::nn::onnx::{OnnxBackend, SessionSettings};
+use qa_host::nn::onnx::OnnxBackend;
 use qa_host::service::QaService;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -51,9 +51,6 @@ struct Args {
     /// The guest component (row `project` only).
     #[arg(long)]
     guest: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime decide (the host's default).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
 }
 
 #[derive(Deserialize)]
@@ -81,7 +78,9 @@ fn main() -> Result<()> {
     let inputs: Vec<Input> = serde_json::from_slice(&std::fs::read(&args.inputs).with_context(|| args.inputs.display().to_string())?)
         .context("inputs must be a JSON list of {id, question, context}")?;
     let first = inputs.first().ok_or_else(|| anyhow!("no inputs"))?;
-    let backend = OnnxBackend { settings: SessionSettings { intra_threads: args.threads } };
+    // Session settings as the host reads them (QA_INFERENCE_THREADS, QA_ORT_ARENA), for every row.
+    let settings = HostConfig::from_env()?.session;
+    let backend = OnnxBackend { settings };
     let mut row: Box<dyn Row> = match args.row {
         RowKind::Project => Box::new(ProjectRow::start(&args)?),
         RowKind::Native => Box::new(NativeRow::load(&args.model_dir, &backend)?),
@@ -135,7 +134,6 @@ impl ProjectRow {
         unsafe { std::env::set_var("QA_MODELS", format!("{}=image:{}", Self::MODEL, model_dir.display())) };
         let mut config = HostConfig::from_env()?;
         config.guest_wasm = guest;
-        config.inference_threads = args.threads;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let service = Arc::new(QaService::start(&config)?);
         Ok(Self { runtime, service })
@@ -220,11 +218,18 @@ impl Row for NativeRow {
     }
 }
 
+/// The input tensors of one batch, built once.
+struct BatchTensors {
+    input_ids: Tensor<i64>,
+    attention_mask: Tensor<i64>,
+    token_type_ids: Option<Tensor<i64>>,
+}
+
 /// Row 3: `Session::run` alone, on the batches the stages build for each input (built once,
 /// before timing, as are the tensors).
 struct OrtRow {
     model: OrtModel,
-    batches: BTreeMap<String, Vec<Batch>>,
+    batches: BTreeMap<String, Vec<BatchTensors>>,
 }
 
 impl OrtRow {
@@ -240,7 +245,17 @@ impl OrtRow {
                 .into_iter()
                 .map(Window::new)
                 .collect();
-            let input_batches = windows.chunks(MAX_BATCH_ROWS).map(|chunk| Batch::from_windows(chunk, model.profile.pad_id)).collect();
+            let mut input_batches = Vec::new();
+            for chunk in windows.chunks(MAX_BATCH_ROWS) {
+                let batch = Batch::from_windows(chunk, model.profile.pad_id);
+                let shape = [batch.rows as i64, batch.seq_len as i64];
+                let tensor = |data: Vec<i64>| Tensor::from_array((shape, data));
+                input_batches.push(BatchTensors {
+                    input_ids: tensor(batch.input_ids)?,
+                    attention_mask: tensor(batch.attention_mask)?,
+                    token_type_ids: if model.profile.token_type_ids { Some(tensor(batch.token_type_ids)?) } else { None },
+                });
+            }
             batches.insert(input.id.clone(), input_batches);
         }
         Ok(Self { model, batches })
@@ -251,17 +266,12 @@ impl Row for OrtRow {
     fn answer(&mut self, input: &Input) -> Result<Option<Answer>> {
         let batches = self.batches.get(&input.id).ok_or_else(|| anyhow!("no batches for {}", input.id))?;
         for batch in batches {
-            let shape = [batch.rows as i64, batch.seq_len as i64];
-            // Tensors are views of the prepared batch: nothing but the run is timed.
-            fn view(shape: [i64; 2], data: &[i64]) -> Result<ort::value::TensorRef<'_, i64>> {
-                ort::value::TensorRef::from_array_view((shape, data)).map_err(|e| anyhow!("{e}"))
-            }
             let mut inputs = ort::inputs![
-                "input_ids" => view(shape, &batch.input_ids)?,
-                "attention_mask" => view(shape, &batch.attention_mask)?,
+                "input_ids" => &batch.input_ids,
+                "attention_mask" => &batch.attention_mask,
             ];
-            if self.model.profile.token_type_ids {
-                inputs.push(("token_type_ids".into(), view(shape, &batch.token_type_ids)?.into()));
+            if let Some(types) = &batch.token_type_ids {
+                inputs.push(("token_type_ids".into(), types.into()));
             }
             let outputs = self.model.session.run(inputs)?;
             std::hint::black_box(&outputs);

@@ -1,6 +1,7 @@
 //! Where the host finds its parts, from flags and environment variables.
 
 use crate::models::S3Settings;
+use crate::nn::onnx::SessionSettings;
 use crate::models::manifest::{self, ManifestError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,8 +28,8 @@ pub struct HostConfig {
     pub guest_deadline: Duration,
     /// Linear-memory cap of one guest instance.
     pub guest_memory_bytes: usize,
-    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime decide.
-    pub inference_threads: usize,
+    /// How ONNX Runtime sessions are built (`QA_INFERENCE_THREADS`, `QA_ORT_ARENA`).
+    pub session: SessionSettings,
     /// Models to load at start-up, outside any request (`QA_PRELOAD=nlp1,nlp2`).
     pub preload: Vec<String>,
     /// Budget in MiB for models loaded on demand (`QA_MODEL_CACHE_MB`); unbounded if unset.
@@ -77,7 +78,10 @@ impl HostConfig {
             guest_deadline: Duration::from_millis(env_number("QA_GUEST_DEADLINE_MS").unwrap_or(30_000)),
             guest_ttl: Duration::from_secs(env_number("QA_GUEST_TTL_SECS").unwrap_or(60)),
             guest_memory_bytes: env_number("QA_GUEST_MEMORY_MB").unwrap_or(512) << 20,
-            inference_threads: env_number("QA_INFERENCE_THREADS").unwrap_or(0),
+            session: SessionSettings {
+                intra_threads: env_number("QA_INFERENCE_THREADS").unwrap_or(0),
+                memory_arena: env_number::<u8>("QA_ORT_ARENA").is_none_or(|v| v != 0),
+            },
             preload: std::env::var("QA_PRELOAD")
                 .unwrap_or_default()
                 .split(',')

@@ -6,7 +6,7 @@ use crate::api::{AnswerSpan, ApiError, PhaseTimings, QaRequest, QaResponse};
 use crate::config::HostConfig;
 use crate::guest::{GuestError, GuestLimits, GuestQaError, GuestRuntime, Options, SwappableGuest};
 use crate::models::{ModelCatalog, ModelSource, SourceError, is_valid_name};
-use crate::nn::onnx::{OnnxBackend, SessionSettings};
+use crate::nn::onnx::OnnxBackend;
 use crate::nn::{NnError, init_onnx_runtime};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +75,7 @@ impl QaService {
         tracing::info!(origin = ?guest.origin, ms = guest.load_time.as_millis() as u64, guest = %config.guest_wasm.display(), "guest ready");
         Ok(Self {
             catalog,
-            backend: OnnxBackend { settings: SessionSettings { intra_threads: config.inference_threads } },
+            backend: OnnxBackend { settings: config.session },
             slots: Mutex::new(HashMap::new()),
             cache_budget: config.model_cache_mb.map(|mb| mb << 20),
             model_ttl: config.model_ttl,

@@ -21,10 +21,19 @@ use ort::value::{DynValue, Tensor as OrtTensor, ValueType};
 use super::NnError;
 
 /// How sessions are built. One ONNX Runtime session per model, shared by all requests.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct SessionSettings {
     /// Intra-op threads; 0 lets ONNX Runtime pick (one per core).
     pub intra_threads: usize,
+    /// ONNX Runtime's CPU memory arena and memory patterns: buffers kept between runs (faster
+    /// repeated shapes) at the cost of resident memory that grows to the largest batch seen.
+    pub memory_arena: bool,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self { intra_threads: 0, memory_arena: true }
+    }
 }
 
 /// Loads ONNX graphs. The guest gets no backend (it can only load graphs by name); the host
@@ -54,6 +63,10 @@ impl OnnxBackend {
         let mut builder = Session::builder()?.with_optimization_level(GraphOptimizationLevel::Level3)?;
         if self.settings.intra_threads > 0 {
             builder = builder.with_intra_threads(self.settings.intra_threads)?;
+        }
+        if !self.settings.memory_arena {
+            let cpu = ort::execution_providers::CPUExecutionProvider::default().with_arena_allocator(false).build();
+            builder = builder.with_memory_pattern(false)?.with_execution_providers([cpu])?;
         }
         Ok(builder)
     }

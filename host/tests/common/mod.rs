@@ -52,7 +52,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         guest_deadline: Duration::from_secs(60),
         guest_ttl: Duration::from_secs(60),
         guest_memory_bytes: 512 << 20,
-        inference_threads: 0,
+        session: Default::default(),
         preload: Vec::new(),
         model_cache_mb: None,
         manifest: Vec::new(),
