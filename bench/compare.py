@@ -627,15 +627,17 @@ def main() -> None:
     a, b = c("1"), c("4")
     target("cold (precompiled guest): row 1 ≥ 20× faster than row 4", a and b and b / a, a is not None and b is not None and b / a >= 20,
            f"row 4 {fmt(b)} ms / row 1 {fmt(a)} ms = {ratio(b, a)}", "needs cold starts of rows 1 and 4")
-    rss = [x for x in (w("1", "peak_rss_mib"), (summary.get("1", {}).get("cold") or {}).get("peak_rss_mib")) if x is not None]
     if model_bytes is not None:
         limit_mib = (model_bytes + 150e6) / 2**20
         compiled = (summary.get("1", {}).get("cold_compiled") or {}).get("peak_rss_mib")
-        target(f"peak RSS of row 1 < model.onnx ({model_bytes / 1e6:.1f} MB) + 150 MB = {limit_mib:.0f} MiB",
-               max(rss) if rss else None, bool(rss) and max(rss) < limit_mib,
-               f"highest of the warm run and the precompiled-guest cold starts {fmt(max(rss)) if rss else '–'} MiB"
-               + (f" (compiling the guest at start instead: {fmt(compiled)} MiB)" if compiled is not None else ""),
-               "row 1 not run")
+        cold_rss = (summary.get("1", {}).get("cold") or {}).get("peak_rss_mib")
+        target(f"peak RSS of row 1, new process to its first answer (precompiled guest) < model.onnx ({model_bytes / 1e6:.1f} MB) + 150 MB = {limit_mib:.0f} MiB",
+               cold_rss, cold_rss is not None and cold_rss < limit_mib,
+               f"{fmt(cold_rss)} MiB" + (f" (compiling the guest at start instead: {fmt(compiled)} MiB)" if compiled is not None else ""),
+               "row 1 cold start not run")
+        warm_rss = w("1", "peak_rss_mib")
+        target(f"peak RSS of row 1 over the whole warm run, long contexts included < {limit_mib:.0f} MiB",
+               warm_rss, warm_rss is not None and warm_rss < limit_mib, f"{fmt(warm_rss)} MiB", "row 1 not run")
 
     # --- answers ---
     def answers_of(key: str) -> dict | None:

@@ -12,7 +12,7 @@ use tokenizers::Tokenizer;
 /// Windows per inference call: all windows of a short context go in one batch, long contexts
 /// in several, so activation memory stays bounded (attention alone is
 /// rows × heads × seq² floats per layer).
-pub const MAX_BATCH_ROWS: usize = 8;
+pub const MAX_BATCH_ROWS: usize = 2;
 
 /// Largest values the guest accepts; the host enforces its own (smaller) request limits.
 pub const MAX_TOP_K: usize = 100;
