@@ -52,6 +52,24 @@ async fn a_looping_guest_is_stopped_at_its_deadline() {
 }
 
 #[tokio::test]
+async fn a_request_with_less_time_left_than_the_guest_limit_ends_within_that_time() {
+    // What the Lambda edge does with the invocation's remaining time (less its margin): the
+    // guest's own limit is a minute, the request's budget 800 ms.
+    let service = misbehaving_service(Duration::from_secs(60), 256);
+    let error = service.answer_within(QaRequest::new("spin", "ok"), Some(Duration::from_millis(800))).await.unwrap_err();
+    assert_eq!(error.code(), "guest_timeout");
+    let message = error.to_string();
+    let budget_ms: f64 = message
+        .rsplit("deadline of ")
+        .next()
+        .and_then(|d| d.strip_suffix("ms"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no deadline in milliseconds in {message:?}"));
+    assert!(budget_ms <= 800.0 && budget_ms > 0.0, "the budget, less the time taken to find the model: {message}");
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
+}
+
+#[tokio::test]
 async fn a_hoarding_guest_hits_its_memory_cap() {
     let service = misbehaving_service(Duration::from_secs(30), 64);
     let (status, code, message) = ask(&service, "hog").await.unwrap_err();
