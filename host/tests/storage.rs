@@ -318,6 +318,8 @@ enum Fault {
     StallBody(Duration),
     /// Answer this many requests with S3's throttling error instead of forwarding them.
     SlowDown(u32),
+    /// Forward responses in 16 KiB pieces with this pause after each: a download in flight.
+    Trickle(Duration),
 }
 
 /// A TCP proxy in front of the S3 server that misbehaves on request, one connection per
@@ -423,6 +425,16 @@ impl FaultProxy {
                     std::thread::sleep(pause);
                     return;
                 }
+                Fault::Trickle(pause) => {
+                    for piece in buf[..n].chunks(16 << 10) {
+                        if client.write_all(piece).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(pause);
+                    }
+                    sent += n;
+                    continue;
+                }
                 _ => {}
             }
             if client.write_all(&buf[..n]).is_err() {
@@ -488,6 +500,43 @@ fn s3_cut_stalled_and_throttled_downloads_fail_cleanly_leave_nothing_and_recover
     let (status, body) = host.ask("busy");
     assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{body}");
     assert_eq!(proxy.faulted(), before + 1, "one request was throttled and retried");
+}
+
+#[test]
+fn the_s3_server_killed_mid_download_is_a_clean_503_and_the_model_loads_once_it_is_back() {
+    let mut s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "m/", &models_dir().join("nlp1"));
+    let proxy = FaultProxy::start(s3.port, "model.onnx");
+    proxy.set(Fault::Trickle(Duration::from_millis(20)));
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = vec![
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", proxy.port)),
+        ("QA_MODELS", "m=s3://models/m/".to_string()),
+        ("QA_MODEL_CACHE_DIR", cache.path().display().to_string()),
+    ];
+    env.push(("QA_S3_MAX_ATTEMPTS", "2".into()));
+    let host = Host::start(&env);
+    let asking = std::thread::scope(|scope| {
+        let asking = scope.spawn(|| host.ask("m"));
+        wait_until("model.onnx arriving", Duration::from_secs(60), || {
+            cache_entries(cache.path(), "m").iter().any(|d| d.starts_with(".partial-") && cache.path().join("m").join(d).join("model.onnx").exists())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        s3.process.stop(); // the server dies with the transfer in flight
+        asking.join().unwrap()
+    });
+    let (status, body) = asking;
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("model_unavailable")), "{body}");
+    assert_eq!(cache_entries(cache.path(), "m"), Vec::<String>::new(), "nothing cached, no partial left");
+    assert_eq!(host.ask("nlp1").1["Answer"], "1886", "other models keep serving");
+
+    let s3 = S3::start_on(s3.port);
+    s3.create_bucket("models");
+    s3.upload_model("models", "m/", &models_dir().join("nlp1"));
+    proxy.set(Fault::Pass);
+    let (status, body) = host.ask("m");
+    assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{body}");
 }
 
 #[test]
