@@ -212,7 +212,8 @@ impl NativeRow {
 impl Row for NativeRow {
     fn answer(&mut self, input: &Input) -> Result<Option<Answer>> {
         let profile = self.model.profile;
-        let (answers, _) = pipeline::answer(&mut self.tokenizer, &profile, &mut self.model, &input.question, &input.context, &Options::default())?;
+        let (answers, _) =
+            pipeline::answer(&mut self.tokenizer, &profile, &mut self.model, &input.question, &input.context, &Options::default())?;
         let best = answers.into_iter().next().ok_or_else(|| anyhow!("no answer"))?;
         Ok(Some(Answer { text: best.text, start: best.start as u32, end: best.end as u32, score: best.score }))
     }
@@ -241,10 +242,8 @@ impl OrtRow {
         }
         let mut batches = BTreeMap::new();
         for input in inputs {
-            let windows: Vec<Window> = encode_windows(&mut tokenizer, &input.question, &input.context, &options)?
-                .into_iter()
-                .map(Window::new)
-                .collect();
+            let windows: Vec<Window> =
+                encode_windows(&mut tokenizer, &input.question, &input.context, &options)?.into_iter().map(Window::new).collect();
             let mut input_batches = Vec::new();
             for chunk in windows.chunks(MAX_BATCH_ROWS) {
                 let batch = Batch::from_windows(chunk, model.profile.pad_id);

@@ -96,9 +96,7 @@ fn load_files<'m>(models: &'m mut HashMap<String, Loaded>, model: &str) -> Resul
     let tokenizer_path = format!("{dir}/tokenizer.json");
     let config_path = format!("{dir}/config.json");
     let stamp_of = |path: &str| {
-        std::fs::metadata(path)
-            .map(|m| (m.len(), m.modified().ok()))
-            .map_err(|e| QaError::ModelNotFound(format!("{path}: {e}")))
+        std::fs::metadata(path).map(|m| (m.len(), m.modified().ok())).map_err(|e| QaError::ModelNotFound(format!("{path}: {e}")))
     };
     let stamp = [stamp_of(&tokenizer_path)?, stamp_of(&config_path)?];
     if models.get(model).is_none_or(|l| l.stamp != stamp) {
@@ -131,17 +129,13 @@ impl QaModel for WasiNnModel {
                 tensor::Tensor::new(&dims.to_vec(), tensor::TensorType::I64, &bytes)
             }
         };
-        let mut inputs = vec![
-            ("input_ids".to_string(), id_tensor(&batch.input_ids)),
-            ("attention_mask".to_string(), id_tensor(&batch.attention_mask)),
-        ];
+        let mut inputs =
+            vec![("input_ids".to_string(), id_tensor(&batch.input_ids)), ("attention_mask".to_string(), id_tensor(&batch.attention_mask))];
         if self.profile.token_type_ids {
             inputs.push(("token_type_ids".to_string(), id_tensor(&batch.token_type_ids)));
         }
-        let context = self
-            .graph
-            .init_execution_context()
-            .map_err(|e| QaError::Inference(format!("init execution context: {}", e.data())))?;
+        let context =
+            self.graph.init_execution_context().map_err(|e| QaError::Inference(format!("init execution context: {}", e.data())))?;
         let outputs = context.compute(inputs).map_err(|e| QaError::Inference(e.data()))?;
         let mut start = None;
         let mut end = None;
@@ -226,8 +220,7 @@ fn preloaded_model() -> Result<String, String> {
         .filter_map(|entry| entry.file_name().into_string().ok())
         .collect();
     names.sort();
-    names
-        .into_iter()
-        .find(|name| graph::load_by_name(name).is_ok())
-        .ok_or_else(|| format!("no directory under {MODELS_ROOT} names a graph the runtime preloaded (use -S nn-graph=onnx::models/<name>)"))
+    names.into_iter().find(|name| graph::load_by_name(name).is_ok()).ok_or_else(|| {
+        format!("no directory under {MODELS_ROOT} names a graph the runtime preloaded (use -S nn-graph=onnx::models/<name>)")
+    })
 }

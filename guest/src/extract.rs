@@ -22,11 +22,7 @@ struct ByteAnswer {
 /// Byte range of the context covered by a token span, widened to whole words.
 pub fn span_bytes(window: &Window, span: &TokenSpan) -> Option<(usize, usize)> {
     let enc = &window.encoding;
-    let word_chars = |token: usize| {
-        enc.token_to_word(token)
-            .filter(|(seq, _)| *seq == 1)
-            .and_then(|(_, word)| enc.word_to_chars(word, 1))
-    };
+    let word_chars = |token: usize| enc.token_to_word(token).filter(|(seq, _)| *seq == 1).and_then(|(_, word)| enc.word_to_chars(word, 1));
     let offsets = enc.get_offsets();
     let start = word_chars(span.start).map(|w| w.0).or_else(|| offsets.get(span.start).map(|o| o.0))?;
     let end = word_chars(span.end).map(|w| w.1).or_else(|| offsets.get(span.end).map(|o| o.1))?;
@@ -88,9 +84,11 @@ mod tests {
 
     fn token_of(window: &Window, text: &str, context: &str) -> usize {
         (0..window.len())
-            .find(|&i| window.in_context[i] && {
-                let (s, e) = window.encoding.get_offsets()[i];
-                &context[s..e] == text
+            .find(|&i| {
+                window.in_context[i] && {
+                    let (s, e) = window.encoding.get_offsets()[i];
+                    &context[s..e] == text
+                }
             })
             .unwrap()
     }

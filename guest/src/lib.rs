@@ -39,14 +39,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            top_k: 1,
-            max_answer_len: 15,
-            max_seq_len: 384,
-            doc_stride: 128,
-            max_question_len: 64,
-            handle_impossible: false,
-        }
+        Self { top_k: 1, max_answer_len: 15, max_seq_len: 384, doc_stride: 128, max_question_len: 64, handle_impossible: false }
     }
 }
 

@@ -55,8 +55,8 @@ pub struct ModelProfile {
 
 impl ModelProfile {
     pub fn from_config_json(json: &[u8]) -> Result<Self, QaError> {
-        let config: serde_json::Value = serde_json::from_slice(json)
-            .map_err(|e| QaError::ModelInvalid(format!("config.json does not parse: {e}")))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| QaError::ModelInvalid(format!("config.json does not parse: {e}")))?;
         let number = |key: &str| config.get(key).and_then(serde_json::Value::as_u64);
         Ok(Self {
             pad_id: number("pad_token_id").and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
@@ -90,10 +90,7 @@ pub fn answer(
     let mut timings = Timings::default();
 
     let started = Instant::now();
-    let windows: Vec<Window> = encode_windows(tokenizer, question, context, &options)?
-        .into_iter()
-        .map(Window::new)
-        .collect();
+    let windows: Vec<Window> = encode_windows(tokenizer, question, context, &options)?.into_iter().map(Window::new).collect();
     timings.tokenize_us = micros(started);
     timings.windows = u32::try_from(windows.len()).unwrap_or(u32::MAX);
 
@@ -174,7 +171,9 @@ mod tests {
     fn short_context_is_one_inference_call() {
         let mut tok = tiny_tokenizer();
         let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
-        let (answers, _) = answer(&mut tok, &BERT_PROFILE, &mut model, "when was the car invented?", "benz patented it in 1886.", &Options::default()).unwrap();
+        let (answers, _) =
+            answer(&mut tok, &BERT_PROFILE, &mut model, "when was the car invented?", "benz patented it in 1886.", &Options::default())
+                .unwrap();
         assert_eq!(answers[0].text, "1886");
         assert_eq!(model.calls, 1);
     }
@@ -221,7 +220,8 @@ mod tests {
             assert!(matches!(err, QaError::Inference(m) if m.contains(&bad.to_string())), "{bad}");
         }
         // -inf is a probability of zero, not an error.
-        let (answers, _) = answer(&mut tok, &BERT_PROFILE, &mut Poisoned(f32::NEG_INFINITY), "when", "in 1886", &Options::default()).unwrap();
+        let (answers, _) =
+            answer(&mut tok, &BERT_PROFILE, &mut Poisoned(f32::NEG_INFINITY), "when", "in 1886", &Options::default()).unwrap();
         assert!(answers[0].score.is_finite());
     }
 

@@ -17,9 +17,7 @@
 
 use crate::extract::collect_answers;
 use crate::infer::{Logits, QaModel};
-use crate::pipeline::{
-    MAX_ANSWER_LEN, MAX_BATCH_ROWS, MAX_SEQ_LEN, MAX_TOP_K, ModelProfile, answer,
-};
+use crate::pipeline::{MAX_ANSWER_LEN, MAX_BATCH_ROWS, MAX_SEQ_LEN, MAX_TOP_K, ModelProfile, answer};
 use crate::score::{TokenSpan, score_window};
 use crate::tokenize::{encode_windows, tests::tiny_tokenizer};
 use crate::window::{Batch, Window};
@@ -46,8 +44,7 @@ struct Seed {
 
 static CORPUS: LazyLock<Vec<Seed>> = LazyLock::new(|| {
     let corpus: Corpus =
-        serde_json::from_str(include_str!("../../fixtures/fuzz/guest-contexts.json"))
-            .expect("fixtures/fuzz/guest-contexts.json parses");
+        serde_json::from_str(include_str!("../../fixtures/fuzz/guest-contexts.json")).expect("fixtures/fuzz/guest-contexts.json parses");
     corpus.cases
 });
 
@@ -92,12 +89,8 @@ fn piece() -> impl Strategy<Value = String> {
 /// Text of `pieces` pieces, mostly space-separated.
 fn text(pieces: std::ops::Range<usize>) -> impl Strategy<Value = String> {
     let glue = prop::sample::select(&[" ", " ", " ", "", "", "\n", "  "][..]);
-    prop::collection::vec((piece(), glue), pieces).prop_map(|parts| {
-        parts
-            .into_iter()
-            .flat_map(|(piece, glue)| [piece, glue.to_string()])
-            .collect()
-    })
+    prop::collection::vec((piece(), glue), pieces)
+        .prop_map(|parts| parts.into_iter().flat_map(|(piece, glue)| [piece, glue.to_string()]).collect())
 }
 
 fn context() -> impl Strategy<Value = String> {
@@ -152,23 +145,14 @@ fn valid_options() -> impl Strategy<Value = Options> {
         prop_oneof![3 => 1..=80usize, 1 => Just(usize::MAX)],
         any::<bool>(),
     )
-        .prop_map(
-            |(
-                top_k,
-                max_answer_len,
-                max_seq_len,
-                doc_stride,
-                max_question_len,
-                handle_impossible,
-            )| Options {
-                top_k,
-                max_answer_len,
-                max_seq_len,
-                doc_stride,
-                max_question_len,
-                handle_impossible,
-            },
-        )
+        .prop_map(|(top_k, max_answer_len, max_seq_len, doc_stride, max_question_len, handle_impossible)| Options {
+            top_k,
+            max_answer_len,
+            max_seq_len,
+            doc_stride,
+            max_question_len,
+            handle_impossible,
+        })
 }
 
 /// Options with at least one field outside its valid range.
@@ -176,46 +160,27 @@ fn invalid_options() -> impl Strategy<Value = Options> {
     let bad_top_k = prop_oneof![Just(0usize), MAX_TOP_K + 1..=usize::MAX];
     let bad_answer_len = prop_oneof![Just(0usize), MAX_ANSWER_LEN + 1..=usize::MAX];
     let bad_seq_len = prop_oneof![0..8usize, MAX_SEQ_LEN + 1..=usize::MAX];
-    (
-        valid_options(),
-        1u8..16,
-        bad_top_k,
-        bad_answer_len,
-        bad_seq_len,
-    )
-        .prop_map(|(mut options, which, top_k, answer_len, seq_len)| {
-            // `which` is a non-empty set of fields to break.
-            if which & 1 != 0 {
-                options.top_k = top_k;
-            }
-            if which & 2 != 0 {
-                options.max_answer_len = answer_len;
-            }
-            if which & 4 != 0 {
-                options.max_seq_len = seq_len;
-            }
-            if which & 8 != 0 {
-                options.max_question_len = 0;
-            }
-            options
-        })
+    (valid_options(), 1u8..16, bad_top_k, bad_answer_len, bad_seq_len).prop_map(|(mut options, which, top_k, answer_len, seq_len)| {
+        // `which` is a non-empty set of fields to break.
+        if which & 1 != 0 {
+            options.top_k = top_k;
+        }
+        if which & 2 != 0 {
+            options.max_answer_len = answer_len;
+        }
+        if which & 4 != 0 {
+            options.max_seq_len = seq_len;
+        }
+        if which & 8 != 0 {
+            options.max_question_len = 0;
+        }
+        options
+    })
 }
 
 fn profile() -> impl Strategy<Value = ModelProfile> {
-    (
-        any::<u32>(),
-        any::<bool>(),
-        prop_oneof![Just(None), (0usize..=600).prop_map(Some)],
-        any::<bool>(),
-    )
-        .prop_map(
-            |(pad_id, token_type_ids, max_positions, f32_inputs)| ModelProfile {
-                pad_id,
-                token_type_ids,
-                max_positions,
-                f32_inputs,
-            },
-        )
+    (any::<u32>(), any::<bool>(), prop_oneof![Just(None), (0usize..=600).prop_map(Some)], any::<bool>())
+        .prop_map(|(pad_id, token_type_ids, max_positions, f32_inputs)| ModelProfile { pad_id, token_type_ids, max_positions, f32_inputs })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,14 +229,7 @@ struct Stub {
 
 impl Stub {
     fn new(start: Vec<f32>, end: Vec<f32>) -> Self {
-        Self {
-            start,
-            end,
-            fault: None,
-            calls: 0,
-            faulted: false,
-            gave_nan: false,
-        }
+        Self { start, end, fault: None, calls: 0, faulted: false, gave_nan: false }
     }
 }
 
@@ -285,21 +243,10 @@ impl QaModel for Stub {
             if pool.is_empty() {
                 return vec![0.0; cells];
             }
-            (0..cells)
-                .map(|i| pool[(i + call * 7) % pool.len()])
-                .collect()
+            (0..cells).map(|i| pool[(i + call * 7) % pool.len()]).collect()
         };
-        let mut logits = Logits {
-            rows: batch.rows,
-            seq_len: batch.seq_len,
-            start: cycle(&self.start),
-            end: cycle(&self.end),
-        };
-        self.gave_nan |= logits
-            .start
-            .iter()
-            .chain(&logits.end)
-            .any(|x| x.is_nan() || *x == f32::INFINITY);
+        let mut logits = Logits { rows: batch.rows, seq_len: batch.seq_len, start: cycle(&self.start), end: cycle(&self.end) };
+        self.gave_nan |= logits.start.iter().chain(&logits.end).any(|x| x.is_nan() || *x == f32::INFINITY);
         let Some((on, fault)) = self.fault.filter(|(on, _)| *on == call) else {
             return Ok(logits);
         };
@@ -332,101 +279,46 @@ impl QaModel for Stub {
 
 /// What every list of answers must satisfy. `max_score` bounds each score: 1 for
 /// probabilities, more where same-text answers of several windows are summed.
-fn check_answers(
-    context: &str,
-    answers: &[Answer],
-    top_k: usize,
-    max_score: f64,
-) -> Result<(), TestCaseError> {
+fn check_answers(context: &str, answers: &[Answer], top_k: usize, max_score: f64) -> Result<(), TestCaseError> {
     let chars: Vec<char> = context.chars().collect();
-    prop_assert!(
-        answers.len() <= top_k,
-        "{} answers for top_k {top_k}",
-        answers.len()
-    );
+    prop_assert!(answers.len() <= top_k, "{} answers for top_k {top_k}", answers.len());
     for a in answers {
-        prop_assert!(
-            a.start <= a.end && a.end <= chars.len(),
-            "{a:?} out of 0..={}",
-            chars.len()
-        );
+        prop_assert!(a.start <= a.end && a.end <= chars.len(), "{a:?} out of 0..={}", chars.len());
         let slice: String = chars[a.start..a.end].iter().collect();
-        prop_assert_eq!(
-            &a.text,
-            &slice,
-            "text is not the context's chars {}..{}",
-            a.start,
-            a.end
-        );
-        prop_assert!(
-            a.score.is_finite() && a.score >= 0.0 && a.score <= max_score,
-            "score {} not in [0, {max_score}]",
-            a.score
-        );
+        prop_assert_eq!(&a.text, &slice, "text is not the context's chars {}..{}", a.start, a.end);
+        prop_assert!(a.score.is_finite() && a.score >= 0.0 && a.score <= max_score, "score {} not in [0, {max_score}]", a.score);
     }
-    prop_assert!(
-        answers.windows(2).all(|w| w[0].score >= w[1].score),
-        "not sorted best first: {answers:?}"
-    );
+    prop_assert!(answers.windows(2).all(|w| w[0].score >= w[1].score), "not sorted best first: {answers:?}");
     // Same-text answers are merged, ignoring case.
-    let texts: Vec<String> = answers
-        .iter()
-        .filter(|a| !a.text.is_empty())
-        .map(|a| a.text.to_lowercase())
-        .collect();
-    prop_assert_eq!(
-        texts.iter().collect::<HashSet<_>>().len(),
-        texts.len(),
-        "duplicate texts: {:?}",
-        texts
-    );
+    let texts: Vec<String> = answers.iter().filter(|a| !a.text.is_empty()).map(|a| a.text.to_lowercase()).collect();
+    prop_assert_eq!(texts.iter().collect::<HashSet<_>>().len(), texts.len(), "duplicate texts: {:?}", texts);
     Ok(())
 }
 
 /// Runs the pipeline and checks the outcome: answers that satisfy [`check_answers`], an
 /// `InvalidInput` error before the model was called, or an `Inference` error if and only if
 /// the stub misbehaved.
-fn check_pipeline(
-    question: &str,
-    context: &str,
-    options: &Options,
-    profile: &ModelProfile,
-    model: &mut Stub,
-) -> Result<(), TestCaseError> {
+fn check_pipeline(question: &str, context: &str, options: &Options, profile: &ModelProfile, model: &mut Stub) -> Result<(), TestCaseError> {
     let mut tok = tiny_tokenizer();
     let result = answer(&mut tok, profile, model, question, context, options);
     if model.faulted || model.gave_nan {
-        prop_assert!(
-            matches!(result, Err(QaError::Inference(_))),
-            "a misbehaving model gave {result:?}"
-        );
+        prop_assert!(matches!(result, Err(QaError::Inference(_))), "a misbehaving model gave {result:?}");
         return Ok(());
     }
     match result {
         Ok((answers, timings)) => {
             prop_assert!(timings.windows >= 1);
-            prop_assert_eq!(
-                model.calls,
-                (timings.windows as usize).div_ceil(MAX_BATCH_ROWS)
-            );
+            prop_assert_eq!(model.calls, (timings.windows as usize).div_ceil(MAX_BATCH_ROWS));
             // Within one window the spans' probabilities (and the null score) sum to at most
             // one; the same text found in several windows sums one score per window.
             let eps = 1e-5;
-            check_answers(
-                context,
-                &answers,
-                options.top_k,
-                f64::from(timings.windows) + eps,
-            )?;
+            check_answers(context, &answers, options.top_k, f64::from(timings.windows) + eps)?;
             if timings.windows == 1 {
                 let total: f64 = answers.iter().map(|a| a.score).sum();
                 prop_assert!(total <= 1.0 + eps, "one window's answers sum to {total}");
             }
             if !options.handle_impossible {
-                prop_assert!(
-                    answers.iter().all(|a| !a.text.is_empty()),
-                    "empty answer without handle_impossible: {answers:?}"
-                );
+                prop_assert!(answers.iter().all(|a| !a.text.is_empty()), "empty answer without handle_impossible: {answers:?}");
             }
         }
         Err(QaError::InvalidInput(_)) => {
@@ -439,17 +331,10 @@ fn check_pipeline(
 
 fn windows(question: &str, context: &str, options: &Options) -> Option<Vec<Window>> {
     let mut tok = tiny_tokenizer();
-    encode_windows(&mut tok, question, context, options)
-        .ok()
-        .map(|e| e.into_iter().map(Window::new).collect())
+    encode_windows(&mut tok, question, context, options).ok().map(|e| e.into_iter().map(Window::new).collect())
 }
 
-const BERT: ModelProfile = ModelProfile {
-    pad_id: 0,
-    token_type_ids: true,
-    max_positions: Some(512),
-    f32_inputs: false,
-};
+const BERT: ModelProfile = ModelProfile { pad_id: 0, token_type_ids: true, max_positions: Some(512), f32_inputs: false };
 
 // ---------------------------------------------------------------------------------------------
 // The hand-written corpus, on every run.
@@ -457,42 +342,17 @@ const BERT: ModelProfile = ModelProfile {
 fn corpus_options() -> [Options; 4] {
     [
         Options::default(),
-        Options {
-            top_k: 5,
-            max_seq_len: 16,
-            doc_stride: 4,
-            handle_impossible: true,
-            ..Options::default()
-        },
-        Options {
-            top_k: MAX_TOP_K,
-            max_answer_len: 1,
-            max_seq_len: 8,
-            doc_stride: 128,
-            ..Options::default()
-        },
-        Options {
-            top_k: 20,
-            max_answer_len: MAX_ANSWER_LEN,
-            max_seq_len: 12,
-            doc_stride: 0,
-            max_question_len: 1,
-            handle_impossible: true,
-        },
+        Options { top_k: 5, max_seq_len: 16, doc_stride: 4, handle_impossible: true, ..Options::default() },
+        Options { top_k: MAX_TOP_K, max_answer_len: 1, max_seq_len: 8, doc_stride: 128, ..Options::default() },
+        Options { top_k: 20, max_answer_len: MAX_ANSWER_LEN, max_seq_len: 12, doc_stride: 0, max_question_len: 1, handle_impossible: true },
     ]
 }
 
 fn corpus_models() -> Vec<Stub> {
     vec![
         Stub::new(vec![0.0], vec![0.0]),
-        Stub::new(
-            (0..17).map(|i| i as f32).collect(),
-            (0..13).map(|i| -(i as f32)).collect(),
-        ),
-        Stub::new(
-            vec![f32::MAX, f32::MIN, 0.0],
-            vec![f32::MIN, f32::MAX, -10_000.0, 1e30],
-        ),
+        Stub::new((0..17).map(|i| i as f32).collect(), (0..13).map(|i| -(i as f32)).collect()),
+        Stub::new(vec![f32::MAX, f32::MIN, 0.0], vec![f32::MIN, f32::MAX, -10_000.0, 1e30]),
         Stub::new(vec![f32::MIN_POSITIVE, -1e-45], vec![88.73, -103.98, 5.0]),
     ]
 }
@@ -506,8 +366,7 @@ fn corpus_through_the_pipeline() {
     for seed in CORPUS.iter() {
         for options in corpus_options() {
             for mut model in corpus_models() {
-                check_pipeline(&seed.question, &seed.context, &options, &BERT, &mut model)
-                    .unwrap_or_else(|e| fail(&seed.name, e));
+                check_pipeline(&seed.question, &seed.context, &options, &BERT, &mut model).unwrap_or_else(|e| fail(&seed.name, e));
             }
         }
     }
@@ -515,11 +374,7 @@ fn corpus_through_the_pipeline() {
 
 #[test]
 fn corpus_with_misbehaving_models() {
-    let options = Options {
-        max_seq_len: 16,
-        doc_stride: 4,
-        ..Options::default()
-    };
+    let options = Options { max_seq_len: 16, doc_stride: 4, ..Options::default() };
     for seed in CORPUS.iter() {
         for fault in [
             Fault::MoreRows,
@@ -531,12 +386,8 @@ fn corpus_with_misbehaving_models() {
             Fault::Empty,
             Fault::Fails,
         ] {
-            let mut model = Stub {
-                fault: Some((0, fault)),
-                ..Stub::new(vec![1.0, 2.0], vec![3.0])
-            };
-            check_pipeline(&seed.question, &seed.context, &options, &BERT, &mut model)
-                .unwrap_or_else(|e| fail(&seed.name, e));
+            let mut model = Stub { fault: Some((0, fault)), ..Stub::new(vec![1.0, 2.0], vec![3.0]) };
+            check_pipeline(&seed.question, &seed.context, &options, &BERT, &mut model).unwrap_or_else(|e| fail(&seed.name, e));
         }
     }
 }
@@ -544,11 +395,7 @@ fn corpus_with_misbehaving_models() {
 #[test]
 fn corpus_every_token_span() {
     // Every (start, end) pair of every window, out-of-range ones included, as one list.
-    let options = Options {
-        max_seq_len: 16,
-        doc_stride: 4,
-        ..Options::default()
-    };
+    let options = Options { max_seq_len: 16, doc_stride: 4, ..Options::default() };
     for seed in CORPUS.iter() {
         let Some(ws) = windows(&seed.question, &seed.context, &options) else {
             continue;
@@ -556,24 +403,12 @@ fn corpus_every_token_span() {
         let spans: Vec<(&Window, TokenSpan)> = ws
             .iter()
             .flat_map(|w| {
-                (0..w.len() + 2).flat_map(move |s| {
-                    (0..w.len() + 2).map(move |e| {
-                        (
-                            w,
-                            TokenSpan {
-                                start: s,
-                                end: e,
-                                score: 0.5,
-                            },
-                        )
-                    })
-                })
+                (0..w.len() + 2).flat_map(move |s| (0..w.len() + 2).map(move |e| (w, TokenSpan { start: s, end: e, score: 0.5 })))
             })
             .collect();
         let top_k = spans.len() + 1;
         let answers = collect_answers(&seed.context, spans, Some(0.25), top_k);
-        check_answers(&seed.context, &answers, top_k, f64::MAX)
-            .unwrap_or_else(|e| fail(&seed.name, e));
+        check_answers(&seed.context, &answers, top_k, f64::MAX).unwrap_or_else(|e| fail(&seed.name, e));
     }
 }
 

@@ -5,58 +5,35 @@
 //! question leaves no room at all. Both are checked here before encoding.
 
 use crate::{Options, QaError};
-use tokenizers::{
-    EncodeInput, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams,
-    TruncationStrategy,
-};
+use tokenizers::{EncodeInput, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// Parses a `tokenizer.json`, switching off padding and truncation the file may carry
 /// (windows are cut here, padding happens per batch).
 pub fn load_tokenizer(json: &[u8]) -> Result<Tokenizer, QaError> {
-    let mut tokenizer = Tokenizer::from_bytes(json)
-        .map_err(|e| QaError::ModelInvalid(format!("tokenizer.json does not parse: {e}")))?;
+    let mut tokenizer = Tokenizer::from_bytes(json).map_err(|e| QaError::ModelInvalid(format!("tokenizer.json does not parse: {e}")))?;
     tokenizer.with_padding(None);
-    tokenizer
-        .with_truncation(None)
-        .map_err(|e| QaError::ModelInvalid(format!("tokenizer.json: {e}")))?;
+    tokenizer.with_truncation(None).map_err(|e| QaError::ModelInvalid(format!("tokenizer.json: {e}")))?;
     Ok(tokenizer)
 }
 
 /// Encodes the pair into windows of at most `options.max_seq_len` tokens that together cover
 /// the whole context, consecutive windows sharing up to `options.doc_stride` context tokens.
-pub fn encode_windows(
-    tokenizer: &mut Tokenizer,
-    question: &str,
-    context: &str,
-    options: &Options,
-) -> Result<Vec<Encoding>, QaError> {
-    let question_tokens = tokenizer
-        .encode(question, false)
-        .map_err(|e| QaError::InvalidInput(format!("question does not tokenize: {e}")))?
-        .len();
+pub fn encode_windows(tokenizer: &mut Tokenizer, question: &str, context: &str, options: &Options) -> Result<Vec<Encoding>, QaError> {
+    let question_tokens =
+        tokenizer.encode(question, false).map_err(|e| QaError::InvalidInput(format!("question does not tokenize: {e}")))?.len();
     if question_tokens == 0 {
         return Err(QaError::InvalidInput("question has no tokens".into()));
     }
     if question_tokens > options.max_question_len {
-        return Err(QaError::InvalidInput(format!(
-            "question is {question_tokens} tokens, the limit is {}",
-            options.max_question_len
-        )));
+        return Err(QaError::InvalidInput(format!("question is {question_tokens} tokens, the limit is {}", options.max_question_len)));
     }
-    let special = tokenizer
-        .get_post_processor()
-        .map(|p| p.added_tokens(true))
-        .unwrap_or(0);
-    let room = options
-        .max_seq_len
-        .checked_sub(question_tokens + special)
-        .filter(|room| *room >= 2)
-        .ok_or_else(|| {
-            QaError::InvalidInput(format!(
-                "max_seq_len {} leaves no room for the context after a {question_tokens}-token question",
-                options.max_seq_len
-            ))
-        })?;
+    let special = tokenizer.get_post_processor().map(|p| p.added_tokens(true)).unwrap_or(0);
+    let room = options.max_seq_len.checked_sub(question_tokens + special).filter(|room| *room >= 2).ok_or_else(|| {
+        QaError::InvalidInput(format!(
+            "max_seq_len {} leaves no room for the context after a {question_tokens}-token question",
+            options.max_seq_len
+        ))
+    })?;
     let stride = options.doc_stride.min(room - 1);
     tokenizer
         .with_truncation(Some(TruncationParams {
@@ -84,12 +61,10 @@ pub(crate) mod tests {
     /// without shipping a vocabulary in the unit tests.
     pub(crate) fn tiny_tokenizer() -> Tokenizer {
         let words = [
-            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "when", "was", "the", "car", "invented", "?",
-            "in", "1886", "benz", "patented", "it", ".", "cafe", "is", "open", "a", "b", "c",
-            "d", "e", "f", "g", "h", "where", "answer", "here", "##s", "東", "京", "😀",
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "when", "was", "the", "car", "invented", "?", "in", "1886", "benz", "patented", "it", ".",
+            "cafe", "is", "open", "a", "b", "c", "d", "e", "f", "g", "h", "where", "answer", "here", "##s", "東", "京", "😀",
         ];
-        let vocab: serde_json::Map<String, serde_json::Value> =
-            words.iter().enumerate().map(|(i, w)| (w.to_string(), i.into())).collect();
+        let vocab: serde_json::Map<String, serde_json::Value> = words.iter().enumerate().map(|(i, w)| (w.to_string(), i.into())).collect();
         let json = serde_json::json!({
             "version": "1.0",
             "truncation": {"max_length": 128, "strategy": "LongestFirst", "stride": 0},

@@ -16,9 +16,8 @@ pub struct Window {
 
 impl Window {
     pub fn new(encoding: Encoding) -> Self {
-        let in_context = (0..encoding.len())
-            .map(|i| encoding.token_to_sequence(i) == Some(1) && encoding.get_special_tokens_mask()[i] == 0)
-            .collect();
+        let in_context =
+            (0..encoding.len()).map(|i| encoding.token_to_sequence(i) == Some(1) && encoding.get_special_tokens_mask()[i] == 0).collect();
         let cls_index = (encoding.get_special_tokens_mask().first() == Some(&1)).then_some(0);
         Self { encoding, in_context, cls_index }
     }
@@ -58,13 +57,7 @@ impl Batch {
         for (row, window) in windows.iter().enumerate() {
             let base = row * seq_len;
             let enc = &window.encoding;
-            for (i, ((&id, &ty), &att)) in enc
-                .get_ids()
-                .iter()
-                .zip(enc.get_type_ids())
-                .zip(enc.get_attention_mask())
-                .enumerate()
-            {
+            for (i, ((&id, &ty), &att)) in enc.get_ids().iter().zip(enc.get_type_ids()).zip(enc.get_attention_mask()).enumerate() {
                 batch.input_ids[base + i] = i64::from(id);
                 batch.token_type_ids[base + i] = i64::from(ty);
                 batch.attention_mask[base + i] = i64::from(att);
@@ -94,11 +87,8 @@ mod tests {
     fn batch_pads_shorter_windows() {
         let mut tok = tiny_tokenizer();
         let options = Options { max_seq_len: 10, doc_stride: 2, ..Options::default() };
-        let windows: Vec<Window> = encode_windows(&mut tok, "when", "a b c d e f g h a b", &options)
-            .unwrap()
-            .into_iter()
-            .map(Window::new)
-            .collect();
+        let windows: Vec<Window> =
+            encode_windows(&mut tok, "when", "a b c d e f g h a b", &options).unwrap().into_iter().map(Window::new).collect();
         let batch = Batch::from_windows(&windows, 0);
         assert_eq!(batch.rows, windows.len());
         assert_eq!(batch.seq_len, 10);

@@ -1,8 +1,8 @@
 //! Where the host finds its parts, from flags and environment variables.
 
 use crate::models::S3Settings;
-use crate::nn::onnx::SessionSettings;
 use crate::models::manifest::{self, ManifestError};
+use crate::nn::onnx::SessionSettings;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -110,9 +110,7 @@ fn env_number<T: std::str::FromStr>(key: &str) -> Option<T> {
 /// build output when run from the repository.
 fn default_guest(exe_dir: Option<&Path>) -> PathBuf {
     let name = "qa-guest.wasm";
-    let candidates = exe_dir.into_iter().flat_map(|dir| {
-        [dir.join(name), dir.join("../wasm32-wasip2/release").join(name)]
-    });
+    let candidates = exe_dir.into_iter().flat_map(|dir| [dir.join(name), dir.join("../wasm32-wasip2/release").join(name)]);
     candidates
         .chain([PathBuf::from("target/wasm32-wasip2/release").join(name)])
         .find(|p| p.is_file())

@@ -89,7 +89,8 @@ enum Command {
 async fn main() -> ExitCode {
     let process_started = std::time::Instant::now();
     let cli = Cli::parse();
-    let under_lambda = matches!(cli.command, Some(Command::Lambda)) || (cli.command.is_none() && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some());
+    let under_lambda =
+        matches!(cli.command, Some(Command::Lambda)) || (cli.command.is_none() && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some());
     qa_host::telemetry::init_logging(under_lambda);
     match run(cli, process_started).await {
         Ok(code) => code,

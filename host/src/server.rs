@@ -14,10 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub fn router(service: Arc<QaService>) -> Router {
-    Router::new()
-        .route("/", post(answer))
-        .route("/health", get(health))
-        .with_state(service)
+    Router::new().route("/", post(answer)).route("/health", get(health)).with_state(service)
 }
 
 /// Serves until the process is stopped.

@@ -9,8 +9,8 @@ use crate::models::{ModelCatalog, ModelSource, SourceError, is_valid_name};
 use crate::nn::onnx::OnnxBackend;
 use crate::nn::{NnError, init_onnx_runtime};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime_wasi_nn::Graph;
@@ -166,7 +166,13 @@ impl QaService {
     }
 
     /// Asks the source for the model; loads it when it is new or its version changed.
-    async fn refresh(&self, name: &str, source: &dyn ModelSource, loaded: Option<&Arc<ReadyModel>>, preloaded: bool) -> Result<Option<Arc<ReadyModel>>, ApiError> {
+    async fn refresh(
+        &self,
+        name: &str,
+        source: &dyn ModelSource,
+        loaded: Option<&Arc<ReadyModel>>,
+        preloaded: bool,
+    ) -> Result<Option<Arc<ReadyModel>>, ApiError> {
         let started = Instant::now();
         let local = source.fetch().await.map_err(|e| source_error(name, e))?;
         if let Some(model) = loaded.filter(|m| m.version == local.version) {
@@ -175,7 +181,8 @@ impl QaService {
             }
             return Ok(None);
         }
-        let dir = std::fs::canonicalize(&local.dir).map_err(|e| ApiError::ModelUnavailable { name: name.to_string(), reason: format!("{}: {e}", local.dir.display()) })?;
+        let dir = std::fs::canonicalize(&local.dir)
+            .map_err(|e| ApiError::ModelUnavailable { name: name.to_string(), reason: format!("{}: {e}", local.dir.display()) })?;
         let bytes = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
         let backend = self.backend;
         let load_dir = dir.clone();
@@ -202,10 +209,8 @@ impl QaService {
         let Ok(mut slots) = self.slots.lock() else { return };
         loop {
             // Slots busy loading are skipped: they are in use.
-            let loaded: Vec<(String, Arc<ReadyModel>)> = slots
-                .iter()
-                .filter_map(|(n, slot)| slot.current.try_lock().ok().and_then(|c| c.clone()).map(|m| (n.clone(), m)))
-                .collect();
+            let loaded: Vec<(String, Arc<ReadyModel>)> =
+                slots.iter().filter_map(|(n, slot)| slot.current.try_lock().ok().and_then(|c| c.clone()).map(|m| (n.clone(), m))).collect();
             let total: u64 = loaded.iter().filter(|(_, m)| !m.preloaded).map(|(_, m)| m.bytes).sum();
             if total <= budget {
                 return;
@@ -264,16 +269,13 @@ impl QaService {
         let response = tokio::task::spawn_blocking(move || {
             guest.ask(&guest_name, &model.dir, model.graph.clone(), &question, &context, options, deadline)
         })
-            .await
-            .map_err(|e| ApiError::Internal(format!("guest task: {e}")))?
-            .map_err(|e| guest_error(&name, e))?;
+        .await
+        .map_err(|e| ApiError::Internal(format!("guest task: {e}")))?
+        .map_err(|e| guest_error(&name, e))?;
         let guest_time = guest_started.elapsed();
 
-        let answers: Vec<AnswerSpan> = response
-            .answers
-            .into_iter()
-            .map(|a| AnswerSpan { text: a.text, score: a.score, start: a.start, end: a.end })
-            .collect();
+        let answers: Vec<AnswerSpan> =
+            response.answers.into_iter().map(|a| AnswerSpan { text: a.text, score: a.score, start: a.start, end: a.end }).collect();
         let best = answers.first().cloned().unwrap_or(AnswerSpan { text: String::new(), score: 0.0, start: 0, end: 0 });
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         Ok(QaResponse {
@@ -304,8 +306,12 @@ pub async fn resolve_guest(config: &mut HostConfig) -> Result<(), String> {
     let Some(uri) = config.guest_wasm.to_str().and_then(|s| s.strip_prefix("s3://")).map(str::to_string) else {
         return Ok(());
     };
-    let (bucket, key) = uri.split_once('/').filter(|(b, k)| !b.is_empty() && !k.is_empty() && !k.ends_with('/')).ok_or_else(|| format!("QA_GUEST s3://{uri} is not s3://bucket/key"))?;
-    let source = Arc::new(crate::models::S3Source::single_object(crate::models::S3Connector::new(config.s3.clone()), "_guest", bucket, key));
+    let (bucket, key) = uri
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty() && !k.ends_with('/'))
+        .ok_or_else(|| format!("QA_GUEST s3://{uri} is not s3://bucket/key"))?;
+    let source =
+        Arc::new(crate::models::S3Source::single_object(crate::models::S3Connector::new(config.s3.clone()), "_guest", bucket, key));
     let local = source.fetch().await.map_err(|e| format!("guest {}: {e}", config.guest_wasm.display()))?;
     let file = key.rsplit('/').next().unwrap_or(key);
     config.guest_wasm = local.dir.join(file);

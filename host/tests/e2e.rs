@@ -145,11 +145,7 @@ fn host_bin() -> Command {
 
 #[test]
 fn ask_command_prints_the_sample_answer() {
-    let output = host_bin()
-        .args(["ask", "--request"])
-        .arg(workspace().join("fixtures/benz.json"))
-        .output()
-        .expect("run qa-host");
+    let output = host_bin().args(["ask", "--request"]).arg(workspace().join("fixtures/benz.json")).output().expect("run qa-host");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
     assert_eq!(json["Answer"], "1886");
@@ -214,11 +210,8 @@ impl Server {
     }
 
     fn post(&self, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
-        let response = http()
-            .post(&format!("{}/", self.base))
-            .header("Content-Type", "application/json")
-            .send(body.into())
-            .expect("HTTP round trip");
+        let response =
+            http().post(&format!("{}/", self.base)).header("Content-Type", "application/json").send(body.into()).expect("HTTP round trip");
         json_body(response)
     }
 }

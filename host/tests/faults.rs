@@ -18,11 +18,7 @@ fn misbehaving_service(deadline: Duration, memory_mb: usize) -> std::sync::Arc<q
 
 /// Asks the misbehaving guest; a well-behaved answer is the whole context, "ok".
 async fn ask(service: &std::sync::Arc<qa_host::service::QaService>, question: &str) -> Result<String, (u16, &'static str, String)> {
-    service
-        .answer(QaRequest::new(question, "ok"))
-        .await
-        .map(|r| r.answer)
-        .map_err(|e| (e.status(), e.code(), e.to_string()))
+    service.answer(QaRequest::new(question, "ok")).await.map(|r| r.answer).map_err(|e| (e.status(), e.code(), e.to_string()))
 }
 
 /// What a probing question found out from inside the sandbox (reported as an error, since

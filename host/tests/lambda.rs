@@ -284,4 +284,3 @@ fn the_container_image_layout_runs_as_a_bootstrap_under_the_emulator() {
     let answer = envelope_body(&lambda.invoke(&http_v2(&benz_request().to_string(), false)), 200);
     assert_eq!(answer["Answer"], "1886");
 }
-

@@ -36,14 +36,10 @@ fn fixture(path: &str) -> Value {
 
 /// The three HTTP-shaped events of `fixtures/events/`, with the source each must be read as.
 static EVENTS: LazyLock<Vec<(&'static str, Value, Source)>> = LazyLock::new(|| {
-    [
-        ("http-api-v2", Source::HttpV2),
-        ("function-url", Source::HttpV2),
-        ("rest-api-v1", Source::HttpV1),
-    ]
-    .into_iter()
-    .map(|(name, source)| (name, fixture(&format!("events/{name}.json")), source))
-    .collect()
+    [("http-api-v2", Source::HttpV2), ("function-url", Source::HttpV2), ("rest-api-v1", Source::HttpV1)]
+        .into_iter()
+        .map(|(name, source)| (name, fixture(&format!("events/{name}.json")), source))
+        .collect()
 });
 
 /// A body from a corpus: the text sent, and whether it is sent as is with `isBase64Encoded`.
@@ -57,18 +53,10 @@ struct CorpusBody {
 static CORPUS: LazyLock<Vec<CorpusBody>> = LazyLock::new(|| {
     ["fuzz/host-bodies.json", "bad-requests.json"]
         .into_iter()
-        .flat_map(|file| {
-            fixture(file)["cases"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
+        .flat_map(|file| fixture(file)["cases"].as_array().cloned().unwrap_or_default())
         .map(|case| CorpusBody {
             name: case["name"].as_str().unwrap_or_default().to_string(),
-            body: case["body"]
-                .as_str()
-                .expect("every corpus case has a string body")
-                .to_string(),
+            body: case["body"].as_str().expect("every corpus case has a string body").to_string(),
             base64: case["base64"].as_bool().unwrap_or(false),
         })
         .collect()
@@ -85,20 +73,13 @@ const STATUSES: &[u64] = &[200, 400, 404, 413, 500, 503];
 
 fn check_parse_error(result: &Result<QaRequest, ApiError>) -> Result<(), TestCaseError> {
     if let Err(error) = result {
-        prop_assert!(
-            PARSE_CODES.contains(&error.code()),
-            "unexpected error {} ({error})",
-            error.code()
-        );
+        prop_assert!(PARSE_CODES.contains(&error.code()), "unexpected error {} ({error})", error.code());
     }
     Ok(())
 }
 
 /// Same request, or errors with the same code.
-fn same_outcome(
-    got: &Result<QaRequest, ApiError>,
-    expected: &Result<QaRequest, ApiError>,
-) -> Result<(), TestCaseError> {
+fn same_outcome(got: &Result<QaRequest, ApiError>, expected: &Result<QaRequest, ApiError>) -> Result<(), TestCaseError> {
     match (got, expected) {
         (Ok(got), Ok(expected)) => prop_assert_eq!(got, expected),
         (Err(got), Err(expected)) => {
@@ -110,40 +91,24 @@ fn same_outcome(
 }
 
 /// Checks `respond(source, result, request_id)` and returns it.
-fn check_respond(
-    source: Source,
-    result: Result<QaResponse, ApiError>,
-    request_id: &str,
-) -> Result<Value, TestCaseError> {
+fn check_respond(source: Source, result: Result<QaResponse, ApiError>, request_id: &str) -> Result<Value, TestCaseError> {
     let expected_status = match &result {
         Ok(_) => 200,
         Err(error) => u64::from(error.status()),
     };
-    prop_assert!(
-        STATUSES.contains(&expected_status),
-        "status {expected_status} is not documented"
-    );
+    prop_assert!(STATUSES.contains(&expected_status), "status {expected_status} is not documented");
     let expected_body = match &result {
         Ok(response) => serde_json::to_value(response).expect("a response serializes"),
         Err(error) => error.body(request_id),
     };
     let out = respond(source, result, request_id);
-    prop_assert!(
-        out.is_object(),
-        "{source:?} response is not an object: {out}"
-    );
+    prop_assert!(out.is_object(), "{source:?} response is not an object: {out}");
     let body = if source == Source::Direct {
         prop_assert!(out.get("statusCode").is_none());
         out.clone()
     } else {
         let status = out["statusCode"].as_u64();
-        prop_assert_eq!(
-            status,
-            Some(expected_status),
-            "{:?} statusCode in {}",
-            source,
-            out
-        );
+        prop_assert_eq!(status, Some(expected_status), "{:?} statusCode in {}", source, out);
         prop_assert_eq!(&out["headers"]["content-type"], "application/json");
         let text = out["body"].as_str();
         prop_assert!(text.is_some(), "{source:?} body is not a string: {out}");
@@ -164,11 +129,7 @@ fn check_respond(
         prop_assert_eq!(&body["Question"], &expected_body["Question"]);
         prop_assert_eq!(&body["Answer"], &expected_body["Answer"]);
         prop_assert_eq!(&body["Model_Type"], &expected_body["Model_Type"]);
-        let answers = |v: &Value| {
-            v["answers"]
-                .as_array()
-                .map(|a| a.iter().map(|a| a["text"].clone()).collect::<Vec<_>>())
-        };
+        let answers = |v: &Value| v["answers"].as_array().map(|a| a.iter().map(|a| a["text"].clone()).collect::<Vec<_>>());
         prop_assert_eq!(answers(&body), answers(&expected_body));
         prop_assert!(body["score"].is_number() || body["score"].is_null());
     }
@@ -188,24 +149,14 @@ fn response_for(request: &QaRequest, answers: Vec<AnswerSpan>, score: f64) -> Qa
         answers,
         windows: 1,
         model_version: "props".into(),
-        timings_ms: PhaseTimings {
-            fetch: score,
-            guest: 1.0,
-            tokenize: 0.5,
-            inference: 0.25,
-            total: f64::MAX,
-        },
+        timings_ms: PhaseTimings { fetch: score, guest: 1.0, tokenize: 0.5, inference: 0.25, total: f64::MAX },
         model_loaded: false,
     }
 }
 
 /// Parses `event`, checks the outcome against `expected` (when given) and the response built
 /// from it.
-fn check_event(
-    event: Value,
-    source: Option<Source>,
-    expected: Option<&Result<QaRequest, ApiError>>,
-) -> Result<(), TestCaseError> {
+fn check_event(event: Value, source: Option<Source>, expected: Option<&Result<QaRequest, ApiError>>) -> Result<(), TestCaseError> {
     let (got_source, request) = parse(event);
     if let Some(source) = source {
         prop_assert_eq!(got_source, source);
@@ -214,18 +165,7 @@ fn check_event(
     if let Some(expected) = expected {
         same_outcome(&request, expected)?;
     }
-    let result = request.map(|r| {
-        response_for(
-            &r,
-            vec![AnswerSpan {
-                text: r.context.clone(),
-                score: 0.5,
-                start: 0,
-                end: 1,
-            }],
-            0.5,
-        )
-    });
+    let result = request.map(|r| response_for(&r, vec![AnswerSpan { text: r.context.clone(), score: 0.5, start: 0, end: 1 }], 0.5));
     check_respond(got_source, result, "req-props")?;
     Ok(())
 }
@@ -241,10 +181,7 @@ fn shaped(body: &str, base64: bool) -> Vec<(Value, Source)> {
             (event, *source)
         })
         .collect();
-    events.push((
-        json!({"body": body, "isBase64Encoded": base64}),
-        Source::BodyOnly,
-    ));
+    events.push((json!({"body": body, "isBase64Encoded": base64}), Source::BodyOnly));
     events
 }
 
@@ -323,26 +260,17 @@ fn number() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
         (0u64..600).prop_map(Value::from),
-        any::<f64>().prop_filter_map("JSON numbers are finite", |f| serde_json::Number::from_f64(
-            f
-        )
-        .map(Value::Number)),
+        any::<f64>().prop_filter_map("JSON numbers are finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
     ]
 }
 
 /// Arbitrary JSON, at most 4 levels deep and about 64 nodes.
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        number(),
-        string().prop_map(Value::String)
-    ];
+    let leaf = prop_oneof![Just(Value::Null), any::<bool>().prop_map(Value::Bool), number(), string().prop_map(Value::String)];
     leaf.prop_recursive(4, 64, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((key(), inner), 0..6)
-                .prop_map(|fields| Value::Object(fields.into_iter().collect::<Map<_, _>>())),
+            prop::collection::vec((key(), inner), 0..6).prop_map(|fields| Value::Object(fields.into_iter().collect::<Map<_, _>>())),
         ]
     })
 }
@@ -351,39 +279,24 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn request() -> impl Strategy<Value = QaRequest> {
     let text = prop_oneof![3 => any::<String>(), 1 => prop::sample::select(STRINGS).prop_map(str::to_string)];
     let opt = || prop::option::of(prop_oneof![0u32..600, Just(u32::MAX)]);
-    (
-        text.clone(),
-        text,
-        prop::option::of(string()),
-        (opt(), opt(), prop::option::of(any::<bool>()), opt(), opt()),
+    (text.clone(), text, prop::option::of(string()), (opt(), opt(), prop::option::of(any::<bool>()), opt(), opt())).prop_map(
+        |(question, context, model_type, (top_k, max_answer_len, handle, max_seq_len, doc_stride))| QaRequest {
+            model_type,
+            question,
+            context,
+            top_k,
+            max_answer_len,
+            handle_impossible_answer: handle,
+            max_seq_len,
+            doc_stride,
+        },
     )
-        .prop_map(
-            |(
-                question,
-                context,
-                model_type,
-                (top_k, max_answer_len, handle, max_seq_len, doc_stride),
-            )| QaRequest {
-                model_type,
-                question,
-                context,
-                top_k,
-                max_answer_len,
-                handle_impossible_answer: handle,
-                max_seq_len,
-                doc_stride,
-            },
-        )
 }
 
 /// Bodies as they arrive: arbitrary text, valid requests, corpus bodies, and valid requests
 /// cut short or with one character changed.
 fn body_text() -> impl Strategy<Value = String> {
-    let corpus: Vec<String> = CORPUS
-        .iter()
-        .filter(|c| !c.base64)
-        .map(|c| c.body.clone())
-        .collect();
+    let corpus: Vec<String> = CORPUS.iter().filter(|c| !c.base64).map(|c| c.body.clone()).collect();
     prop_oneof![
         3 => any::<String>(),
         3 => request().prop_map(|r| serde_json::to_string(&r).expect("a request serializes")),
@@ -413,10 +326,7 @@ const VALID_BODY: &str = r#"{"question":"When?","context":"In 1886."}"#;
 fn event_like() -> impl Strategy<Value = Value> {
     (
         prop::collection::vec((key(), json_value()), 0..8),
-        prop::option::of((
-            json_value(),
-            prop::collection::vec((key(), json_value()), 0..4),
-        )),
+        prop::option::of((json_value(), prop::collection::vec((key(), json_value()), 0..4))),
     )
         .prop_map(|(fields, context)| {
             let mut event: Map<String, Value> = fields.into_iter().collect();
@@ -432,14 +342,8 @@ fn event_like() -> impl Strategy<Value = Value> {
 /// A fixture event with up to four values (anywhere in it) replaced by arbitrary JSON or
 /// removed: reaches the event types' own deserializers (headers, methods, contexts).
 fn mutated_event() -> impl Strategy<Value = Value> {
-    (
-        0..EVENTS.len(),
-        prop::collection::vec(
-            (any::<prop::sample::Index>(), prop::option::of(json_value())),
-            0..4,
-        ),
-    )
-        .prop_map(|(which, edits)| {
+    (0..EVENTS.len(), prop::collection::vec((any::<prop::sample::Index>(), prop::option::of(json_value())), 0..4)).prop_map(
+        |(which, edits)| {
             // A valid body, so that edits elsewhere can leave the event acceptable.
             let mut event = EVENTS[which].1.clone();
             event["body"] = json!(VALID_BODY);
@@ -463,21 +367,15 @@ fn mutated_event() -> impl Strategy<Value = Value> {
                 }
             }
             event
-        })
+        },
+    )
 }
 
 /// JSON pointers to every value below `value` (not itself).
 fn pointers(value: &Value, prefix: &str) -> Vec<String> {
     let children: Vec<(String, &Value)> = match value {
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| (k.replace('~', "~0").replace('/', "~1"), v))
-            .collect(),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i.to_string(), v))
-            .collect(),
+        Value::Object(map) => map.iter().map(|(k, v)| (k.replace('~', "~0").replace('/', "~1"), v)).collect(),
+        Value::Array(items) => items.iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
         _ => vec![],
     };
     children
@@ -498,12 +396,9 @@ fn api_error() -> impl Strategy<Value = ApiError> {
         s().prop_map(ApiError::InvalidField),
         LazyJust::new(|| ApiError::EmptyQuestion),
         LazyJust::new(|| ApiError::EmptyContext),
-        (any::<usize>(), any::<usize>())
-            .prop_map(|(len, limit)| ApiError::BodyTooLarge { len, limit }),
-        (any::<usize>(), any::<usize>())
-            .prop_map(|(len, limit)| ApiError::QuestionTooLong { len, limit }),
-        (any::<usize>(), any::<usize>())
-            .prop_map(|(len, limit)| ApiError::ContextTooLarge { len, limit }),
+        (any::<usize>(), any::<usize>()).prop_map(|(len, limit)| ApiError::BodyTooLarge { len, limit }),
+        (any::<usize>(), any::<usize>()).prop_map(|(len, limit)| ApiError::QuestionTooLong { len, limit }),
+        (any::<usize>(), any::<usize>()).prop_map(|(len, limit)| ApiError::ContextTooLarge { len, limit }),
         (s(), s()).prop_map(|(name, available)| ApiError::UnknownModel { name, available }),
         s().prop_map(ApiError::GuestRejected),
         (s(), s()).prop_map(|(name, reason)| ApiError::ModelNotFound { name, reason }),
@@ -523,28 +418,12 @@ fn float() -> impl Strategy<Value = f64> {
 }
 
 fn response() -> impl Strategy<Value = QaResponse> {
-    let span =
-        (string(), float(), any::<u32>(), any::<u32>()).prop_map(|(text, score, start, end)| {
-            AnswerSpan {
-                text,
-                score,
-                start,
-                end,
-            }
-        });
-    (request(), prop::collection::vec(span, 0..4), float())
-        .prop_map(|(request, answers, score)| response_for(&request, answers, score))
+    let span = (string(), float(), any::<u32>(), any::<u32>()).prop_map(|(text, score, start, end)| AnswerSpan { text, score, start, end });
+    (request(), prop::collection::vec(span, 0..4), float()).prop_map(|(request, answers, score)| response_for(&request, answers, score))
 }
 
 fn source() -> impl Strategy<Value = Source> {
-    prop::sample::select(
-        &[
-            Source::HttpV2,
-            Source::HttpV1,
-            Source::BodyOnly,
-            Source::Direct,
-        ][..],
-    )
+    prop::sample::select(&[Source::HttpV2, Source::HttpV1, Source::BodyOnly, Source::Direct][..])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -558,8 +437,7 @@ fn corpus_bodies_in_every_shape() {
         if !case.base64 {
             let expected = QaRequest::from_json(case.body.as_bytes());
             for (event, source) in shaped(&STANDARD.encode(&case.body), true) {
-                check_event(event, Some(source), Some(&expected))
-                    .unwrap_or_else(|e| fail(&case.name, e));
+                check_event(event, Some(source), Some(&expected)).unwrap_or_else(|e| fail(&case.name, e));
             }
         }
         check_from_json(case.body.as_bytes()).unwrap_or_else(|e| fail(&case.name, e));
@@ -568,26 +446,15 @@ fn corpus_bodies_in_every_shape() {
 
 #[test]
 fn corpus_body_over_the_limit_in_every_shape() {
-    let body = format!(
-        r#"{{"question":"q","context":"{}"}}"#,
-        "x".repeat(limits::MAX_BODY_BYTES)
-    );
+    let body = format!(r#"{{"question":"q","context":"{}"}}"#, "x".repeat(limits::MAX_BODY_BYTES));
     let expected = QaRequest::from_json(body.as_bytes());
     assert_eq!(expected.as_ref().unwrap_err().code(), "body_too_large");
     for base64 in [false, true] {
-        let sent = if base64 {
-            STANDARD.encode(&body)
-        } else {
-            body.clone()
-        };
+        let sent = if base64 { STANDARD.encode(&body) } else { body.clone() };
         for (event, source) in shaped(&sent, base64) {
             let (got, request) = parse(event);
             assert_eq!(got, source);
-            assert_eq!(
-                request.unwrap_err().status(),
-                413,
-                "{source:?} base64 {base64}"
-            );
+            assert_eq!(request.unwrap_err().status(), 413, "{source:?} base64 {base64}");
         }
     }
 }
@@ -596,20 +463,10 @@ fn corpus_body_over_the_limit_in_every_shape() {
 fn corpus_events_without_a_body() {
     for (name, event, source) in EVENTS.iter() {
         let mut event = event.clone();
-        event
-            .as_object_mut()
-            .expect("an event is an object")
-            .remove("body");
+        event.as_object_mut().expect("an event is an object").remove("body");
         check_event(event, Some(*source), None).unwrap_or_else(|e| fail(name, e));
     }
-    for event in [
-        json!({}),
-        json!(null),
-        json!([]),
-        json!("body"),
-        json!({"body": null}),
-        json!({"body": {"question": 1}}),
-    ] {
+    for event in [json!({}), json!(null), json!([]), json!("body"), json!({"body": null}), json!({"body": {"question": 1}})] {
         check_event(event.clone(), None, None).unwrap_or_else(|e| fail(&event.to_string(), e));
     }
 }

@@ -25,7 +25,8 @@ struct S3 {
 fn s3_client(port: u16) -> aws_sdk_s3::Client {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
     use aws_smithy_http_client::tls;
-    let http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring)).build_https();
+    let http =
+        aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring)).build_https();
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(format!("http://127.0.0.1:{port}"))
@@ -59,7 +60,9 @@ impl S3 {
 
     fn put(&self, bucket: &str, key: &str, bytes: &[u8]) {
         let body = aws_sdk_s3::primitives::ByteStream::from(bytes.to_vec());
-        self.runtime.block_on(self.client.put_object().bucket(bucket).key(key).body(body).send()).unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+        self.runtime
+            .block_on(self.client.put_object().bucket(bucket).key(key).body(body).send())
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
     }
 
     fn upload_model(&self, bucket: &str, prefix: &str, from: &Path) {
@@ -168,7 +171,8 @@ fn a_missing_object_is_404_and_a_corrupt_one_is_rejected_and_not_cached() {
     s3.upload_model("models", "pinned/", &nlp1);
     let manifest_file = tempfile::NamedTempFile::new().unwrap();
     let wrong = "0".repeat(64);
-    std::fs::write(manifest_file.path(), json!({"pinned": {"source": "s3://models/pinned/", "sha256": {"model.onnx": wrong}}}).to_string()).unwrap();
+    std::fs::write(manifest_file.path(), json!({"pinned": {"source": "s3://models/pinned/", "sha256": {"model.onnx": wrong}}}).to_string())
+        .unwrap();
     let cache = tempfile::tempdir().unwrap();
     let mut env = s3_env(&s3, cache.path(), "partial=s3://models/partial/,nobucket=s3://no-such-bucket/x/");
     env.push(("QA_MODELS_FILE", manifest_file.path().display().to_string()));
@@ -395,14 +399,22 @@ impl FaultProxy {
         match fault {
             Fault::SlowDown(_) => {
                 let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-                let _ = write!(client, "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = write!(
+                    client,
+                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 return;
             }
             Fault::StallHeaders(pause) => std::thread::sleep(pause),
             _ => {}
         }
         // Forward with `Connection: close`, so each response ends its connection.
-        let mut forwarded: String = head.lines().filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty()).map(|l| format!("{l}\r\n")).collect();
+        let mut forwarded: String = head
+            .lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+            .map(|l| format!("{l}\r\n"))
+            .collect();
         forwarded.push_str("Connection: close\r\n\r\n");
         let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { return };
         if server.write_all(forwarded.as_bytes()).and_then(|_| server.write_all(&request[head_end..])).is_err() {
@@ -520,7 +532,9 @@ fn the_s3_server_killed_mid_download_is_a_clean_503_and_the_model_loads_once_it_
     let asking = std::thread::scope(|scope| {
         let asking = scope.spawn(|| host.ask("m"));
         wait_until("model.onnx arriving", Duration::from_secs(60), || {
-            cache_entries(cache.path(), "m").iter().any(|d| d.starts_with(".partial-") && cache.path().join("m").join(d).join("model.onnx").exists())
+            cache_entries(cache.path(), "m")
+                .iter()
+                .any(|d| d.starts_with(".partial-") && cache.path().join("m").join(d).join("model.onnx").exists())
         });
         std::thread::sleep(Duration::from_millis(300));
         s3.process.stop(); // the server dies with the transfer in flight
@@ -561,7 +575,9 @@ fn a_host_killed_mid_download_leaves_nothing_a_restart_would_use() {
         let _ = http().post(&format!("{base}/")).send(body.to_string());
     });
     wait_until("a partial download of model.onnx", Duration::from_secs(60), || {
-        cache_entries(cache.path(), "killed").iter().any(|d| d.starts_with(".partial-") && cache.path().join("killed").join(d).join("model.onnx").exists())
+        cache_entries(cache.path(), "killed")
+            .iter()
+            .any(|d| d.starts_with(".partial-") && cache.path().join("killed").join(d).join("model.onnx").exists())
     });
     host.process.stop(); // SIGKILL
     let left = cache_entries(cache.path(), "killed");

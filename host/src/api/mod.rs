@@ -84,9 +84,7 @@ impl QaRequest {
             return Err(ApiError::ContextTooLarge { len: self.context.len(), limit: limits::MAX_CONTEXT_BYTES });
         }
         let range = |name: &str, value: Option<u32>, min: u32, max: u32| match value {
-            Some(v) if !(min..=max).contains(&v) => {
-                Err(ApiError::InvalidField(format!("{name} must be between {min} and {max}, got {v}")))
-            }
+            Some(v) if !(min..=max).contains(&v) => Err(ApiError::InvalidField(format!("{name} must be between {min} and {max}, got {v}"))),
             _ => Ok(()),
         };
         range("top_k", self.top_k, 1, limits::MAX_TOP_K)?;

@@ -40,9 +40,8 @@ pub fn shipped_artifact_path(wasm_path: &Path, wasm: &[u8]) -> PathBuf {
 /// Compiles the guest at `wasm_path` for `engine` and writes the artifact beside it.
 pub fn write_shipped_artifact(engine: &Engine, wasm_path: &Path) -> Result<PathBuf, CacheError> {
     let wasm = std::fs::read(wasm_path).map_err(|source| CacheError::Read { path: wasm_path.to_path_buf(), source })?;
-    let compiled = engine
-        .precompile_component(&wasm)
-        .map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
+    let compiled =
+        engine.precompile_component(&wasm).map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
     let path = shipped_artifact_path(wasm_path, &wasm);
     write_atomically(&path, &compiled).map_err(|source| CacheError::Read { path: path.clone(), source })?;
     Ok(path)
@@ -59,7 +58,9 @@ pub fn load_component(engine: &Engine, wasm_path: &Path, cache_dir: &Path) -> Re
         // wasm in the deployment, and wasmtime refuses artifacts built for another engine.
         match unsafe { Component::deserialize_file(engine, &shipped) } {
             Ok(component) => return Ok((component, Origin::Shipped)),
-            Err(e) => tracing::warn!(artifact = %shipped.display(), error = %e, "shipped compiled guest does not fit this engine; ignoring it"),
+            Err(e) => {
+                tracing::warn!(artifact = %shipped.display(), error = %e, "shipped compiled guest does not fit this engine; ignoring it")
+            }
         }
     }
     let artifact = cache_dir.join(format!("guest-{}.cwasm", cache_key(engine, &wasm)));
@@ -73,9 +74,8 @@ pub fn load_component(engine: &Engine, wasm_path: &Path, cache_dir: &Path) -> Re
         }
     }
     let started = Instant::now();
-    let compiled = engine
-        .precompile_component(&wasm)
-        .map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
+    let compiled =
+        engine.precompile_component(&wasm).map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
     tracing::info!(ms = started.elapsed().as_millis() as u64, "compiled guest");
     if let Err(e) = write_atomically(&artifact, &compiled) {
         tracing::warn!(dir = %cache_dir.display(), error = %e, "compiled guest not cached");

@@ -214,7 +214,16 @@ impl GuestRuntime {
     /// Runs `ask` on a pooled instance that can load only `graph`, named `model`, and reads
     /// the model's files from `dir`, stopping the guest after `deadline` (at most the
     /// configured limit).
-    pub fn ask(&self, model: &str, dir: &Path, graph: Graph, question: &str, context: &str, options: Options, deadline: Duration) -> Result<Response, GuestError> {
+    pub fn ask(
+        &self,
+        model: &str,
+        dir: &Path,
+        graph: Graph,
+        question: &str,
+        context: &str,
+        options: Options,
+        deadline: Duration,
+    ) -> Result<Response, GuestError> {
         let deadline = deadline.min(self.limits.deadline);
         let mut instance = self.checkout(model, dir)?;
         let store = &mut instance.store;
@@ -229,7 +238,9 @@ impl GuestRuntime {
                 instance.store.data_mut().nn = WasiNnCtx::new([], NoGraphs.into());
                 self.checkin(instance);
                 let response = result.map_err(|error| match (error, take_backend_error()) {
-                    (GuestQaError::Inference(message), Some(detail)) => GuestError::Qa(GuestQaError::Inference(format!("{message}: {detail}"))),
+                    (GuestQaError::Inference(message), Some(detail)) => {
+                        GuestError::Qa(GuestQaError::Inference(format!("{message}: {detail}")))
+                    }
                     (error, _) => GuestError::Qa(error),
                 })?;
                 check_answers(&response, context, options.top_k).map_err(GuestError::BadAnswer)?;

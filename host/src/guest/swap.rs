@@ -34,7 +34,14 @@ pub struct SwappableGuest {
 }
 
 impl SwappableGuest {
-    pub fn new(runtime: GuestRuntime, path: &Path, s3: Option<(Arc<S3Source>, String)>, cache_dir: &Path, limits: GuestLimits, ttl: Duration) -> Arc<Self> {
+    pub fn new(
+        runtime: GuestRuntime,
+        path: &Path,
+        s3: Option<(Arc<S3Source>, String)>,
+        cache_dir: &Path,
+        limits: GuestLimits,
+        ttl: Duration,
+    ) -> Arc<Self> {
         let (s3, s3_version) = s3.map_or((None, String::new()), |(source, version)| (Some(source), version));
         Arc::new(Self {
             current: RwLock::new(Arc::new(runtime)),

@@ -80,6 +80,9 @@ mod tests {
     #[tokio::test]
     async fn a_missing_mount_is_unavailable() {
         let err = EfsSource::new("/mnt-that-does-not-exist/lambda/models/nlp2".into()).fetch().await.unwrap_err();
-        assert!(matches!(&err, SourceError::Unavailable(m) if m.contains("/mnt-that-does-not-exist/lambda/models/nlp2 is not mounted")), "{err}");
+        assert!(
+            matches!(&err, SourceError::Unavailable(m) if m.contains("/mnt-that-does-not-exist/lambda/models/nlp2 is not mounted")),
+            "{err}"
+        );
     }
 }

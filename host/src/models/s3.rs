@@ -79,7 +79,11 @@ impl S3Connector {
                     .build_https();
                 let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .http_client(http)
-                    .retry_config(RetryConfig::standard().with_max_attempts(self.settings.max_attempts).with_initial_backoff(Duration::from_millis(100)))
+                    .retry_config(
+                        RetryConfig::standard()
+                            .with_max_attempts(self.settings.max_attempts)
+                            .with_initial_backoff(Duration::from_millis(100)),
+                    )
                     .timeout_config(
                         TimeoutConfig::builder()
                             .connect_timeout(Duration::from_secs(5))
@@ -203,7 +207,8 @@ impl S3Source {
         file.set_len(object.size).map_err(io)?;
         let file = Arc::new(file);
         let part = self.connector.settings.part_bytes.max(1);
-        let ranges: Vec<(u64, u64)> = (0..object.size).step_by(part as usize).map(|start| (start, (start + part).min(object.size) - 1)).collect();
+        let ranges: Vec<(u64, u64)> =
+            (0..object.size).step_by(part as usize).map(|start| (start, (start + part).min(object.size) - 1)).collect();
         futures_util::stream::iter(ranges)
             .map(|(first, last)| {
                 let file = file.clone();
@@ -351,7 +356,6 @@ impl S3Source {
         tracing::info!(model = %self.name, bytes = needed, version, "fetched from S3");
         Ok(LocalModel { dir, version })
     }
-
 }
 
 impl ModelSource for S3Source {

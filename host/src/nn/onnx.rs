@@ -7,9 +7,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use wasmtime_wasi_nn::backend::{
-    BackendError, BackendExecutionContext, BackendFromDir, BackendGraph, BackendInner, Id, NamedTensor,
-};
+use wasmtime_wasi_nn::backend::{BackendError, BackendExecutionContext, BackendFromDir, BackendGraph, BackendInner, Id, NamedTensor};
 use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding, TensorType};
 use wasmtime_wasi_nn::{ExecutionContext, Graph, Tensor};
 
@@ -138,11 +136,8 @@ impl OnnxGraph {
 
 impl BackendGraph for OnnxGraph {
     fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
-        let context: Box<dyn BackendExecutionContext> = Box::new(OnnxContext {
-            graph: self.0.clone(),
-            staged: Vec::new(),
-            results: Vec::new(),
-        });
+        let context: Box<dyn BackendExecutionContext> =
+            Box::new(OnnxContext { graph: self.0.clone(), staged: Vec::new(), results: Vec::new() });
         Ok(context.into())
     }
 }
@@ -267,7 +262,9 @@ fn to_ort(port: &Port, tensor: &Tensor) -> Result<DynValue, BackendError> {
     let value: DynValue = match tensor.ty {
         TensorType::Fp32 => OrtTensor::from_array((shape, decode(data, f32::from_le_bytes))).map_err(access)?.into_dyn(),
         TensorType::Fp64 => OrtTensor::from_array((shape, decode(data, f64::from_le_bytes))).map_err(access)?.into_dyn(),
-        TensorType::Fp16 => OrtTensor::from_array((shape, decode(data, |b: [u8; 2]| half::f16::from_le_bytes(b)))).map_err(access)?.into_dyn(),
+        TensorType::Fp16 => {
+            OrtTensor::from_array((shape, decode(data, |b: [u8; 2]| half::f16::from_le_bytes(b)))).map_err(access)?.into_dyn()
+        }
         TensorType::I32 => OrtTensor::from_array((shape, decode(data, i32::from_le_bytes))).map_err(access)?.into_dyn(),
         TensorType::I64 => OrtTensor::from_array((shape, decode(data, i64::from_le_bytes))).map_err(access)?.into_dyn(),
         TensorType::U8 => OrtTensor::from_array((shape, data.clone())).map_err(access)?.into_dyn(),
@@ -332,7 +329,14 @@ mod tests {
 
     #[test]
     fn every_wit_type_but_bf16_maps_to_an_onnx_type() {
-        for ty in [TensorElementType::Float32, TensorElementType::Float16, TensorElementType::Float64, TensorElementType::Int32, TensorElementType::Int64, TensorElementType::Uint8] {
+        for ty in [
+            TensorElementType::Float32,
+            TensorElementType::Float16,
+            TensorElementType::Float64,
+            TensorElementType::Int32,
+            TensorElementType::Int64,
+            TensorElementType::Uint8,
+        ] {
             let wit = wit_type(ty).unwrap();
             assert!(element_size(wit) >= 1);
         }

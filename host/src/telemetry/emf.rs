@@ -44,7 +44,8 @@ pub struct Invocation<'a> {
 
 impl Metrics {
     pub fn from_env() -> Self {
-        let var = |key: &str, default: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string());
+        let var =
+            |key: &str, default: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string());
         Self {
             namespace: var("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE),
             service: var("POWERTOOLS_SERVICE_NAME", DEFAULT_SERVICE),
@@ -188,7 +189,11 @@ mod tests {
     #[test]
     fn a_warm_success_reports_phases_and_a_model_cache_hit() {
         let r = response(false);
-        let line = metrics().invocation_line(&Invocation { request_id: "id-1", model: Some("nlp1"), result: Ok(&r), total: Duration::from_millis(4) }, None, 1_700_000_000_000);
+        let line = metrics().invocation_line(
+            &Invocation { request_id: "id-1", model: Some("nlp1"), result: Ok(&r), total: Duration::from_millis(4) },
+            None,
+            1_700_000_000_000,
+        );
         validate(&line).unwrap();
         assert_eq!(line["ModelCacheHit"], 1.0);
         assert_eq!(line["ModelCacheMiss"], 0.0);
@@ -202,7 +207,11 @@ mod tests {
     fn a_cold_start_adds_its_own_directive() {
         let r = response(true);
         let cold = ColdStart { init: Duration::from_millis(140), guest_load: Duration::from_millis(6), guest_origin: Origin::Shipped };
-        let line = metrics().invocation_line(&Invocation { request_id: "id", model: Some("nlp1"), result: Ok(&r), total: Duration::from_millis(30) }, Some(&cold), 1);
+        let line = metrics().invocation_line(
+            &Invocation { request_id: "id", model: Some("nlp1"), result: Ok(&r), total: Duration::from_millis(30) },
+            Some(&cold),
+            1,
+        );
         validate(&line).unwrap();
         assert_eq!(line["ColdStart"], 1.0);
         assert_eq!(line["GuestCacheHit"], 1.0);
@@ -214,7 +223,11 @@ mod tests {
     #[test]
     fn an_error_is_counted_with_its_code() {
         let error = ApiError::EmptyQuestion;
-        let line = metrics().invocation_line(&Invocation { request_id: "id", model: None, result: Err(&error), total: Duration::from_millis(1) }, None, 1);
+        let line = metrics().invocation_line(
+            &Invocation { request_id: "id", model: None, result: Err(&error), total: Duration::from_millis(1) },
+            None,
+            1,
+        );
         validate(&line).unwrap();
         assert_eq!(line["Errors"], 1.0);
         assert_eq!(line["error_code"], error.code());
@@ -225,7 +238,8 @@ mod tests {
     #[test]
     fn validate_refuses_lines_cloudwatch_would_drop() {
         let r = response(false);
-        let good = metrics().invocation_line(&Invocation { request_id: "id", model: Some("m"), result: Ok(&r), total: Duration::ZERO }, None, 1);
+        let good =
+            metrics().invocation_line(&Invocation { request_id: "id", model: Some("m"), result: Ok(&r), total: Duration::ZERO }, None, 1);
         let mut missing_metric = good.clone();
         missing_metric.as_object_mut().unwrap().remove("TotalTime");
         assert!(validate(&missing_metric).unwrap_err().contains("TotalTime"));

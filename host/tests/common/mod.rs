@@ -16,11 +16,7 @@ pub fn workspace() -> PathBuf {
 /// A file the tests need: `$var`, else `default`; a missing one fails with instructions.
 pub fn required(var: &str, default: PathBuf) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
-    assert!(
-        path.is_file(),
-        "{} not found ({var}); run `bash scripts/test.sh`, which builds or installs it",
-        path.display()
-    );
+    assert!(path.is_file(), "{} not found ({var}); run `bash scripts/test.sh`, which builds or installs it", path.display());
     path
 }
 
@@ -159,11 +155,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool
 
 /// An HTTP client for loopback tests that returns error statuses instead of failing.
 pub fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(180)))
-        .build()
-        .new_agent()
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(180))).build().new_agent()
 }
 
 /// Reads a response body as JSON, up to 10 MiB.
