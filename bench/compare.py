@@ -727,6 +727,12 @@ def main() -> None:
         failures = [f"row {k}: not run: {r['not_run']}" for k, r in results.items() if r.get("not_run")]
         failures += [f"row {k}: {r['warm']['error']}" for k, r in results.items() if "error" in r.get("warm", {})]
         failures += [f"row {k}: cold start not run: {r['cold_not_run']}" for k, r in results.items() if r.get("cold_not_run")]
+        for k, s in summary.items():
+            for variant in ("cold", "cold_compiled"):
+                failures += [f"row {k} {variant}: {e}" for e in (s.get(variant) or {}).get("errors") or []]
+            missing = (s.get("warm") or {}).get("missing_inputs")
+            if missing:
+                failures.append(f"row {k}: no answer for {missing}")
         if failures:
             print("compare: --strict: " + "; ".join(failures), file=sys.stderr)
             sys.exit(1)

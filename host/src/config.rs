@@ -80,7 +80,8 @@ impl HostConfig {
             guest_memory_bytes: env_number("QA_GUEST_MEMORY_MB").unwrap_or(512) << 20,
             session: SessionSettings {
                 intra_threads: env_number("QA_INFERENCE_THREADS").unwrap_or(0),
-                memory_arena: env_number::<u8>("QA_ORT_ARENA").is_none_or(|v| v != 0),
+                memory_arena: !std::env::var("QA_ORT_ARENA")
+                    .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off")),
             },
             preload: std::env::var("QA_PRELOAD")
                 .unwrap_or_default()

@@ -249,7 +249,16 @@ impl QaService {
             Some(name) => name.to_string(),
             None => self.default_model().ok_or_else(|| ApiError::Internal("no default model".into()))?.to_string(),
         };
-        let (model, model_loaded) = self.load(&name, false).await?;
+        // Under Lambda the whole request has a budget: a model that cannot be made available
+        // within it is a clean 503, not a timed-out invocation. (A download cut short here is
+        // never used: it is only published once complete.)
+        let (model, model_loaded) = match budget {
+            Some(budget) => tokio::time::timeout(budget, self.load(&name, false)).await.map_err(|_| ApiError::ModelUnavailable {
+                name: name.clone(),
+                reason: format!("not available within the request's remaining time ({} ms)", budget.as_millis()),
+            })??,
+            None => self.load(&name, false).await?,
+        };
         let fetched = started.elapsed();
         let deadline = budget.map_or(self.guest_deadline, |b| b.saturating_sub(fetched).min(self.guest_deadline));
 

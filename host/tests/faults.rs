@@ -52,8 +52,9 @@ async fn a_request_with_less_time_left_than_the_guest_limit_ends_within_that_tim
     // What the Lambda edge does with the invocation's remaining time (less its margin): the
     // guest's own limit is a minute, the request's budget 800 ms.
     let service = misbehaving_service(Duration::from_secs(60), 256);
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok", "the model is loaded before the budget starts");
     let error = service.answer_within(QaRequest::new("spin", "ok"), Some(Duration::from_millis(800))).await.unwrap_err();
-    assert_eq!(error.code(), "guest_timeout");
+    assert_eq!(error.code(), "guest_timeout", "{error}");
     let message = error.to_string();
     let budget_ms: f64 = message
         .rsplit("deadline of ")
@@ -61,7 +62,7 @@ async fn a_request_with_less_time_left_than_the_guest_limit_ends_within_that_tim
         .and_then(|d| d.strip_suffix("ms"))
         .and_then(|ms| ms.parse().ok())
         .unwrap_or_else(|| panic!("no deadline in milliseconds in {message:?}"));
-    assert!(budget_ms <= 800.0 && budget_ms > 0.0, "the budget, less the time taken to find the model: {message}");
+    assert!(budget_ms <= 800.0 && budget_ms > 100.0, "the budget, less the time taken to find the model: {message}");
     assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
 }
 

@@ -124,6 +124,11 @@ fn cached_versions(cache: &Path, model: &str) -> Vec<String> {
     names
 }
 
+/// Whether a partial download of `model` has started writing its `model.onnx`.
+fn downloading_model_onnx(cache: &Path, model: &str) -> bool {
+    cached_versions(cache, model).iter().any(|d| d.starts_with(".partial-") && cache.join(model).join(d).join("model.onnx").exists())
+}
+
 #[test]
 fn cold_fetch_then_warm_reuse_then_a_replaced_object_is_picked_up_after_the_ttl() {
     let s3 = S3::start();
@@ -457,15 +462,6 @@ impl FaultProxy {
     }
 }
 
-/// Directories under the model's cache root: complete versions and partial downloads alike.
-fn cache_entries(cache: &Path, model: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(cache.join(model))
-        .map(|entries| entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 #[test]
 fn s3_cut_stalled_and_throttled_downloads_fail_cleanly_leave_nothing_and_recover() {
     let s3 = S3::start();
@@ -498,12 +494,12 @@ fn s3_cut_stalled_and_throttled_downloads_fail_cleanly_leave_nothing_and_recover
         assert_eq!((status, &body["error"]["code"]), (503, &json!("model_unavailable")), "{name}: {body}");
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{name}: {message}");
-        assert_eq!(cache_entries(cache.path(), name), Vec::<String>::new(), "{name}: nothing cached, no partial left");
+        assert_eq!(cached_versions(cache.path(), name), Vec::<String>::new(), "{name}: nothing cached, no partial left");
         assert_eq!(host.ask("nlp1").1["Answer"], "1886", "{name}: other models keep serving");
         proxy.set(Fault::Pass);
         let (status, body) = host.ask(name);
         assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{name} after recovery: {body}");
-        assert_eq!(cache_entries(cache.path(), name).len(), 1, "{name}: one complete version");
+        assert_eq!(cached_versions(cache.path(), name).len(), 1, "{name}: one complete version");
     }
 
     // Throttling that passes: the retries absorb it.
@@ -531,18 +527,14 @@ fn the_s3_server_killed_mid_download_is_a_clean_503_and_the_model_loads_once_it_
     let host = Host::start(&env);
     let asking = std::thread::scope(|scope| {
         let asking = scope.spawn(|| host.ask("m"));
-        wait_until("model.onnx arriving", Duration::from_secs(60), || {
-            cache_entries(cache.path(), "m")
-                .iter()
-                .any(|d| d.starts_with(".partial-") && cache.path().join("m").join(d).join("model.onnx").exists())
-        });
+        wait_until("model.onnx arriving", Duration::from_secs(60), || downloading_model_onnx(cache.path(), "m"));
         std::thread::sleep(Duration::from_millis(300));
         s3.process.stop(); // the server dies with the transfer in flight
         asking.join().unwrap()
     });
     let (status, body) = asking;
     assert_eq!((status, &body["error"]["code"]), (503, &json!("model_unavailable")), "{body}");
-    assert_eq!(cache_entries(cache.path(), "m"), Vec::<String>::new(), "nothing cached, no partial left");
+    assert_eq!(cached_versions(cache.path(), "m"), Vec::<String>::new(), "nothing cached, no partial left");
     assert_eq!(host.ask("nlp1").1["Answer"], "1886", "other models keep serving");
 
     let s3 = S3::start_on(s3.port);
@@ -574,21 +566,48 @@ fn a_host_killed_mid_download_leaves_nothing_a_restart_would_use() {
         body["model_type"] = json!("killed");
         let _ = http().post(&format!("{base}/")).send(body.to_string());
     });
-    wait_until("a partial download of model.onnx", Duration::from_secs(60), || {
-        cache_entries(cache.path(), "killed")
-            .iter()
-            .any(|d| d.starts_with(".partial-") && cache.path().join("killed").join(d).join("model.onnx").exists())
-    });
+    wait_until("a partial download of model.onnx", Duration::from_secs(60), || downloading_model_onnx(cache.path(), "killed"));
     host.process.stop(); // SIGKILL
-    let left = cache_entries(cache.path(), "killed");
+    let left = cached_versions(cache.path(), "killed");
     assert!(left.iter().all(|d| d.starts_with(".partial-")), "only a partial download is left: {left:?}");
 
     proxy.set(Fault::Pass);
     let host = Host::start(&env);
     let (status, body) = host.ask("killed");
     assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{body}");
-    let after = cache_entries(cache.path(), "killed");
+    let after = cached_versions(cache.path(), "killed");
     assert_eq!(after.len(), 1, "the dead process's partial download was removed: {after:?}");
     assert!(!after[0].starts_with('.') && cache.path().join("killed").join(&after[0]).join(".complete").is_file());
     assert_eq!(host.process.count("fetched from S3"), 1, "downloaded afresh, not resumed from the partial");
+}
+
+#[test]
+fn under_lambda_a_model_that_cannot_be_fetched_in_the_time_left_is_a_503_within_it() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "late/", &models_dir().join("nlp1"));
+    let proxy = FaultProxy::start(s3.port, "model.onnx");
+    proxy.set(Fault::StallHeaders(Duration::from_secs(20)));
+    // The service runs in this process; other tests here start hosts with a cleared
+    // environment, so these variables reach only this one.
+    // SAFETY: set before this test's runtime and service threads exist; no other test of this
+    // binary reads them.
+    unsafe {
+        std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", proxy.port));
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = config(qa_guest(), models_dir());
+    config.manifest = qa_host::models::manifest::parse_env("late=s3://models/late/").unwrap();
+    config.s3.cache_root = cache.path().to_path_buf();
+    let service = service(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let request = qa_host::api::QaRequest { model_type: Some("late".into()), ..qa_host::api::QaRequest::new("When?", "In 1886.") };
+    let error = runtime.block_on(service.answer_within(request, Some(Duration::from_secs(2)))).unwrap_err();
+    assert_eq!((error.status(), error.code()), (503, "model_unavailable"), "{error}");
+    assert!(error.to_string().contains("remaining time (2000 ms)"), "{error}");
+    assert!(cached_versions(cache.path(), "late").iter().all(|d| d.starts_with('.')), "no version published");
 }

@@ -47,7 +47,9 @@ impl Edge {
         let request_id = event.context.request_id.clone();
         let budget = remaining(event.context.deadline).map(|left| left.saturating_sub(DEADLINE_MARGIN));
         let (source, request) = event::parse(event.payload);
-        let model = request.as_ref().ok().and_then(|r| r.model_type.clone()).or_else(|| self.service.default_model().map(str::to_string));
+        // The metric dimension names only models that exist: arbitrary names from requests
+        // would each make new CloudWatch metric series.
+        let named = request.as_ref().ok().map(|r| r.model_type.clone());
         let result = match request {
             Ok(request) => self.service.answer_within(request, budget).await,
             Err(error) => Err(error),
@@ -65,6 +67,13 @@ impl Edge {
         }
         let cold = self.cold.lock().ok().and_then(|mut c| c.take());
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let model = match (&result, named) {
+            (Ok(response), _) => Some(response.model_type.clone()),
+            (Err(_), Some(Some(name))) if self.service.catalog().get(&name).is_some() => Some(name),
+            (Err(_), Some(Some(_))) => Some("unknown".to_string()),
+            (Err(_), Some(None)) => self.service.default_model().map(str::to_string),
+            (Err(_), None) => None,
+        };
         let invocation = Invocation { request_id: &request_id, model: model.as_deref(), result: result.as_ref(), total };
         self.metrics.emit(&self.metrics.invocation_line(&invocation, cold.as_ref(), now_ms));
         event::respond(source, result, &request_id)

@@ -364,13 +364,13 @@ impl ModelSource for S3Source {
     }
 }
 
-/// Marker written last into a version directory: only complete downloads have it.
 /// Why one ranged part failed: the request itself (already retried by the SDK), or its body.
 enum PartError {
     Source(SourceError),
     Body(String),
 }
 
+/// Marker written last into a version directory: only complete downloads have it.
 const COMPLETE: &str = ".complete";
 /// Name prefix of in-progress download directories, never loaded.
 const PARTIAL: &str = ".partial-";

@@ -36,7 +36,9 @@ pub struct ColdStart {
 /// One invocation's outcome.
 pub struct Invocation<'a> {
     pub request_id: &'a str,
-    /// The model the request named, when the event got that far.
+    /// The model that answered; for a failed request the one it named if that exists,
+    /// `"unknown"` if not (so made-up names cannot create metric series), `None` when the
+    /// event did not parse.
     pub model: Option<&'a str>,
     pub result: Result<&'a QaResponse, &'a ApiError>,
     pub total: Duration,
