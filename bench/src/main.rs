@@ -14,8 +14,8 @@ use ort::session::Session;
 use ort::value::Tensor;
 use qa_guest::infer::{Logits, QaModel};
 use qa_guest::pipeline::{self, MAX_BATCH_ROWS, ModelProfile};
-use qa_guest::tokenize::{encode_windows, load_tokenizer};
-use qa_guest::window::{Batch, Window};
+use qa_guest::tokenize::load_tokenizer;
+use qa_guest::window::Batch;
 use qa_guest::{Options, QaError};
 use qa_host::api::QaRequest;
 use qa_host::config::HostConfig;
@@ -103,7 +103,9 @@ fn main() -> Result<()> {
             let started = Instant::now();
             row.answer(input)?;
             let ms = started.elapsed().as_secs_f64() * 1e3;
-            times.get_mut(input.id.as_str()).map(|t| t.push(ms));
+            if let Some(samples) = times.get_mut(input.id.as_str()) {
+                samples.push(ms);
+            }
         }
     }
     emit(&serde_json::json!({"event": "done", "times_ms": times, "answers": answers}))
@@ -236,14 +238,9 @@ struct OrtRow {
 impl OrtRow {
     fn load(dir: &Path, backend: &OnnxBackend, inputs: &[Input]) -> Result<Self> {
         let (mut tokenizer, model) = load_model(dir, backend)?;
-        let mut options = Options::default();
-        if let Some(max) = model.profile.max_positions {
-            options.max_seq_len = options.max_seq_len.min(max);
-        }
         let mut batches = BTreeMap::new();
         for input in inputs {
-            let windows: Vec<Window> =
-                encode_windows(&mut tokenizer, &input.question, &input.context, &options)?.into_iter().map(Window::new).collect();
+            let (_, windows) = pipeline::windows(&mut tokenizer, &model.profile, &input.question, &input.context, &Options::default())?;
             let mut input_batches = Vec::new();
             for chunk in windows.chunks(MAX_BATCH_ROWS) {
                 let batch = Batch::from_windows(chunk, model.profile.pad_id);

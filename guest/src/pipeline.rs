@@ -76,21 +76,9 @@ pub fn answer(
     context: &str,
     options: &Options,
 ) -> Result<(Vec<Answer>, Timings), QaError> {
-    options.validate()?;
-    if question.trim().is_empty() {
-        return Err(QaError::InvalidInput("question is empty".into()));
-    }
-    if context.trim().is_empty() {
-        return Err(QaError::InvalidInput("context is empty".into()));
-    }
-    let mut options = *options;
-    if let Some(max) = profile.max_positions {
-        options.max_seq_len = options.max_seq_len.min(max);
-    }
     let mut timings = Timings::default();
-
     let started = Instant::now();
-    let windows: Vec<Window> = encode_windows(tokenizer, question, context, &options)?.into_iter().map(Window::new).collect();
+    let (options, windows) = windows(tokenizer, profile, question, context, options)?;
     timings.tokenize_us = micros(started);
     timings.windows = u32::try_from(windows.len()).unwrap_or(u32::MAX);
 
@@ -123,6 +111,30 @@ pub fn answer(
     let answers = collect_answers(context, spans, null_score, options.top_k);
     timings.decode_us += micros(started);
     Ok((answers, timings))
+}
+
+/// Stages 1 and 2: checks the request, fits `options` to the model, and cuts the pair into
+/// windows. [`answer`] starts here, and so does the benchmark's bare-inference row.
+pub fn windows(
+    tokenizer: &mut Tokenizer,
+    profile: &ModelProfile,
+    question: &str,
+    context: &str,
+    options: &Options,
+) -> Result<(Options, Vec<Window>), QaError> {
+    options.validate()?;
+    if question.trim().is_empty() {
+        return Err(QaError::InvalidInput("question is empty".into()));
+    }
+    if context.trim().is_empty() {
+        return Err(QaError::InvalidInput("context is empty".into()));
+    }
+    let mut options = *options;
+    if let Some(max) = profile.max_positions {
+        options.max_seq_len = options.max_seq_len.min(max);
+    }
+    let windows = encode_windows(tokenizer, question, context, &options)?.into_iter().map(Window::new).collect();
+    Ok((options, windows))
 }
 
 fn micros(since: Instant) -> u64 {

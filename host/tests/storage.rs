@@ -108,9 +108,11 @@ impl Host {
     }
 }
 
-fn s3_env(s3: &S3, cache: &Path, models: &str) -> Vec<(&'static str, String)> {
+/// A host's environment for models in S3 at the loopback `endpoint` port (the server, or a
+/// fault proxy in front of it).
+fn s3_env(endpoint: u16, cache: &Path, models: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s3.port)),
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{endpoint}")),
         ("QA_MODELS", models.to_string()),
         ("QA_MODEL_CACHE_DIR", cache.display().to_string()),
     ]
@@ -135,7 +137,7 @@ fn cold_fetch_then_warm_reuse_then_a_replaced_object_is_picked_up_after_the_ttl(
     s3.create_bucket("models");
     s3.upload_model("models", "qa/s3nlp/", &models_dir().join("nlp1"));
     let cache = tempfile::tempdir().unwrap();
-    let mut env = s3_env(&s3, cache.path(), "s3nlp=s3://models/qa/s3nlp/");
+    let mut env = s3_env(s3.port, cache.path(), "s3nlp=s3://models/qa/s3nlp/");
     env.push(("QA_MODEL_TTL_SECS", "1".into()));
     let host = Host::start(&env);
 
@@ -179,7 +181,7 @@ fn a_missing_object_is_404_and_a_corrupt_one_is_rejected_and_not_cached() {
     std::fs::write(manifest_file.path(), json!({"pinned": {"source": "s3://models/pinned/", "sha256": {"model.onnx": wrong}}}).to_string())
         .unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let mut env = s3_env(&s3, cache.path(), "partial=s3://models/partial/,nobucket=s3://no-such-bucket/x/");
+    let mut env = s3_env(s3.port, cache.path(), "partial=s3://models/partial/,nobucket=s3://no-such-bucket/x/");
     env.push(("QA_MODELS_FILE", manifest_file.path().display().to_string()));
     let host = Host::start(&env);
 
@@ -206,7 +208,7 @@ fn a_stopped_server_is_503_after_retries_and_other_models_keep_serving() {
     s3.create_bucket("models");
     s3.upload_model("models", "a/", &models_dir().join("nlp1"));
     let cache = tempfile::tempdir().unwrap();
-    let mut env = s3_env(&s3, cache.path(), "s3a=s3://models/a/,s3b=s3://models/a/");
+    let mut env = s3_env(s3.port, cache.path(), "s3a=s3://models/a/,s3b=s3://models/a/");
     env.push(("QA_MODEL_TTL_SECS", "1".into()));
     let host = Host::start(&env);
     assert_eq!(host.ask("s3a").1["Answer"], "1886");
@@ -233,7 +235,7 @@ fn concurrent_first_requests_download_once() {
     s3.create_bucket("models");
     s3.upload_model("models", "c/", &models_dir().join("nlp1"));
     let cache = tempfile::tempdir().unwrap();
-    let host = Host::start(&s3_env(&s3, cache.path(), "s3c=s3://models/c/"));
+    let host = Host::start(&s3_env(s3.port, cache.path(), "s3c=s3://models/c/"));
     let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4).map(|_| scope.spawn(|| host.ask("s3c"))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -276,7 +278,7 @@ fn a_model_that_would_not_fit_in_the_cache_is_refused_before_downloading() {
     s3.create_bucket("models");
     s3.upload_model("models", "big/", &models_dir().join("nlp1"));
     let cache = tempfile::tempdir().unwrap();
-    let mut env = s3_env(&s3, cache.path(), "big=s3://models/big/");
+    let mut env = s3_env(s3.port, cache.path(), "big=s3://models/big/");
     // Keep more free than any disk has: the download can never fit.
     env.push(("QA_TMP_RESERVE_MB", (1u64 << 40).to_string()));
     let host = Host::start(&env);
@@ -298,7 +300,7 @@ fn a_guest_in_s3_is_fetched_at_start_and_a_new_one_is_swapped_in_after_the_ttl()
     s3.create_bucket("guests");
     s3.put("guests", "qa/qa-guest.wasm", &std::fs::read(qa_guest()).unwrap());
     let cache = tempfile::tempdir().unwrap();
-    let mut env = s3_env(&s3, cache.path(), "");
+    let mut env = s3_env(s3.port, cache.path(), "");
     env.push(("QA_GUEST", "s3://guests/qa/qa-guest.wasm".into()));
     env.push(("QA_GUEST_TTL_SECS", "1".into()));
     env.push(("QA_CACHE_DIR", cache.path().join("compiled").display().to_string()));
@@ -473,11 +475,7 @@ fn s3_cut_stalled_and_throttled_downloads_fail_cleanly_leave_nothing_and_recover
     let proxy = FaultProxy::start(s3.port, "model.onnx");
     let cache = tempfile::tempdir().unwrap();
     let manifest: Vec<String> = names.iter().map(|n| format!("{n}=s3://models/{n}/")).collect();
-    let mut env = vec![
-        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", proxy.port)),
-        ("QA_MODELS", manifest.join(",")),
-        ("QA_MODEL_CACHE_DIR", cache.path().display().to_string()),
-    ];
+    let mut env = s3_env(proxy.port, cache.path(), &manifest.join(","));
     env.push(("QA_S3_ATTEMPT_TIMEOUT_MS", "1500".into()));
     env.push(("QA_S3_MAX_ATTEMPTS", "2".into()));
     let host = Host::start(&env);
@@ -518,11 +516,7 @@ fn the_s3_server_killed_mid_download_is_a_clean_503_and_the_model_loads_once_it_
     let proxy = FaultProxy::start(s3.port, "model.onnx");
     proxy.set(Fault::Trickle(Duration::from_millis(20)));
     let cache = tempfile::tempdir().unwrap();
-    let mut env = vec![
-        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", proxy.port)),
-        ("QA_MODELS", "m=s3://models/m/".to_string()),
-        ("QA_MODEL_CACHE_DIR", cache.path().display().to_string()),
-    ];
+    let mut env = s3_env(proxy.port, cache.path(), "m=s3://models/m/");
     env.push(("QA_S3_MAX_ATTEMPTS", "2".into()));
     let host = Host::start(&env);
     let asking = std::thread::scope(|scope| {
@@ -553,11 +547,7 @@ fn a_host_killed_mid_download_leaves_nothing_a_restart_would_use() {
     let proxy = FaultProxy::start(s3.port, "model.onnx");
     proxy.set(Fault::StallBody(Duration::from_secs(120)));
     let cache = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", proxy.port)),
-        ("QA_MODELS", "killed=s3://models/k/".to_string()),
-        ("QA_MODEL_CACHE_DIR", cache.path().display().to_string()),
-    ];
+    let env = s3_env(proxy.port, cache.path(), "killed=s3://models/k/");
     let mut host = Host::start(&env);
     let base = host.base.clone();
     // This request hangs in the download until the process dies.

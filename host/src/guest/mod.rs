@@ -282,14 +282,17 @@ fn check_answers(response: &Response, context: &str, top_k: u32) -> Result<(), S
     if response.answers.len() > top_k as usize {
         return Err(format!("{} answers for top_k {top_k}", response.answers.len()));
     }
-    // Byte offset of every character boundary, so char offsets map to slices in O(1).
-    let boundaries: Vec<usize> = context.char_indices().map(|(i, _)| i).chain(std::iter::once(context.len())).collect();
+    // Byte offset of each character boundary up to the furthest answer end, so character
+    // offsets map to slices in O(1) (an answer past the context's end finds no boundary).
+    let furthest = response.answers.iter().map(|a| a.end as usize).max().unwrap_or(0);
+    let boundaries: Vec<usize> =
+        context.char_indices().map(|(i, _)| i).chain(std::iter::once(context.len())).take(furthest.saturating_add(1)).collect();
     for (i, answer) in response.answers.iter().enumerate() {
         let (start, end) = (answer.start as usize, answer.end as usize);
         let slice = (start <= end)
             .then(|| Some(&context[*boundaries.get(start)?..*boundaries.get(end)?]))
             .flatten()
-            .ok_or_else(|| format!("answer {i} spans characters {start}..{end} of a {}-character context", boundaries.len() - 1))?;
+            .ok_or_else(|| format!("answer {i} spans characters {start}..{end} of a {}-character context", context.chars().count()))?;
         if answer.text != slice {
             return Err(format!("answer {i} text ({} bytes) is not the context's characters {start}..{end}", answer.text.len()));
         }

@@ -34,7 +34,7 @@ impl LogFormat {
 pub fn init_logging(under_lambda: bool) {
     let default = if under_lambda { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("QA_LOG")
-        .or_else(|_| EnvFilter::try_from_env("AWS_LAMBDA_LOG_LEVEL").map(|_| lambda_level_filter()))
+        .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL").map(|level| lambda_level_filter(&level)))
         .unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
     match LogFormat::from_env(under_lambda) {
@@ -46,8 +46,8 @@ pub fn init_logging(under_lambda: bool) {
 }
 
 /// Lambda's level names (`TRACE`..`FATAL`) as a filter.
-fn lambda_level_filter() -> EnvFilter {
-    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL").unwrap_or_default().to_ascii_lowercase();
+fn lambda_level_filter(level: &str) -> EnvFilter {
+    let level = level.to_ascii_lowercase();
     EnvFilter::new(match level.as_str() {
         "fatal" => "error",
         "trace" | "debug" | "info" | "warn" | "error" => level.as_str(),
