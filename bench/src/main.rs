@@ -137,7 +137,9 @@ impl ProjectRow {
         let mut config = HostConfig::from_env()?;
         config.guest_wasm = guest;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        let service = Arc::new(QaService::start(&config)?);
+        let service = Arc::new(runtime.block_on(QaService::start(&config))?);
+        // Loaded and the guest prepared for it before timing, as `QA_PRELOAD` does.
+        runtime.block_on(service.preload(&[Self::MODEL.to_string()])).map_err(|e| anyhow!("{e}"))?;
         Ok(Self { runtime, service })
     }
 }

@@ -113,6 +113,19 @@ pub fn answer(
     Ok((answers, timings))
 }
 
+/// Answers each of `questions` from the one `context`, in order; a bad question fails only
+/// its own entry.
+pub fn answer_many(
+    tokenizer: &mut Tokenizer,
+    profile: &ModelProfile,
+    model: &mut dyn QaModel,
+    questions: &[String],
+    context: &str,
+    options: &Options,
+) -> Vec<Result<(Vec<Answer>, Timings), QaError>> {
+    questions.iter().map(|question| answer(tokenizer, profile, model, question, context, options)).collect()
+}
+
 /// Stages 1 and 2: checks the request, fits `options` to the model, and cuts the pair into
 /// windows. [`answer`] starts here, and so does the benchmark's bare-inference row.
 pub fn windows(

@@ -2,6 +2,7 @@
 
 use crate::models::S3Settings;
 use crate::models::manifest::{self, ManifestError};
+use crate::nn::NnLimits;
 use crate::nn::onnx::SessionSettings;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,8 +27,11 @@ pub struct HostConfig {
     pub guest_ttl: Duration,
     /// Wall-clock budget of one guest call.
     pub guest_deadline: Duration,
-    /// Linear-memory cap of one guest instance.
+    /// Cap on all linear memories of one guest instance together.
     pub guest_memory_bytes: usize,
+    /// What a guest may make the host hold through wasi-nn (`QA_GUEST_NN_ELEMENTS`,
+    /// `QA_GUEST_NN_MB`).
+    pub guest_nn: NnLimits,
     /// How ONNX Runtime sessions are built (`QA_INFERENCE_THREADS`, `QA_ORT_ARENA`).
     pub session: SessionSettings,
     /// Models to load at start-up, outside any request (`QA_PRELOAD=nlp1,nlp2`).
@@ -78,6 +82,14 @@ impl HostConfig {
             guest_deadline: Duration::from_millis(env_number("QA_GUEST_DEADLINE_MS").unwrap_or(30_000)),
             guest_ttl: Duration::from_secs(env_number("QA_GUEST_TTL_SECS").unwrap_or(60)),
             guest_memory_bytes: env_number("QA_GUEST_MEMORY_MB").unwrap_or(512) << 20,
+            guest_nn: {
+                let defaults = NnLimits::default();
+                NnLimits {
+                    max_input_elements: env_number("QA_GUEST_NN_ELEMENTS").unwrap_or(defaults.max_input_elements),
+                    max_tensor_bytes: env_number::<u64>("QA_GUEST_NN_MB").map_or(defaults.max_tensor_bytes, |mb| mb << 20),
+                    ..defaults
+                }
+            },
             session: SessionSettings {
                 intra_threads: env_number("QA_INFERENCE_THREADS").unwrap_or(0),
                 memory_arena: !std::env::var("QA_ORT_ARENA")

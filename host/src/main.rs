@@ -112,7 +112,8 @@ async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, 
         Some(Command::CompileGuest) => {
             let engine = wasmtime::Engine::new(&qa_host::guest::engine_config()).map_err(|e| format!("{e:#}"))?;
             let started = std::time::Instant::now();
-            let path = qa_host::guest::write_shipped_artifact(&engine, &config.guest_wasm).map_err(|e| e.to_string())?;
+            let key = qa_host::guest::Artifacts::key_from_env();
+            let path = qa_host::guest::write_shipped_artifact(&engine, &config.guest_wasm, key.as_deref()).map_err(|e| e.to_string())?;
             eprintln!("qa-host: compiled {} in {} ms", config.guest_wasm.display(), started.elapsed().as_millis());
             println!("{}", path.display());
             return Ok(ExitCode::SUCCESS);
@@ -122,7 +123,7 @@ async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, 
         None => return Err("no command given (try --help); without one, AWS_LAMBDA_RUNTIME_API must be set".into()),
     };
     qa_host::service::resolve_guest(&mut config).await?;
-    let service = Arc::new(QaService::start(&config).map_err(|e| e.to_string())?);
+    let service = Arc::new(QaService::start(&config).await.map_err(|e| e.to_string())?);
     service.preload(&config.preload).await.map_err(|e| format!("preloading {:?}: {e}", config.preload))?;
 
     match command {

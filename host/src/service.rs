@@ -4,16 +4,15 @@
 
 use crate::api::{AnswerSpan, ApiError, PhaseTimings, QaRequest, QaResponse};
 use crate::config::HostConfig;
-use crate::guest::{GuestError, GuestLimits, GuestQaError, GuestRuntime, Options, SwappableGuest};
+use crate::guest::{Artifacts, GuestError, GuestLimits, GuestModel, GuestQaError, GuestRuntime, Options, SwappableGuest};
 use crate::models::{ModelCatalog, ModelSource, SourceError, is_valid_name};
 use crate::nn::onnx::OnnxBackend;
-use crate::nn::{NnError, init_onnx_runtime};
+use crate::nn::{Model, NnError, init_onnx_runtime};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wasmtime_wasi_nn::Graph;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +27,7 @@ pub enum StartError {
 
 /// A model ready for inference, shared by all requests.
 struct ReadyModel {
-    graph: Graph,
+    graph: Arc<dyn Model>,
     /// Where its files are (canonical), mounted into the guest as `/models/<name>`.
     dir: PathBuf,
     /// The source's content version when it was loaded.
@@ -41,6 +40,13 @@ struct ReadyModel {
     last_used: AtomicU64,
     /// When the source was last asked whether the model changed.
     checked: Mutex<Instant>,
+}
+
+impl ReadyModel {
+    /// The model as the guest sees it under `name`.
+    fn guest_model(&self, name: &str) -> GuestModel {
+        GuestModel { name: name.to_string(), dir: self.dir.clone(), version: self.version.clone(), graph: self.graph.clone() }
+    }
 }
 
 /// One model name's place in the cache. The async lock makes loading single-flight:
@@ -63,15 +69,16 @@ pub struct QaService {
 }
 
 impl QaService {
-    pub fn start(config: &HostConfig) -> Result<Self, StartError> {
+    pub async fn start(config: &HostConfig) -> Result<Self, StartError> {
         init_onnx_runtime(config.onnxruntime.as_deref())?;
         let mut catalog = ModelCatalog::build(&config.models_dir, &config.manifest, config.s3.clone());
         catalog.set_default(config.default_model.clone());
         if catalog.names().next().is_none() {
             return Err(StartError::NoModels(config.models_dir.display().to_string()));
         }
-        let limits = GuestLimits { deadline: config.guest_deadline, memory_bytes: config.guest_memory_bytes };
-        let guest = GuestRuntime::new(&config.guest_wasm, &config.cache_dir, limits)?;
+        let limits = GuestLimits { deadline: config.guest_deadline, memory_bytes: config.guest_memory_bytes, nn: config.guest_nn };
+        let artifacts = Artifacts::from_env(&config.cache_dir);
+        let guest = GuestRuntime::load(&config.guest_wasm, artifacts.clone(), limits).await?;
         tracing::info!(origin = ?guest.origin, ms = guest.load_time.as_millis() as u64, guest = %config.guest_wasm.display(), "guest ready");
         Ok(Self {
             catalog,
@@ -80,17 +87,19 @@ impl QaService {
             cache_budget: config.model_cache_mb.map(|mb| mb << 20),
             model_ttl: config.model_ttl,
             clock: AtomicU64::new(0),
-            guest: SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), &config.cache_dir, limits, config.guest_ttl),
+            guest: SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), artifacts, limits, config.guest_ttl),
             guest_deadline: config.guest_deadline,
         })
     }
 
-    /// Loads `names` now, outside any request, and runs one small question through the guest
-    /// with each so its tokenizer is parsed too. Preloaded models are never evicted.
+    /// Loads `names` now, outside any request, prepares the guest for each (its tokenizer
+    /// parsed into the snapshot requests start from) and runs one small question through it.
+    /// Preloaded models are never evicted.
     pub async fn preload(self: &Arc<Self>, names: &[String]) -> Result<(), ApiError> {
         for name in names {
             let started = Instant::now();
-            self.load(name, true).await?;
+            let (model, _) = self.load(name, true).await?;
+            self.guest.current().prepare(&model.guest_model(name)).await.map_err(|e| guest_error(name, e))?;
             let warm = QaRequest { model_type: Some(name.clone()), ..QaRequest::new("What is warm?", "The guest is warm.") };
             self.answer(warm).await?;
             tracing::info!(model = %name, ms = started.elapsed().as_millis() as u64, "preloaded");
@@ -186,7 +195,7 @@ impl QaService {
         let bytes = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
         let backend = self.backend;
         let load_dir = dir.clone();
-        let graph = tokio::task::spawn_blocking(move || backend.load_model_dir(&load_dir))
+        let graph: Arc<dyn Model> = tokio::task::spawn_blocking(move || backend.load_model_dir(&load_dir))
             .await
             .map_err(|e| ApiError::Internal(format!("model loader: {e}")))?
             .map_err(|e| ApiError::ModelInvalid { name: name.to_string(), reason: e.to_string() })?;
@@ -236,7 +245,7 @@ impl QaService {
     }
 
     /// Answers one request; the guest's deadline is the configured one or `budget`, if shorter.
-    pub async fn answer_within(self: &Arc<Self>, mut request: QaRequest, budget: Option<Duration>) -> Result<QaResponse, ApiError> {
+    pub async fn answer_within(self: &Arc<Self>, request: QaRequest, budget: Option<Duration>) -> Result<QaResponse, ApiError> {
         let started = Instant::now();
         request.validate()?;
         let name = match request.model_type.as_deref() {
@@ -273,14 +282,10 @@ impl QaService {
         let model_version = model.version.clone();
         let guest = self.guest.current();
         let guest_started = Instant::now();
-        // The context moves into the guest call; only the question is echoed back.
-        let (question, context, guest_name) = (request.question.clone(), std::mem::take(&mut request.context), name.clone());
-        let response = tokio::task::spawn_blocking(move || {
-            guest.ask(&guest_name, &model.dir, model.graph.clone(), &question, &context, options, deadline)
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("guest task: {e}")))?
-        .map_err(|e| guest_error(&name, e))?;
+        let response = guest
+            .ask(&model.guest_model(&name), &request.question, &request.context, options, deadline)
+            .await
+            .map_err(|e| guest_error(&name, e))?;
         let guest_time = guest_started.elapsed();
 
         let answers: Vec<AnswerSpan> =
@@ -344,6 +349,7 @@ fn guest_error(model: &str, error: GuestError) -> ApiError {
             ApiError::ModelInvalid { name: model.to_string(), reason: m }
         }
         GuestError::Qa(GuestQaError::Inference(m)) => ApiError::Inference(m),
+        GuestError::Prepare { model, reason } => ApiError::ModelInvalid { name: model, reason },
         GuestError::Timeout(_) => ApiError::GuestTimeout(error.to_string()),
         other => ApiError::GuestFailed(other.to_string()),
     }

@@ -13,7 +13,7 @@ fn sample() -> QaRequest {
 
 #[tokio::test]
 async fn answers_the_original_sample_through_the_guest() {
-    let service = service(&config(qa_guest(), models_dir()));
+    let service = service(&config(qa_guest(), models_dir())).await;
     let response = service.answer(sample()).await.expect("answer");
     assert_eq!(response.model_type, "nlp1");
     assert_eq!(response.answer, "1886");
@@ -26,7 +26,7 @@ async fn answers_the_original_sample_through_the_guest() {
 
 #[tokio::test]
 async fn top_k_answers_are_distinct_sorted_slices() {
-    let service = service(&config(qa_guest(), models_dir()));
+    let service = service(&config(qa_guest(), models_dir())).await;
     let request = QaRequest { top_k: Some(5), ..sample() };
     let context = request.context.clone();
     let response = service.answer(request).await.expect("answer");
@@ -43,7 +43,7 @@ async fn top_k_answers_are_distinct_sorted_slices() {
 
 #[tokio::test]
 async fn answer_in_the_last_window_of_a_long_multibyte_context_is_found() {
-    let service = service(&config(qa_guest(), models_dir()));
+    let service = service(&config(qa_guest(), models_dir())).await;
     // About 30 windows of filler with accents, CJK and emoji, then the sample's paragraph.
     let filler = "Das Café in Zürich 東京 serves crème brûlée 😀 every morning to its guests. ".repeat(300);
     let context = format!("{filler}{}", sample().context);
@@ -56,7 +56,7 @@ async fn answer_in_the_last_window_of_a_long_multibyte_context_is_found() {
 
 #[tokio::test]
 async fn unknown_and_hostile_model_names_are_404() {
-    let service = service(&config(qa_guest(), models_dir()));
+    let service = service(&config(qa_guest(), models_dir())).await;
     for name in ["nlp9", "../../etc/passwd", "http://example.com/model", ""] {
         let request = QaRequest { model_type: Some(name.into()), ..sample() };
         let error = service.answer(request).await.unwrap_err();
@@ -67,7 +67,7 @@ async fn unknown_and_hostile_model_names_are_404() {
 
 #[tokio::test]
 async fn question_over_the_token_limit_is_refused_by_the_guest() {
-    let service = service(&config(qa_guest(), models_dir()));
+    let service = service(&config(qa_guest(), models_dir())).await;
     let question = "why ".repeat(100);
     let error = service.answer(QaRequest::new(question, "Some context.")).await.unwrap_err();
     assert_eq!((error.status(), error.code()), (400, "invalid_input"));
@@ -83,7 +83,7 @@ async fn on_demand_models_beyond_the_cache_budget_are_evicted_least_recently_use
     let model_mb = std::fs::metadata(models_dir().join("nlp1/model.onnx")).unwrap().len().div_ceil(1 << 20);
     let mut config = config(qa_guest(), dir.path().to_path_buf());
     config.model_cache_mb = Some(2 * model_mb); // room for two
-    let service = service(&config);
+    let service = service(&config).await;
     let ask = |name: &str| QaRequest { model_type: Some(name.into()), ..sample() };
     for name in ["alpha", "beta", "alpha", "gamma"] {
         assert_eq!(service.answer(ask(name)).await.expect(name).answer, "1886");
@@ -95,42 +95,70 @@ async fn on_demand_models_beyond_the_cache_budget_are_evicted_least_recently_use
 
 #[test]
 fn the_compiled_guest_is_cached_and_an_unusable_artifact_is_recompiled_not_trusted() {
-    use qa_host::guest::{Origin, engine_config, load_component};
+    use qa_host::guest::{Artifacts, Origin, engine_config};
     let engine = wasmtime::Engine::new(&engine_config()).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let (_, first) = load_component(&engine, &qa_guest(), cache.path()).unwrap();
-    assert_eq!(first, Origin::Compiled);
-    let (_, second) = load_component(&engine, &qa_guest(), cache.path()).unwrap();
-    assert_eq!(second, Origin::Cached);
-    let artifacts: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().map(|e| e.path()).collect();
-    assert_eq!(artifacts.len(), 1, "one artifact, no temporary files: {artifacts:?}");
-    std::fs::write(&artifacts[0], b"not a compiled component").unwrap();
-    let (_, third) = load_component(&engine, &qa_guest(), cache.path()).unwrap();
-    assert_eq!(third, Origin::Compiled, "a corrupt artifact is replaced by a fresh compile");
-    let (_, fourth) = load_component(&engine, &qa_guest(), cache.path()).unwrap();
-    assert_eq!(fourth, Origin::Cached);
+    let artifacts = Artifacts::new(cache.path(), Vec::new(), None);
+    let wasm = std::fs::read(qa_guest()).unwrap();
+    let load = || artifacts.load_guest(&engine, &qa_guest(), &wasm).unwrap().1;
+    assert_eq!(load(), Origin::Compiled);
+    assert_eq!(load(), Origin::Cached);
+    let cached: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(cached.len(), 1, "one artifact, no temporary files: {cached:?}");
+    std::fs::write(&cached[0], b"not a compiled component").unwrap();
+    assert_eq!(load(), Origin::Compiled, "a corrupt artifact is replaced by a fresh compile");
+    assert_eq!(load(), Origin::Cached);
 }
 
+/// Native code runs only from where the operator ships it, or signed: an artifact beside a
+/// guest in an untrusted directory (EFS, the S3 cache) is ignored, and so is one compiled from
+/// another guest under the honest guest's name.
 #[test]
-fn a_shipped_precompiled_guest_is_used_when_it_fits_and_ignored_when_it_does_not() {
-    use qa_host::guest::{Origin, engine_config, load_component, write_shipped_artifact};
+fn precompiled_guests_are_used_only_from_trusted_places_or_signed() {
+    use qa_host::guest::{Artifacts, Origin, engine_config, write_shipped_artifact};
     let engine = wasmtime::Engine::new(&engine_config()).unwrap();
+    let honest = std::fs::read(qa_guest()).unwrap();
     let deploy = tempfile::tempdir().unwrap();
     let wasm = deploy.path().join("qa-guest.wasm");
-    std::fs::copy(qa_guest(), &wasm).unwrap();
-    let artifact = write_shipped_artifact(&engine, &wasm).unwrap();
+    std::fs::write(&wasm, &honest).unwrap();
+    let artifact = write_shipped_artifact(&engine, &wasm, None).unwrap();
     assert!(artifact.file_name().unwrap().to_str().unwrap().starts_with("qa-guest.wasm."));
-    let cache = tempfile::tempdir().unwrap();
-    assert_eq!(load_component(&engine, &wasm, cache.path()).unwrap().1, Origin::Shipped);
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0, "nothing compiled, nothing cached");
+    let load = |artifacts: &Artifacts| artifacts.load_guest(&engine, &wasm, &honest).unwrap().1;
 
-    // An artifact that is not what it claims is refused by wasmtime, and the guest compiles.
+    // Where the operator ships code (the image's LAMBDA_TASK_ROOT, say): used, nothing compiled.
+    let cache = tempfile::tempdir().unwrap();
+    let shipped = Artifacts::new(cache.path(), vec![deploy.path().to_path_buf()], None);
+    assert_eq!(load(&shipped), Origin::Shipped);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0, "nothing compiled, nothing cached");
+    // Anywhere else, without a key: ignored.
+    let untrusted = || Artifacts::new(tempfile::tempdir().unwrap().path(), Vec::new(), None);
+    assert_eq!(load(&untrusted()), Origin::Compiled);
+
+    // An attacker who can write beside the guest plants native code compiled from another
+    // guest under the honest wasm's artifact name: never used, trusted directory or not.
+    let planted = deploy.path().join("planted.wasm");
+    std::fs::copy(misbehaving_guest(), &planted).unwrap();
+    let planted_artifact = write_shipped_artifact(&engine, &planted, Some(b"attacker key")).unwrap();
+    std::fs::rename(&planted_artifact, &artifact).unwrap();
+    std::fs::rename(planted_artifact.with_extension("cwasm.sig"), artifact.with_extension("cwasm.sig")).unwrap();
+    let signed = |key: &[u8]| Artifacts::new(tempfile::tempdir().unwrap().path(), Vec::new(), Some(key.to_vec()));
+    assert_eq!(load(&untrusted()), Origin::Compiled);
+    assert_eq!(load(&signed(b"operator key")), Origin::Compiled, "signed with another key");
+
+    // Signed by the operator for this wasm: used from an untrusted directory.
+    write_shipped_artifact(&engine, &wasm, Some(b"operator key")).unwrap();
+    assert_eq!(load(&signed(b"operator key")), Origin::Signed);
+    assert_eq!(load(&signed(b"another key")), Origin::Compiled);
+    // A signature does not carry over to other bytes.
+    let mut tampered = std::fs::read(&artifact).unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    std::fs::write(&artifact, tampered).unwrap();
+    assert_eq!(load(&signed(b"operator key")), Origin::Compiled);
+
+    // An artifact that is not what it claims is refused by wasmtime even where trusted.
     std::fs::write(&artifact, b"garbage").unwrap();
-    assert_eq!(load_component(&engine, &wasm, cache.path()).unwrap().1, Origin::Compiled);
-    // A different wasm never picks up another wasm's artifact.
-    write_shipped_artifact(&engine, &wasm).unwrap();
-    std::fs::write(&wasm, std::fs::read(misbehaving_guest()).unwrap()).unwrap();
-    assert_eq!(load_component(&engine, &wasm, cache.path()).unwrap().1, Origin::Compiled);
+    assert_eq!(load(&shipped), Origin::Compiled);
 }
 
 fn host_bin() -> Command {

@@ -9,11 +9,11 @@ use common::*;
 use qa_host::api::QaRequest;
 use std::time::Duration;
 
-fn misbehaving_service(deadline: Duration, memory_mb: usize) -> std::sync::Arc<qa_host::service::QaService> {
+async fn misbehaving_service(deadline: Duration, memory_mb: usize) -> std::sync::Arc<qa_host::service::QaService> {
     let mut config = config(misbehaving_guest(), models_dir());
     config.guest_deadline = deadline;
     config.guest_memory_bytes = memory_mb << 20;
-    service(&config)
+    service(&config).await
 }
 
 /// Asks the misbehaving guest; a well-behaved answer is the whole context, "ok".
@@ -31,7 +31,7 @@ async fn probe(service: &std::sync::Arc<qa_host::service::QaService>, question: 
 
 #[tokio::test]
 async fn a_trapping_guest_fails_one_request_and_the_next_is_served() {
-    let service = misbehaving_service(Duration::from_secs(10), 256);
+    let service = misbehaving_service(Duration::from_secs(10), 256).await;
     let (status, code, message) = ask(&service, "trap").await.unwrap_err();
     assert_eq!((status, code), (500, "guest_failed"));
     assert!(message.contains("trap requested"), "the guest's panic message is reported: {message}");
@@ -40,7 +40,7 @@ async fn a_trapping_guest_fails_one_request_and_the_next_is_served() {
 
 #[tokio::test]
 async fn a_looping_guest_is_stopped_at_its_deadline() {
-    let service = misbehaving_service(Duration::from_millis(300), 256);
+    let service = misbehaving_service(Duration::from_millis(300), 256).await;
     let (status, code, message) = ask(&service, "spin").await.unwrap_err();
     assert_eq!((status, code), (500, "guest_timeout"));
     assert!(message.contains("300ms"), "the error names the deadline: {message}");
@@ -51,7 +51,7 @@ async fn a_looping_guest_is_stopped_at_its_deadline() {
 async fn a_request_with_less_time_left_than_the_guest_limit_ends_within_that_time() {
     // What the Lambda edge does with the invocation's remaining time (less its margin): the
     // guest's own limit is a minute, the request's budget 800 ms.
-    let service = misbehaving_service(Duration::from_secs(60), 256);
+    let service = misbehaving_service(Duration::from_secs(60), 256).await;
     assert_eq!(ask(&service, "hello").await.unwrap(), "ok", "the model is loaded before the budget starts");
     let error = service.answer_within(QaRequest::new("spin", "ok"), Some(Duration::from_millis(800))).await.unwrap_err();
     assert_eq!(error.code(), "guest_timeout", "{error}");
@@ -68,7 +68,7 @@ async fn a_request_with_less_time_left_than_the_guest_limit_ends_within_that_tim
 
 #[tokio::test]
 async fn a_hoarding_guest_hits_its_memory_cap() {
-    let service = misbehaving_service(Duration::from_secs(30), 64);
+    let service = misbehaving_service(Duration::from_secs(30), 64).await;
     let (status, code, message) = ask(&service, "hog").await.unwrap_err();
     assert_eq!((status, code), (500, "guest_failed"));
     assert!(message.contains("memory limit of 64 MiB"), "{message}");
@@ -87,7 +87,7 @@ async fn the_guest_sees_no_environment_and_no_files_outside_models() {
     std::os::unix::fs::symlink("../../..", dir.path().join("nlp1/up")).unwrap();
     let mut config = config(misbehaving_guest(), dir.path().to_path_buf());
     config.default_model = Some("nlp1".into());
-    let service = service(&config);
+    let service = service(&config).await;
     assert_eq!(probe(&service, "env").await, "", "the guest's environment is empty");
     for path in [
         "/etc/passwd",
@@ -112,7 +112,7 @@ async fn the_guest_cannot_open_a_network_connection() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let service = misbehaving_service(Duration::from_secs(10), 256);
+    let service = misbehaving_service(Duration::from_secs(10), 256).await;
     let finding = probe(&service, &format!("socket:{port}")).await;
     assert!(finding.starts_with("socket refused"), "{finding}");
     match listener.accept() {
@@ -124,7 +124,7 @@ async fn the_guest_cannot_open_a_network_connection() {
 
 #[tokio::test]
 async fn answers_that_are_not_spans_of_the_context_are_dropped() {
-    let service = misbehaving_service(Duration::from_secs(30), 256);
+    let service = misbehaving_service(Duration::from_secs(30), 256).await;
     for question in ["huge:64", "many"] {
         let (status, code, message) = ask(&service, question).await.unwrap_err();
         assert_eq!((status, code), (500, "guest_failed"), "{question}: {message}");
@@ -141,7 +141,7 @@ async fn the_guest_can_load_only_the_model_the_request_named() {
     link_model(&models_dir().join("nlp1"), &dir.path().join("other"));
     let mut config = config(misbehaving_guest(), dir.path().to_path_buf());
     config.default_model = Some("nlp1".into());
-    let service = service(&config);
+    let service = service(&config).await;
     let finding = probe(&service, "load:other").await;
     assert!(finding.starts_with("load refused"), "{finding}");
     assert_eq!(probe(&service, "load:nlp1").await, "loaded");
@@ -165,7 +165,7 @@ async fn broken_model_files_are_clear_errors_and_the_good_model_keeps_serving() 
 
     let mut config = config(qa_guest(), root.to_path_buf());
     config.default_model = Some("good".into());
-    let service = service(&config);
+    let service = service(&config).await;
     let sample: QaRequest = serde_json::from_value(benz_request()).unwrap();
     let ask_model = |name: &str| QaRequest { model_type: Some(name.into()), ..sample.clone() };
 

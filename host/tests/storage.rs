@@ -593,8 +593,8 @@ fn under_lambda_a_model_that_cannot_be_fetched_in_the_time_left_is_a_503_within_
     let mut config = config(qa_guest(), models_dir());
     config.manifest = qa_host::models::manifest::parse_env("late=s3://models/late/").unwrap();
     config.s3.cache_root = cache.path().to_path_buf();
-    let service = service(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let service = runtime.block_on(service(&config));
     let request = qa_host::api::QaRequest { model_type: Some("late".into()), ..qa_host::api::QaRequest::new("When?", "In 1886.") };
     let error = runtime.block_on(service.answer_within(request, Some(Duration::from_secs(2)))).unwrap_err();
     assert_eq!((error.status(), error.code()), (503, "model_unavailable"), "{error}");

@@ -47,6 +47,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--export-only", action="store_true", help="export the latest checkpoint without training further")
+    p.add_argument("--weights", type=Path, help="with --export-only: a checkpoint or epochN.pt to export instead of the latest")
+    p.add_argument("--export-dir", type=Path, help="with --export-only: where to export (default OUT/export)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch.compile the model (dynamic shapes): about 2x faster steps on CPU after a few minutes of compiling",
+    )
     return p.parse_args()
 
 
@@ -172,9 +180,9 @@ def main() -> None:
 
     ckpt_path = args.out / "checkpoint.pt"
     if args.export_only:
-        state = torch.load(ckpt_path, map_location="cpu")
-        model.load_state_dict(state["model"])
-        export(model, tokenizer, args.out / "export")
+        state = torch.load(args.weights or ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state.get("model", state))
+        export(model, tokenizer, args.export_dir or args.out / "export")
         return
 
     examples = load_squad(args.train_file)
@@ -199,7 +207,7 @@ def main() -> None:
     previous = args.out / "hparams.json"
     if ckpt_path.exists() and previous.exists():
         before = json.loads(previous.read_text())
-        changed = sorted(k for k in hparams if k not in ("threads", "export_only") and before.get(k) != hparams[k])
+        changed = sorted(k for k in hparams if k not in ("threads", "export_only", "weights", "export_dir", "compile") and before.get(k) != hparams[k])
         if changed:
             raise SystemExit(f"{args.out} holds a checkpoint of a run with other settings ({', '.join(changed)}); "
                              "resume with the same settings or choose another --out (QA_TRAIN_OUT)")
@@ -223,12 +231,16 @@ def main() -> None:
         print(f"resumed at step {step}/{total_steps}", flush=True)
 
     model.train()
+    # The compiled module shares the eager module's parameters: checkpoints and the export
+    # keep using `model`.
+    forward = torch.compile(model, dynamic=True) if args.compile else model
+    steps_per_epoch = math.ceil(total_steps / args.epochs)
     started = time.time()
     done_at_start = step
     loss_ema = None
     while step < total_steps:
         batch = collate(features, batches[step], tokenizer.pad_token_id)
-        loss = model(**batch).loss
+        loss = forward(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -247,6 +259,9 @@ def main() -> None:
                 tmp,
             )
             os.replace(tmp, ckpt_path)  # a kill mid-write never leaves a torn checkpoint
+        if step % steps_per_epoch == 0 and step < total_steps:
+            # Weights at each epoch's end, to evaluate while the next epoch runs.
+            torch.save(model.state_dict(), args.out / f"epoch{step // steps_per_epoch}.pt")
 
     (args.out / "train_seconds.txt").write_text(f"{time.time() - started:.0f}\n")
     export(model, tokenizer, args.out / "export")

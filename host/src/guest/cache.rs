@@ -1,8 +1,20 @@
-//! Compiled-guest cache: Cranelift takes seconds on a 3 MB component, deserializing the
-//! precompiled artifact takes milliseconds. Artifacts are keyed by the wasm's SHA-256 and
-//! the engine's compatibility hash (wasmtime version and settings), written atomically (temporary
-//! file, then rename) so a crash never leaves a torn artifact under the final name.
+//! Where compiled guests come from. A precompiled artifact (`.cwasm`) is native code the host
+//! maps and runs without checks of its own, so it is used only from places only the operator
+//! writes:
+//! - beside the `.wasm` when that directory is where the operator ships code: the
+//!   executable's directory or `LAMBDA_TASK_ROOT` (the image), as `qa-host compile-guest`
+//!   writes it (`<name>.wasm.<sha256-16>.cwasm`);
+//! - anywhere beside the `.wasm` (EFS, say) when it carries a valid signature
+//!   (`<artifact>.sig`, HMAC-SHA256 under `QA_GUEST_ARTIFACT_KEY`, over the wasm's and the
+//!   artifact's SHA-256): proof that it was compiled from that wasm by someone holding the key;
+//! - the compile cache, a directory this host created or owns that no one else can write.
+//!
+//! Anything else (a `.cwasm` beside a guest in S3 or on EFS without a signature, a cache
+//! directory another user owns or can write) is ignored with a warning, and the guest is
+//! compiled instead. Artifacts are keyed by the input's SHA-256 and the engine's compatibility
+//! hash, and written atomically (temporary file, then rename).
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -10,15 +22,16 @@ use std::time::Instant;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// How the component was obtained, for logs and benchmarks.
+/// How a component was obtained, for logs, metrics and benchmarks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// Deserialized from the precompiled artifact shipped next to the `.wasm`
-    /// (`qa-host compile-guest`).
+    /// The artifact shipped beside the `.wasm` in a trusted directory.
     Shipped,
-    /// Deserialized from the cache.
+    /// A signed artifact beside the `.wasm`.
+    Signed,
+    /// Deserialized from the compile cache.
     Cached,
-    /// Compiled now (and written to the cache when it is writable).
+    /// Compiled now (and written to the cache when there is one).
     Compiled,
 }
 
@@ -30,6 +43,159 @@ pub enum CacheError {
     Compile { path: PathBuf, reason: String },
 }
 
+/// The variable holding the key that signs artifacts shipped outside trusted directories.
+pub const SIGNING_KEY_VAR: &str = "QA_GUEST_ARTIFACT_KEY";
+
+/// Where compiled guests may be read from and written to.
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    /// The compile cache; `None` when the configured directory is not safe to use.
+    cache_dir: Option<PathBuf>,
+    /// Directories where the operator ships code (canonical).
+    trusted_dirs: Vec<PathBuf>,
+    signing_key: Option<Vec<u8>>,
+}
+
+impl Artifacts {
+    /// What a deployed host trusts: `cache_dir` as the compile cache (if it is private, see
+    /// [`Artifacts::new`]), the executable's directory and `LAMBDA_TASK_ROOT` as places the
+    /// operator ships code, and the signing key in [`SIGNING_KEY_VAR`].
+    pub fn from_env(cache_dir: &Path) -> Self {
+        let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+        let task_root = std::env::var_os("LAMBDA_TASK_ROOT").map(PathBuf::from);
+        Self::new(cache_dir, exe_dir.into_iter().chain(task_root).collect(), Self::key_from_env())
+    }
+
+    /// Uses `cache_dir` as the compile cache if this host owns it and no one else can write
+    /// it (creating it owner-only if missing); otherwise caching is off, with a warning.
+    /// Artifacts beside a guest are trusted in `trusted_dirs`, or elsewhere when signed with
+    /// `signing_key`.
+    pub fn new(cache_dir: &Path, trusted_dirs: Vec<PathBuf>, signing_key: Option<Vec<u8>>) -> Self {
+        let cache_dir = match private_dir(cache_dir) {
+            Ok(()) => Some(cache_dir.to_path_buf()),
+            Err(reason) => {
+                tracing::warn!(dir = %cache_dir.display(), reason, "compile cache not used; guests are compiled at every start");
+                None
+            }
+        };
+        let trusted_dirs = trusted_dirs.into_iter().filter_map(|d| d.canonicalize().ok()).collect();
+        Self { cache_dir, trusted_dirs, signing_key }
+    }
+
+    /// The signing key from [`SIGNING_KEY_VAR`], if set.
+    pub fn key_from_env() -> Option<Vec<u8>> {
+        std::env::var(SIGNING_KEY_VAR).ok().filter(|k| !k.is_empty()).map(String::into_bytes)
+    }
+
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
+    }
+
+    /// Loads the guest at `wasm_path`: a shipped or signed artifact beside it, else the
+    /// compile cache, else compiles it (and caches the result).
+    pub fn load_guest(&self, engine: &Engine, wasm_path: &Path, wasm: &[u8]) -> Result<(Component, Origin), CacheError> {
+        let beside = shipped_artifact_path(wasm_path, wasm);
+        if beside.is_file() {
+            match self.trust_beside(wasm_path, wasm, &beside) {
+                Ok(origin) => {
+                    // SAFETY: the artifact is in a directory only the operator writes, or
+                    // signed with the operator's key over this wasm and these bytes; wasmtime
+                    // refuses artifacts built for another engine or version.
+                    match unsafe { Component::deserialize_file(engine, &beside) } {
+                        Ok(component) => return Ok((component, origin)),
+                        Err(e) => {
+                            tracing::warn!(artifact = %beside.display(), error = %e, "shipped compiled guest does not fit this engine; ignoring it")
+                        }
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(artifact = %beside.display(), reason, "compiled guest beside the wasm is not trusted; ignoring it")
+                }
+            }
+        }
+        self.load_or_compile(engine, wasm, wasm_path)
+    }
+
+    fn trust_beside(&self, wasm_path: &Path, wasm: &[u8], artifact: &Path) -> Result<Origin, String> {
+        let dir = artifact.parent().and_then(|d| d.canonicalize().ok()).ok_or("its directory cannot be resolved")?;
+        if self.trusted_dirs.contains(&dir) {
+            return Ok(Origin::Shipped);
+        }
+        let Some(key) = &self.signing_key else {
+            return Err(format!(
+                "{} is not where this host ships code (its executable's directory or LAMBDA_TASK_ROOT) and {SIGNING_KEY_VAR} is not set",
+                dir.display()
+            ));
+        };
+        let signature = std::fs::read_to_string(signature_path(artifact)).map_err(|e| format!("no signature: {e}"))?;
+        let signature = hex::decode(signature.trim()).map_err(|_| "its signature is not hex".to_string())?;
+        let bytes = std::fs::read(artifact).map_err(|e| e.to_string())?;
+        // `verify_slice` compares in constant time.
+        mac(key, wasm, &bytes)
+            .verify_slice(&signature)
+            .map(|()| Origin::Signed)
+            .map_err(|_| format!("its signature does not match {} and this key", wasm_path.display()))
+    }
+
+    /// A component for `bytes` from the compile cache, or compiled now (and cached).
+    pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8], what: &Path) -> Result<(Component, Origin), CacheError> {
+        let key = self.key(engine, &[bytes]);
+        match self.cached(engine, &key) {
+            Some(component) => Ok((component, Origin::Cached)),
+            None => self.compile_into_cache(engine, bytes, &key, what).map(|c| (c, Origin::Compiled)),
+        }
+    }
+
+    /// The cache key of a component made from `parts` for `engine`.
+    pub fn key(&self, engine: &Engine, parts: &[&[u8]]) -> String {
+        let mut hasher = Sha256Hasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let mut digest = hasher.0;
+        for part in parts {
+            // Each part's length first, so parts cannot run into each other.
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part);
+        }
+        hex::encode(&digest.finalize()[..16])
+    }
+
+    fn artifact(&self, key: &str) -> Option<PathBuf> {
+        self.cache_dir.as_ref().map(|dir| dir.join(format!("guest-{key}.cwasm")))
+    }
+
+    /// The cached component under `key`, if there is a usable one.
+    pub fn cached(&self, engine: &Engine, key: &str) -> Option<Component> {
+        let artifact = self.artifact(key).filter(|a| a.is_file())?;
+        // SAFETY: the cache directory is owned by this host's user and writable by no one
+        // else (checked at start), so the artifact was written by `precompile_component` of an
+        // engine with this compatibility hash (in its key); wasmtime checks the header
+        // against this engine again.
+        match unsafe { Component::deserialize_file(engine, &artifact) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(artifact = %artifact.display(), error = %e, "ignoring unusable compiled guest");
+                None
+            }
+        }
+    }
+
+    /// Compiles `bytes` and keeps the result in the cache under `key`.
+    pub fn compile_into_cache(&self, engine: &Engine, bytes: &[u8], key: &str, what: &Path) -> Result<Component, CacheError> {
+        let started = Instant::now();
+        let compiled =
+            engine.precompile_component(bytes).map_err(|e| CacheError::Compile { path: what.to_path_buf(), reason: format!("{e:#}") })?;
+        tracing::info!(what = %what.display(), ms = started.elapsed().as_millis() as u64, "compiled guest");
+        if let Some(artifact) = self.artifact(key)
+            && let Err(e) = write_atomically(&artifact, &compiled)
+        {
+            tracing::warn!(artifact = %artifact.display(), error = %e, "compiled guest not cached");
+        }
+        // SAFETY: these bytes were produced by `precompile_component` of this very engine.
+        unsafe { Component::deserialize(engine, &compiled) }
+            .map_err(|e| CacheError::Compile { path: what.to_path_buf(), reason: format!("{e:#}") })
+    }
+}
+
 /// Where `qa-host compile-guest` puts the artifact for `wasm_path`: beside it, named after the
 /// wasm's SHA-256, so an artifact is only ever tried with the exact wasm it was compiled from.
 pub fn shipped_artifact_path(wasm_path: &Path, wasm: &[u8]) -> PathBuf {
@@ -37,61 +203,64 @@ pub fn shipped_artifact_path(wasm_path: &Path, wasm: &[u8]) -> PathBuf {
     wasm_path.with_file_name(format!("{name}.{}.cwasm", &hex::encode(Sha256::digest(wasm))[..16]))
 }
 
-/// Compiles the guest at `wasm_path` for `engine` and writes the artifact beside it.
-pub fn write_shipped_artifact(engine: &Engine, wasm_path: &Path) -> Result<PathBuf, CacheError> {
-    let wasm = std::fs::read(wasm_path).map_err(|source| CacheError::Read { path: wasm_path.to_path_buf(), source })?;
+fn signature_path(artifact: &Path) -> PathBuf {
+    let mut name = artifact.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
+
+/// HMAC-SHA256 under `key` of the wasm's and the artifact's SHA-256.
+fn mac(key: &[u8], wasm: &[u8], artifact: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length; the error case cannot happen.
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(b"qa-guest-artifact-v1\0");
+    mac.update(&Sha256::digest(wasm));
+    mac.update(&Sha256::digest(artifact));
+    mac
+}
+
+fn sign(key: &[u8], wasm: &[u8], artifact: &[u8]) -> String {
+    hex::encode(mac(key, wasm, artifact).finalize().into_bytes())
+}
+
+/// Compiles the guest at `wasm_path` for `engine` and writes the artifact beside it, and its
+/// signature when `key` is given. Returns the artifact's path.
+pub fn write_shipped_artifact(engine: &Engine, wasm_path: &Path, key: Option<&[u8]>) -> Result<PathBuf, CacheError> {
+    let read_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CacheError::Read { path, source }
+    };
+    let wasm = std::fs::read(wasm_path).map_err(read_error(wasm_path))?;
     let compiled =
         engine.precompile_component(&wasm).map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
     let path = shipped_artifact_path(wasm_path, &wasm);
-    write_atomically(&path, &compiled).map_err(|source| CacheError::Read { path: path.clone(), source })?;
+    write_atomically(&path, &compiled).map_err(read_error(&path))?;
+    if let Some(key) = key {
+        let signature = signature_path(&path);
+        write_atomically(&signature, sign(key, &wasm, &compiled).as_bytes()).map_err(read_error(&signature))?;
+    }
     Ok(path)
 }
 
-/// Loads the component at `wasm_path`: from the artifact shipped beside it when wasmtime
-/// accepts it for this engine (same version, settings and CPU features; checked by
-/// `deserialize`), else from `cache_dir`, else by compiling it (and caching the result).
-pub fn load_component(engine: &Engine, wasm_path: &Path, cache_dir: &Path) -> Result<(Component, Origin), CacheError> {
-    let wasm = std::fs::read(wasm_path).map_err(|source| CacheError::Read { path: wasm_path.to_path_buf(), source })?;
-    let shipped = shipped_artifact_path(wasm_path, &wasm);
-    if shipped.is_file() {
-        // SAFETY: the artifact's name carries the SHA-256 of this wasm, it sits beside the
-        // wasm in the deployment, and wasmtime refuses artifacts built for another engine.
-        match unsafe { Component::deserialize_file(engine, &shipped) } {
-            Ok(component) => return Ok((component, Origin::Shipped)),
-            Err(e) => {
-                tracing::warn!(artifact = %shipped.display(), error = %e, "shipped compiled guest does not fit this engine; ignoring it")
-            }
-        }
+/// Creates `dir` owner-only if missing; refuses one that is a symbolic link, is owned by
+/// another user, or that group or others can write.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("cannot create it: {e}"))?;
     }
-    let artifact = cache_dir.join(format!("guest-{}.cwasm", cache_key(engine, &wasm)));
-    if artifact.is_file() {
-        // SAFETY: the artifact was written by `precompile_component` of an engine with the
-        // same version and configuration (both are in its name), in a directory only this
-        // host writes; wasmtime checks the header against this engine again.
-        match unsafe { Component::deserialize_file(engine, &artifact) } {
-            Ok(component) => return Ok((component, Origin::Cached)),
-            Err(e) => tracing::warn!(artifact = %artifact.display(), error = %e, "ignoring unusable compiled guest"),
-        }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("it is not a directory (or is a symbolic link)".into());
     }
-    let started = Instant::now();
-    let compiled =
-        engine.precompile_component(&wasm).map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
-    tracing::info!(ms = started.elapsed().as_millis() as u64, "compiled guest");
-    if let Err(e) = write_atomically(&artifact, &compiled) {
-        tracing::warn!(dir = %cache_dir.display(), error = %e, "compiled guest not cached");
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!("it is owned by uid {}, not this process's uid {me}", meta.uid()));
     }
-    // SAFETY: these bytes were produced by `precompile_component` of this very engine.
-    let component = unsafe { Component::deserialize(engine, &compiled) }
-        .map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
-    Ok((component, Origin::Compiled))
-}
-
-fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
-    let mut hasher = Sha256Hasher(Sha256::new());
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    let mut digest = hasher.0;
-    digest.update(wasm);
-    hex::encode(&digest.finalize()[..16])
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("group or others can write it (mode {:o})", meta.mode() & 0o777));
+    }
+    Ok(())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -114,5 +283,36 @@ impl Hasher for Sha256Hasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn cache_directories_others_can_write_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("a/b");
+        assert_eq!(private_dir(&fresh), Ok(()));
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_dir(&open).unwrap_err().contains("777"));
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(private_dir(&link).unwrap_err().contains("symbolic"));
+        assert!(Artifacts::new(&open, Vec::new(), None).cache_dir().is_none());
+    }
+
+    #[test]
+    fn signatures_bind_the_wasm_and_the_artifact() {
+        let signature = sign(b"key", b"wasm", b"native");
+        assert_eq!(signature, sign(b"key", b"wasm", b"native"));
+        assert_ne!(signature, sign(b"key", b"other wasm", b"native"));
+        assert_ne!(signature, sign(b"key", b"wasm", b"other native"));
+        assert_ne!(signature, sign(b"other key", b"wasm", b"native"));
     }
 }

@@ -1,57 +1,67 @@
-//! The guest runtime: one wasmtime engine, the compiled guest component, and a pool of
-//! instances reused across requests.
+//! The guest runtime: one wasmtime engine, the compiled guest component, and a fresh instance
+//! for every request.
 //!
-//! Each call runs under an epoch deadline and a linear-memory cap. The guest sees WASI with
-//! each model's directory read-only at `/models/<name>`, no environment, no network and no
-//! other files, plus `wasi:nn` with a registry holding only the graph the request named. An
-//! instance that traps is dropped, never reused; the next call gets a fresh one.
+//! What bounds a guest (the threat model is in `SECURITY.md`):
+//! - **Time**: each call runs as an async task under a deadline. Wasm code yields to the
+//!   executor at every epoch tick and traps once the deadline passed; WASI waits (sleep, poll)
+//!   are async and are dropped with the call; a wasi-nn run goes on a blocking thread and is
+//!   terminated when the call's store is dropped ([`crate::nn::wit`]).
+//! - **Memory**: all linear memories and tables of an instance count together
+//!   ([`limits::InstanceLimits`]); wasi-nn tensors have their own budget; answers must be
+//!   spans of the context ([`answers`]) and error text is cut to [`MAX_ERROR_BYTES`].
+//! - **Isolation**: nothing survives a request. Each request instantiates anew, from the
+//!   snapshot [`prepare`] took of an instance that had only parsed the model's files (so the
+//!   tokenizer is not parsed per request), with its own WASI context mounting only
+//!   `/models/<its model>` read-only, its own resource table and a wasi-nn registry holding only
+//!   its model's graph. Memory, globals, tables, tensors and handles die with the store.
+//! - **Native code**: compiled artifacts only from trusted places ([`cache`]).
 
+mod answers;
 mod cache;
+mod contract;
+mod limits;
+mod prepare;
 mod swap;
 
+pub use cache::{Artifacts, CacheError, Origin, SIGNING_KEY_VAR, shipped_artifact_path, write_shipped_artifact};
+pub use contract::{Answer, Options, QaError as GuestQaError, Response, Timings, Version, bound_text};
 pub use swap::SwappableGuest;
 
-pub use cache::{CacheError, Origin, load_component, shipped_artifact_path, write_shipped_artifact};
-
-use crate::nn::{NoGraphs, SingleGraph, take_backend_error};
-use std::collections::BTreeMap;
+use crate::nn::{Model, NnLimits, NnState, NnView};
+use contract::{Linked, Runner};
+use limits::InstanceLimits;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_nn::Graph;
-use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
-
-wasmtime::component::bindgen!({
-    path: "../wit",
-    inline: "package qa:host; world runner { export qa:extractive/qa@0.1.0; }",
-    world: "runner",
-});
-
-pub use exports::qa::extractive::qa::{Answer, Options, QaError as GuestQaError, Response, Timings};
 
 /// Where the guest sees the models directory.
 pub const MODELS_MOUNT: &str = "/models";
-/// Epoch granularity: deadlines are enforced to within one tick.
+/// Epoch granularity: guest code yields (and deadlines are checked) every tick.
 const TICK: Duration = Duration::from_millis(10);
 /// Bytes of guest stderr kept per instance (panic messages end up in error reports).
 const STDERR_CAPACITY: usize = 64 * 1024;
+/// Longest guest error text passed on; the rest is cut and marked.
+pub const MAX_ERROR_BYTES: usize = 4096;
+/// Handles (WASI streams, pollables, wasi-nn tensors...) an instance may hold at once.
+const MAX_HANDLES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
     #[error(transparent)]
     Load(#[from] CacheError),
-    #[error("guest could not be linked or instantiated (was it built for qa:extractive/qa@0.1.0?): {0}")]
+    #[error("guest could not be linked or instantiated (does it export qa:extractive/qa@0.2.0 or @0.1.0?): {0}")]
     Instantiate(String),
     #[error("models directory {path} cannot be mounted: {reason}")]
     Mount { path: PathBuf, reason: String },
-    /// The guest returned an error of the contract.
-    #[error("{0:?}")]
+    /// The guest returned an error of the contract (its text cut to [`MAX_ERROR_BYTES`]).
+    #[error("{}", .0.message())]
     Qa(GuestQaError),
     #[error("guest exceeded its deadline of {0:?}")]
     Timeout(Duration),
@@ -63,6 +73,9 @@ pub enum GuestError {
     /// `top_k` of them); the answer is dropped, never forwarded.
     #[error("guest broke the answer contract: {0}")]
     BadAnswer(String),
+    /// Pre-initializing the guest for a model failed; requests then run without the snapshot.
+    #[error("preparing the guest for model {model:?} failed: {reason}")]
+    Prepare { model: String, reason: String },
 }
 
 /// Limits every guest call runs under.
@@ -70,14 +83,27 @@ pub enum GuestError {
 pub struct GuestLimits {
     pub deadline: Duration,
     pub memory_bytes: usize,
+    pub nn: NnLimits,
+}
+
+/// A model as one request's guest sees it.
+#[derive(Clone)]
+pub struct GuestModel {
+    /// The name the guest knows it by (`/models/<name>`, `load-by-name(<name>)`).
+    pub name: String,
+    /// The directory mounted read-only at `/models/<name>`.
+    pub dir: PathBuf,
+    /// The model's content version: a new version is prepared anew.
+    pub version: String,
+    pub graph: Arc<dyn Model>,
 }
 
 /// Per-store state: WASI, wasi-nn and the limiter.
 struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    nn: WasiNnCtx,
-    limiter: MemoryCap,
+    nn: NnState,
+    limits: InstanceLimits,
     stderr: MemoryOutputPipe,
 }
 
@@ -87,185 +113,278 @@ impl WasiView for HostState {
     }
 }
 
-/// Caps linear memory and table growth, remembering whether it refused, so a trap that
-/// follows a refused allocation is reported as a memory-limit error.
-struct MemoryCap {
-    max_bytes: usize,
-    refused: bool,
+fn nn_view(state: &mut HostState) -> NnView<'_> {
+    NnView { state: &mut state.nn, table: &mut state.table }
 }
 
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.max_bytes;
-        self.refused |= !allowed;
-        Ok(allowed)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let allowed = desired <= 1 << 20;
-        self.refused |= !allowed;
-        Ok(allowed)
-    }
+/// A model's pre-initialized guest, once [`prepare`] made it.
+enum Prepared {
+    Running,
+    Ready(Linked<HostState>),
+    /// Not retried for this model version; requests run on fresh, unprepared instances.
+    Failed,
 }
 
-struct Instance {
-    store: Store<HostState>,
-    runner: Runner,
-    /// Model name → host directory mounted read-only at `/models/<name>`.
-    mounts: Mounts,
-}
-
-type Mounts = BTreeMap<String, PathBuf>;
-
-/// Compiles (or loads from cache) the guest once and runs calls on pooled instances.
+/// One compiled guest and the instances it runs in.
 pub struct GuestRuntime {
     engine: Engine,
-    pre: RunnerPre<HostState>,
-    /// Every model directory a request has used; new instances mount them all.
-    mounts: Mutex<Mounts>,
+    linker: Linker<HostState>,
+    version: Version,
+    base: Linked<HostState>,
+    wasm: Arc<[u8]>,
+    wasm_path: PathBuf,
+    artifacts: Artifacts,
     limits: GuestLimits,
-    pool: Mutex<Vec<Instance>>,
+    /// The guest compiled with wizer's state accessors, made on the first `prepare`.
+    instrumented: tokio::sync::OnceCell<Component>,
+    /// Model (name, version) → its pre-initialized guest.
+    prepared: Mutex<HashMap<(String, String), Prepared>>,
     ticker_stop: Arc<AtomicBool>,
+    /// The first 12 hex digits of the wasm's SHA-256: which guest answered.
+    pub id: String,
     pub origin: Origin,
     pub load_time: Duration,
 }
 
 impl GuestRuntime {
-    pub fn new(wasm: &Path, cache_dir: &Path, limits: GuestLimits) -> Result<Self, GuestError> {
+    /// Compiles (or loads) the guest at `wasm_path` and checks that it instantiates.
+    pub async fn load(wasm_path: &Path, artifacts: Artifacts, limits: GuestLimits) -> Result<Arc<Self>, GuestError> {
         let started = Instant::now();
+        let wasm: Arc<[u8]> = std::fs::read(wasm_path).map_err(|source| CacheError::Read { path: wasm_path.to_path_buf(), source })?.into();
         let engine = Engine::new(&engine_config()).map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
-        let (component, origin) = load_component(&engine, wasm, cache_dir)?;
-        let pre = Self::link(&engine, &component)?;
+        let (component, origin) = {
+            let (engine, artifacts, wasm, path) = (engine.clone(), artifacts.clone(), wasm.clone(), wasm_path.to_path_buf());
+            tokio::task::spawn_blocking(move || artifacts.load_guest(&engine, &path, &wasm))
+                .await
+                .map_err(|e| GuestError::Instantiate(format!("compiling: {e}")))??
+        };
+        let version = Version::of(&engine, &component)
+            .ok_or_else(|| GuestError::Instantiate(format!("it exports neither {} nor {}", Version::V0_2_EXPORT, Version::V0_1_EXPORT)))?;
+        let linker = Self::linker(&engine)?;
+        let base = Self::link(&linker, version, &component)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone())
             .map_err(|e| GuestError::Instantiate(format!("starting the deadline timer thread: {e}")))?;
-        let runtime = Self {
+        let mut runtime = Self {
             engine,
-            pre,
-            mounts: Mutex::new(Mounts::new()),
+            linker,
+            version,
+            base,
+            id: hex::encode(&Sha256::digest(&wasm)[..6]),
+            wasm,
+            wasm_path: wasm_path.to_path_buf(),
+            artifacts,
             limits,
-            pool: Mutex::new(Vec::new()),
+            instrumented: tokio::sync::OnceCell::new(),
+            prepared: Mutex::new(HashMap::new()),
             ticker_stop,
             origin,
-            load_time: started.elapsed(),
+            load_time: Duration::ZERO,
         };
         // Instantiate once now: a guest that cannot start is refused at load, not per request.
-        let instance = runtime.instantiate(Mounts::new())?;
-        runtime.checkin(instance);
-        Ok(runtime)
+        let mut store = runtime.store(None, limits.deadline)?;
+        runtime.base.instantiate(&mut store).await.map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
+        drop(store);
+        runtime.load_time = started.elapsed();
+        Ok(Arc::new(runtime))
     }
 
-    fn link(engine: &Engine, component: &Component) -> Result<RunnerPre<HostState>, GuestError> {
+    fn linker(engine: &Engine) -> Result<Linker<HostState>, GuestError> {
         let mut linker: Linker<HostState> = Linker::new(engine);
         let err = |e: wasmtime::Error| GuestError::Instantiate(format!("{e:#}"));
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
-        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| WasiNnView::new(&mut s.table, &mut s.nn)).map_err(err)?;
-        let pre = linker.instantiate_pre(component).map_err(err)?;
-        RunnerPre::new(pre).map_err(err)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
+        crate::nn::wit::add_to_linker(&mut linker, nn_view).map_err(err)?;
+        Ok(linker)
     }
 
-    fn instantiate(&self, mounts: Mounts) -> Result<Instance, GuestError> {
+    fn link(linker: &Linker<HostState>, version: Version, component: &Component) -> Result<Linked<HostState>, GuestError> {
+        let pre = linker.instantiate_pre(component).map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
+        Linked::new(version, pre).map_err(|e| GuestError::Instantiate(format!("{e:#}")))
+    }
+
+    /// Which contract the guest speaks.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// A store for one call: WASI with only `model`'s directory mounted, wasi-nn offering only
+    /// its graph, the instance limits, and the deadline.
+    fn store(&self, model: Option<&GuestModel>, deadline: Duration) -> Result<Store<HostState>, GuestError> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
-        for (name, dir) in &mounts {
-            wasi.preopened_dir(dir, format!("{MODELS_MOUNT}/{name}"), FsPerms::ReadOnly)
-                .map_err(|e| GuestError::Mount { path: dir.clone(), reason: format!("{e:#}") })?;
+        if let Some(model) = model {
+            wasi.preopened_dir(&model.dir, format!("{MODELS_MOUNT}/{}", model.name), FsPerms::ReadOnly)
+                .map_err(|e| GuestError::Mount { path: model.dir.clone(), reason: format!("{e:#}") })?;
         }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         let state = HostState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
-            nn: WasiNnCtx::new([], NoGraphs.into()),
-            limiter: MemoryCap { max_bytes: self.limits.memory_bytes, refused: false },
+            table,
+            nn: NnState::new(model.map(|m| (m.name.clone(), m.graph.clone())), self.limits.nn),
+            limits: InstanceLimits::new(self.limits.memory_bytes),
             stderr,
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(ticks(self.limits.deadline));
-        let runner = self.pre.instantiate(&mut store).map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
-        Ok(Instance { store, runner, mounts })
+        store.limiter(|s| &mut s.limits);
+        // Guest code yields to the executor every tick (so the call's timeout can fire) and
+        // traps once the deadline has passed.
+        let until = Instant::now() + deadline;
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= until { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        store.set_epoch_deadline(1);
+        Ok(store)
     }
 
-    /// An instance that mounts `dir` as `model`. Instances instantiated before a model (or a
-    /// new version of it) appeared lack its mount and are dropped; the replacement mounts
-    /// every model used so far.
-    fn checkout(&self, model: &str, dir: &Path) -> Result<Instance, GuestError> {
-        let wanted = {
-            let mut mounts = self.mounts.lock().map_err(|_| GuestError::Instantiate("mount table poisoned".into()))?;
-            mounts.insert(model.to_string(), dir.to_path_buf());
-            // A replaced S3 version's directory is deleted; never try to mount it again.
-            mounts.retain(|_, d| d.is_dir());
-            mounts.clone()
-        };
-        while let Some(instance) = self.pool.lock().ok().and_then(|mut pool| pool.pop()) {
-            if instance.mounts == wanted {
-                return Ok(instance);
+    /// Pre-initializes the guest for `model` (once per model version): parses its files in an
+    /// instance and snapshots it, so requests start with them parsed. A 0.1 guest, or one
+    /// whose preparation failed, runs each request on a fresh, unprepared instance instead.
+    pub async fn prepare(&self, model: &GuestModel) -> Result<(), GuestError> {
+        if !self.version.prepares() {
+            return Ok(());
+        }
+        let key = (model.name.clone(), model.version.clone());
+        {
+            let mut prepared = self.prepared.lock().map_err(|_| GuestError::Instantiate("prepared table poisoned".into()))?;
+            match prepared.get(&key) {
+                Some(Prepared::Ready(_) | Prepared::Failed | Prepared::Running) => return Ok(()),
+                None => prepared.insert(key.clone(), Prepared::Running),
+            };
+        }
+        let started = Instant::now();
+        let outcome = prepare::prepare(self, model).await;
+        let state = match outcome {
+            Ok((component, origin)) => match Self::link(&self.linker, self.version, &component) {
+                Ok(linked) => {
+                    tracing::info!(model = %model.name, ?origin, ms = started.elapsed().as_millis() as u64, "guest prepared for model");
+                    Prepared::Ready(linked)
+                }
+                Err(error) => {
+                    tracing::warn!(model = %model.name, %error, "prepared guest does not link; requests run unprepared");
+                    Prepared::Failed
+                }
+            },
+            Err(error) => {
+                tracing::warn!(model = %model.name, %error, "guest not prepared; requests run unprepared");
+                Prepared::Failed
             }
+        };
+        if let Ok(mut prepared) = self.prepared.lock() {
+            prepared.insert(key, state);
         }
-        self.instantiate(wanted)
+        Ok(())
     }
 
-    fn checkin(&self, instance: Instance) {
-        if let Ok(mut pool) = self.pool.lock() {
-            pool.push(instance);
+    /// Starts [`Self::prepare`] in the background unless it ran or is running.
+    pub fn prepare_in_background(self: &Arc<Self>, model: &GuestModel) {
+        let known = self.prepared.lock().is_ok_and(|p| p.contains_key(&(model.name.clone(), model.version.clone())));
+        if self.version.prepares() && !known {
+            let (this, model) = (self.clone(), model.clone());
+            tokio::spawn(async move { this.prepare(&model).await });
         }
     }
 
-    /// Runs `ask` on a pooled instance that can load only `graph`, named `model`, and reads
-    /// the model's files from `dir`, stopping the guest after `deadline` (at most the
-    /// configured limit).
-    pub fn ask(
-        &self,
-        model: &str,
-        dir: &Path,
-        graph: Graph,
+    /// The instance template for `model`: its snapshot if ready, else the plain guest.
+    fn template(&self, model: &GuestModel) -> (Linked<HostState>, bool) {
+        let prepared = self.prepared.lock().ok().and_then(|p| match p.get(&(model.name.clone(), model.version.clone())) {
+            Some(Prepared::Ready(linked)) => Some(linked.clone()),
+            _ => None,
+        });
+        match prepared {
+            Some(linked) => (linked, true),
+            None => (self.base.clone(), false),
+        }
+    }
+
+    /// Answers one question in a fresh instance that can reach only `model`, stopped after
+    /// `deadline` (at most the configured limit).
+    pub async fn ask(
+        self: &Arc<Self>,
+        model: &GuestModel,
         question: &str,
         context: &str,
         options: Options,
         deadline: Duration,
     ) -> Result<Response, GuestError> {
-        let deadline = deadline.min(self.limits.deadline);
-        let mut instance = self.checkout(model, dir)?;
-        let store = &mut instance.store;
-        store.data_mut().nn = WasiNnCtx::new([], SingleGraph::new(model, graph).into());
-        store.data_mut().limiter.refused = false;
-        store.set_epoch_deadline(ticks(deadline));
-        take_backend_error();
-        let outcome = instance.runner.qa_extractive_qa().call_ask(&mut instance.store, model, question, context, options);
-        match outcome {
-            Ok(result) => {
-                // Drop the graph between requests: an idle instance can load nothing.
-                instance.store.data_mut().nn = WasiNnCtx::new([], NoGraphs.into());
-                self.checkin(instance);
-                let response = result.map_err(|error| match (error, take_backend_error()) {
-                    (GuestQaError::Inference(message), Some(detail)) => {
-                        GuestError::Qa(GuestQaError::Inference(format!("{message}: {detail}")))
-                    }
-                    (error, _) => GuestError::Qa(error),
-                })?;
-                check_answers(&response, context, options.top_k).map_err(GuestError::BadAnswer)?;
+        let response = self
+            .call(model, deadline, async |runner: &Runner, store: &mut Store<HostState>| {
+                runner.ask(store, &model.name, question, context, options).await
+            })
+            .await?
+            .map_err(|e| GuestError::Qa(e.bounded(MAX_ERROR_BYTES)))?;
+        answers::check(&response, context, options.top_k).map_err(GuestError::BadAnswer)?;
+        Ok(response)
+    }
+
+    /// Answers several questions over one context in one fresh instance; each entry is that
+    /// question's answer or error.
+    pub async fn ask_many(
+        self: &Arc<Self>,
+        model: &GuestModel,
+        questions: &[String],
+        context: &str,
+        options: Options,
+        deadline: Duration,
+    ) -> Result<Vec<Result<Response, GuestError>>, GuestError> {
+        let results = self
+            .call(model, deadline, async |runner: &Runner, store: &mut Store<HostState>| {
+                runner.ask_many(store, &model.name, questions, context, options).await
+            })
+            .await?
+            .map_err(|e| GuestError::Qa(e.bounded(MAX_ERROR_BYTES)))?;
+        if results.len() != questions.len() {
+            return Err(GuestError::BadAnswer(format!("{} results for {} questions", results.len(), questions.len())));
+        }
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                let response = result.map_err(|e| GuestError::Qa(e.bounded(MAX_ERROR_BYTES)))?;
+                answers::check(&response, context, options.top_k).map_err(GuestError::BadAnswer)?;
                 Ok(response)
-            }
-            Err(error) => Err(self.classify_trap(&instance, error, deadline)),
+            })
+            .collect())
+    }
+
+    /// Runs `work` on a fresh instance for `model` under the deadline; classifies traps.
+    async fn call<R>(
+        self: &Arc<Self>,
+        model: &GuestModel,
+        deadline: Duration,
+        work: impl AsyncFnOnce(&Runner, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, GuestError> {
+        let deadline = deadline.min(self.limits.deadline);
+        let (template, prepared) = self.template(model);
+        if !prepared {
+            self.prepare_in_background(model);
+        }
+        let mut store = self.store(Some(model), deadline)?;
+        let run = async {
+            let runner = template.instantiate(&mut store).await?;
+            work(&runner, &mut store).await
+        };
+        match tokio::time::timeout(deadline, run).await {
+            Err(_) => Err(GuestError::Timeout(deadline)),
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(error)) => Err(self.classify_trap(&store, error, deadline)),
         }
     }
 
-    fn classify_trap(&self, instance: &Instance, error: wasmtime::Error, deadline: Duration) -> GuestError {
-        let state = instance.store.data();
+    fn classify_trap(&self, store: &Store<HostState>, error: wasmtime::Error, deadline: Duration) -> GuestError {
+        let state = store.data();
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             return GuestError::Timeout(deadline);
         }
-        if state.limiter.refused {
+        if state.limits.refused {
             return GuestError::MemoryLimit { limit_mb: self.limits.memory_bytes >> 20 };
         }
         let stderr = state.stderr.contents();
         let stderr = String::from_utf8_lossy(&stderr);
         let last_lines: Vec<&str> = stderr.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
-        if last_lines.is_empty() {
-            GuestError::Trap(format!("{error:#}"))
-        } else {
-            GuestError::Trap(format!("{error:#}; guest stderr: {}", last_lines.join(" | ")))
-        }
+        let message =
+            if last_lines.is_empty() { format!("{error:#}") } else { format!("{error:#}; guest stderr: {}", last_lines.join(" | ")) };
+        GuestError::Trap(bound_text(message, MAX_ERROR_BYTES))
     }
 }
 
@@ -273,39 +392,6 @@ impl Drop for GuestRuntime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// A guest is untrusted code: its answers must be character spans of the context with exactly
-/// that text, at most `top_k` of them, scores finite. This also bounds what a guest can make
-/// the host send back (no answer is larger than the request's context).
-fn check_answers(response: &Response, context: &str, top_k: u32) -> Result<(), String> {
-    if response.answers.len() > top_k as usize {
-        return Err(format!("{} answers for top_k {top_k}", response.answers.len()));
-    }
-    // Byte offset of each character boundary up to the furthest answer end, so character
-    // offsets map to slices in O(1) (an answer past the context's end finds no boundary).
-    let furthest = response.answers.iter().map(|a| a.end as usize).max().unwrap_or(0);
-    let boundaries: Vec<usize> =
-        context.char_indices().map(|(i, _)| i).chain(std::iter::once(context.len())).take(furthest.saturating_add(1)).collect();
-    for (i, answer) in response.answers.iter().enumerate() {
-        let (start, end) = (answer.start as usize, answer.end as usize);
-        let slice = (start <= end)
-            .then(|| Some(&context[*boundaries.get(start)?..*boundaries.get(end)?]))
-            .flatten()
-            .ok_or_else(|| format!("answer {i} spans characters {start}..{end} of a {}-character context", context.chars().count()))?;
-        if answer.text != slice {
-            return Err(format!("answer {i} text ({} bytes) is not the context's characters {start}..{end}", answer.text.len()));
-        }
-        if !answer.score.is_finite() {
-            return Err(format!("answer {i} has score {}", answer.score));
-        }
-    }
-    Ok(())
-}
-
-/// Epoch ticks in `deadline`, at least one.
-fn ticks(deadline: Duration) -> u64 {
-    u64::try_from(deadline.as_millis() / TICK.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Engine settings shared by compilation and execution (a precompiled artifact only loads
@@ -326,31 +412,4 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<
         }
     })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn response(answers: &[(&str, u32, u32, f64)]) -> Response {
-        Response {
-            answers: answers.iter().map(|&(text, start, end, score)| Answer { text: text.into(), score, start, end }).collect(),
-            timings: Timings { tokenize_us: 0, inference_us: 0, decode_us: 0, windows: 1 },
-        }
-    }
-
-    #[test]
-    fn answers_must_be_character_slices_of_the_context() {
-        let context = "Benz, née 1844, built it in 1886 🚗.";
-        assert_eq!(check_answers(&response(&[("1886", 28, 32, 0.9)]), context, 1), Ok(()));
-        assert_eq!(check_answers(&response(&[("🚗", 33, 34, 0.1), ("née", 6, 9, 0.1)]), context, 2), Ok(()));
-        assert_eq!(check_answers(&response(&[("", 0, 0, 0.0)]), context, 1), Ok(()), "the no-answer span");
-        let refused = |answers: &[(&str, u32, u32, f64)], top_k| check_answers(&response(answers), context, top_k).unwrap_err();
-        assert!(refused(&[("1886", 28, 32, 0.9), ("1844", 10, 14, 0.1)], 1).contains("2 answers"));
-        assert!(refused(&[("x", 35, 99, 0.5)], 1).contains("35..99"));
-        assert!(refused(&[("", 5, 4, 0.5)], 1).contains("5..4"));
-        assert!(refused(&[("ok", 0, 2, 0.5)], 1).contains("not the context's"));
-        assert!(refused(&[(&"A".repeat(1 << 20), 0, 4, 0.5)], 1).contains("1048576 bytes"));
-        assert!(refused(&[("1886", 28, 32, f64::NAN)], 1).contains("NaN"));
-    }
 }

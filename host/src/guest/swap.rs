@@ -1,11 +1,12 @@
 //! The guest can be replaced without restarting the host: the `.wasm` at `QA_GUEST` (a path
 //! in the image or on EFS, or an `s3://` object) is re-checked once `QA_GUEST_TTL_SECS` has
 //! passed; a changed file (size or modification time; for S3, a new ETag, downloaded and
-//! verified like a model) is compiled in the background and swapped in when it instantiates. Requests already running finish on the guest they started with; a new guest
-//! that fails to compile, to link or to instantiate (another contract version, say) is logged
-//! and ignored until the file changes again, and the previous guest keeps serving.
+//! verified like a model) is compiled in the background and swapped in when it instantiates.
+//! Requests already running finish on the guest they started with; a new guest that fails
+//! to compile, to link or to instantiate (a contract version this host does not know, say) is
+//! logged and ignored until the file changes again, and the previous guest keeps serving.
 
-use super::{GuestLimits, GuestRuntime};
+use super::{Artifacts, GuestLimits, GuestRuntime};
 use crate::models::{ModelSource, S3Source};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ pub struct SwappableGuest {
     s3: Option<Arc<S3Source>>,
     /// The S3 version the running guest came from.
     s3_version: Mutex<String>,
-    cache_dir: PathBuf,
+    artifacts: Artifacts,
     limits: GuestLimits,
     ttl: Duration,
     /// The file's stamp when it was last tried, and when it was last checked.
@@ -35,20 +36,20 @@ pub struct SwappableGuest {
 
 impl SwappableGuest {
     pub fn new(
-        runtime: GuestRuntime,
+        runtime: Arc<GuestRuntime>,
         path: &Path,
         s3: Option<(Arc<S3Source>, String)>,
-        cache_dir: &Path,
+        artifacts: Artifacts,
         limits: GuestLimits,
         ttl: Duration,
     ) -> Arc<Self> {
         let (s3, s3_version) = s3.map_or((None, String::new()), |(source, version)| (Some(source), version));
         Arc::new(Self {
-            current: RwLock::new(Arc::new(runtime)),
+            current: RwLock::new(runtime),
             path: path.to_path_buf(),
             s3,
             s3_version: Mutex::new(s3_version),
-            cache_dir: cache_dir.to_path_buf(),
+            artifacts,
             limits,
             ttl,
             seen: Mutex::new((stamp(path), Instant::now())),
@@ -72,7 +73,7 @@ impl SwappableGuest {
                 if now != seen.0 && now.is_some() && !self.swapping.swap(true, Ordering::AcqRel) {
                     seen.0 = now;
                     let this = self.clone();
-                    tokio::task::spawn_blocking(move || this.swap(this.path.clone()));
+                    tokio::spawn(async move { this.swap(this.path.clone()).await });
                 }
             }
         }
@@ -91,8 +92,7 @@ impl SwappableGuest {
                 if let Ok(mut version) = self.s3_version.lock() {
                     *version = local.version;
                 }
-                let this = self.clone();
-                let _ = tokio::task::spawn_blocking(move || this.swap(local.dir.join(file))).await;
+                self.swap(local.dir.join(file)).await;
             }
             Ok(_) => self.swapping.store(false, Ordering::Release),
             Err(error) => {
@@ -102,12 +102,12 @@ impl SwappableGuest {
         }
     }
 
-    fn swap(&self, path: PathBuf) {
+    async fn swap(&self, path: PathBuf) {
         let started = Instant::now();
-        match GuestRuntime::new(&path, &self.cache_dir, self.limits) {
+        match GuestRuntime::load(&path, self.artifacts.clone(), self.limits).await {
             Ok(runtime) => {
                 if let Ok(mut current) = self.current.write() {
-                    *current = Arc::new(runtime);
+                    *current = runtime;
                 }
                 tracing::info!(guest = %self.path.display(), ms = started.elapsed().as_millis() as u64, "guest swapped");
             }

@@ -1,14 +1,14 @@
-//! The wasi-nn side of the host: ONNX Runtime set-up, the graphs a request may see, and the
-//! backend that runs them ([`onnx`]).
-//!
-//! Graph storage is a separate seam from graph making, as in wasmtime-wasi-nn: a request's
-//! guest gets a registry holding exactly the graph the request named ([`SingleGraph`]), so it
-//! can neither load other models nor load arbitrary bytes.
+//! The wasi-nn side of the host: ONNX Runtime set-up, the [`Model`] seam a backend
+//! implements ([`onnx`], one file per backend), and the bounded `wasi:nn` imports a guest
+//! sees ([`wit`]): one graph, the request's, and tensors within a budget.
 
+pub mod model_file;
 pub mod onnx;
+pub mod wit;
 
 use std::path::{Path, PathBuf};
-use wasmtime_wasi_nn::{Graph, GraphRegistry};
+use std::sync::Arc;
+pub use wit::{NnLimits, NnState, NnView, TensorType};
 
 /// Why ONNX Runtime or a model could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -63,51 +63,61 @@ pub fn init_onnx_runtime(explicit: Option<&Path>) -> Result<PathBuf, NnError> {
     outcome.clone().map_err(|reason| NnError::RuntimeUnusable { path, reason })
 }
 
-thread_local! {
-    static LAST_BACKEND_ERROR: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+/// A tensor crossing wasi-nn: dimensions, element type and little-endian bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub dimensions: Vec<u32>,
+    pub ty: TensorType,
+    pub data: Vec<u8>,
 }
 
-/// Remembers the detail of a backend failure on this thread. wasi-nn hands the guest only the
-/// top-level message of a backend error ("Failed while accessing backend"), so the host
-/// recovers the detail here, on the thread that ran the guest call, for its error report.
-pub(crate) fn record_backend_error(detail: &str) {
-    LAST_BACKEND_ERROR.with_borrow_mut(|last| *last = Some(detail.to_string()));
-}
-
-/// Takes the detail recorded by the last backend failure on this thread, if any.
-pub fn take_backend_error() -> Option<String> {
-    LAST_BACKEND_ERROR.with_borrow_mut(Option::take)
-}
-
-/// The registry a guest sees during one request: one graph, under the model's name.
-pub struct SingleGraph {
-    name: String,
-    graph: Graph,
-}
-
-impl SingleGraph {
-    pub fn new(name: impl Into<String>, graph: Graph) -> Self {
-        Self { name: name.into(), graph }
+impl Tensor {
+    /// Number of elements its dimensions describe (saturating: a hostile shape cannot wrap).
+    pub fn elements(&self) -> u64 {
+        self.dimensions.iter().fold(1u64, |n, &d| n.saturating_mul(u64::from(d)))
     }
 }
 
-impl GraphRegistry for SingleGraph {
-    fn get(&self, name: &str) -> Option<&Graph> {
-        (name == self.name).then_some(&self.graph)
+/// A tensor with the name of the graph input or output it belongs to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+/// A model a backend made ready to run: named tensors in, named tensors out. One backend,
+/// one file ([`onnx`]); a request's guest reaches a model only through [`wit`].
+pub trait Model: Send + Sync {
+    /// Runs the model on `inputs`. Blocking; stops early (with an error) once `run` is
+    /// terminated. Errors are messages for the guest and the host's log.
+    fn run(&self, inputs: Vec<NamedTensor>, run: &RunControl) -> Result<Vec<NamedTensor>, String>;
+}
+
+/// Lets the host stop one request's inference run from another thread (ONNX Runtime checks
+/// the flag between graph nodes).
+#[derive(Clone)]
+pub struct RunControl(Option<Arc<ort::session::RunOptions>>);
+
+impl RunControl {
+    pub fn new() -> Self {
+        Self(ort::session::RunOptions::new().ok().map(Arc::new))
     }
-    fn get_mut(&mut self, name: &str) -> Option<&mut Graph> {
-        (name == self.name).then_some(&mut self.graph)
+
+    pub fn terminate(&self) {
+        if let Some(options) = &self.0 {
+            let _ = options.terminate();
+        }
+    }
+
+    /// The options a run must be given to be stoppable (`None` only if ONNX Runtime could
+    /// not allocate them, in which case runs are bounded by the element budget alone).
+    pub fn options(&self) -> Option<&ort::session::RunOptions> {
+        self.0.as_deref()
     }
 }
 
-/// A registry with no graphs: what an idle guest instance holds between requests.
-pub struct NoGraphs;
-
-impl GraphRegistry for NoGraphs {
-    fn get(&self, _: &str) -> Option<&Graph> {
-        None
-    }
-    fn get_mut(&mut self, _: &str) -> Option<&mut Graph> {
-        None
+impl Default for RunControl {
+    fn default() -> Self {
+        Self::new()
     }
 }

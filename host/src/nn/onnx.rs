@@ -1,22 +1,19 @@
-//! A wasi-nn backend over ONNX Runtime (`ort`), used instead of upstream's because upstream's
-//! takes only f32 inputs and panics on others, while BERT-family QA models take int64 ids.
+//! The ONNX Runtime backend (`ort`): a model directory becomes an [`OnnxModel`]. Written for
+//! this host because wasmtime-wasi-nn's ONNX backend takes only f32 inputs and panics on
+//! others, while BERT-family QA models take int64 ids.
 //!
-//! Tensors of type f32, f16, f64, i32, i64 and u8 pass both ways; dimensions may be dynamic;
-//! inputs and outputs are matched by name. Every mismatch is an error the guest receives
-//! through wasi-nn, never a panic in the host.
+//! Tensors of the types in [`ELEMENTS`] pass both ways; dimensions may be dynamic; inputs and
+//! outputs are matched by name. Every mismatch is an error the guest receives through
+//! wasi-nn, never a panic in the host. Before ONNX Runtime opens a file, [`model_file`] checks
+//! that it references no data outside its own directory.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use wasmtime_wasi_nn::backend::{BackendError, BackendExecutionContext, BackendFromDir, BackendGraph, BackendInner, Id, NamedTensor};
-use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding, TensorType};
-use wasmtime_wasi_nn::{ExecutionContext, Graph, Tensor};
-
+use super::{Model, NamedTensor, NnError, RunControl, Tensor, TensorType, model_file};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::tensor::TensorElementType;
+use ort::tensor::{PrimitiveTensorElementType, TensorElementType};
 use ort::value::{DynValue, Tensor as OrtTensor, ValueType};
-
-use super::NnError;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// How sessions are built. One ONNX Runtime session per model, shared by all requests.
 #[derive(Clone, Copy, Debug)]
@@ -34,19 +31,19 @@ impl Default for SessionSettings {
     }
 }
 
-/// Loads ONNX graphs. The guest gets no backend (it can only load graphs by name); the host
-/// uses this directly to turn a model directory into a [`Graph`].
+/// Turns model directories into [`OnnxModel`]s with the same session settings.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OnnxBackend {
     pub settings: SessionSettings,
 }
 
 impl OnnxBackend {
-    /// Builds a session from `dir/model.onnx`.
-    pub fn load_model_dir(&self, dir: &Path) -> Result<Graph, NnError> {
+    /// Checks and loads `dir/model.onnx`.
+    pub fn load_model_dir(&self, dir: &Path) -> Result<Arc<OnnxModel>, NnError> {
         let path = dir.join("model.onnx");
+        model_file::check(&path).map_err(|reason| NnError::ModelUnloadable { path: path.clone(), reason })?;
         let session = self.session(&path)?;
-        OnnxGraph::new(session).map_err(|reason| NnError::ModelUnloadable { path, reason })
+        OnnxModel::new(session).map(Arc::new).map_err(|reason| NnError::ModelUnloadable { path, reason })
     }
 
     /// An ONNX Runtime session for `path` with exactly the settings the guest's graphs get
@@ -70,247 +67,173 @@ impl OnnxBackend {
     }
 }
 
-impl BackendInner for OnnxBackend {
-    fn encoding(&self) -> GraphEncoding {
-        GraphEncoding::Onnx
-    }
-
-    fn load(&mut self, builders: &[&[u8]], _target: ExecutionTarget) -> Result<Graph, BackendError> {
-        let [bytes] = builders else {
-            return Err(BackendError::InvalidNumberOfBuilders(1, builders.len()));
-        };
-        let session = self.builder().and_then(|b| b.commit_from_memory(bytes)).map_err(access)?;
-        OnnxGraph::new(session).map_err(access)
-    }
-
-    fn as_dir_loadable(&mut self) -> Option<&mut dyn BackendFromDir> {
-        Some(self)
-    }
+/// One element type as wasi-nn, ONNX Runtime and memory see it, with its conversions.
+#[derive(Debug)]
+struct Element {
+    wit: TensorType,
+    onnx: TensorElementType,
+    size: usize,
+    to_value: fn(Vec<i64>, &[u8]) -> ort::Result<DynValue>,
+    from_value: fn(&DynValue) -> ort::Result<(Vec<i64>, Vec<u8>)>,
 }
 
-impl BackendFromDir for OnnxBackend {
-    fn load_from_dir(&mut self, dir: &Path, _target: ExecutionTarget) -> Result<Graph, BackendError> {
-        self.load_model_dir(dir).map_err(access)
-    }
+/// Little-endian encoding of one element type.
+trait LittleEndian: PrimitiveTensorElementType + Copy + std::fmt::Debug + 'static {
+    const SIZE: usize;
+    fn read(bytes: &[u8]) -> Self;
+    fn write(self, out: &mut Vec<u8>);
 }
 
-fn access(e: impl std::fmt::Display) -> BackendError {
-    let detail = e.to_string();
-    super::record_backend_error(&detail);
-    BackendError::BackendAccess(wasmtime::format_err!("{detail}"))
+macro_rules! little_endian {
+    ($($t:ty),*) => {$(
+        impl LittleEndian for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn read(bytes: &[u8]) -> Self {
+                let mut array = [0u8; std::mem::size_of::<$t>()];
+                array.copy_from_slice(bytes);
+                <$t>::from_le_bytes(array)
+            }
+            fn write(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+little_endian!(f32, f64, i32, i64, u8, half::f16);
+
+fn to_value<T: LittleEndian>(shape: Vec<i64>, bytes: &[u8]) -> ort::Result<DynValue> {
+    let values: Vec<T> = bytes.chunks_exact(T::SIZE).map(T::read).collect();
+    Ok(OrtTensor::from_array((shape, values))?.into_dyn())
+}
+
+fn from_value<T: LittleEndian>(value: &DynValue) -> ort::Result<(Vec<i64>, Vec<u8>)> {
+    let (shape, data) = value.try_extract_tensor::<T>()?;
+    let mut bytes = Vec::with_capacity(data.len() * T::SIZE);
+    data.iter().for_each(|&v| v.write(&mut bytes));
+    Ok((shape.to_vec(), bytes))
+}
+
+const fn element<T: LittleEndian>(wit: TensorType, onnx: TensorElementType) -> Element {
+    Element { wit, onnx, size: T::SIZE, to_value: to_value::<T>, from_value: from_value::<T> }
+}
+
+/// Every element type that crosses wasi-nn (bf16 is not offered). A new type is one line here.
+const ELEMENTS: [Element; 6] = [
+    element::<f32>(TensorType::Fp32, TensorElementType::Float32),
+    element::<half::f16>(TensorType::Fp16, TensorElementType::Float16),
+    element::<f64>(TensorType::Fp64, TensorElementType::Float64),
+    element::<i32>(TensorType::I32, TensorElementType::Int32),
+    element::<i64>(TensorType::I64, TensorElementType::Int64),
+    element::<u8>(TensorType::U8, TensorElementType::Uint8),
+];
+
+fn by_onnx(ty: TensorElementType) -> Option<&'static Element> {
+    ELEMENTS.iter().find(|e| e.onnx == ty)
 }
 
 /// Name, element type and (possibly dynamic, -1) dimensions of a graph input or output.
 #[derive(Clone, Debug)]
 struct Port {
     name: String,
-    ty: TensorElementType,
+    element: &'static Element,
     dims: Vec<i64>,
 }
 
 impl Port {
     fn new(name: &str, value_type: &ValueType) -> Result<Self, String> {
         match value_type {
-            ValueType::Tensor { ty, shape, .. } => Ok(Self { name: name.to_string(), ty: *ty, dims: shape.to_vec() }),
+            ValueType::Tensor { ty, shape, .. } => {
+                let element = by_onnx(*ty).ok_or_else(|| format!("{name}: element type {ty:?} is not supported"))?;
+                Ok(Self { name: name.to_string(), element, dims: shape.to_vec() })
+            }
             other => Err(format!("{name}: only tensor inputs and outputs are supported, found {other:?}")),
         }
     }
+
+    /// The guest's tensor as an ONNX Runtime value, after checking type, rank, fixed
+    /// dimensions and size.
+    fn value(&self, tensor: &Tensor) -> Result<DynValue, String> {
+        let element = self.element;
+        if tensor.ty != element.wit {
+            return Err(format!("input {:?} expects {:?} but got {:?}", self.name, element.wit, tensor.ty));
+        }
+        if tensor.dimensions.len() != self.dims.len()
+            || self.dims.iter().zip(&tensor.dimensions).any(|(&want, &got)| want >= 0 && want != i64::from(got))
+        {
+            return Err(format!("input {:?} expects shape {:?} but got {:?}", self.name, self.dims, tensor.dimensions));
+        }
+        let bytes = tensor.elements().checked_mul(element.size as u64);
+        if bytes != Some(tensor.data.len() as u64) {
+            return Err(format!(
+                "input {:?}: {} bytes do not fill a {:?} tensor of {:?}",
+                self.name,
+                tensor.data.len(),
+                tensor.ty,
+                tensor.dimensions
+            ));
+        }
+        let shape = tensor.dimensions.iter().map(|&d| i64::from(d)).collect();
+        (element.to_value)(shape, &tensor.data).map_err(|e| format!("input {:?}: {e}", self.name))
+    }
+
+    /// An output value as a wasi-nn tensor.
+    fn tensor(&self, value: &DynValue) -> Result<Tensor, String> {
+        let (shape, data) = (self.element.from_value)(value).map_err(|e| format!("output {:?}: {e}", self.name))?;
+        let dimensions = shape
+            .iter()
+            .map(|&d| u32::try_from(d).map_err(|_| format!("output {:?} has dimension {d}", self.name)))
+            .collect::<Result<_, _>>()?;
+        Ok(Tensor { dimensions, ty: self.element.wit, data })
+    }
 }
 
-struct GraphInner {
+/// A loaded ONNX model: its session and its ports. `Session::run` takes `&mut self`, so runs
+/// on one model take turns.
+pub struct OnnxModel {
     session: Mutex<Session>,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
 }
 
-struct OnnxGraph(Arc<GraphInner>);
-
-impl OnnxGraph {
-    fn new(session: Session) -> Result<Graph, String> {
+impl OnnxModel {
+    fn new(session: Session) -> Result<Self, String> {
         let inputs = session.inputs.iter().map(|i| Port::new(&i.name, &i.input_type)).collect::<Result<_, _>>()?;
         let outputs = session.outputs.iter().map(|o| Port::new(&o.name, &o.output_type)).collect::<Result<_, _>>()?;
-        let graph: Box<dyn BackendGraph> = Box::new(OnnxGraph(Arc::new(GraphInner { session: Mutex::new(session), inputs, outputs })));
-        Ok(graph.into())
+        Ok(Self { session: Mutex::new(session), inputs, outputs })
     }
 }
 
-impl BackendGraph for OnnxGraph {
-    fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
-        let context: Box<dyn BackendExecutionContext> =
-            Box::new(OnnxContext { graph: self.0.clone(), staged: Vec::new(), results: Vec::new() });
-        Ok(context.into())
-    }
-}
-
-struct OnnxContext {
-    graph: Arc<GraphInner>,
-    /// Inputs given one by one through the WITX-style `set_input`.
-    staged: Vec<NamedTensor>,
-    /// Outputs of the last `compute`, for `get_output`.
-    results: Vec<NamedTensor>,
-}
-
-impl OnnxContext {
-    fn port_name(ports: &[Port], id: &Id) -> Result<String, BackendError> {
-        match id {
-            Id::Name(name) => Ok(name.clone()),
-            Id::Index(i) => ports
-                .get(*i as usize)
-                .map(|p| p.name.clone())
-                .ok_or_else(|| access(format!("tensor index {i} is out of range (the graph has {})", ports.len()))),
-        }
-    }
-
-    fn run(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, BackendError> {
-        let graph = &self.graph;
+impl Model for OnnxModel {
+    fn run(&self, inputs: Vec<NamedTensor>, run: &RunControl) -> Result<Vec<NamedTensor>, String> {
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let port = graph.inputs.iter().find(|p| p.name == input.name).ok_or_else(|| {
-                let names: Vec<&str> = graph.inputs.iter().map(|p| p.name.as_str()).collect();
-                access(format!("the model has no input named {:?} (inputs: {names:?})", input.name))
+        for input in &inputs {
+            let port = self.inputs.iter().find(|p| p.name == input.name).ok_or_else(|| {
+                let names: Vec<&str> = self.inputs.iter().map(|p| p.name.as_str()).collect();
+                format!("the model has no input named {:?} (inputs: {names:?})", input.name)
             })?;
-            values.push((input.name.clone(), to_ort(port, &input.tensor)?));
+            if values.iter().any(|(name, _)| *name == input.name) {
+                return Err(format!("input {:?} was given twice", input.name));
+            }
+            values.push((input.name.clone(), port.value(&input.tensor)?));
         }
-        if let Some(missing) = graph.inputs.iter().find(|p| !inputs.iter().any(|i| i.name == p.name)) {
-            return Err(access(format!("input {:?} was not given", missing.name)));
+        if let Some(missing) = self.inputs.iter().find(|p| !inputs.iter().any(|i| i.name == p.name)) {
+            return Err(format!("input {:?} was not given", missing.name));
         }
-        let mut session = graph.session.lock().map_err(|_| access("the model's session was poisoned by an earlier failure"))?;
-        let outputs = session.run(values).map_err(access)?;
-        graph
-            .outputs
+        drop(inputs);
+        let mut session = self.session.lock().map_err(|_| "the model's session was poisoned by an earlier failure".to_string())?;
+        let outputs = match run.options() {
+            Some(options) => session.run_with_options(values, options),
+            None => session.run(values),
+        }
+        .map_err(|e| e.to_string())?;
+        self.outputs
             .iter()
             .map(|port| {
-                let value = outputs.get(port.name.as_str()).ok_or_else(|| access(format!("output {:?} missing", port.name)))?;
-                Ok(NamedTensor { name: port.name.clone(), tensor: from_ort(value)? })
+                let value = outputs.get(port.name.as_str()).ok_or_else(|| format!("output {:?} missing", port.name))?;
+                Ok(NamedTensor { name: port.name.clone(), tensor: port.tensor(value)? })
             })
             .collect()
     }
-}
-
-impl BackendExecutionContext for OnnxContext {
-    fn set_input(&mut self, id: Id, tensor: &Tensor) -> Result<(), BackendError> {
-        let name = Self::port_name(&self.graph.inputs, &id)?;
-        self.staged.retain(|t| t.name != name);
-        self.staged.push(NamedTensor { name, tensor: tensor.clone() });
-        Ok(())
-    }
-
-    fn get_output(&mut self, id: Id) -> Result<Tensor, BackendError> {
-        let name = Self::port_name(&self.graph.outputs, &id)?;
-        self.results
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.tensor.clone())
-            .ok_or_else(|| access(format!("no output {name:?}; has `compute` been called?")))
-    }
-
-    fn compute(&mut self, inputs: Option<Vec<NamedTensor>>) -> Result<Option<Vec<NamedTensor>>, BackendError> {
-        match inputs {
-            Some(inputs) => self.run(&inputs).map(Some),
-            None => {
-                self.results = self.run(&self.staged)?;
-                Ok(None)
-            }
-        }
-    }
-}
-
-fn element_size(ty: TensorType) -> usize {
-    match ty {
-        TensorType::U8 => 1,
-        TensorType::Fp16 | TensorType::Bf16 => 2,
-        TensorType::Fp32 | TensorType::I32 => 4,
-        TensorType::Fp64 | TensorType::I64 => 8,
-    }
-}
-
-fn wit_type(ty: TensorElementType) -> Option<TensorType> {
-    Some(match ty {
-        TensorElementType::Float32 => TensorType::Fp32,
-        TensorElementType::Float16 => TensorType::Fp16,
-        TensorElementType::Float64 => TensorType::Fp64,
-        TensorElementType::Int32 => TensorType::I32,
-        TensorElementType::Int64 => TensorType::I64,
-        TensorElementType::Uint8 => TensorType::U8,
-        _ => return None,
-    })
-}
-
-/// Guest tensor → ONNX Runtime value, after checking type, rank, fixed dimensions and size.
-fn to_ort(port: &Port, tensor: &Tensor) -> Result<DynValue, BackendError> {
-    let expected = wit_type(port.ty).ok_or_else(|| access(format!("input {:?} has unsupported type {:?}", port.name, port.ty)))?;
-    if tensor.ty != expected {
-        return Err(access(format!("input {:?} expects {expected:?} but got {:?}", port.name, tensor.ty)));
-    }
-    if tensor.dimensions.len() != port.dims.len()
-        || port.dims.iter().zip(&tensor.dimensions).any(|(&want, &got)| want >= 0 && want != i64::from(got))
-    {
-        return Err(access(format!("input {:?} expects shape {:?} but got {:?}", port.name, port.dims, tensor.dimensions)));
-    }
-    let shape: Vec<i64> = tensor.dimensions.iter().map(|&d| i64::from(d)).collect();
-    let count = tensor.dimensions.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d as usize));
-    if count.and_then(|c| c.checked_mul(element_size(tensor.ty))) != Some(tensor.data.len()) {
-        return Err(access(format!(
-            "input {:?}: {} bytes do not fill a {:?} tensor of {:?}",
-            port.name,
-            tensor.data.len(),
-            tensor.ty,
-            tensor.dimensions
-        )));
-    }
-    let data = &tensor.data;
-    let value: DynValue = match tensor.ty {
-        TensorType::Fp32 => OrtTensor::from_array((shape, decode(data, f32::from_le_bytes))).map_err(access)?.into_dyn(),
-        TensorType::Fp64 => OrtTensor::from_array((shape, decode(data, f64::from_le_bytes))).map_err(access)?.into_dyn(),
-        TensorType::Fp16 => {
-            OrtTensor::from_array((shape, decode(data, |b: [u8; 2]| half::f16::from_le_bytes(b)))).map_err(access)?.into_dyn()
-        }
-        TensorType::I32 => OrtTensor::from_array((shape, decode(data, i32::from_le_bytes))).map_err(access)?.into_dyn(),
-        TensorType::I64 => OrtTensor::from_array((shape, decode(data, i64::from_le_bytes))).map_err(access)?.into_dyn(),
-        TensorType::U8 => OrtTensor::from_array((shape, data.clone())).map_err(access)?.into_dyn(),
-        TensorType::Bf16 => return Err(access("bf16 tensors are not supported")),
-    };
-    Ok(value)
-}
-
-/// ONNX Runtime output → guest tensor (little-endian bytes).
-fn from_ort(value: &DynValue) -> Result<Tensor, BackendError> {
-    let ValueType::Tensor { ty, .. } = value.dtype() else {
-        return Err(access("the model returned a non-tensor output"));
-    };
-    fn pack<T: ort::tensor::PrimitiveTensorElementType + Copy, const N: usize>(
-        value: &DynValue,
-        to_bytes: fn(T) -> [u8; N],
-    ) -> Result<(Vec<u32>, Vec<u8>), BackendError> {
-        let (shape, data) = value.try_extract_tensor::<T>().map_err(access)?;
-        let dims = shape
-            .iter()
-            .map(|&d| u32::try_from(d).map_err(|_| access(format!("output dimension {d} does not fit u32"))))
-            .collect::<Result<_, _>>()?;
-        Ok((dims, data.iter().flat_map(|&v| to_bytes(v)).collect()))
-    }
-    let (dims, data) = match ty {
-        TensorElementType::Float32 => pack(value, f32::to_le_bytes)?,
-        TensorElementType::Float16 => pack(value, half::f16::to_le_bytes)?,
-        TensorElementType::Float64 => pack(value, f64::to_le_bytes)?,
-        TensorElementType::Int32 => pack(value, i32::to_le_bytes)?,
-        TensorElementType::Int64 => pack(value, i64::to_le_bytes)?,
-        TensorElementType::Uint8 => pack(value, |v: u8| [v])?,
-        other => return Err(access(format!("output type {other:?} is not supported"))),
-    };
-    let ty = wit_type(*ty).ok_or_else(|| access("unsupported output type"))?;
-    Ok(Tensor::new(dims, ty, data))
-}
-
-fn decode<T, const N: usize>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
-    bytes
-        .chunks_exact(N)
-        .map(|chunk| {
-            let mut array = [0u8; N];
-            array.copy_from_slice(chunk);
-            from(array)
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -318,28 +241,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn little_endian_decoding_round_trips() {
-        let values = [1i64, -2, i64::MAX];
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(decode(&bytes, i64::from_le_bytes), values);
-        let halves = [half::f16::from_f32(0.5), half::f16::from_f32(-3.0)];
-        let bytes: Vec<u8> = halves.iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(decode(&bytes, |b: [u8; 2]| half::f16::from_le_bytes(b)), halves);
+    fn every_element_type_round_trips_through_its_encoding() {
+        fn round_trip<T: LittleEndian + PartialEq>(values: &[T]) {
+            let mut bytes = Vec::new();
+            values.iter().for_each(|&v| v.write(&mut bytes));
+            assert_eq!(bytes.len(), values.len() * T::SIZE);
+            let back: Vec<T> = bytes.chunks_exact(T::SIZE).map(T::read).collect();
+            assert_eq!(back, values);
+        }
+        round_trip(&[1i64, -2, i64::MAX]);
+        round_trip(&[0.5f32, -3.0]);
+        round_trip(&[half::f16::from_f32(0.5), half::f16::from_f32(-3.0)]);
+        round_trip(&[7u8, 255]);
     }
 
     #[test]
-    fn every_wit_type_but_bf16_maps_to_an_onnx_type() {
-        for ty in [
-            TensorElementType::Float32,
-            TensorElementType::Float16,
-            TensorElementType::Float64,
-            TensorElementType::Int32,
-            TensorElementType::Int64,
-            TensorElementType::Uint8,
-        ] {
-            let wit = wit_type(ty).unwrap();
-            assert!(element_size(wit) >= 1);
+    fn the_element_table_has_one_row_per_type() {
+        for (i, a) in ELEMENTS.iter().enumerate() {
+            for b in &ELEMENTS[i + 1..] {
+                assert!(a.wit != b.wit && a.onnx != b.onnx, "{:?} twice", a.wit);
+            }
+            assert!(by_onnx(a.onnx).is_some_and(|e| e.wit == a.wit));
         }
-        assert!(wit_type(TensorElementType::String).is_none());
+        assert!(by_onnx(TensorElementType::String).is_none());
     }
 }

@@ -48,6 +48,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         guest_deadline: Duration::from_secs(60),
         guest_ttl: Duration::from_secs(60),
         guest_memory_bytes: 512 << 20,
+        guest_nn: Default::default(),
         session: Default::default(),
         preload: Vec::new(),
         model_cache_mb: None,
@@ -57,8 +58,8 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
     }
 }
 
-pub fn service(config: &HostConfig) -> Arc<QaService> {
-    Arc::new(QaService::start(config).unwrap_or_else(|e| panic!("service failed to start: {e}")))
+pub async fn service(config: &HostConfig) -> Arc<QaService> {
+    Arc::new(QaService::start(config).await.unwrap_or_else(|e| panic!("service failed to start: {e}")))
 }
 
 /// The original AWS sample's request.

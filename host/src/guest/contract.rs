@@ -1,0 +1,294 @@
+//! The contract versions this host runs, and the one set of host-side types both map to.
+//!
+//! - `qa:extractive/qa@0.2.0` (`wit/qa.wit`): `prepare`, `ask`, `ask-many`;
+//! - `qa:extractive/qa@0.1.0` (`wit/deps/qa-extractive-0.1.0`): `ask` only. Such a guest is
+//!   never pre-initialized (it would re-read its files through handles of the snapshotted
+//!   instance), so each request parses its files in a fresh instance, and several questions
+//!   are asked one by one.
+//!
+//! A swapped-in guest of either version runs without redeploying the host.
+
+use wasmtime::component::{Component, Instance, InstancePre};
+use wasmtime::{Engine, Store};
+
+pub(crate) mod v1 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        inline: "package qa:host-v1; world runner { export qa:extractive/qa@0.1.0; }",
+        world: "qa:host-v1/runner",
+        exports: { default: async },
+    });
+}
+
+pub(crate) mod v2 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        inline: "package qa:host-v2; world runner { export qa:extractive/qa@0.2.0; }",
+        world: "qa:host-v2/runner",
+        exports: { default: async },
+    });
+}
+
+use v1::exports::qa::extractive0_1_0::qa as wit1;
+use v2::exports::qa::extractive0_2_0::qa as wit2;
+
+/// Which contract a guest exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V0_1,
+    V0_2,
+}
+
+impl Version {
+    pub const V0_1_EXPORT: &str = "qa:extractive/qa@0.1.0";
+    pub const V0_2_EXPORT: &str = "qa:extractive/qa@0.2.0";
+
+    /// The newest contract `component` exports, if any.
+    pub fn of(engine: &Engine, component: &Component) -> Option<Self> {
+        let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
+        if exports.iter().any(|e| e == Self::V0_2_EXPORT) {
+            Some(Self::V0_2)
+        } else if exports.iter().any(|e| e == Self::V0_1_EXPORT) {
+            Some(Self::V0_1)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a guest of this version can be pre-initialized per model.
+    pub fn prepares(self) -> bool {
+        self == Self::V0_2
+    }
+}
+
+/// Decoding options (the WIT `options` record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub top_k: u32,
+    pub max_answer_len: u32,
+    pub max_seq_len: u32,
+    pub doc_stride: u32,
+    pub max_question_len: u32,
+    pub handle_impossible: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub score: f64,
+    pub start: u32,
+    pub end: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub tokenize_us: u64,
+    pub inference_us: u64,
+    pub decode_us: u64,
+    pub windows: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub answers: Vec<Answer>,
+    pub timings: Timings,
+}
+
+/// An error of the contract (the WIT `qa-error` variant).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QaError {
+    InvalidInput(String),
+    ModelNotFound(String),
+    ModelInvalid(String),
+    Inference(String),
+}
+
+impl QaError {
+    pub fn message(&self) -> &str {
+        match self {
+            Self::InvalidInput(m) | Self::ModelNotFound(m) | Self::ModelInvalid(m) | Self::Inference(m) => m,
+        }
+    }
+
+    fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Self::InvalidInput(m) => Self::InvalidInput(f(m)),
+            Self::ModelNotFound(m) => Self::ModelNotFound(f(m)),
+            Self::ModelInvalid(m) => Self::ModelInvalid(f(m)),
+            Self::Inference(m) => Self::Inference(f(m)),
+        }
+    }
+
+    /// The message cut to `limit` bytes (on a character boundary) and marked as cut: a guest's
+    /// error text is untrusted and goes back to the caller.
+    pub fn bounded(self, limit: usize) -> Self {
+        self.map_message(|m| bound_text(m, limit))
+    }
+}
+
+/// `text` cut to at most `limit` bytes on a character boundary, with a marker saying how much
+/// was cut.
+pub fn bound_text(text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [cut: {} more bytes]", &text[..end], text.len() - end)
+}
+
+/// The same conversions for both versions' generated types (they are structurally equal).
+macro_rules! convert {
+    ($wit:ident) => {
+        impl From<Options> for $wit::Options {
+            fn from(o: Options) -> Self {
+                Self {
+                    top_k: o.top_k,
+                    max_answer_len: o.max_answer_len,
+                    max_seq_len: o.max_seq_len,
+                    doc_stride: o.doc_stride,
+                    max_question_len: o.max_question_len,
+                    handle_impossible: o.handle_impossible,
+                }
+            }
+        }
+        impl From<$wit::Response> for Response {
+            fn from(r: $wit::Response) -> Self {
+                Self {
+                    answers: r.answers.into_iter().map(|a| Answer { text: a.text, score: a.score, start: a.start, end: a.end }).collect(),
+                    timings: Timings {
+                        tokenize_us: r.timings.tokenize_us,
+                        inference_us: r.timings.inference_us,
+                        decode_us: r.timings.decode_us,
+                        windows: r.timings.windows,
+                    },
+                }
+            }
+        }
+        impl From<$wit::QaError> for QaError {
+            fn from(e: $wit::QaError) -> Self {
+                match e {
+                    $wit::QaError::InvalidInput(m) => Self::InvalidInput(m),
+                    $wit::QaError::ModelNotFound(m) => Self::ModelNotFound(m),
+                    $wit::QaError::ModelInvalid(m) => Self::ModelInvalid(m),
+                    $wit::QaError::Inference(m) => Self::Inference(m),
+                }
+            }
+        }
+    };
+}
+convert!(wit1);
+convert!(wit2);
+
+/// A component linked for one contract version, ready to instantiate.
+pub enum Linked<T: 'static> {
+    V0_1(v1::RunnerPre<T>),
+    V0_2(v2::RunnerPre<T>),
+}
+
+impl<T: 'static> Clone for Linked<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::V0_1(pre) => Self::V0_1(pre.clone()),
+            Self::V0_2(pre) => Self::V0_2(pre.clone()),
+        }
+    }
+}
+
+impl<T: Send + 'static> Linked<T> {
+    pub fn new(version: Version, pre: InstancePre<T>) -> wasmtime::Result<Self> {
+        Ok(match version {
+            Version::V0_1 => Self::V0_1(v1::RunnerPre::new(pre)?),
+            Version::V0_2 => Self::V0_2(v2::RunnerPre::new(pre)?),
+        })
+    }
+
+    pub async fn instantiate(&self, store: &mut Store<T>) -> wasmtime::Result<Runner> {
+        Ok(match self {
+            Self::V0_1(pre) => Runner::V0_1(pre.instantiate_async(store).await?),
+            Self::V0_2(pre) => Runner::V0_2(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// An instance's exports, whatever its version.
+pub enum Runner {
+    V0_1(v1::Runner),
+    V0_2(v2::Runner),
+}
+
+type Call<T> = wasmtime::Result<Result<T, QaError>>;
+
+impl Runner {
+    /// The exports of an instance of a 0.2 component made from outside `InstancePre` (the
+    /// pre-initialization path instantiates the instrumented component itself).
+    pub fn v2<T>(store: &mut Store<T>, instance: &Instance) -> wasmtime::Result<Self> {
+        Ok(Self::V0_2(v2::Runner::new(store, instance)?))
+    }
+
+    pub async fn prepare<T: Send>(&self, store: &mut Store<T>, model: &str) -> Call<()> {
+        match self {
+            Self::V0_1(_) => Ok(Ok(())),
+            Self::V0_2(r) => Ok(r.qa_extractive0_2_0_qa().call_prepare(store, model).await?.map_err(QaError::from)),
+        }
+    }
+
+    pub async fn ask<T: Send>(&self, store: &mut Store<T>, model: &str, question: &str, context: &str, options: Options) -> Call<Response> {
+        Ok(match self {
+            Self::V0_1(r) => r
+                .qa_extractive0_1_0_qa()
+                .call_ask(store, model, question, context, options.into())
+                .await?
+                .map(Into::into)
+                .map_err(Into::into),
+            Self::V0_2(r) => r
+                .qa_extractive0_2_0_qa()
+                .call_ask(store, model, question, context, options.into())
+                .await?
+                .map(Into::into)
+                .map_err(Into::into),
+        })
+    }
+
+    /// Several questions over one context: in one call (0.2), or one by one in this same
+    /// instance (0.1; the questions belong to one request, so sharing the instance is safe).
+    pub async fn ask_many<T: Send>(
+        &self,
+        store: &mut Store<T>,
+        model: &str,
+        questions: &[String],
+        context: &str,
+        options: Options,
+    ) -> Call<Vec<Result<Response, QaError>>> {
+        match self {
+            Self::V0_1(r) => {
+                let mut results = Vec::with_capacity(questions.len());
+                for question in questions {
+                    let result = r.qa_extractive0_1_0_qa().call_ask(&mut *store, model, question, context, options.into()).await?;
+                    results.push(result.map(Into::into).map_err(Into::into));
+                }
+                Ok(Ok(results))
+            }
+            Self::V0_2(r) => {
+                let results = r.qa_extractive0_2_0_qa().call_ask_many(store, model, questions, context, options.into()).await?;
+                Ok(results.map(|all| all.into_iter().map(|one| one.map(Into::into).map_err(Into::into)).collect()).map_err(Into::into))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary_and_marked() {
+        assert_eq!(bound_text("short".into(), 10), "short");
+        let cut = bound_text("aé".repeat(10), 4);
+        assert!(cut.starts_with("aéa") && cut.ends_with("[cut: 26 more bytes]"), "{cut}");
+        let error = QaError::InvalidInput("x".repeat(1 << 20)).bounded(4096);
+        assert!(error.message().len() < 4200);
+    }
+}
