@@ -16,7 +16,8 @@
 #           runs on the build machine's own platform ($BUILDPLATFORM), never emulated.
 #   build   qa-host for the target ($TARGETPLATFORM: native on a builder of that architecture,
 #           emulated otherwise), libonnxruntime.so for $TARGETARCH from the onnxruntime wheel on
-#           PyPI, and the guest precompiled by that qa-host (`compile-guest`).
+#           PyPI, and the guest precompiled by that qa-host (`compile-guest`), with its
+#           snapshot for each model of the `models` stage.
 #   models  the models directory, or only its README when WITH_MODELS=false.
 #   final   provided:al2023 with the files below and nothing else.
 #
@@ -26,15 +27,20 @@
 #   /var/task/libonnxruntime.so                     ONNX Runtime 1.22
 #   /var/task/qa-guest.wasm                         the guest component
 #   /var/task/qa-guest.wasm.<sha256-16>.cwasm       the guest precompiled for this qa-host
+#   /var/task/qa-guest.wasm.<sha256-16>.instrumented.cwasm
+#                                                   the guest with snapshot accessors (Wizer)
+#   /var/task/qa-guest.wasm.<sha256-16>.prepared-<key>.cwasm
+#                                                   the guest's snapshot per shipped model
 #   /var/task/models/<name>/                        model.onnx, tokenizer.json, config.json
 #
 # Size budget (uncompressed; Lambda allows 10 GB):
 #   provided:al2023 base                      < 40 MB
 #   bootstrap (qa-host release)               46 MB    (wasmtime + Cranelift + AWS SDK; measured x86_64)
 #   libonnxruntime.so                         ~ 21 MB
-#   qa-guest.wasm + .cwasm                    ~ 3 + 8 MB
+#   qa-guest.wasm + .cwasm + instrumented     ~ 3 + 8 + 8 MB
+#   snapshot per shipped model                ~ 15 MB  (0 with WITH_MODELS=false)
 #   models/nlp1 (int8)                        ~ 23 MB  (0 with WITH_MODELS=false)
-#   total                                     ~ 140 MB with the model, ~ 115 MB without; budget 160 MB
+#   total                                     ~ 165 MB with the model, ~ 125 MB without; budget 180 MB
 #
 # Everything is downloaded from package registries: rustup's toolchain, crates.io, and the
 # onnxruntime wheel from PyPI.
@@ -66,6 +72,17 @@ RUN --mount=type=cache,target=/root/.cargo/registry \
     cargo build --locked --release -p qa-guest --target wasm32-wasip2 \
  && mkdir -p /out \
  && cp target/wasm32-wasip2/release/qa-guest.wasm /out/
+
+# ---------------------------------------------------------------------------------------------
+FROM scratch AS models-true
+COPY models/ /models/
+
+FROM scratch AS models-false
+COPY models/README.md /models/README.md
+
+# A stage of this file chosen by the build argument, not an image from a registry: nothing to tag.
+# hadolint ignore=DL3006
+FROM models-${WITH_MODELS} AS models
 
 # ---------------------------------------------------------------------------------------------
 # Built on the distribution of the runtime so the binary's glibc requirements match.
@@ -106,21 +123,13 @@ RUN --mount=type=cache,target=/root/.cargo/registry \
     cargo build --locked --release -p qa-host \
  && cp target/release/qa-host /out/bootstrap
 COPY --from=guest /out/qa-guest.wasm /out/qa-guest.wasm
-# The guest precompiled by the bootstrap itself: same wasmtime, same settings. It also carries
-# this machine's CPU features; on a Lambda host that lacks one, wasmtime refuses the artifact
-# and the guest is compiled at cold start (about 1.3 s) and cached in /tmp instead.
-RUN /out/bootstrap compile-guest --guest /out/qa-guest.wasm
-
-# ---------------------------------------------------------------------------------------------
-FROM scratch AS models-true
-COPY models/ /models/
-
-FROM scratch AS models-false
-COPY models/README.md /models/README.md
-
-# A stage of this file chosen by the build argument, not an image from a registry: nothing to tag.
-# hadolint ignore=DL3006
-FROM models-${WITH_MODELS} AS models
+COPY --from=models /models/ /models/
+# The guest precompiled by the bootstrap itself: same wasmtime, same settings, beside it the
+# instrumented guest and the guest's snapshot for each model the image ships (the snapshot a
+# request starts from, with the model's tokenizer parsed). They carry this machine's CPU
+# features; on a Lambda host that lacks one, wasmtime refuses them and the guest is compiled
+# at cold start (about 1.3 s; a snapshot about 4 s) and cached in /tmp instead.
+RUN /out/bootstrap compile-guest --guest /out/qa-guest.wasm --models-dir /models
 
 # ---------------------------------------------------------------------------------------------
 FROM public.ecr.aws/lambda/provided:al2023

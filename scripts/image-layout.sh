@@ -8,7 +8,10 @@
 #   OUT_DIR/var/task/libonnxruntime.so                --onnxruntime, else $ORT_DYLIB_PATH,
 #                                                     else .cache/onnxruntime/libonnxruntime.so
 #   OUT_DIR/var/task/qa-guest.wasm                    <target-dir>/wasm32-wasip2/release/qa-guest.wasm
-#   OUT_DIR/var/task/qa-guest.wasm.<sha16>.cwasm      written by `bootstrap compile-guest`
+#   OUT_DIR/var/task/qa-guest.wasm.<sha16>[.<kind>].cwasm
+#                                                     written by `bootstrap compile-guest`: the
+#                                                     guest, the instrumented guest, a snapshot
+#                                                     per model in the layout
 #   OUT_DIR/var/task/models/                          models/ (only models/README.md when
 #                                                     WITH_MODELS=false, as the build argument)
 # and OUT_DIR/env: the base image's LAMBDA_TASK_ROOT and LAMBDA_RUNTIME_DIR, then the final
@@ -220,7 +223,7 @@ if compile_into is not None:
                             stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         fail(f"{bootstrap} compile-guest failed ({result.returncode})")
-    copied.append(os.path.relpath(result.stdout.strip(), out))
+    copied += [os.path.relpath(line, out) for line in result.stdout.split()]
 
 with open(os.path.join(out, "env"), "w") as f:
     for key in env_keys:

@@ -32,6 +32,11 @@ pub struct HostConfig {
     /// What a guest may make the host hold through wasi-nn (`QA_GUEST_NN_ELEMENTS`,
     /// `QA_GUEST_NN_MB`).
     pub guest_nn: NnLimits,
+    /// Guest instances that can exist at once (`QA_GUEST_INSTANCES`).
+    pub guest_instances: u32,
+    /// Whether the guest's per-model snapshots are compiled when none was shipped or cached
+    /// (off for one-shot commands, which would not live to use them).
+    pub compile_snapshots: bool,
     /// How ONNX Runtime sessions are built (`QA_INFERENCE_THREADS`, `QA_ORT_ARENA`).
     pub session: SessionSettings,
     /// Models to load at start-up, outside any request (`QA_PRELOAD=nlp1,nlp2`).
@@ -82,6 +87,8 @@ impl HostConfig {
             guest_deadline: Duration::from_millis(env_number("QA_GUEST_DEADLINE_MS").unwrap_or(30_000)),
             guest_ttl: Duration::from_secs(env_number("QA_GUEST_TTL_SECS").unwrap_or(60)),
             guest_memory_bytes: env_number("QA_GUEST_MEMORY_MB").unwrap_or(512) << 20,
+            compile_snapshots: true,
+            guest_instances: env_number("QA_GUEST_INSTANCES").unwrap_or(crate::guest::DEFAULT_INSTANCES),
             guest_nn: {
                 let defaults = NnLimits::default();
                 NnLimits {
@@ -107,6 +114,19 @@ impl HostConfig {
             model_ttl: Duration::from_secs(env_number("QA_MODEL_TTL_SECS").unwrap_or(60)),
             s3,
         })
+    }
+}
+
+impl HostConfig {
+    /// How guests run, from these settings.
+    pub fn guest_settings(&self) -> crate::guest::GuestSettings {
+        crate::guest::GuestSettings {
+            deadline: self.guest_deadline,
+            memory_bytes: self.guest_memory_bytes,
+            nn: self.guest_nn,
+            instances: self.guest_instances,
+            compile_snapshots: self.compile_snapshots,
+        }
     }
 }
 

@@ -68,8 +68,10 @@ enum Command {
     },
     /// Serve the Lambda Runtime API (what `qa-host` does with no command inside Lambda).
     Lambda,
-    /// Compile the guest for this host's engine and write the artifact beside the `.wasm`
-    /// (`<name>.wasm.<sha256-prefix>.cwasm`), so deployments skip the compile at cold start.
+    /// Compile the guest for this host's engine and write the artifacts beside the `.wasm`
+    /// (`<name>.wasm.<sha256-prefix>[.<kind>].cwasm`: the guest, the instrumented guest, and
+    /// its snapshot for each model in the models directory), so deployments skip compiles at
+    /// cold start. With `QA_GUEST_ARTIFACT_KEY` set, each gets a signature (`.sig`).
     CompileGuest,
     /// Exact match and F1 on a SQuAD v1.1 JSON file.
     Eval {
@@ -101,6 +103,34 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Writes beside the guest what a deployment ships: the guest compiled for this host, the
+/// instrumented guest, and the guest's snapshot for each model baked into the deployment.
+async fn compile_guest(config: &HostConfig) -> Result<ExitCode, String> {
+    use qa_host::guest::{Artifacts, GuestRuntime, engine_config, write_shipped_artifact};
+    let started = std::time::Instant::now();
+    let key = Artifacts::key_from_env();
+    let engine = wasmtime::Engine::new(&engine_config()).map_err(|e| format!("{e:#}"))?;
+    let path = write_shipped_artifact(&engine, &config.guest_wasm, key.as_deref()).map_err(|e| e.to_string())?;
+    println!("{}", path.display());
+    let catalog = qa_host::models::ModelCatalog::build(&config.models_dir, &config.manifest, config.s3.clone());
+    let mut models = Vec::new();
+    for name in catalog.names() {
+        if let Some(source) = catalog.get(name).filter(|s| !s.can_change()) {
+            let local = source.fetch().await.map_err(|e| format!("model {name}: {e}"))?;
+            models.push((name.to_string(), local.dir));
+        }
+    }
+    let runtime = GuestRuntime::load(&config.guest_wasm, Artifacts::from_env(&config.cache_dir), config.guest_settings())
+        .await
+        .map_err(|e| e.to_string())?;
+    for path in runtime.ship_snapshots(&models, key.as_deref()).await.map_err(|e| e.to_string())? {
+        println!("{}", path.display());
+    }
+    let names: Vec<&str> = models.iter().map(|(name, _)| name.as_str()).collect();
+    eprintln!("qa-host: compiled {} and its snapshots for {names:?} in {} ms", config.guest_wasm.display(), started.elapsed().as_millis());
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, String> {
     let mut config = HostConfig::from_env().map_err(|e| e.to_string())?;
     let HostArgs { models_dir, guest, cache_dir, onnxruntime } = cli.host;
@@ -109,25 +139,19 @@ async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, 
     config.cache_dir = cache_dir.unwrap_or(config.cache_dir);
     config.onnxruntime = onnxruntime.or(config.onnxruntime);
     let command = match cli.command {
-        Some(Command::CompileGuest) => {
-            let engine = wasmtime::Engine::new(&qa_host::guest::engine_config()).map_err(|e| format!("{e:#}"))?;
-            let started = std::time::Instant::now();
-            let key = qa_host::guest::Artifacts::key_from_env();
-            let path = qa_host::guest::write_shipped_artifact(&engine, &config.guest_wasm, key.as_deref()).map_err(|e| e.to_string())?;
-            eprintln!("qa-host: compiled {} in {} ms", config.guest_wasm.display(), started.elapsed().as_millis());
-            println!("{}", path.display());
-            return Ok(ExitCode::SUCCESS);
-        }
+        Some(Command::CompileGuest) => return compile_guest(&config).await,
         Some(command) => command,
         None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda,
         None => return Err("no command given (try --help); without one, AWS_LAMBDA_RUNTIME_API must be set".into()),
     };
+    // One question, then exit: a snapshot compiled now would never be used.
+    config.compile_snapshots = !matches!(command, Command::Ask { .. });
     qa_host::service::resolve_guest(&mut config).await?;
     let service = Arc::new(QaService::start(&config).await.map_err(|e| e.to_string())?);
     service.preload(&config.preload).await.map_err(|e| format!("preloading {:?}: {e}", config.preload))?;
 
     match command {
-        Command::CompileGuest => unreachable!("handled before the service starts"),
+        Command::CompileGuest => compile_guest(&config).await,
         Command::Lambda => {
             qa_host::lambda::run(service, process_started).await.map_err(|e| format!("lambda runtime: {e}"))?;
             Ok(ExitCode::SUCCESS)

@@ -4,7 +4,7 @@
 
 use crate::api::{AnswerSpan, ApiError, PhaseTimings, QaRequest, QaResponse};
 use crate::config::HostConfig;
-use crate::guest::{Artifacts, GuestError, GuestLimits, GuestModel, GuestQaError, GuestRuntime, Options, SwappableGuest};
+use crate::guest::{Artifacts, GuestError, GuestModel, GuestQaError, GuestRuntime, Options, SwappableGuest};
 use crate::models::{ModelCatalog, ModelSource, SourceError, is_valid_name};
 use crate::nn::onnx::OnnxBackend;
 use crate::nn::{Model, NnError, init_onnx_runtime};
@@ -66,6 +66,7 @@ pub struct QaService {
     clock: AtomicU64,
     guest: Arc<SwappableGuest>,
     guest_deadline: Duration,
+    compile_snapshots: bool,
 }
 
 impl QaService {
@@ -76,9 +77,9 @@ impl QaService {
         if catalog.names().next().is_none() {
             return Err(StartError::NoModels(config.models_dir.display().to_string()));
         }
-        let limits = GuestLimits { deadline: config.guest_deadline, memory_bytes: config.guest_memory_bytes, nn: config.guest_nn };
+        let settings = config.guest_settings();
         let artifacts = Artifacts::from_env(&config.cache_dir);
-        let guest = GuestRuntime::load(&config.guest_wasm, artifacts.clone(), limits).await?;
+        let guest = GuestRuntime::load(&config.guest_wasm, artifacts.clone(), settings).await?;
         tracing::info!(origin = ?guest.origin, ms = guest.load_time.as_millis() as u64, guest = %config.guest_wasm.display(), "guest ready");
         Ok(Self {
             catalog,
@@ -87,8 +88,9 @@ impl QaService {
             cache_budget: config.model_cache_mb.map(|mb| mb << 20),
             model_ttl: config.model_ttl,
             clock: AtomicU64::new(0),
-            guest: SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), artifacts, limits, config.guest_ttl),
+            guest: SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), artifacts, settings, config.guest_ttl),
             guest_deadline: config.guest_deadline,
+            compile_snapshots: config.compile_snapshots,
         })
     }
 
@@ -99,7 +101,7 @@ impl QaService {
         for name in names {
             let started = Instant::now();
             let (model, _) = self.load(name, true).await?;
-            self.guest.current().prepare(&model.guest_model(name)).await.map_err(|e| guest_error(name, e))?;
+            self.guest.current().prepare(&model.guest_model(name), self.compile_snapshots).await;
             let warm = QaRequest { model_type: Some(name.clone()), ..QaRequest::new("What is warm?", "The guest is warm.") };
             self.answer(warm).await?;
             tracing::info!(model = %name, ms = started.elapsed().as_millis() as u64, "preloaded");
@@ -152,6 +154,13 @@ impl QaService {
         if due {
             match self.refresh(name, source.as_ref(), current.as_ref(), preloaded).await {
                 Ok(Some(fresh)) => {
+                    // A snapshot shipped or cached for this model is picked up now (a
+                    // deserialization); one to compile is made in the background.
+                    let guest = self.guest.current();
+                    let model = fresh.guest_model(name);
+                    if !guest.prepare(&model, false).await {
+                        guest.prepare_in_background(&model);
+                    }
                     *current = Some(fresh);
                     loaded = true;
                 }

@@ -94,26 +94,34 @@ impl Artifacts {
     /// Loads the guest at `wasm_path`: a shipped or signed artifact beside it, else the
     /// compile cache, else compiles it (and caches the result).
     pub fn load_guest(&self, engine: &Engine, wasm_path: &Path, wasm: &[u8]) -> Result<(Component, Origin), CacheError> {
-        let beside = shipped_artifact_path(wasm_path, wasm);
-        if beside.is_file() {
-            match self.trust_beside(wasm_path, wasm, &beside) {
-                Ok(origin) => {
-                    // SAFETY: the artifact is in a directory only the operator writes, or
-                    // signed with the operator's key over this wasm and these bytes; wasmtime
-                    // refuses artifacts built for another engine or version.
-                    match unsafe { Component::deserialize_file(engine, &beside) } {
-                        Ok(component) => return Ok((component, origin)),
-                        Err(e) => {
-                            tracing::warn!(artifact = %beside.display(), error = %e, "shipped compiled guest does not fit this engine; ignoring it")
-                        }
-                    }
+        match self.shipped(engine, wasm_path, wasm, None) {
+            Some(found) => Ok(found),
+            None => self.load_or_compile(engine, wasm, wasm_path),
+        }
+    }
+
+    /// The artifact of `kind` shipped beside the guest (see [`artifact_path`]), if there is
+    /// one this host may trust and that fits this engine.
+    pub fn shipped(&self, engine: &Engine, wasm_path: &Path, wasm: &[u8], kind: Option<&str>) -> Option<(Component, Origin)> {
+        let beside = artifact_path(wasm_path, wasm, kind);
+        if !beside.is_file() {
+            return None;
+        }
+        match self.trust_beside(wasm_path, wasm, &beside) {
+            // SAFETY: the artifact is in a directory only the operator writes, or signed with
+            // the operator's key over this wasm and these bytes; wasmtime refuses artifacts
+            // built for another engine or version.
+            Ok(origin) => match unsafe { Component::deserialize_file(engine, &beside) } {
+                Ok(component) => return Some((component, origin)),
+                Err(e) => {
+                    tracing::warn!(artifact = %beside.display(), error = %e, "shipped compiled guest does not fit this engine; ignoring it")
                 }
-                Err(reason) => {
-                    tracing::warn!(artifact = %beside.display(), reason, "compiled guest beside the wasm is not trusted; ignoring it")
-                }
+            },
+            Err(reason) => {
+                tracing::warn!(artifact = %beside.display(), reason, "compiled guest beside the wasm is not trusted; ignoring it")
             }
         }
-        self.load_or_compile(engine, wasm, wasm_path)
+        None
     }
 
     fn trust_beside(&self, wasm_path: &Path, wasm: &[u8], artifact: &Path) -> Result<Origin, String> {
@@ -196,11 +204,22 @@ impl Artifacts {
     }
 }
 
-/// Where `qa-host compile-guest` puts the artifact for `wasm_path`: beside it, named after the
-/// wasm's SHA-256, so an artifact is only ever tried with the exact wasm it was compiled from.
-pub fn shipped_artifact_path(wasm_path: &Path, wasm: &[u8]) -> PathBuf {
+/// Where `qa-host compile-guest` puts an artifact for `wasm_path`: beside it, named after the
+/// wasm's SHA-256, so an artifact is only ever tried with the exact wasm it was compiled from:
+/// `<name>.wasm.<sha256-16>.cwasm` for the guest itself, `<name>.wasm.<sha256-16>.<kind>.cwasm`
+/// for what is made from it (the instrumented guest, a model's snapshot).
+pub fn artifact_path(wasm_path: &Path, wasm: &[u8], kind: Option<&str>) -> PathBuf {
     let name = wasm_path.file_name().and_then(|n| n.to_str()).unwrap_or("guest.wasm");
-    wasm_path.with_file_name(format!("{name}.{}.cwasm", &hex::encode(Sha256::digest(wasm))[..16]))
+    let hash = &hex::encode(Sha256::digest(wasm))[..16];
+    match kind {
+        Some(kind) => wasm_path.with_file_name(format!("{name}.{hash}.{kind}.cwasm")),
+        None => wasm_path.with_file_name(format!("{name}.{hash}.cwasm")),
+    }
+}
+
+/// The guest's own shipped artifact (see [`artifact_path`]).
+pub fn shipped_artifact_path(wasm_path: &Path, wasm: &[u8]) -> PathBuf {
+    artifact_path(wasm_path, wasm, None)
 }
 
 fn signature_path(artifact: &Path) -> PathBuf {
@@ -226,18 +245,31 @@ fn sign(key: &[u8], wasm: &[u8], artifact: &[u8]) -> String {
 /// Compiles the guest at `wasm_path` for `engine` and writes the artifact beside it, and its
 /// signature when `key` is given. Returns the artifact's path.
 pub fn write_shipped_artifact(engine: &Engine, wasm_path: &Path, key: Option<&[u8]>) -> Result<PathBuf, CacheError> {
-    let read_error = |path: &Path| {
+    let wasm = std::fs::read(wasm_path).map_err(|source| CacheError::Read { path: wasm_path.to_path_buf(), source })?;
+    write_shipped(engine, wasm_path, &wasm, None, &wasm, key)
+}
+
+/// Compiles `bytes` (the guest, or something made from it) and writes the artifact of `kind`
+/// beside the guest, signed over the guest's wasm when `key` is given.
+pub fn write_shipped(
+    engine: &Engine,
+    wasm_path: &Path,
+    wasm: &[u8],
+    kind: Option<&str>,
+    bytes: &[u8],
+    key: Option<&[u8]>,
+) -> Result<PathBuf, CacheError> {
+    let compiled =
+        engine.precompile_component(bytes).map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
+    let path = artifact_path(wasm_path, wasm, kind);
+    let write_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CacheError::Read { path, source }
     };
-    let wasm = std::fs::read(wasm_path).map_err(read_error(wasm_path))?;
-    let compiled =
-        engine.precompile_component(&wasm).map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
-    let path = shipped_artifact_path(wasm_path, &wasm);
-    write_atomically(&path, &compiled).map_err(read_error(&path))?;
+    write_atomically(&path, &compiled).map_err(write_error(&path))?;
     if let Some(key) = key {
         let signature = signature_path(&path);
-        write_atomically(&signature, sign(key, &wasm, &compiled).as_bytes()).map_err(read_error(&signature))?;
+        write_atomically(&signature, sign(key, wasm, &compiled).as_bytes()).map_err(write_error(&signature))?;
     }
     Ok(path)
 }

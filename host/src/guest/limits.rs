@@ -28,6 +28,7 @@ impl InstanceLimits {
     }
 
     /// Bytes of linear memory the instance holds now, all memories together.
+    #[cfg(test)]
     pub fn memory_bytes(&self) -> usize {
         self.memory_bytes
     }

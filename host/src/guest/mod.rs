@@ -23,7 +23,7 @@ mod limits;
 mod prepare;
 mod swap;
 
-pub use cache::{Artifacts, CacheError, Origin, SIGNING_KEY_VAR, shipped_artifact_path, write_shipped_artifact};
+pub use cache::{Artifacts, CacheError, Origin, SIGNING_KEY_VAR, artifact_path, shipped_artifact_path, write_shipped_artifact};
 pub use contract::{Answer, Options, QaError as GuestQaError, Response, Timings, Version, bound_text};
 pub use swap::SwappableGuest;
 
@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -78,12 +78,18 @@ pub enum GuestError {
     Prepare { model: String, reason: String },
 }
 
-/// Limits every guest call runs under.
+/// How guests run: the limits every call runs under, and whether snapshots are made.
 #[derive(Clone, Copy, Debug)]
-pub struct GuestLimits {
+pub struct GuestSettings {
     pub deadline: Duration,
+    /// All linear memories of one instance together.
     pub memory_bytes: usize,
     pub nn: NnLimits,
+    /// Instances that can exist at once: more concurrent requests than this are refused.
+    pub instances: u32,
+    /// Whether a model's snapshot that was neither shipped nor cached is made (in the
+    /// background for requests, at once for preloaded models). Off for one-shot commands.
+    pub compile_snapshots: bool,
 }
 
 /// A model as one request's guest sees it.
@@ -134,8 +140,8 @@ pub struct GuestRuntime {
     wasm: Arc<[u8]>,
     wasm_path: PathBuf,
     artifacts: Artifacts,
-    limits: GuestLimits,
-    /// The guest compiled with wizer's state accessors, made on the first `prepare`.
+    settings: GuestSettings,
+    /// The guest compiled with wizer's state accessors, made on the first snapshot.
     instrumented: tokio::sync::OnceCell<Component>,
     /// Model (name, version) → its pre-initialized guest.
     prepared: Mutex<HashMap<(String, String), Prepared>>,
@@ -148,10 +154,10 @@ pub struct GuestRuntime {
 
 impl GuestRuntime {
     /// Compiles (or loads) the guest at `wasm_path` and checks that it instantiates.
-    pub async fn load(wasm_path: &Path, artifacts: Artifacts, limits: GuestLimits) -> Result<Arc<Self>, GuestError> {
+    pub async fn load(wasm_path: &Path, artifacts: Artifacts, settings: GuestSettings) -> Result<Arc<Self>, GuestError> {
         let started = Instant::now();
         let wasm: Arc<[u8]> = std::fs::read(wasm_path).map_err(|source| CacheError::Read { path: wasm_path.to_path_buf(), source })?.into();
-        let engine = Engine::new(&engine_config()).map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
+        let engine = Engine::new(&runtime_config(&settings)).map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
         let (component, origin) = {
             let (engine, artifacts, wasm, path) = (engine.clone(), artifacts.clone(), wasm.clone(), wasm_path.to_path_buf());
             tokio::task::spawn_blocking(move || artifacts.load_guest(&engine, &path, &wasm))
@@ -174,7 +180,7 @@ impl GuestRuntime {
             wasm,
             wasm_path: wasm_path.to_path_buf(),
             artifacts,
-            limits,
+            settings,
             instrumented: tokio::sync::OnceCell::new(),
             prepared: Mutex::new(HashMap::new()),
             ticker_stop,
@@ -182,7 +188,7 @@ impl GuestRuntime {
             load_time: Duration::ZERO,
         };
         // Instantiate once now: a guest that cannot start is refused at load, not per request.
-        let mut store = runtime.store(None, limits.deadline)?;
+        let mut store = runtime.store(None, NnState::new(None, settings.nn), settings.deadline)?;
         runtime.base.instantiate(&mut store).await.map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
         drop(store);
         runtime.load_time = started.elapsed();
@@ -207,25 +213,19 @@ impl GuestRuntime {
         self.version
     }
 
-    /// A store for one call: WASI with only `model`'s directory mounted, wasi-nn offering only
-    /// its graph, the instance limits, and the deadline.
-    fn store(&self, model: Option<&GuestModel>, deadline: Duration) -> Result<Store<HostState>, GuestError> {
+    /// A store for one call: WASI with only one model's directory mounted (`mount`: its name
+    /// and directory), the call's wasi-nn state, the instance limits, and the deadline.
+    fn store(&self, mount: Option<(&str, &Path)>, nn: NnState, deadline: Duration) -> Result<Store<HostState>, GuestError> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
-        if let Some(model) = model {
-            wasi.preopened_dir(&model.dir, format!("{MODELS_MOUNT}/{}", model.name), FsPerms::ReadOnly)
-                .map_err(|e| GuestError::Mount { path: model.dir.clone(), reason: format!("{e:#}") })?;
+        if let Some((name, dir)) = mount {
+            wasi.preopened_dir(dir, format!("{MODELS_MOUNT}/{name}"), FsPerms::ReadOnly)
+                .map_err(|e| GuestError::Mount { path: dir.to_path_buf(), reason: format!("{e:#}") })?;
         }
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HANDLES);
-        let state = HostState {
-            wasi: wasi.build(),
-            table,
-            nn: NnState::new(model.map(|m| (m.name.clone(), m.graph.clone())), self.limits.nn),
-            limits: InstanceLimits::new(self.limits.memory_bytes),
-            stderr,
-        };
+        let state = HostState { wasi: wasi.build(), table, nn, limits: InstanceLimits::new(self.settings.memory_bytes), stderr };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Guest code yields to the executor every tick (so the call's timeout can fire) and
@@ -238,52 +238,81 @@ impl GuestRuntime {
         Ok(store)
     }
 
-    /// Pre-initializes the guest for `model` (once per model version): parses its files in an
-    /// instance and snapshots it, so requests start with them parsed. A 0.1 guest, or one
-    /// whose preparation failed, runs each request on a fresh, unprepared instance instead.
-    pub async fn prepare(&self, model: &GuestModel) -> Result<(), GuestError> {
+    /// Pre-initializes the guest for `model` (once per model version) and says whether it is
+    /// ready: its snapshot is found (shipped or cached) or, when `compile`, made now. A 0.1
+    /// guest, or one whose snapshot failed, runs each request on a fresh, unprepared instance.
+    pub async fn prepare(&self, model: &GuestModel, compile: bool) -> bool {
         if !self.version.prepares() {
-            return Ok(());
+            return false;
         }
         let key = (model.name.clone(), model.version.clone());
         {
-            let mut prepared = self.prepared.lock().map_err(|_| GuestError::Instantiate("prepared table poisoned".into()))?;
+            let Ok(mut prepared) = self.prepared.lock() else { return false };
             match prepared.get(&key) {
-                Some(Prepared::Ready(_) | Prepared::Failed | Prepared::Running) => return Ok(()),
+                Some(Prepared::Ready(_)) => return true,
+                Some(Prepared::Failed | Prepared::Running) => return false,
                 None => prepared.insert(key.clone(), Prepared::Running),
             };
         }
         let started = Instant::now();
-        let outcome = prepare::prepare(self, model).await;
-        let state = match outcome {
-            Ok((component, origin)) => match Self::link(&self.linker, self.version, &component) {
+        let state = match prepare::prepare(self, &model.name, &model.dir, compile).await {
+            Ok(Some((component, origin))) => match Self::link(&self.linker, self.version, &component) {
                 Ok(linked) => {
                     tracing::info!(model = %model.name, ?origin, ms = started.elapsed().as_millis() as u64, "guest prepared for model");
-                    Prepared::Ready(linked)
+                    Some(Prepared::Ready(linked))
                 }
                 Err(error) => {
-                    tracing::warn!(model = %model.name, %error, "prepared guest does not link; requests run unprepared");
-                    Prepared::Failed
+                    tracing::warn!(model = %model.name, %error, "the model's guest snapshot does not link; requests run unprepared");
+                    Some(Prepared::Failed)
                 }
             },
+            // Neither shipped nor cached: a later `prepare` with `compile` makes it.
+            Ok(None) => None,
             Err(error) => {
                 tracing::warn!(model = %model.name, %error, "guest not prepared; requests run unprepared");
-                Prepared::Failed
+                Some(Prepared::Failed)
             }
         };
-        if let Ok(mut prepared) = self.prepared.lock() {
-            prepared.insert(key, state);
+        let Ok(mut prepared) = self.prepared.lock() else { return false };
+        match state {
+            Some(state) => {
+                let ready = matches!(state, Prepared::Ready(_));
+                prepared.insert(key, state);
+                ready
+            }
+            None => {
+                prepared.remove(&key);
+                false
+            }
         }
-        Ok(())
     }
 
-    /// Starts [`Self::prepare`] in the background unless it ran or is running.
+    /// Makes `model`'s snapshot in the background, when settings allow and it is not made or
+    /// being made.
     pub fn prepare_in_background(self: &Arc<Self>, model: &GuestModel) {
         let known = self.prepared.lock().is_ok_and(|p| p.contains_key(&(model.name.clone(), model.version.clone())));
-        if self.version.prepares() && !known {
+        if self.version.prepares() && self.settings.compile_snapshots && !known {
             let (this, model) = (self.clone(), model.clone());
-            tokio::spawn(async move { this.prepare(&model).await });
+            tokio::spawn(async move { this.prepare(&model, true).await });
         }
+    }
+
+    /// Writes beside the guest what `qa-host compile-guest` ships for a deployment: the
+    /// instrumented guest, and the snapshot of each of `models` (name, directory), compiled
+    /// for this engine (signed with `key` when given). Returns the paths written.
+    pub async fn ship_snapshots(&self, models: &[(String, PathBuf)], key: Option<&[u8]>) -> Result<Vec<PathBuf>, GuestError> {
+        let mut written = Vec::new();
+        if !self.version.prepares() {
+            return Ok(written);
+        }
+        let instrumented = prepare::instrumented_wasm(&self.wasm).map_err(GuestError::Instantiate)?;
+        written.push(cache::write_shipped(&self.engine, &self.wasm_path, &self.wasm, Some(prepare::INSTRUMENTED), &instrumented, key)?);
+        for (name, dir) in models {
+            let kind = prepare::kind(&prepare::key(self, name, dir)?);
+            let snapshot = prepare::snapshot(self, name, dir).await?;
+            written.push(cache::write_shipped(&self.engine, &self.wasm_path, &self.wasm, Some(&kind), &snapshot, key)?);
+        }
+        Ok(written)
     }
 
     /// The instance template for `model`: its snapshot if ready, else the plain guest.
@@ -354,21 +383,26 @@ impl GuestRuntime {
         deadline: Duration,
         work: impl AsyncFnOnce(&Runner, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, GuestError> {
-        let deadline = deadline.min(self.limits.deadline);
+        let deadline = deadline.min(self.settings.deadline);
         let (template, prepared) = self.template(model);
         if !prepared {
             self.prepare_in_background(model);
         }
-        let mut store = self.store(Some(model), deadline)?;
+        let nn = NnState::new(Some((model.name.clone(), model.graph.clone())), self.settings.nn);
+        let mut store = self.store(Some((&model.name, &model.dir)), nn, deadline)?;
         let run = async {
             let runner = template.instantiate(&mut store).await?;
             work(&runner, &mut store).await
         };
-        match tokio::time::timeout(deadline, run).await {
+        let outcome = match tokio::time::timeout(deadline, run).await {
             Err(_) => Err(GuestError::Timeout(deadline)),
             Ok(Ok(result)) => Ok(result),
             Ok(Err(error)) => Err(self.classify_trap(&store, error, deadline)),
-        }
+        };
+        // Dropping the store returns the instance's slot to the pool, which resets the memory
+        // the request touched (a copy of up to `KEEP_RESIDENT` bytes): off the request's path.
+        tokio::task::spawn_blocking(move || drop(store));
+        outcome
     }
 
     fn classify_trap(&self, store: &Store<HostState>, error: wasmtime::Error, deadline: Duration) -> GuestError {
@@ -377,7 +411,7 @@ impl GuestRuntime {
             return GuestError::Timeout(deadline);
         }
         if state.limits.refused {
-            return GuestError::MemoryLimit { limit_mb: self.limits.memory_bytes >> 20 };
+            return GuestError::MemoryLimit { limit_mb: self.settings.memory_bytes >> 20 };
         }
         let stderr = state.stderr.contents();
         let stderr = String::from_utf8_lossy(&stderr);
@@ -400,6 +434,46 @@ pub fn engine_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    config
+}
+
+/// Guest instances that can exist at once (requests in flight, each with its own).
+pub const DEFAULT_INSTANCES: u32 = 256;
+/// Core instances, memories and tables a component may hold: `wasm-component-ld` makes a
+/// handful of each.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const TABLES_PER_COMPONENT: u32 = 8;
+/// Linear memory kept resident in a pooled slot between instances: reset in place (copied
+/// back from the snapshot) instead of unmapped, so the next request does not fault the pages
+/// in again. Covers the shipped guest's 8.4 MiB; memory above it is unmapped as usual. Each
+/// slot that has served a request keeps this much resident.
+const KEEP_RESIDENT: usize = 16 << 20;
+
+/// The engine that runs guests: [`engine_config`] plus the pooling allocator, which keeps a
+/// slot (memory, tables, stack) per possible instance, so instantiating a request's fresh
+/// instance reuses one instead of mapping new memory.
+fn runtime_config(settings: &GuestSettings) -> Config {
+    let mut pool = PoolingAllocationConfig::new();
+    let instances = settings.instances.max(1);
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(instances.saturating_mul(2))
+        .max_memories_per_component(2)
+        .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .total_stacks(instances)
+        .max_memory_size(settings.memory_bytes)
+        .linear_memory_keep_resident(KEEP_RESIDENT.min(settings.memory_bytes))
+        .table_keep_resident(1 << 20)
+        // Measured on the shipped guest (8.4 MiB of memory after its snapshot): with
+        // `PAGEMAP_SCAN` (Linux 6.7+) wasmtime resets at most 32 dirty regions and decommits
+        // the rest, and each request then faulted about 140 pages back in (+0.45 ms of
+        // tokenization); copying the first `KEEP_RESIDENT` bytes back instead costs no faults,
+        // and the copy happens when the store drops, after the answer.
+        .pagemap_scan(Enabled::No);
+    let mut config = engine_config();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
 

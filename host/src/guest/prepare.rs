@@ -4,12 +4,14 @@
 //! model instantiates the new component: it starts with the model's tokenizer parsed, and
 //! with nothing any request did.
 //!
-//! The result is compiled once and kept in the compile cache, keyed by the engine, the guest,
-//! the model's name and the bytes of its `tokenizer.json` and `config.json`; a later start (or
-//! another process on the same cache) deserializes it in milliseconds.
+//! The result is compiled once. It is found, in this order: shipped beside the guest by
+//! `qa-host compile-guest` (for the models in the image), in the compile cache, or made now.
+//! Both are keyed by the engine, the guest, the model's name and the bytes of its
+//! `tokenizer.json` and `config.json`.
 
 use super::contract::Runner;
-use super::{GuestError, GuestModel, GuestRuntime, Origin};
+use super::{GuestError, GuestRuntime, Origin};
+use crate::nn::NnState;
 use std::future::Future;
 use std::path::Path;
 use std::time::Instant;
@@ -17,43 +19,92 @@ use wasmtime::Store;
 use wasmtime::component::{Component, Instance, Lift, WasmList};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
-/// The pre-initialized guest for `model`, and whether it came from the cache.
-pub(super) async fn prepare(runtime: &GuestRuntime, model: &GuestModel) -> Result<(Component, Origin), GuestError> {
-    let failed = |reason: String| GuestError::Prepare { model: model.name.clone(), reason };
-    let read = |name: &str| std::fs::read(model.dir.join(name)).map_err(|e| failed(format!("{name}: {e}")));
-    let key = runtime
-        .artifacts
-        .key(&runtime.engine, &[b"prepared-v1", &runtime.wasm, model.name.as_bytes(), &read("tokenizer.json")?, &read("config.json")?]);
-    if let Some(component) = runtime.artifacts.cached(&runtime.engine, &key) {
-        return Ok((component, Origin::Cached));
-    }
+/// The kind name of the instrumented guest's shipped artifact.
+pub(super) const INSTRUMENTED: &str = "instrumented";
 
+/// The kind name of a model's shipped snapshot.
+pub(super) fn kind(key: &str) -> String {
+    format!("prepared-{key}")
+}
+
+/// What a model's snapshot is made from.
+pub(super) fn key(runtime: &GuestRuntime, name: &str, dir: &Path) -> Result<String, GuestError> {
+    let read = |file: &str| {
+        std::fs::read(dir.join(file)).map_err(|e| GuestError::Prepare { model: name.to_string(), reason: format!("{file}: {e}") })
+    };
+    let (tokenizer, config) = (read("tokenizer.json")?, read("config.json")?);
+    Ok(runtime.artifacts.key(&runtime.engine, &[b"prepared-v1", &runtime.wasm, name.as_bytes(), &tokenizer, &config]))
+}
+
+/// The model's snapshot if it was shipped or cached (milliseconds); else, when `compile`, made
+/// now (seconds: the instrumented guest's and the snapshot's compiles).
+pub(super) async fn prepare(
+    runtime: &GuestRuntime,
+    name: &str,
+    dir: &Path,
+    compile: bool,
+) -> Result<Option<(Component, Origin)>, GuestError> {
+    let key = key(runtime, name, dir)?;
+    if let Some(found) = runtime.artifacts.shipped(&runtime.engine, &runtime.wasm_path, &runtime.wasm, Some(&kind(&key))) {
+        return Ok(Some(found));
+    }
+    if let Some(component) = runtime.artifacts.cached(&runtime.engine, &key) {
+        return Ok(Some((component, Origin::Cached)));
+    }
+    if !compile {
+        return Ok(None);
+    }
     let started = Instant::now();
+    let bytes = snapshot(runtime, name, dir).await?;
+    let snapshot_ms = started.elapsed().as_millis() as u64;
+    let (engine, artifacts, what) = (runtime.engine.clone(), runtime.artifacts.clone(), Path::new(name).to_path_buf());
+    let component = tokio::task::spawn_blocking(move || artifacts.compile_into_cache(&engine, &bytes, &key, &what))
+        .await
+        .map_err(|e| GuestError::Prepare { model: name.to_string(), reason: format!("compiling the snapshot: {e}") })??;
+    tracing::info!(model = name, snapshot_ms, total_ms = started.elapsed().as_millis() as u64, "guest snapshot compiled");
+    Ok(Some((component, Origin::Compiled)))
+}
+
+/// The instrumented guest: shipped beside the guest, or compiled (and cached) once.
+async fn instrumented<'r>(runtime: &'r GuestRuntime, bytes: Vec<u8>) -> Result<&'r Component, GuestError> {
+    runtime
+        .instrumented
+        .get_or_try_init(|| async {
+            if let Some((component, _)) = runtime.artifacts.shipped(&runtime.engine, &runtime.wasm_path, &runtime.wasm, Some(INSTRUMENTED))
+            {
+                return Ok(component);
+            }
+            let (engine, artifacts) = (runtime.engine.clone(), runtime.artifacts.clone());
+            let what = runtime.wasm_path.with_extension("instrumented.wasm");
+            tokio::task::spawn_blocking(move || artifacts.load_or_compile(&engine, &bytes, &what).map(|(c, _)| c))
+                .await
+                .map_err(|e| GuestError::Instantiate(format!("compiling the instrumented guest: {e}")))?
+                .map_err(GuestError::from)
+        })
+        .await
+}
+
+/// The instrumented guest's wasm (what `qa-host compile-guest` ships precompiled).
+pub(super) fn instrumented_wasm(wasm: &[u8]) -> Result<Vec<u8>, String> {
+    Wizer::new().instrument_component(wasm).map(|(_, bytes)| bytes).map_err(|e| format!("instrumenting: {e:#}"))
+}
+
+/// Runs the guest's `prepare(name)` in an instrumented instance that mounts `dir` and returns
+/// the pre-initialized component's wasm.
+pub(super) async fn snapshot(runtime: &GuestRuntime, name: &str, dir: &Path) -> Result<Vec<u8>, GuestError> {
+    let failed = |reason: String| GuestError::Prepare { model: name.to_string(), reason };
     let wizer = Wizer::new();
     let (context, instrumented_bytes) = wizer.instrument_component(&runtime.wasm).map_err(|e| failed(format!("instrumenting: {e:#}")))?;
-    let instrumented = runtime
-        .instrumented
-        .get_or_try_init(|| {
-            let (engine, artifacts) = (runtime.engine.clone(), runtime.artifacts.clone());
-            let path = runtime.wasm_path.with_extension("instrumented.wasm");
-            async move {
-                tokio::task::spawn_blocking(move || artifacts.load_or_compile(&engine, &instrumented_bytes, &path).map(|(c, _)| c))
-                    .await
-                    .map_err(|e| failed(format!("compiling the instrumented guest: {e}")))?
-                    .map_err(|e| failed(e.to_string()))
-            }
-        })
-        .await?;
+    let instrumented = instrumented(runtime, instrumented_bytes).await?;
 
     // The snapshotted instance sees what a request for this model sees, except a graph: the
     // guest reads files here, it does not infer.
-    let deadline = runtime.limits.deadline;
-    let mut store = runtime.store(Some(&GuestModel { graph: model.graph.clone(), ..model.clone() }), deadline)?;
-    store.data_mut().nn = crate::nn::NnState::new(None, runtime.limits.nn);
+    let deadline = runtime.settings.deadline;
+    let mut store = runtime.store(Some((name, dir)), NnState::new(None, runtime.settings.nn), deadline)?;
     let initialized = tokio::time::timeout(deadline, async {
         let instance = runtime.linker.instantiate_async(&mut store, instrumented).await?;
         let runner = Runner::v2(&mut store, &instance)?;
-        let prepared = runner.prepare(&mut store, &model.name).await?;
+        let prepared = runner.prepare(&mut store, name).await?;
         Ok::<_, wasmtime::Error>((instance, prepared))
     })
     .await
@@ -63,17 +114,10 @@ pub(super) async fn prepare(runtime: &GuestRuntime, model: &GuestModel) -> Resul
 
     let mut state = Snapshotting { store: &mut store, instance, failure: None };
     let snapshot = wizer.snapshot_component(&context, &mut state).await.map_err(|e| failed(format!("snapshot: {e:#}")))?;
-    if let Some(failure) = state.failure {
-        return Err(failed(format!("reading the instance's state: {failure}")));
+    match state.failure {
+        Some(failure) => Err(failed(format!("reading the instance's state: {failure}"))),
+        None => Ok(snapshot),
     }
-    let snapshot_ms = started.elapsed().as_millis() as u64;
-    let (engine, artifacts, name) = (runtime.engine.clone(), runtime.artifacts.clone(), model.name.clone());
-    let component = tokio::task::spawn_blocking(move || artifacts.compile_into_cache(&engine, &snapshot, &key, Path::new(&name)))
-        .await
-        .map_err(|e| failed(format!("compiling the prepared guest: {e}")))?
-        .map_err(|e| failed(e.to_string()))?;
-    tracing::info!(model = %model.name, snapshot_ms, total_ms = started.elapsed().as_millis() as u64, "guest snapshot compiled");
-    Ok((component, Origin::Compiled))
 }
 
 /// Reads an instrumented instance's state for wizer through its accessor exports.

@@ -6,7 +6,7 @@
 //! to compile, to link or to instantiate (a contract version this host does not know, say) is
 //! logged and ignored until the file changes again, and the previous guest keeps serving.
 
-use super::{Artifacts, GuestLimits, GuestRuntime};
+use super::{Artifacts, GuestRuntime, GuestSettings};
 use crate::models::{ModelSource, S3Source};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +27,7 @@ pub struct SwappableGuest {
     /// The S3 version the running guest came from.
     s3_version: Mutex<String>,
     artifacts: Artifacts,
-    limits: GuestLimits,
+    settings: GuestSettings,
     ttl: Duration,
     /// The file's stamp when it was last tried, and when it was last checked.
     seen: Mutex<(Stamp, Instant)>,
@@ -40,7 +40,7 @@ impl SwappableGuest {
         path: &Path,
         s3: Option<(Arc<S3Source>, String)>,
         artifacts: Artifacts,
-        limits: GuestLimits,
+        settings: GuestSettings,
         ttl: Duration,
     ) -> Arc<Self> {
         let (s3, s3_version) = s3.map_or((None, String::new()), |(source, version)| (Some(source), version));
@@ -50,7 +50,7 @@ impl SwappableGuest {
             s3,
             s3_version: Mutex::new(s3_version),
             artifacts,
-            limits,
+            settings,
             ttl,
             seen: Mutex::new((stamp(path), Instant::now())),
             swapping: AtomicBool::new(false),
@@ -104,7 +104,7 @@ impl SwappableGuest {
 
     async fn swap(&self, path: PathBuf) {
         let started = Instant::now();
-        match GuestRuntime::load(&path, self.artifacts.clone(), self.limits).await {
+        match GuestRuntime::load(&path, self.artifacts.clone(), self.settings).await {
             Ok(runtime) => {
                 if let Ok(mut current) = self.current.write() {
                     *current = runtime;

@@ -49,6 +49,8 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         guest_ttl: Duration::from_secs(60),
         guest_memory_bytes: 512 << 20,
         guest_nn: Default::default(),
+        guest_instances: qa_host::guest::DEFAULT_INSTANCES,
+        compile_snapshots: true,
         session: Default::default(),
         preload: Vec::new(),
         model_cache_mb: None,

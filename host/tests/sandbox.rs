@@ -1,0 +1,251 @@
+//! A hostile guest, one attack per test: the misbehaving guest of `guest/fixtures`, built as
+//! a real component, run by the real host with the real model. Each test proves one bound of
+//! `SECURITY.md`: a guest cannot outlive its deadline (wasm, WASI waits, wasi-nn), grow the
+//! host, reach another request's data or another model, or return more than it may.
+
+mod common;
+
+use common::*;
+use qa_host::api::QaRequest;
+use qa_host::service::QaService;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn hostile(deadline: Duration, configure: impl FnOnce(&mut qa_host::config::HostConfig)) -> Arc<QaService> {
+    let mut config = config(misbehaving_guest(), models_dir());
+    config.guest_deadline = deadline;
+    configure(&mut config);
+    service(&config).await
+}
+
+async fn ask(service: &Arc<QaService>, question: &str) -> Result<String, (u16, &'static str, String)> {
+    service.answer(QaRequest::new(question, "ok")).await.map(|r| r.answer).map_err(|e| (e.status(), e.code(), e.to_string()))
+}
+
+/// What a probe found (probes report through an `inference` error).
+async fn probe(service: &Arc<QaService>, question: &str) -> String {
+    let (_, _, message) = ask(service, question).await.expect_err("probes report through an error");
+    let (_, finding) = message.split_once("probe: ").unwrap_or_else(|| panic!("not a probe report: {message}"));
+    finding.to_string()
+}
+
+/// Asks and times it.
+async fn timed(service: &Arc<QaService>, question: &str) -> (Result<String, (u16, &'static str, String)>, Duration) {
+    let started = Instant::now();
+    let outcome = ask(service, question).await;
+    (outcome, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_waiting_in_wasi_is_stopped_at_its_deadline() {
+    let service = hostile(Duration::from_secs(1), |_| {}).await;
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok", "warm: the model is loaded");
+    for question in ["sleep:3600", "poll:3600"] {
+        let (outcome, took) = timed(&service, question).await;
+        let (status, code, message) = outcome.unwrap_err();
+        assert_eq!((status, code), (500, "guest_timeout"), "{question}: {message}");
+        assert!(took < Duration::from_millis(1500), "{question}: an hour's wait under a 1 s deadline ended after {took:?}");
+    }
+    // Standard input is empty, not a wait.
+    let (outcome, took) = timed(&service, "stdin").await;
+    assert_eq!(outcome.unwrap_err().2.rsplit("probe: ").next(), Some("stdin gave 0 bytes"));
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_sleeping_guests_do_not_hold_up_a_normal_request() {
+    let service = hostile(Duration::from_secs(5), |_| {}).await;
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
+    let sleepers: Vec<_> = (0..200)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { ask(&service, "sleep:3600").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await; // all 200 are asleep in the guest
+    let (outcome, took) = timed(&service, "hello").await;
+    assert_eq!(outcome.unwrap(), "ok");
+    assert!(took < Duration::from_secs(1), "a normal request beside 200 sleeping guests took {took:?}");
+    for sleeper in sleepers {
+        assert_eq!(sleeper.await.unwrap().unwrap_err().1, "guest_timeout");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_over_the_element_budget_is_refused_before_it_runs() {
+    let service = hostile(Duration::from_secs(10), |_| {}).await;
+    assert_eq!(probe(&service, "nn:1x8").await, "computed 2 outputs", "a small batch runs");
+    for shape in ["256x512", "64x512"] {
+        let started = Instant::now();
+        let finding = probe(&service, &format!("nn:{shape}")).await;
+        assert!(finding.contains("the limit per inference call is 4096"), "{shape}: {finding}");
+        assert!(started.elapsed() < Duration::from_millis(500), "{shape}: refused after {:?}", started.elapsed());
+    }
+}
+
+/// Within a raised element budget, a run longer than the deadline is terminated: the
+/// request ends at its deadline, and the next request is not kept waiting for the model's
+/// session (which a run still going would hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inference_run_past_the_deadline_is_terminated() {
+    // How long the run takes when nothing stops it: the proof needs it well past the deadline.
+    let patient = hostile(Duration::from_secs(60), |c| c.guest_nn.max_input_elements = 16 * 512).await;
+    let (outcome, full_run) = timed(&patient, "nn:16x512").await;
+    assert!(outcome.unwrap_err().2.ends_with("computed 2 outputs"));
+    assert!(full_run > Duration::from_millis(900), "a [16, 512] run took only {full_run:?}: not long enough to prove termination");
+    let service = hostile(Duration::from_millis(300), |c| c.guest_nn.max_input_elements = 16 * 512).await;
+    assert_eq!(probe(&service, "nn:1x8").await, "computed 2 outputs");
+    let (outcome, took) = timed(&service, "nn:16x512").await;
+    let (_, code, message) = outcome.unwrap_err();
+    assert_eq!(code, "guest_timeout", "{message}");
+    assert!(took < Duration::from_millis(800), "the request ended {took:?} after it started, for a 300 ms deadline");
+    let (outcome, took) = timed(&service, "nn:1x8").await;
+    assert!(outcome.unwrap_err().2.ends_with("computed 2 outputs"));
+    assert!(took < Duration::from_millis(250), "the next run waited {took:?}: the terminated run still held the session");
+}
+
+#[tokio::test]
+async fn tensors_a_guest_holds_are_bounded() {
+    let service = hostile(Duration::from_secs(10), |c| c.guest_nn.max_tensor_bytes = 16 << 20).await;
+    assert_eq!(probe(&service, "tensors:8x1").await, "held 8 tensors");
+    let (status, code, message) = ask(&service, "tensors:100x1").await.unwrap_err();
+    assert_eq!((status, code), (500, "guest_failed"), "{message}");
+    assert!(message.contains("wasi-nn tensor refused: tensors would hold"), "{message}");
+    let (_, code, message) = ask(&service, "tensors:100x0").await.unwrap_err();
+    assert_eq!(code, "guest_failed");
+    assert!(message.contains("more than 64 tensors alive at once"), "{message}");
+    assert_eq!(ask(&service, "hello").await.unwrap(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_a_request_leaves_in_the_guest_reaches_the_next() {
+    let service = hostile(Duration::from_secs(10), |_| {}).await;
+    for round in 0..3 {
+        assert_eq!(ask(&service, &format!("remember:caller A's secret {round}")).await.unwrap(), "ok");
+        assert_eq!(probe(&service, "recall").await, "recalled \"\"", "round {round}");
+    }
+    // Concurrently too: every recall runs in its own instance.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 { ask(&service, &format!("remember:secret {i}")).await.map(drop).map_err(drop) } else { Err(()) }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    assert_eq!(probe(&service, "recall").await, "recalled \"\"");
+}
+
+#[tokio::test]
+async fn guest_error_text_is_cut_and_marked() {
+    let service = hostile(Duration::from_secs(10), |_| {}).await;
+    let (status, code, message) = ask(&service, "error:32").await.unwrap_err();
+    assert_eq!((status, code), (400, "invalid_input"));
+    assert!(message.len() < 5 << 10, "a 32 MiB error message reached the caller as {} bytes", message.len());
+    assert!(message.ends_with(&format!("[cut: {} more bytes]", (32 << 20) - 4096)), "{}", &message[message.len() - 60..]);
+}
+
+#[tokio::test]
+async fn a_request_mounts_and_loads_only_its_own_model() {
+    let dir = tempfile::tempdir().unwrap();
+    link_model(&models_dir().join("nlp1"), &dir.path().join("nlp1"));
+    link_model(&models_dir().join("nlp1"), &dir.path().join("other"));
+    let mut config = config(misbehaving_guest(), dir.path().to_path_buf());
+    config.default_model = Some("nlp1".into());
+    let service = service(&config).await;
+    let ask_other = QaRequest { model_type: Some("other".into()), ..QaRequest::new("hello", "ok") };
+    assert_eq!(service.answer(ask_other).await.unwrap().answer, "ok", "the other model has been used");
+    assert_eq!(probe(&service, "list:/models/nlp1").await, "listed config.json,model.onnx,tokenizer.json");
+    assert!(probe(&service, "list:/models/other").await.starts_with("list refused"));
+    assert!(probe(&service, "read:/models/other/config.json").await.starts_with("read refused"));
+    assert!(probe(&service, "load:other").await.starts_with("load refused"));
+    assert!(probe(&service, "write:/models/nlp1/planted").await.starts_with("write refused"), "the models are read-only");
+    assert!(!dir.path().join("nlp1/planted").exists());
+}
+
+#[tokio::test]
+async fn udp_and_name_lookups_are_refused() {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let service = hostile(Duration::from_secs(10), |_| {}).await;
+    let finding = probe(&service, &format!("udp:{port}")).await;
+    assert!(finding.starts_with("udp refused"), "{finding}");
+    let mut buffer = [0u8; 16];
+    assert!(socket.recv(&mut buffer).is_err(), "the datagram arrived");
+    let finding = probe(&service, "dns:localhost").await;
+    assert!(finding.starts_with("dns refused"), "{finding}");
+}
+
+/// A model file whose tensor data "lives" outside its directory is refused before ONNX
+/// Runtime opens it.
+#[tokio::test]
+async fn a_model_whose_external_data_points_outside_its_directory_is_refused() {
+    fn field(number: u64, body: &[u8]) -> Vec<u8> {
+        assert!(number < 16 && body.len() < 128, "short fields only");
+        [&[((number << 3) | 2) as u8, body.len() as u8][..], body].concat()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (name, location) in [("absolute", "/etc/passwd"), ("parent", "../../../../etc/passwd"), ("marker", "*/_ORT_MEM_ADDR_/*")] {
+        link_model(&models_dir().join("nlp1"), &dir.path().join(name));
+        let entry = [field(1, b"location"), field(2, location.as_bytes())].concat();
+        let tensor = [field(8, b"w"), field(13, &entry), vec![14 << 3, 1]].concat();
+        let model = field(7, &field(5, &tensor));
+        std::fs::remove_file(dir.path().join(name).join("model.onnx")).unwrap();
+        std::fs::write(dir.path().join(name).join("model.onnx"), model).unwrap();
+    }
+    link_model(&models_dir().join("nlp1"), &dir.path().join("good"));
+    let mut config = config(qa_guest(), dir.path().to_path_buf());
+    config.default_model = Some("good".into());
+    let service = service(&config).await;
+    for name in ["absolute", "parent", "marker"] {
+        let request = QaRequest { model_type: Some(name.into()), ..QaRequest::new("When?", "In 1886.") };
+        let error = service.answer(request).await.unwrap_err();
+        assert_eq!((error.status(), error.code()), (500, "model_invalid"), "{name}: {error}");
+        assert!(error.to_string().contains("external data location"), "{name}: {error}");
+    }
+    assert_eq!(service.answer(QaRequest::new("When?", "In 1886.")).await.unwrap().answer, "1886");
+}
+
+/// The bounds hold in a served process: after a hostile guest's largest attempts, its peak
+/// resident memory stays under the model's size plus 300 MB.
+#[test]
+fn attempts_at_huge_inference_leave_the_served_host_small() {
+    let port = free_port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qa-host"));
+    command
+        .env_clear()
+        .env("ORT_DYLIB_PATH", onnxruntime())
+        .env("QA_GUEST", misbehaving_guest())
+        .env("QA_MODELS_DIR", models_dir())
+        .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
+        .env("QA_GUEST_DEADLINE_MS", "1000")
+        .env("QA_LOG", "info")
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")]);
+    let host = Spawned::start(command);
+    host.wait_for_log("listening on", Duration::from_secs(120));
+    let url = format!("http://127.0.0.1:{port}/");
+    let ask = |question: &str| {
+        let started = Instant::now();
+        let body = serde_json::json!({"question": question, "context": "ok"});
+        let (status, json) = json_body(http().post(&url).send(body.to_string()).unwrap());
+        (status, json, started.elapsed())
+    };
+    assert_eq!(ask("nn:2x384").0, 500, "an honest-sized batch runs (reported as a probe)");
+    for shape in ["256x512", "64x512"] {
+        let (status, json, took) = ask(&format!("nn:{shape}"));
+        let message = json["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert_eq!(status, 500);
+        assert!(message.contains("the limit per inference call"), "{shape}: {message}");
+        assert!(took < Duration::from_millis(1500), "{shape} took {took:?}");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.child.id())).unwrap();
+    let peak_kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap();
+    let model_mb = std::fs::metadata(models_dir().join("nlp1/model.onnx")).unwrap().len() >> 20;
+    assert!(peak_kb >> 10 < model_mb + 300, "peak RSS {} MiB, model {model_mb} MiB", peak_kb >> 10);
+}
