@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import ROOT, build_inputs, loadavg  # noqa: E402
 
 
-def run(bench: Path, guest: Path, model_dir: Path, inputs: Path, iters: int, cache: Path) -> dict[str, list[float]]:
-    env = dict(os.environ, QA_CACHE_DIR=str(cache))
+def run(bench: Path, guest: Path, model_dir: Path, inputs: Path, iters: int, cache: Path, extra: list[str]) -> dict[str, list[float]]:
+    env = dict(os.environ, QA_CACHE_DIR=str(cache), **dict(kv.split("=", 1) for kv in extra))
     argv = [str(bench), "--row", "project", "--model-dir", str(model_dir), "--inputs", str(inputs), "--iters", str(iters),
             "--guest", str(guest)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -42,6 +42,8 @@ def main() -> None:
     for side in ("a", "b"):
         p.add_argument(f"--{side}-bench", type=Path, required=True, help=f"build {side.upper()}'s qa-bench")
         p.add_argument(f"--{side}-guest", type=Path, required=True, help=f"build {side.upper()}'s guest .wasm")
+        p.add_argument(f"--{side}-env", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"an environment variable for build {side.upper()} only (repeatable), to compare settings")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models/nlp1")
     p.add_argument("--squad", type=Path, default=ROOT / "fixtures/squad-dev-v1.1-sample.json")
     p.add_argument("--questions", type=int, default=20)
@@ -62,8 +64,8 @@ def main() -> None:
         for round_ in range(args.rounds):
             order = ("a", "b") if round_ % 2 == 0 else ("b", "a")
             for side in order:
-                bench, guest = getattr(args, f"{side}_bench"), getattr(args, f"{side}_guest")
-                times = run(bench, guest, args.model_dir, file, args.iters, tmp / f"cache-{side}")
+                bench, guest, extra = getattr(args, f"{side}_bench"), getattr(args, f"{side}_guest"), getattr(args, f"{side}_env")
+                times = run(bench, guest, args.model_dir, file, args.iters, tmp / f"cache-{side}", extra)
                 for input_id, ms in times.items():
                     samples[side][kinds[input_id]].extend(ms)
             print(f"[ab] round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
@@ -76,7 +78,7 @@ def main() -> None:
         if a and b:
             ma, mb = statistics.median(a), statistics.median(b)
             print(f"| {kind} | {ma:.2f} | {mb:.2f} | {mb / ma:.3f} | {len(a)} |")
-    print(f"\nA: {args.a_bench} + {args.a_guest}\nB: {args.b_bench} + {args.b_guest}")
+    print(f"\nA: {args.a_bench} + {args.a_guest} {' '.join(args.a_env)}\nB: {args.b_bench} + {args.b_guest} {' '.join(args.b_env)}")
     print(f"load average before: {before}; after: {after}; notes: {'; '.join(notes) or 'none'}")
     print(f"command: {' '.join(sys.argv)}")
 

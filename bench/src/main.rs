@@ -150,7 +150,10 @@ impl Row for ProjectRow {
             "model_type": Self::MODEL, "question": input.question, "context": input.context,
         }))?;
         let request = QaRequest::from_json(&body)?;
-        let response = self.runtime.block_on(self.service.answer(request)).map_err(|e| anyhow!("{e}"))?;
+        // On a worker thread of the runtime, as `qa-host serve` and the Lambda edge run it.
+        let service = self.service.clone();
+        let response =
+            self.runtime.block_on(self.runtime.spawn(async move { service.answer(request).await }))?.map_err(|e| anyhow!("{e}"))?;
         let response_body = serde_json::to_vec(&response)?;
         std::hint::black_box(&response_body);
         Ok(Some(Answer { text: response.answer, start: response.start, end: response.end, score: response.score }))
@@ -245,7 +248,7 @@ impl OrtRow {
             let (_, windows) = pipeline::windows(&mut tokenizer, &model.profile, &input.question, &input.context, &Options::default())?;
             let mut input_batches = Vec::new();
             for chunk in windows.chunks(MAX_BATCH_ROWS) {
-                let batch = Batch::from_windows(chunk, model.profile.pad_id);
+                let batch = Batch::from_windows(&chunk.iter().collect::<Vec<_>>(), model.profile.pad_id);
                 let shape = [batch.rows as i64, batch.seq_len as i64];
                 let tensor = |data: Vec<i64>| Tensor::from_array((shape, data));
                 input_batches.push(BatchTensors {

@@ -45,6 +45,8 @@ impl wit::Guest for Component {
         // SAFETY: no file or directory stream is open here; wasi-libc re-enumerates the
         // preopens lazily on the next path lookup.
         unsafe { __wasilibc_reset_preopens() };
+        // Requests allocate above all this (see `heap`), so the pages they write are few runs.
+        crate::HEAP.start_requests();
         prepared
     }
 
@@ -75,6 +77,7 @@ fn options(opts: wit::Options) -> Options {
         doc_stride: opts.doc_stride as usize,
         max_question_len: opts.max_question_len as usize,
         handle_impossible: opts.handle_impossible,
+        max_windows: opts.max_windows as usize,
     }
 }
 
@@ -100,6 +103,8 @@ fn to_u32(n: usize) -> u32 {
 fn to_wit_error(e: QaError) -> wit::QaError {
     match e {
         QaError::InvalidInput(m) => wit::QaError::InvalidInput(m),
+        QaError::InvalidOption(m) => wit::QaError::InvalidOption(m),
+        QaError::TooManyWindows(m) => wit::QaError::TooManyWindows(m),
         QaError::ModelNotFound(m) => wit::QaError::ModelNotFound(m),
         QaError::ModelInvalid(m) => wit::QaError::ModelInvalid(m),
         QaError::Inference(m) => wit::QaError::Inference(m),
@@ -124,7 +129,8 @@ fn answer(model: &str, question: &str, context: &str, options: &Options) -> Resu
 }
 
 fn answer_many(model: &str, questions: &[String], context: &str, options: &Options) -> Result<Vec<Result<Answered, QaError>>, QaError> {
-    with_model(model, |loaded, nn| Ok(pipeline::answer_many(&mut loaded.tokenizer, &loaded.profile, nn, questions, context, options)))
+    let questions: Vec<&str> = questions.iter().map(String::as_str).collect();
+    with_model(model, |loaded, nn| pipeline::answer_many(&loaded.tokenizer, &loaded.profile, nn, &questions, context, options))
 }
 
 /// Runs `f` with the model's parsed files and its graph.

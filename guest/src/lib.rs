@@ -35,11 +35,22 @@ pub struct Options {
     pub max_question_len: usize,
     /// Also offer the empty answer, scored by the model's "no answer" (CLS) probability.
     pub handle_impossible: bool,
+    /// Most windows one call may run inference on, all questions together (0: no limit). A
+    /// call over it is refused before any inference.
+    pub max_windows: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { top_k: 1, max_answer_len: 15, max_seq_len: 384, doc_stride: 128, max_question_len: 64, handle_impossible: false }
+        Self {
+            top_k: 1,
+            max_answer_len: 15,
+            max_seq_len: 384,
+            doc_stride: 128,
+            max_question_len: 64,
+            handle_impossible: false,
+            max_windows: 0,
+        }
     }
 }
 
@@ -54,11 +65,17 @@ pub struct Answer {
 }
 
 /// Why a question could not be answered. Variants map one-to-one onto the WIT `qa-error`.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum QaError {
-    /// The request itself is unusable (empty question, option out of range, question too long).
+    /// The request itself is unusable (empty question, question too long).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// An option does not fit this request (a stride that leaves no room for the context).
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// The context needs more windows than the call may run.
+    #[error("too many windows: {0}")]
+    TooManyWindows(String),
     /// The model's files are missing or the runtime has no graph by that name.
     #[error("model not found: {0}")]
     ModelNotFound(String),

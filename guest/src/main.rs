@@ -4,6 +4,12 @@
 
 #[cfg(target_family = "wasm")]
 mod component;
+#[cfg(target_family = "wasm")]
+mod heap;
+
+#[cfg(target_family = "wasm")]
+#[global_allocator]
+static HEAP: heap::Heap = heap::Heap::new();
 
 #[cfg(target_family = "wasm")]
 fn main() {

@@ -2,8 +2,8 @@
 
 use crate::extract::collect_answers;
 use crate::infer::QaModel;
-use crate::score::score_window;
-use crate::tokenize::encode_windows;
+use crate::score::{TokenSpan, score_window};
+use crate::tokenize::{Question, cut_windows, encode_context, encode_question, min_tokens, window_count};
 use crate::window::{Batch, Window};
 use crate::{Answer, Options, QaError, Timings};
 use std::time::Instant;
@@ -21,7 +21,7 @@ pub const MAX_SEQ_LEN: usize = 4096;
 
 impl Options {
     pub fn validate(&self) -> Result<(), QaError> {
-        let bad = |what: &str| Err(QaError::InvalidInput(what.to_string()));
+        let bad = |what: &str| Err(QaError::InvalidOption(what.to_string()));
         if !(1..=MAX_TOP_K).contains(&self.top_k) {
             return bad(&format!("top_k must be between 1 and {MAX_TOP_K}"));
         }
@@ -69,76 +69,110 @@ impl ModelProfile {
 
 /// Answers `question` from `context`: up to `options.top_k` answers, best first.
 pub fn answer(
-    tokenizer: &mut Tokenizer,
+    tokenizer: &Tokenizer,
     profile: &ModelProfile,
     model: &mut dyn QaModel,
     question: &str,
     context: &str,
     options: &Options,
 ) -> Result<(Vec<Answer>, Timings), QaError> {
-    let mut timings = Timings::default();
-    let started = Instant::now();
-    let (options, windows) = windows(tokenizer, profile, question, context, options)?;
-    timings.tokenize_us = micros(started);
-    timings.windows = u32::try_from(windows.len()).unwrap_or(u32::MAX);
+    let mut results = answer_many(tokenizer, profile, model, &[question], context, options)?;
+    results.pop().unwrap_or_else(|| Err(QaError::Inference("no result for the question".into())))
+}
 
+/// Answers each of `questions` from the one `context`, in order: the context is tokenized
+/// once, and the windows of all questions share inference calls. A question's own problem
+/// (empty, too long, no room for the stride) fails only its entry; what fails them all (the
+/// options, the context, the window budget, inference) is the outer error.
+pub fn answer_many(
+    tokenizer: &Tokenizer,
+    profile: &ModelProfile,
+    model: &mut dyn QaModel,
+    questions: &[&str],
+    context: &str,
+    options: &Options,
+) -> Result<Vec<Result<(Vec<Answer>, Timings), QaError>>, QaError> {
+    let started = Instant::now();
+    let (options, prepared) = windows_many(tokenizer, profile, questions, context, options)?;
+    let tokenize_us = micros(started);
+
+    // Every window of every question, in order, cut into inference batches.
+    let rows: Vec<(usize, &Window)> =
+        prepared.iter().enumerate().flat_map(|(q, windows)| windows.iter().flatten().map(move |w| (q, w))).collect();
     // The reference keeps more candidates per window than it returns, since merging and
     // word alignment can fold several spans into one answer.
     let per_window = options.top_k * 2 + 10;
-    let mut spans = Vec::new();
-    let mut null_score: Option<f64> = None;
-    for chunk in windows.chunks(MAX_BATCH_ROWS) {
+    let mut spans: Vec<Vec<(&Window, TokenSpan)>> = vec![Vec::new(); questions.len()];
+    let mut null_scores: Vec<Option<f64>> = vec![None; questions.len()];
+    let (mut inference_us, mut decode_us) = (vec![0u64; questions.len()], vec![0u64; questions.len()]);
+    for chunk in rows.chunks(MAX_BATCH_ROWS) {
         let started = Instant::now();
-        let batch = Batch::from_windows(chunk, profile.pad_id);
+        let windows: Vec<&Window> = chunk.iter().map(|(_, w)| *w).collect();
+        let batch = Batch::from_windows(&windows, profile.pad_id);
         let logits = model.infer(&batch)?;
         logits.check(&batch)?;
-        timings.inference_us += micros(started);
-
-        let started = Instant::now();
-        for (row, window) in chunk.iter().enumerate() {
+        // A shared call's time goes to the questions by their rows in it.
+        let share = micros(started) / chunk.len() as u64;
+        for (row, &(q, window)) in chunk.iter().enumerate() {
+            let started = Instant::now();
+            inference_us[q] += share;
             let (start, end) = logits.row(row);
             let scored = score_window(start, end, &window.in_context, window.cls_index, per_window, options.max_answer_len);
             if let Some(null) = scored.null_score {
-                null_score = Some(null_score.map_or(f64::from(null), |n| n.min(f64::from(null))));
+                null_scores[q] = Some(null_scores[q].map_or(f64::from(null), |n| n.min(f64::from(null))));
             }
-            spans.extend(scored.spans.into_iter().map(|span| (window, span)));
+            spans[q].extend(scored.spans.into_iter().map(|span| (window, span)));
+            decode_us[q] += micros(started);
         }
-        timings.decode_us += micros(started);
     }
 
-    let started = Instant::now();
-    let null_score = if options.handle_impossible { null_score } else { None };
-    let answers = collect_answers(context, spans, null_score, options.top_k);
-    timings.decode_us += micros(started);
-    Ok((answers, timings))
+    let results = prepared
+        .iter()
+        .enumerate()
+        .map(|(q, windows)| {
+            let windows = windows.as_ref().map_err(Clone::clone)?;
+            let started = Instant::now();
+            let null_score = if options.handle_impossible { null_scores[q] } else { None };
+            let answers = collect_answers(context, std::mem::take(&mut spans[q]), null_score, options.top_k);
+            let timings = Timings {
+                tokenize_us,
+                inference_us: inference_us[q],
+                decode_us: decode_us[q] + micros(started),
+                windows: u32::try_from(windows.len()).unwrap_or(u32::MAX),
+            };
+            Ok((answers, timings))
+        })
+        .collect();
+    Ok(results)
 }
 
-/// Answers each of `questions` from the one `context`, in order; a bad question fails only
-/// its own entry.
-pub fn answer_many(
-    tokenizer: &mut Tokenizer,
-    profile: &ModelProfile,
-    model: &mut dyn QaModel,
-    questions: &[String],
-    context: &str,
-    options: &Options,
-) -> Vec<Result<(Vec<Answer>, Timings), QaError>> {
-    questions.iter().map(|question| answer(tokenizer, profile, model, question, context, options)).collect()
-}
-
-/// Stages 1 and 2: checks the request, fits `options` to the model, and cuts the pair into
-/// windows. [`answer`] starts here, and so does the benchmark's bare-inference row.
+/// Stages 1 and 2 for one question: checks the request, fits `options` to the model, and
+/// cuts the pair into windows. The benchmark's bare-inference row starts here.
 pub fn windows(
-    tokenizer: &mut Tokenizer,
+    tokenizer: &Tokenizer,
     profile: &ModelProfile,
     question: &str,
     context: &str,
     options: &Options,
 ) -> Result<(Options, Vec<Window>), QaError> {
+    let (options, mut prepared) = windows_many(tokenizer, profile, &[question], context, options)?;
+    let windows = prepared.pop().unwrap_or_else(|| Err(QaError::InvalidInput("no question".into())))?;
+    Ok((options, windows))
+}
+
+/// Stages 1 and 2 for several questions over one context, tokenized once. The window budget
+/// (`options.max_windows`) counts the windows of all questions; it is checked first against
+/// a lower bound from the context's words (a hopeless request is refused before the context
+/// is tokenized), then exactly, before any window is built.
+#[allow(clippy::type_complexity)]
+pub fn windows_many(
+    tokenizer: &Tokenizer,
+    profile: &ModelProfile,
+    questions: &[&str],
+    context: &str,
+    options: &Options,
+) -> Result<(Options, Vec<Result<Vec<Window>, QaError>>), QaError> {
     options.validate()?;
-    if question.trim().is_empty() {
-        return Err(QaError::InvalidInput("question is empty".into()));
-    }
     if context.trim().is_empty() {
         return Err(QaError::InvalidInput("context is empty".into()));
     }
@@ -146,7 +180,29 @@ pub fn windows(
     if let Some(max) = profile.max_positions {
         options.max_seq_len = options.max_seq_len.min(max);
     }
-    let windows = encode_windows(tokenizer, question, context, &options)?.into_iter().map(Window::new).collect();
+    let encoded: Vec<Result<Question, QaError>> = questions.iter().map(|q| encode_question(tokenizer, q, &options)).collect();
+    let windows_for = |tokens: usize| -> usize { encoded.iter().flatten().map(|q| window_count(tokens, q.room, options.doc_stride)).sum() };
+    let over_budget = |windows: usize, how: &str| {
+        (options.max_windows > 0 && windows > options.max_windows).then(|| {
+            QaError::TooManyWindows(format!(
+                "the context needs {how}{windows} windows of {} tokens for {} question(s); the limit is {}",
+                options.max_seq_len,
+                encoded.iter().flatten().count(),
+                options.max_windows
+            ))
+        })
+    };
+    if let Some(refused) = over_budget(windows_for(min_tokens(context)), "at least ") {
+        return Err(refused);
+    }
+    let context = encode_context(tokenizer, context)?;
+    if let Some(refused) = over_budget(windows_for(context.len()), "") {
+        return Err(refused);
+    }
+    let windows = encoded
+        .into_iter()
+        .map(|question| Ok(cut_windows(tokenizer, &question?, &context, &options)?.into_iter().map(Window::new).collect()))
+        .collect();
     Ok((options, windows))
 }
 
@@ -204,14 +260,61 @@ mod tests {
     }
 
     #[test]
+    fn a_context_over_the_window_budget_is_refused_before_inference() {
+        let tok = tiny_tokenizer();
+        let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
+        let context = format!("{} 1886", "a b c d e f g h ".repeat(40));
+        let options = Options { max_seq_len: 24, doc_stride: 4, ..Options::default() };
+        let (_, timings) = answer(&tok, &BERT_PROFILE, &mut model, "when", &context, &options).unwrap();
+        let needed = timings.windows as usize;
+        // Words alone show it is hopeless: refused before the context is tokenized.
+        let tight = Options { max_windows: needed / 2, ..options };
+        let err = answer(&tok, &BERT_PROFILE, &mut model, "when", &context, &tight).unwrap_err();
+        assert!(matches!(&err, QaError::TooManyWindows(m) if m.contains("at least")), "{err:?}");
+        // Words allow it, tokens do not ("東京" is one word and two tokens).
+        let cjk = "東京 ".repeat(40);
+        let (_, timings) = answer(&tok, &BERT_PROFILE, &mut model, "when", &cjk, &options).unwrap();
+        let just_under = Options { max_windows: timings.windows as usize - 1, ..options };
+        let err = answer(&tok, &BERT_PROFILE, &mut model, "when", &cjk, &just_under).unwrap_err();
+        assert!(matches!(&err, QaError::TooManyWindows(m) if !m.contains("at least")), "{err:?}");
+        let calls = model.calls;
+        let exact = Options { max_windows: needed, ..options };
+        answer(&tok, &BERT_PROFILE, &mut model, "when", &context, &exact).unwrap();
+        assert!(model.calls > calls, "at the budget it runs");
+    }
+
+    #[test]
+    fn several_questions_share_one_tokenized_context_and_inference_calls() {
+        let tok = tiny_tokenizer();
+        let context = format!("{} 1886", "a b c d e f g h ".repeat(40));
+        let options = Options { max_seq_len: 24, doc_stride: 4, ..Options::default() };
+        let mut alone = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
+        let single = answer(&tok, &BERT_PROFILE, &mut alone, "when", &context, &options).unwrap();
+        let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
+        let results = answer_many(&tok, &BERT_PROFILE, &mut model, &["when", " ", "when was", "when"], &context, &options).unwrap();
+        assert_eq!(results.len(), 4);
+        assert!(matches!(&results[1], Err(QaError::InvalidInput(m)) if m.contains("empty")), "a bad question fails only itself");
+        for i in [0, 2, 3] {
+            assert_eq!(results[i].as_ref().unwrap().0[0].text, "1886");
+        }
+        assert_eq!(results[0].as_ref().unwrap().0, single.0, "the same answers as alone");
+        let windows: usize = [0, 2, 3].iter().map(|&i| results[i].as_ref().unwrap().1.windows as usize).sum();
+        assert_eq!(model.calls, windows.div_ceil(MAX_BATCH_ROWS), "windows of all questions share batches");
+        // The budget counts the windows of all questions.
+        let err =
+            answer_many(&tok, &BERT_PROFILE, &mut model, &["when", "when"], &context, &Options { max_windows: windows / 2, ..options });
+        assert!(matches!(err, Err(QaError::TooManyWindows(_))));
+    }
+
+    #[test]
     fn empty_inputs_and_bad_options_are_refused() {
         let mut tok = tiny_tokenizer();
         let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
         let mut ask = |q: &str, c: &str, o: Options| answer(&mut tok, &BERT_PROFILE, &mut model, q, c, &o).unwrap_err();
         assert!(matches!(ask(" ", "a", Options::default()), QaError::InvalidInput(m) if m.contains("question")));
         assert!(matches!(ask("a", "\n\t", Options::default()), QaError::InvalidInput(m) if m.contains("context")));
-        assert!(matches!(ask("a", "b", Options { top_k: 0, ..Options::default() }), QaError::InvalidInput(m) if m.contains("top_k")));
-        assert!(matches!(ask("a", "b", Options { max_answer_len: 0, ..Options::default() }), QaError::InvalidInput(_)));
+        assert!(matches!(ask("a", "b", Options { top_k: 0, ..Options::default() }), QaError::InvalidOption(m) if m.contains("top_k")));
+        assert!(matches!(ask("a", "b", Options { max_answer_len: 0, ..Options::default() }), QaError::InvalidOption(_)));
     }
 
     #[test]

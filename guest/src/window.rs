@@ -44,8 +44,8 @@ pub struct Batch {
 impl Batch {
     /// Pads with id `pad_id`, attention 0 and type 0: padded positions never reach an answer
     /// because the scorer only looks at the first `window.len()` logits of each row.
-    pub fn from_windows(windows: &[Window], pad_id: u32) -> Self {
-        let seq_len = windows.iter().map(Window::len).max().unwrap_or(0);
+    pub fn from_windows(windows: &[&Window], pad_id: u32) -> Self {
+        let seq_len = windows.iter().map(|w| w.len()).max().unwrap_or(0);
         let cells = windows.len() * seq_len;
         let mut batch = Batch {
             rows: windows.len(),
@@ -75,8 +75,8 @@ mod tests {
 
     #[test]
     fn context_mask_excludes_question_and_special_tokens() {
-        let mut tok = tiny_tokenizer();
-        let enc = encode_windows(&mut tok, "when was", "benz patented it", &Options::default()).unwrap();
+        let tok = tiny_tokenizer();
+        let enc = encode_windows(&tok, "when was", "benz patented it", &Options::default()).unwrap();
         let w = Window::new(enc.into_iter().next().unwrap());
         // [CLS] when was [SEP] benz patented it [SEP]
         assert_eq!(w.in_context, vec![false, false, false, false, true, true, true, false]);
@@ -85,11 +85,11 @@ mod tests {
 
     #[test]
     fn batch_pads_shorter_windows() {
-        let mut tok = tiny_tokenizer();
+        let tok = tiny_tokenizer();
         let options = Options { max_seq_len: 10, doc_stride: 2, ..Options::default() };
         let windows: Vec<Window> =
-            encode_windows(&mut tok, "when", "a b c d e f g h a b", &options).unwrap().into_iter().map(Window::new).collect();
-        let batch = Batch::from_windows(&windows, 0);
+            encode_windows(&tok, "when", "a b c d e f g h a b", &options).unwrap().into_iter().map(Window::new).collect();
+        let batch = Batch::from_windows(&windows.iter().collect::<Vec<_>>(), 0);
         assert_eq!(batch.rows, windows.len());
         assert_eq!(batch.seq_len, 10);
         let last = windows.last().unwrap().len();

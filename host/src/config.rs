@@ -4,8 +4,14 @@ use crate::models::S3Settings;
 use crate::models::manifest::{self, ManifestError};
 use crate::nn::NnLimits;
 use crate::nn::onnx::SessionSettings;
+use crate::server::ServeLimits;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Windows one request may run by default: about 5 s of inference on a 2-core x86-64 machine
+/// (about 20 ms a 384-token window), and about 270 KB of English text at the default window
+/// and stride.
+pub const DEFAULT_MAX_WINDOWS: u32 = 256;
 
 /// Everything [`crate::service::QaService`] needs to start.
 #[derive(Clone, Debug)]
@@ -34,6 +40,9 @@ pub struct HostConfig {
     pub guest_nn: NnLimits,
     /// Guest instances that can exist at once (`QA_GUEST_INSTANCES`).
     pub guest_instances: u32,
+    /// Windows one request may run inference on, all its questions together
+    /// (`QA_MAX_WINDOWS`): a context that needs more is refused (413 `too_many_windows`).
+    pub max_windows: u32,
     /// Whether the guest's per-model snapshots are compiled when none was shipped or cached
     /// (off for one-shot commands, which would not live to use them).
     pub compile_snapshots: bool,
@@ -49,6 +58,8 @@ pub struct HostConfig {
     pub model_ttl: Duration,
     /// S3 download settings (cache under `QA_MODEL_CACHE_DIR`).
     pub s3: S3Settings,
+    /// What clients can make `qa-host serve` hold (`QA_SERVE_*`).
+    pub serve: ServeLimits,
 }
 
 impl HostConfig {
@@ -77,6 +88,17 @@ impl HostConfig {
         if let Some(attempts) = env_number::<u32>("QA_S3_MAX_ATTEMPTS").filter(|&n| n > 0) {
             s3.max_attempts = attempts;
         }
+        let guest_deadline = Duration::from_millis(env_number("QA_GUEST_DEADLINE_MS").unwrap_or(30_000));
+        let serve = {
+            let defaults = ServeLimits::for_deadline(guest_deadline);
+            let millis = |key: &str| env_number::<u64>(key).filter(|&ms| ms > 0).map(Duration::from_millis);
+            ServeLimits {
+                header_timeout: millis("QA_SERVE_HEADER_TIMEOUT_MS").unwrap_or(defaults.header_timeout),
+                request_timeout: millis("QA_SERVE_REQUEST_TIMEOUT_MS").unwrap_or(defaults.request_timeout),
+                max_requests: env_number("QA_SERVE_MAX_REQUESTS").filter(|&n| n > 0).unwrap_or(defaults.max_requests),
+                max_connections: env_number("QA_SERVE_MAX_CONNECTIONS").filter(|&n| n > 0).unwrap_or(defaults.max_connections),
+            }
+        };
         Ok(Self {
             models_dir: env_path("QA_MODELS_DIR").unwrap_or_else(default_models_dir),
             default_model: std::env::var("QA_DEFAULT_MODEL").ok().filter(|v| !v.is_empty()),
@@ -84,10 +106,11 @@ impl HostConfig {
             guest_s3: None,
             cache_dir: env_path("QA_CACHE_DIR").unwrap_or_else(|| std::env::temp_dir().join("qa-host")),
             onnxruntime: env_path("ORT_DYLIB_PATH"),
-            guest_deadline: Duration::from_millis(env_number("QA_GUEST_DEADLINE_MS").unwrap_or(30_000)),
+            guest_deadline,
             guest_ttl: Duration::from_secs(env_number("QA_GUEST_TTL_SECS").unwrap_or(60)),
             guest_memory_bytes: env_number("QA_GUEST_MEMORY_MB").unwrap_or(512) << 20,
             compile_snapshots: true,
+            max_windows: env_number("QA_MAX_WINDOWS").unwrap_or(DEFAULT_MAX_WINDOWS),
             guest_instances: env_number("QA_GUEST_INSTANCES").unwrap_or(crate::guest::DEFAULT_INSTANCES),
             guest_nn: {
                 let defaults = NnLimits::default();
@@ -113,6 +136,7 @@ impl HostConfig {
             manifest,
             model_ttl: Duration::from_secs(env_number("QA_MODEL_TTL_SECS").unwrap_or(60)),
             s3,
+            serve,
         })
     }
 }

@@ -188,7 +188,7 @@ async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, 
             }
         }
         Command::Serve { addr } => {
-            qa_host::server::serve(service, addr).await.map_err(|e| format!("serve on {addr}: {e}"))?;
+            qa_host::server::serve(service, addr, config.serve).await.map_err(|e| format!("serve on {addr}: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { file, model, limit, predictions } => {

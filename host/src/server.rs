@@ -1,28 +1,119 @@
 //! `qa-host serve`: the service over local HTTP, speaking the API Gateway sample's body.
 //! `POST /` answers; `GET /health` lists the models.
+//!
+//! What a client can make the server hold is bounded ([`ServeLimits`]): connections (further
+//! ones wait in the kernel's backlog), time to send the headers (hyper) and the whole request
+//! (tower's timeout, 408 `request_timeout`), and requests in progress (tower's concurrency
+//! limit with load shedding, 503 `overloaded` with `Retry-After`). A request whose client goes
+//! away is dropped with its connection, and with it the guest call it was waiting on.
 
 use crate::api::{ApiError, QaRequest, limits};
 use crate::service::QaService;
 use axum::Router;
 use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tower::ServiceBuilder;
 
-pub fn router(service: Arc<QaService>) -> Router {
-    Router::new().route("/", post(answer)).route("/health", get(health)).with_state(service)
+/// Bounds on what clients can make `serve` hold.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    /// Time from a connection's start (or its previous response) to the end of a request's
+    /// headers (`QA_SERVE_HEADER_TIMEOUT_MS`).
+    pub header_timeout: Duration,
+    /// Time from the end of the headers to the response, body upload included
+    /// (`QA_SERVE_REQUEST_TIMEOUT_MS`).
+    pub request_timeout: Duration,
+    /// Requests answered at once; more are refused with 503 `overloaded`
+    /// (`QA_SERVE_MAX_REQUESTS`).
+    pub max_requests: usize,
+    /// Open connections; more wait to be accepted (`QA_SERVE_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+}
+
+impl ServeLimits {
+    /// The defaults, for a guest deadline of `guest_deadline`: a request may take the deadline
+    /// plus 10 s (model load, body upload).
+    pub fn for_deadline(guest_deadline: Duration) -> Self {
+        ServeLimits {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: guest_deadline + Duration::from_secs(10),
+            max_requests: 64,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Seconds a client refused with `overloaded` is asked to wait.
+const RETRY_AFTER_SECS: u32 = 1;
+
+pub fn router(service: Arc<QaService>, limits: &ServeLimits) -> Router {
+    let answer_route = post(answer).layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(refused))
+            .load_shed()
+            .concurrency_limit(limits.max_requests.max(1))
+            .timeout(limits.request_timeout),
+    );
+    Router::new().route("/", answer_route).route("/health", get(health)).with_state(service)
+}
+
+/// The answer route's refusals: over the concurrency limit, or past the request timeout.
+async fn refused(error: tower::BoxError) -> Response {
+    let request_id = next_request_id();
+    let error = if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::RequestTimeout
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded
+    } else {
+        ApiError::Internal(error.to_string())
+    };
+    tracing::warn!(request_id, code = error.code(), %error, "request refused");
+    let mut response = error_response(&error, &request_id);
+    if matches!(error, ApiError::Overloaded) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    response
 }
 
 /// Serves until the process is stopped.
-pub async fn serve(service: Arc<QaService>, addr: std::net::SocketAddr) -> std::io::Result<()> {
+pub async fn serve(service: Arc<QaService>, addr: std::net::SocketAddr, limits: ServeLimits) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving POST /");
+    tracing::info!(addr = %listener.local_addr()?, ?limits, "serving POST /");
     eprintln!("qa-host: listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(service)).await
+    let app = router(service, &limits);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else { return Ok(()) };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait for connections to close.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
 }
 
 fn next_request_id() -> String {
@@ -53,22 +144,45 @@ async fn read_body(body: Body) -> Result<Vec<u8>, ApiError> {
     Ok(kept)
 }
 
+/// Logs a request dropped before it was answered: its client went away, or its time ran out.
+struct Unanswered<'a> {
+    request_id: &'a str,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            tracing::warn!(
+                request_id = self.request_id,
+                "request dropped before its answer (client gone or request timeout); its guest call is cancelled"
+            );
+        }
+    }
+}
+
 async fn answer(State(service): State<Arc<QaService>>, body: Body) -> Response {
     let request_id = next_request_id();
+    let mut unanswered = Unanswered { request_id: &request_id, answered: false };
     let outcome = async {
         let bytes = read_body(body).await?;
         let request = QaRequest::from_json(&bytes)?;
         service.answer(request).await
     }
     .await;
+    unanswered.answered = true;
     match outcome {
         Ok(response) => json_response(StatusCode::OK, &response),
         Err(error) => {
             tracing::warn!(request_id, code = error.code(), %error, "request failed");
-            let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            json_response(status, &error.body(&request_id))
+            error_response(&error, &request_id)
         }
     }
+}
+
+fn error_response(error: &ApiError, request_id: &str) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &error.body(request_id))
 }
 
 async fn health(State(service): State<Arc<QaService>>) -> Response {

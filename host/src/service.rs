@@ -67,6 +67,8 @@ pub struct QaService {
     guest: Arc<SwappableGuest>,
     guest_deadline: Duration,
     compile_snapshots: bool,
+    /// Windows one request may run (`QA_MAX_WINDOWS`).
+    max_windows: u32,
 }
 
 impl QaService {
@@ -91,6 +93,7 @@ impl QaService {
             guest: SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), artifacts, settings, config.guest_ttl),
             guest_deadline: config.guest_deadline,
             compile_snapshots: config.compile_snapshots,
+            max_windows: config.max_windows,
         })
     }
 
@@ -280,13 +283,16 @@ impl QaService {
         let fetched = started.elapsed();
         let deadline = budget.map_or(self.guest_deadline, |b| b.saturating_sub(fetched).min(self.guest_deadline));
 
+        let max_seq_len = request.max_seq_len.unwrap_or(384);
         let options = Options {
             top_k: request.top_k.unwrap_or(1),
             max_answer_len: request.max_answer_len.unwrap_or(15),
-            max_seq_len: request.max_seq_len.unwrap_or(384),
-            doc_stride: request.doc_stride.unwrap_or(128),
+            max_seq_len,
+            // The reference pipeline's default: half the window, at most 128 tokens.
+            doc_stride: request.doc_stride.unwrap_or((max_seq_len / 2).min(128)),
             max_question_len: 64,
             handle_impossible: request.handle_impossible_answer.unwrap_or(false),
+            max_windows: self.max_windows,
         };
         let model_version = model.version.clone();
         let guest = self.guest.current();
@@ -316,6 +322,7 @@ impl QaService {
                 guest: ms(guest_time),
                 tokenize: response.timings.tokenize_us as f64 / 1e3,
                 inference: response.timings.inference_us as f64 / 1e3,
+                decode: response.timings.decode_us as f64 / 1e3,
                 total: ms(started.elapsed()),
             },
             model_loaded,
@@ -354,6 +361,8 @@ fn source_error(model: &str, error: SourceError) -> ApiError {
 fn guest_error(model: &str, error: GuestError) -> ApiError {
     match error {
         GuestError::Qa(GuestQaError::InvalidInput(m)) => ApiError::GuestRejected(m),
+        GuestError::Qa(GuestQaError::InvalidOption(m)) => ApiError::InvalidField(m),
+        GuestError::Qa(GuestQaError::TooManyWindows(m)) => ApiError::TooManyWindows(m),
         GuestError::Qa(GuestQaError::ModelNotFound(m) | GuestQaError::ModelInvalid(m)) => {
             ApiError::ModelInvalid { name: model.to_string(), reason: m }
         }

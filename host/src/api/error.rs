@@ -24,6 +24,9 @@ pub enum ApiError {
     /// The guest refused the input (for example a question over its token limit).
     #[error("{0}")]
     GuestRejected(String),
+    /// The context needs more windows than one request may run.
+    #[error("{0}")]
+    TooManyWindows(String),
     #[error("model {name:?} is not in its storage: {reason}")]
     ModelNotFound { name: String, reason: String },
     #[error("model {name:?} failed verification: {reason}")]
@@ -38,6 +41,10 @@ pub enum ApiError {
     GuestTimeout(String),
     #[error("the QA guest failed: {0}")]
     GuestFailed(String),
+    #[error("the server is answering as many requests as it may; retry after the Retry-After header's seconds")]
+    Overloaded,
+    #[error("the request took longer than the server allows (body upload and answer together)")]
+    RequestTimeout,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -55,6 +62,7 @@ impl ApiError {
             Self::ContextTooLarge { .. } => "context_too_large",
             Self::UnknownModel { .. } => "unknown_model",
             Self::GuestRejected(_) => "invalid_input",
+            Self::TooManyWindows(_) => "too_many_windows",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::ModelCorrupt { .. } => "model_corrupt",
             Self::ModelInvalid { .. } => "model_invalid",
@@ -62,6 +70,8 @@ impl ApiError {
             Self::Inference(_) => "inference_failed",
             Self::GuestTimeout(_) => "guest_timeout",
             Self::GuestFailed(_) => "guest_failed",
+            Self::Overloaded => "overloaded",
+            Self::RequestTimeout => "request_timeout",
             Self::Internal(_) => "internal",
         }
     }
@@ -70,8 +80,9 @@ impl ApiError {
         match self {
             Self::BadJson(_) | Self::InvalidField(_) | Self::EmptyQuestion | Self::EmptyContext | Self::GuestRejected(_) => 400,
             Self::UnknownModel { .. } | Self::ModelNotFound { .. } => 404,
-            Self::BodyTooLarge { .. } | Self::QuestionTooLong { .. } | Self::ContextTooLarge { .. } => 413,
-            Self::ModelUnavailable { .. } | Self::ModelCorrupt { .. } => 503,
+            Self::BodyTooLarge { .. } | Self::QuestionTooLong { .. } | Self::ContextTooLarge { .. } | Self::TooManyWindows(_) => 413,
+            Self::ModelUnavailable { .. } | Self::ModelCorrupt { .. } | Self::Overloaded => 503,
+            Self::RequestTimeout => 408,
             Self::ModelInvalid { .. } | Self::Inference(_) | Self::GuestTimeout(_) | Self::GuestFailed(_) | Self::Internal(_) => 500,
         }
     }

@@ -105,13 +105,15 @@ pub struct AnswerSpan {
 }
 
 /// Milliseconds per phase: making the model available (`fetch`), the whole guest call
-/// (`guest`), and inside it `tokenize` and `inference`; `total` is the request end to end.
+/// (`guest`), and inside it `tokenize`, `inference` and `decode` (span scoring and answer
+/// extraction); `total` is the request end to end.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct PhaseTimings {
     pub fetch: f64,
     pub guest: f64,
     pub tokenize: f64,
     pub inference: f64,
+    pub decode: f64,
     pub total: f64,
 }
 

@@ -70,6 +70,9 @@ pub struct Options {
     pub doc_stride: u32,
     pub max_question_len: u32,
     pub handle_impossible: bool,
+    /// Windows the call may run, all questions together (0: no limit). Contract 0.1 guests
+    /// do not know it; their calls are bounded by the deadline alone.
+    pub max_windows: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -94,19 +97,26 @@ pub struct Response {
     pub timings: Timings,
 }
 
-/// An error of the contract (the WIT `qa-error` variant).
+/// An error of the contract (the WIT `qa-error` variant; 0.1 has the first four).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QaError {
     InvalidInput(String),
     ModelNotFound(String),
     ModelInvalid(String),
     Inference(String),
+    InvalidOption(String),
+    TooManyWindows(String),
 }
 
 impl QaError {
     pub fn message(&self) -> &str {
         match self {
-            Self::InvalidInput(m) | Self::ModelNotFound(m) | Self::ModelInvalid(m) | Self::Inference(m) => m,
+            Self::InvalidInput(m)
+            | Self::ModelNotFound(m)
+            | Self::ModelInvalid(m)
+            | Self::Inference(m)
+            | Self::InvalidOption(m)
+            | Self::TooManyWindows(m) => m,
         }
     }
 
@@ -116,6 +126,8 @@ impl QaError {
             Self::ModelNotFound(m) => Self::ModelNotFound(f(m)),
             Self::ModelInvalid(m) => Self::ModelInvalid(f(m)),
             Self::Inference(m) => Self::Inference(f(m)),
+            Self::InvalidOption(m) => Self::InvalidOption(f(m)),
+            Self::TooManyWindows(m) => Self::TooManyWindows(f(m)),
         }
     }
 
@@ -139,9 +151,10 @@ pub fn bound_text(text: String, limit: usize) -> String {
     format!("{}… [cut: {} more bytes]", &text[..end], text.len() - end)
 }
 
-/// The same conversions for both versions' generated types (they are structurally equal).
+/// The same conversions for both versions' generated types (structurally equal, but for what
+/// 0.2 added: `max-windows`, and the errors after the `$extra` variants).
 macro_rules! convert {
-    ($wit:ident) => {
+    ($wit:ident $(, $field:ident)* ; $($extra:ident),*) => {
         impl From<Options> for $wit::Options {
             fn from(o: Options) -> Self {
                 Self {
@@ -151,6 +164,7 @@ macro_rules! convert {
                     doc_stride: o.doc_stride,
                     max_question_len: o.max_question_len,
                     handle_impossible: o.handle_impossible,
+                    $($field: o.$field,)*
                 }
             }
         }
@@ -174,13 +188,14 @@ macro_rules! convert {
                     $wit::QaError::ModelNotFound(m) => Self::ModelNotFound(m),
                     $wit::QaError::ModelInvalid(m) => Self::ModelInvalid(m),
                     $wit::QaError::Inference(m) => Self::Inference(m),
+                    $($wit::QaError::$extra(m) => Self::$extra(m),)*
                 }
             }
         }
     };
 }
-convert!(wit1);
-convert!(wit2);
+convert!(wit1;);
+convert!(wit2, max_windows; InvalidOption, TooManyWindows);
 
 /// A component linked for one contract version, ready to instantiate.
 pub enum Linked<T: 'static> {

@@ -75,6 +75,7 @@ impl Metrics {
                 metric(&mut fields, &mut request_metrics, "GuestTime", "Milliseconds", t.guest);
                 metric(&mut fields, &mut request_metrics, "TokenizeTime", "Milliseconds", t.tokenize);
                 metric(&mut fields, &mut request_metrics, "InferenceTime", "Milliseconds", t.inference);
+                metric(&mut fields, &mut request_metrics, "DecodeTime", "Milliseconds", t.decode);
                 let loaded = response.model_loaded;
                 metric(&mut fields, &mut request_metrics, "ModelCacheHit", "Count", if loaded { 0.0 } else { 1.0 });
                 metric(&mut fields, &mut request_metrics, "ModelCacheMiss", "Count", if loaded { 1.0 } else { 0.0 });
@@ -183,7 +184,7 @@ mod tests {
             answers: vec![],
             windows: 1,
             model_version: "v1".into(),
-            timings_ms: PhaseTimings { fetch: 1.0, guest: 2.0, tokenize: 0.5, inference: 1.2, total: 3.0 },
+            timings_ms: PhaseTimings { fetch: 1.0, guest: 2.0, tokenize: 0.5, inference: 1.2, decode: 0.1, total: 3.0 },
             model_loaded,
         }
     }

@@ -51,12 +51,14 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         guest_nn: Default::default(),
         guest_instances: qa_host::guest::DEFAULT_INSTANCES,
         compile_snapshots: true,
+        max_windows: qa_host::config::DEFAULT_MAX_WINDOWS,
         session: Default::default(),
         preload: Vec::new(),
         model_cache_mb: None,
         manifest: Vec::new(),
         model_ttl: Duration::from_secs(60),
         s3: Default::default(),
+        serve: qa_host::server::ServeLimits::for_deadline(Duration::from_secs(60)),
     }
 }
 
@@ -166,4 +168,53 @@ pub fn json_body(mut response: ureq::http::Response<ureq::Body>) -> (u16, serde_
     let status = response.status().as_u16();
     let text = response.body_mut().with_config().limit(10 << 20).read_to_string().expect("response body");
     (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+}
+
+/// `qa-host serve` on an ephemeral loopback port, started with a clean environment holding
+/// the test's ONNX Runtime, models and cache plus `env`; killed on drop.
+pub struct Serving {
+    pub process: Spawned,
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+}
+
+impl Serving {
+    pub fn start(guest: &Path, env: &[(&str, &str)]) -> Self {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qa-host"));
+        command
+            .env_clear()
+            .env("ORT_DYLIB_PATH", onnxruntime())
+            .env("QA_GUEST", guest)
+            .env("QA_MODELS_DIR", models_dir())
+            .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
+            .env("QA_LOG", "info")
+            .envs(env.iter().copied())
+            .args(["serve", "--addr", "127.0.0.1:0"]);
+        let process = Spawned::start(command);
+        let line = process.wait_for_log("qa-host: listening on ", Duration::from_secs(120));
+        let base = line.trim_start_matches("qa-host: listening on ").trim().to_string();
+        Serving { process, base }
+    }
+
+    /// The server's `host:port`.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// POSTs a body to `/`; the status and JSON body.
+    pub fn post(&self, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
+        let response =
+            http().post(&format!("{}/", self.base)).header("Content-Type", "application/json").send(body.into()).expect("HTTP round trip");
+        json_body(response)
+    }
+
+    /// A line of `/proc/<pid>/status` as a number (`Threads`, `VmRSS` in kB).
+    pub fn proc_status(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id())).expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
 }

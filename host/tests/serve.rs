@@ -1,0 +1,136 @@
+//! `qa-host serve` under abuse, played by raw TCP clients against the real host, guest and
+//! model: slow headers, slow bodies, more requests than the server answers at once, and
+//! clients that leave before their answer. The misbehaving guest of `guest/fixtures` answers
+//! `hello` at once and holds a request as long as asked with `sleep:<seconds>`.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn body(question: &str) -> String {
+    serde_json::json!({"question": question, "context": "ok"}).to_string()
+}
+
+/// A raw HTTP/1.1 POST of `body` to `/`, without reading the response.
+fn send_post(addr: &str, body: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let request =
+        format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(request.as_bytes()).expect("send");
+    stream
+}
+
+/// Reads a whole response from a connection the server closes or answers on.
+fn read_response(stream: &mut TcpStream, timeout: Duration) -> String {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                bytes.extend_from_slice(&chunk[..n]);
+                // One response is all these tests read: stop at the end of its JSON body.
+                if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+                    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+                    if length.is_some_and(|len| bytes.len() >= end + 4 + len) {
+                        break;
+                    }
+                }
+            }
+            Err(e) => panic!("reading the response: {e} (read so far: {:?})", String::from_utf8_lossy(&bytes)),
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[test]
+fn five_hundred_slow_header_connections_neither_hold_up_a_request_nor_grow_the_server() {
+    let server = Serving::start(&misbehaving_guest(), &[("QA_SERVE_HEADER_TIMEOUT_MS", "3000")]);
+    assert_eq!(server.post(body("hello")).0, 200, "warm: the model is loaded");
+    let (threads_before, rss_before) = (server.proc_status("Threads"), server.proc_status("VmRSS"));
+
+    // Each sends part of a request's headers and then nothing.
+    let mut slow: Vec<TcpStream> = (0..500)
+        .map(|i| {
+            let mut stream = TcpStream::connect(server.addr()).expect("connect");
+            write!(stream, "POST / HTTP/1.1\r\nHost: slow-{i}\r\nX-Slow: ").expect("send");
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // the server has accepted them all
+
+    let started = Instant::now();
+    let (status, json) = server.post(body("hello"));
+    let took = started.elapsed();
+    assert_eq!((status, json["Answer"].as_str()), (200, Some("ok")), "{json}");
+    assert!(took < Duration::from_secs(1), "a normal request beside 500 slow connections took {took:?}");
+
+    let (threads_after, rss_after) = (server.proc_status("Threads"), server.proc_status("VmRSS"));
+    assert!(threads_after <= threads_before + 2, "threads grew from {threads_before} to {threads_after}");
+    assert!(rss_after < rss_before + 32 * 1024, "resident memory grew from {rss_before} kB to {rss_after} kB");
+
+    // The header timeout closes every one of them (408 or a plain close).
+    let waited = Instant::now();
+    for stream in &mut slow {
+        let response = read_response(stream, Duration::from_secs(10));
+        assert!(response.is_empty() || response.starts_with("HTTP/1.1 408"), "a slow client got {response:?}");
+    }
+    assert!(waited.elapsed() < Duration::from_secs(6), "slow connections were closed only after {:?}", waited.elapsed());
+}
+
+#[test]
+fn a_body_sent_too_slowly_is_refused_with_request_timeout() {
+    let server = Serving::start(&misbehaving_guest(), &[("QA_SERVE_REQUEST_TIMEOUT_MS", "1000")]);
+    let mut stream = TcpStream::connect(server.addr()).expect("connect");
+    write!(stream, "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"question\"").unwrap();
+    let started = Instant::now();
+    let response = read_response(&mut stream, Duration::from_secs(10));
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("\"code\":\"request_timeout\""), "{response}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+    assert_eq!(server.post(body("hello")).0, 200, "the server keeps serving");
+}
+
+#[test]
+fn requests_over_the_concurrency_limit_are_refused_at_once_with_retry_after() {
+    let server = Serving::start(&misbehaving_guest(), &[("QA_SERVE_MAX_REQUESTS", "2"), ("QA_GUEST_DEADLINE_MS", "3000")]);
+    assert_eq!(server.post(body("hello")).0, 200, "warm: the model is loaded");
+    let mut holders: Vec<TcpStream> = (0..2).map(|_| send_post(server.addr(), &body("sleep:3600"))).collect();
+    std::thread::sleep(Duration::from_millis(500)); // both are asleep in the guest
+
+    let started = Instant::now();
+    let response = http().post(&format!("{}/", server.base)).send(body("hello")).expect("HTTP round trip");
+    let took = started.elapsed();
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let (status, json) = json_body(response);
+    assert_eq!((status, json["error"]["code"].as_str()), (503, Some("overloaded")), "{json}");
+    assert!(took < Duration::from_millis(500), "the refusal took {took:?}");
+    let health = http().get(&format!("{}/health", server.base)).call().expect("health");
+    assert_eq!(health.status().as_u16(), 200, "health answers while the answer route is full");
+
+    // The holders end at their deadline, and the server serves again.
+    for holder in &mut holders {
+        let response = read_response(holder, Duration::from_secs(10));
+        assert!(response.contains("\"code\":\"guest_timeout\""), "{response}");
+    }
+    assert_eq!(server.post(body("hello")).0, 200);
+}
+
+#[test]
+fn a_client_that_leaves_cancels_its_guest_call() {
+    // One request at a time: the slot comes back only if the abandoned request is dropped.
+    let server = Serving::start(&misbehaving_guest(), &[("QA_SERVE_MAX_REQUESTS", "1"), ("QA_GUEST_DEADLINE_MS", "60000")]);
+    assert_eq!(server.post(body("hello")).0, 200, "warm: the model is loaded");
+    let leaver = send_post(server.addr(), &body("sleep:3600"));
+    std::thread::sleep(Duration::from_millis(500)); // asleep in the guest, holding the one slot
+    assert_eq!(server.post(body("hello")).0, 503, "the sleeper holds the only slot");
+    drop(leaver);
+    server.process.wait_for_log("request dropped before its answer", Duration::from_secs(2));
+    let (status, json) = server.post(body("hello"));
+    assert_eq!((status, json["Answer"].as_str()), (200, Some("ok")), "the slot came back: {json}");
+}
