@@ -5,7 +5,7 @@
 use crate::api::{AnswerSpan, ApiError, PhaseTimings, QaRequest, QaResponse};
 use crate::config::HostConfig;
 use crate::guest::{Artifacts, GuestError, GuestModel, GuestQaError, GuestRuntime, Options, SwappableGuest};
-use crate::models::{ModelCatalog, ModelSource, SourceError, is_valid_name};
+use crate::models::{ModelCatalog, ModelSource, SourceError, VersionLease, is_valid_name};
 use crate::nn::onnx::OnnxBackend;
 use crate::nn::{Model, NnError, init_onnx_runtime};
 use std::collections::HashMap;
@@ -40,9 +40,24 @@ struct ReadyModel {
     last_used: AtomicU64,
     /// When the source was last asked whether the model changed.
     checked: Mutex<Instant>,
+    /// A re-check is running in the background.
+    rechecking: std::sync::atomic::AtomicBool,
+    /// Keeps a downloaded version's files while this model (and so any request on it) lives.
+    _files: Option<Arc<VersionLease>>,
 }
 
 impl ReadyModel {
+    /// Whether the caller should re-check the model's source now: its TTL has passed and no
+    /// re-check is running. The caller that gets `true` owns the re-check.
+    fn claim_recheck(&self, ttl: Duration) -> bool {
+        let Ok(mut checked) = self.checked.lock() else { return false };
+        if checked.elapsed() < ttl || self.rechecking.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        *checked = Instant::now();
+        true
+    }
+
     /// The model as the guest sees it under `name`.
     fn guest_model(&self, name: &str) -> GuestModel {
         GuestModel { name: name.to_string(), dir: self.dir.clone(), version: self.version.clone(), graph: self.graph.clone() }
@@ -135,11 +150,13 @@ impl QaService {
         names
     }
 
-    /// The model `name`, fetched and loaded on first use, and re-checked against its source
-    /// once `model_ttl` has passed: a new version is loaded and used from then on (requests
-    /// already running finish on the old one). If a re-check or reload fails, the loaded
-    /// version keeps serving.
-    async fn load(&self, name: &str, preloaded: bool) -> Result<(Arc<ReadyModel>, bool), ApiError> {
+    /// The model `name`, fetched and loaded on first use (concurrent first requests wait for
+    /// one load). Once `model_ttl` has passed, one request starts a re-check of its source in
+    /// the background and every request keeps being served by the loaded version at once
+    /// (stale-while-revalidate): a slow or stalled source never holds a request. A new
+    /// version found by the re-check serves the requests that start after it is loaded;
+    /// requests already running finish on the old one, whose files stay until they do.
+    async fn load(self: &Arc<Self>, name: &str, preloaded: bool) -> Result<(Arc<ReadyModel>, bool), ApiError> {
         let source = self.catalog.get(name).cloned().ok_or_else(|| ApiError::UnknownModel {
             name: name.to_string(),
             available: self.catalog.names().collect::<Vec<_>>().join(", "),
@@ -149,41 +166,58 @@ impl QaService {
             slots.entry(name.to_string()).or_default().clone()
         };
         let mut current = slot.current.lock().await;
-        let due = match current.as_ref() {
-            None => true,
-            Some(model) => source.can_change() && model.checked.lock().map_or(true, |t| t.elapsed() >= self.model_ttl),
-        };
-        let mut loaded = false;
-        if due {
-            match self.refresh(name, source.as_ref(), current.as_ref(), preloaded).await {
-                Ok(Some(fresh)) => {
-                    // A snapshot shipped or cached for this model is picked up now (a
-                    // deserialization); one to compile is made in the background.
-                    let guest = self.guest.current();
-                    let model = fresh.guest_model(name);
-                    if !guest.prepare(&model, false).await {
-                        guest.prepare_in_background(&model);
-                    }
-                    *current = Some(fresh);
-                    loaded = true;
+        let (model, loaded) = match current.as_ref() {
+            Some(model) => {
+                if source.can_change() && model.claim_recheck(self.model_ttl) {
+                    self.recheck_in_background(name, source, slot.clone(), model.clone());
                 }
-                Ok(None) => {}
-                Err(error) => match current.as_ref() {
-                    Some(model) => {
-                        tracing::warn!(model = name, %error, "model re-check failed; serving the loaded version");
-                        if let Ok(mut checked) = model.checked.lock() {
-                            *checked = Instant::now();
-                        }
-                    }
-                    None => return Err(error),
-                },
+                (model.clone(), false)
             }
-        }
-        let model = current.clone().ok_or_else(|| ApiError::Internal("model slot empty after loading".into()))?;
+            None => {
+                let fresh = self
+                    .refresh(name, source.as_ref(), None, preloaded)
+                    .await?
+                    .ok_or_else(|| ApiError::Internal("a first load found nothing to load".into()))?;
+                self.prepare_guest(name, &fresh).await;
+                *current = Some(fresh.clone());
+                (fresh, true)
+            }
+        };
         drop(current);
         model.last_used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         self.evict_over_budget(name);
         Ok((model, loaded))
+    }
+
+    /// A snapshot shipped or cached for this model is picked up now (a deserialization); one
+    /// to compile is made in the background.
+    async fn prepare_guest(&self, name: &str, model: &ReadyModel) {
+        let guest = self.guest.current();
+        let model = model.guest_model(name);
+        if !guest.prepare(&model, false).await {
+            guest.prepare_in_background(&model);
+        }
+    }
+
+    /// Asks the source whether `loaded` changed, off the request path; a new version replaces
+    /// it in `slot` (unless the slot moved on meanwhile). A failure leaves the loaded version
+    /// serving until the next TTL.
+    fn recheck_in_background(self: &Arc<Self>, name: &str, source: Arc<dyn ModelSource>, slot: Arc<Slot>, loaded: Arc<ReadyModel>) {
+        let (service, name) = (Arc::clone(self), name.to_string());
+        tokio::spawn(async move {
+            match service.refresh(&name, source.as_ref(), Some(&loaded), loaded.preloaded).await {
+                Ok(Some(fresh)) => {
+                    service.prepare_guest(&name, &fresh).await;
+                    let mut current = slot.current.lock().await;
+                    if current.as_ref().is_some_and(|model| Arc::ptr_eq(model, &loaded)) {
+                        *current = Some(fresh);
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(model = %name, %error, "model re-check failed; serving the loaded version"),
+            }
+            loaded.rechecking.store(false, Ordering::Release);
+        });
     }
 
     /// Asks the source for the model; loads it when it is new or its version changed.
@@ -220,6 +254,8 @@ impl QaService {
             preloaded: preloaded || loaded.is_some_and(|m| m.preloaded),
             last_used: AtomicU64::new(0),
             checked: Mutex::new(Instant::now()),
+            rechecking: std::sync::atomic::AtomicBool::new(false),
+            _files: local.lease,
         })))
     }
 

@@ -72,7 +72,8 @@ impl S3 {
     }
 }
 
-/// `qa-host serve` with the given environment; its log is kept for assertions.
+/// `qa-host serve` (the real guest) with models in S3 reached with test credentials; its log
+/// is kept for assertions.
 struct Host {
     process: Spawned,
     base: String,
@@ -80,24 +81,21 @@ struct Host {
 
 impl Host {
     fn start(env: &[(&str, String)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_qa-host"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("ORT_DYLIB_PATH", onnxruntime())
-            .env("QA_GUEST", qa_guest())
-            .env("QA_MODELS_DIR", models_dir())
-            .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
-            .env("QA_LOG", "info")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .args(["serve", "--addr", "127.0.0.1:0"]);
-        let process = Spawned::start(command);
-        let line = process.wait_for_log("qa-host: listening on ", Duration::from_secs(120));
-        let base = line.trim_start_matches("qa-host: listening on ").trim().to_string();
+        Self::start_with_guest(&qa_guest(), env)
+    }
+
+    fn start_with_guest(guest: &Path, env: &[(&str, String)]) -> Self {
+        let mut all: Vec<(&str, String)> = [
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+        all.extend(env.iter().cloned());
+        let Serving { process, base } = Serving::start(guest, &all);
         Host { process, base }
     }
 
@@ -160,12 +158,57 @@ fn cold_fetch_then_warm_reuse_then_a_replaced_object_is_picked_up_after_the_ttl(
     config["note"] = json!("replaced");
     s3.put("models", "qa/s3nlp/config.json", config.to_string().as_bytes());
     std::thread::sleep(Duration::from_millis(1200));
+    // Past the TTL the loaded version answers at once while the source is re-checked behind it.
+    let (status, stale) = host.ask("s3nlp");
+    assert_eq!((status, &stale["model_version"]), (200, &first["model_version"]), "{stale}");
+    wait_until("the new version to load", Duration::from_secs(60), || host.process.count("model loaded") == 2);
     let (status, third) = host.ask("s3nlp");
     assert_eq!(status, 200, "{third}");
     assert_ne!(third["model_version"], first["model_version"], "the replaced object was picked up");
     assert_eq!(third["Answer"], "1886");
     assert_eq!(host.process.count("fetched from S3"), 2);
     assert_eq!(cached_versions(cache.path(), "s3nlp"), [third["model_version"].as_str().unwrap()], "the old version was removed");
+}
+
+/// A request still running on a model version when a new one replaces it finishes on the old
+/// version's files; they are removed once it is done. The misbehaving guest's `read-after`
+/// reads its model's tokenizer after a wait.
+#[test]
+fn a_replaced_version_stays_until_the_requests_on_it_finish() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "r/", &models_dir().join("nlp1"));
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = s3_env(s3.port, cache.path(), "s3r=s3://models/r/");
+    env.push(("QA_MODEL_TTL_SECS", "1".into()));
+    let host = Host::start_with_guest(&misbehaving_guest(), &env);
+    let ask = |question: &str| {
+        let body = json!({"model_type": "s3r", "question": question, "context": "ok"});
+        json_body(http().post(&format!("{}/", host.base)).send(body.to_string()).expect("HTTP round trip"))
+    };
+    let (status, first) = ask("hello");
+    assert_eq!(status, 200, "{first}");
+    let old = first["model_version"].as_str().unwrap().to_string();
+
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| ask("read-after:4"));
+        std::thread::sleep(Duration::from_millis(300));
+        s3.put("models", "r/config.json", br#"{"note": "replaced"}"#.as_slice());
+        std::thread::sleep(Duration::from_millis(1000));
+        ask("hello"); // past the TTL: starts the re-check
+        wait_until("the new version to load", Duration::from_secs(60), || host.process.count("model loaded") == 2);
+        let (_, fresh) = ask("hello");
+        assert_ne!(fresh["model_version"].as_str(), Some(old.as_str()), "{fresh}");
+        assert!(cached_versions(cache.path(), "s3r").contains(&old), "the old version's files stay while a request uses them");
+        let (_, finding) = slow.join().unwrap();
+        let message = finding["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.ends_with(&format!("read {} bytes", std::fs::metadata(models_dir().join("nlp1/tokenizer.json")).unwrap().len())),
+            "{finding}"
+        );
+    });
+    wait_until("the old version to be removed", Duration::from_secs(10), || !cached_versions(cache.path(), "s3r").contains(&old));
+    assert_eq!(cached_versions(cache.path(), "s3r").len(), 1);
 }
 
 #[test]
@@ -263,9 +306,11 @@ fn efs_models_are_read_in_place_reloaded_when_changed_and_missing_ones_are_named
     let config = std::fs::read(dir.join("config.json")).unwrap();
     std::fs::remove_file(dir.join("config.json")).unwrap();
     std::fs::write(dir.join("config.json"), config).unwrap();
+    let (_, stale) = host.ask("efsnlp");
+    assert_eq!(stale["model_version"], first["model_version"], "the loaded version answers while the re-check runs");
+    wait_until("the new version to load", Duration::from_secs(60), || host.process.count("model loaded") == 2);
     let (_, second) = host.ask("efsnlp");
     assert_ne!(second["model_version"], first["model_version"]);
-    assert_eq!(host.process.count("model loaded"), 2);
 
     let (status, body) = host.ask("gone");
     assert_eq!((status, &body["error"]["code"]), (404, &json!("model_not_found")), "{body}");
@@ -506,6 +551,36 @@ fn s3_cut_stalled_and_throttled_downloads_fail_cleanly_leave_nothing_and_recover
     let (status, body) = host.ask("busy");
     assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{body}");
     assert_eq!(proxy.faulted(), before + 1, "one request was throttled and retried");
+}
+
+/// Past the TTL a loaded model's re-check runs behind the requests: with the source's listing
+/// stalled, requests are still answered at once by the loaded version.
+#[test]
+fn a_stalled_source_never_holds_a_request_on_a_loaded_model() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "w/", &models_dir().join("nlp1"));
+    let proxy = FaultProxy::start(s3.port, "list-type=2");
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = s3_env(proxy.port, cache.path(), "s3w=s3://models/w/");
+    env.push(("QA_MODEL_TTL_SECS", "1".into()));
+    let host = Host::start(&env);
+    let (status, first) = host.ask("s3w");
+    assert_eq!((status, &first["Answer"]), (200, &json!("1886")), "{first}");
+
+    proxy.set(Fault::StallHeaders(Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(1200));
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let (status, body) = host.ask("s3w");
+        assert_eq!((status, &body["model_version"]), (200, &first["model_version"]), "round {round}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "round {round}: answered after {:?} with the listing stalled for 30 s",
+            started.elapsed()
+        );
+    }
+    wait_until("the re-check to reach the stalled listing", Duration::from_secs(10), || proxy.faulted() >= 1);
 }
 
 #[test]

@@ -37,7 +37,7 @@ impl ModelSource for EfsSource {
                     let modified = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default();
                     let _ = write!(version, "{file}:{}:{}.{};", meta.len(), modified.as_secs(), modified.subsec_nanos());
                 }
-                Ok(LocalModel { dir, version })
+                Ok(LocalModel { dir, version, lease: None })
             })
             .await
             .map_err(|e| SourceError::Unavailable(format!("file system check: {e}")))?

@@ -19,7 +19,7 @@ impl ModelSource for ImageSource {
     fn fetch(&self) -> SourceFuture<'_> {
         Box::pin(async move {
             check_model_dir(&self.dir)?;
-            Ok(LocalModel { dir: self.dir.clone(), version: "image".into() })
+            Ok(LocalModel { dir: self.dir.clone(), version: "image".into(), lease: None })
         })
     }
 

@@ -38,10 +38,42 @@ pub enum SourceError {
 
 /// A model's files on local disk, and a fingerprint of their content: when it changes, the
 /// model is reloaded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct LocalModel {
     pub dir: PathBuf,
     pub version: String,
+    /// Keeps a downloaded version's directory on disk while whoever holds this uses it (see
+    /// [`VersionLease`]); `None` for files the host does not own (the image, EFS).
+    pub lease: Option<Arc<VersionLease>>,
+}
+
+/// A downloaded version's directory, kept while anyone holds the lease: once a newer version
+/// replaces it, it is removed when the last holder (a loaded model, and so every request still
+/// running on it) lets go.
+#[derive(Debug)]
+pub struct VersionLease {
+    dir: PathBuf,
+    superseded: std::sync::atomic::AtomicBool,
+}
+
+impl VersionLease {
+    pub fn new(dir: PathBuf) -> Self {
+        VersionLease { dir, superseded: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// A newer version was published: remove this one once nobody holds it.
+    pub fn supersede(&self) {
+        self.superseded.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for VersionLease {
+    fn drop(&mut self) {
+        if self.superseded.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::info!(dir = %self.dir.display(), "removing a replaced model version, no longer in use");
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 pub type SourceFuture<'a> = Pin<Box<dyn Future<Output = Result<LocalModel, SourceError>> + Send + 'a>>;

@@ -9,17 +9,17 @@
 //! downloading. Throttling, 5xx answers and timeouts are retried with backoff by the SDK's
 //! standard retry policy; a server that stays down becomes [`SourceError::Unavailable`].
 
-use super::{LocalModel, MODEL_FILES, ModelSource, SourceError, SourceFuture};
+use super::{LocalModel, MODEL_FILES, ModelSource, SourceError, SourceFuture, VersionLease};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use futures_util::{StreamExt, TryStreamExt};
 use md5::Md5;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -116,6 +116,8 @@ pub struct S3Source {
     required: Vec<String>,
     /// Fetch only this file of the prefix (a single object, such as a guest `.wasm`).
     only: Option<String>,
+    /// The versions handed out by this process, kept on disk while they are in use.
+    leases: Arc<Mutex<HashMap<String, Weak<VersionLease>>>>,
 }
 
 /// An object as listed: what a download must reproduce.
@@ -138,6 +140,7 @@ impl S3Source {
             sha256,
             required: MODEL_FILES.iter().map(|f| f.to_string()).collect(),
             only: None,
+            leases: Arc::default(),
         }
     }
 
@@ -156,6 +159,7 @@ impl S3Source {
             sha256: BTreeMap::new(),
             required: vec![file.clone()],
             only: Some(file),
+            leases: Arc::default(),
         }
     }
 
@@ -309,11 +313,12 @@ impl S3Source {
         let root = self.connector.settings.cache_root.join(&self.name);
         let dir = root.join(&version);
         if dir.join(COMPLETE).is_file() {
-            return Ok(LocalModel { dir, version });
+            let lease = self.lease(&version, &dir);
+            return Ok(LocalModel { dir, version, lease: Some(lease) });
         }
         let io = |e: std::io::Error| SourceError::Unavailable(format!("model cache {}: {e}", root.display()));
         std::fs::create_dir_all(&root).map_err(io)?;
-        remove_leftovers(&root, None);
+        remove_leftovers(&root, None, &[]);
         let needed: u64 = listed.iter().map(|l| l.size).sum();
         let free = free_bytes(&root).map_err(io)?;
         let reserve = self.connector.settings.reserve_bytes;
@@ -352,9 +357,38 @@ impl S3Source {
             let _ = std::fs::remove_dir_all(&partial);
         }
         outcome?;
-        remove_leftovers(&root, Some(&version));
+        let lease = self.lease(&version, &dir);
+        let in_use = self.supersede_all_but(&version);
+        remove_leftovers(&root, Some(&version), &in_use);
         tracing::info!(model = %self.name, bytes = needed, version, "fetched from S3");
-        Ok(LocalModel { dir, version })
+        Ok(LocalModel { dir, version, lease: Some(lease) })
+    }
+
+    /// The lease on `version`: the one already held, or a new one.
+    fn lease(&self, version: &str, dir: &Path) -> Arc<VersionLease> {
+        let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(lease) = leases.get(version).and_then(Weak::upgrade) {
+            return lease;
+        }
+        let lease = Arc::new(VersionLease::new(dir.to_path_buf()));
+        leases.insert(version.to_string(), Arc::downgrade(&lease));
+        lease
+    }
+
+    /// Marks every other version as replaced (each is removed when its last user lets go);
+    /// the versions still in use, which must not be removed now.
+    fn supersede_all_but(&self, version: &str) -> Vec<String> {
+        let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        leases.retain(|held, lease| held == version || lease.strong_count() > 0);
+        leases
+            .iter()
+            .filter(|(held, _)| held.as_str() != version)
+            .filter_map(|(held, lease)| lease.upgrade().map(|lease| (held, lease)))
+            .map(|(held, lease)| {
+                lease.supersede();
+                held.clone()
+            })
+            .collect()
     }
 }
 
@@ -376,14 +410,14 @@ const COMPLETE: &str = ".complete";
 const PARTIAL: &str = ".partial-";
 
 /// Removes downloads interrupted by processes that died (they were never loaded) and, once
-/// `current` is published, older versions.
-fn remove_leftovers(root: &Path, current: Option<&str>) {
+/// `current` is published, older versions but those `in_use` (removed by their lease).
+fn remove_leftovers(root: &Path, current: Option<&str>, in_use: &[String]) {
     let Ok(entries) = std::fs::read_dir(root) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let owner = name.strip_prefix(PARTIAL).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
         let stale_partial = owner.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists());
-        let old_version = current.is_some_and(|c| name != c && !name.starts_with('.'));
+        let old_version = current.is_some_and(|c| name != c && !name.starts_with('.')) && !in_use.contains(&name);
         if stale_partial || old_version {
             let _ = std::fs::remove_dir_all(entry.path());
         }

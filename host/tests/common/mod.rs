@@ -179,16 +179,17 @@ pub struct Serving {
 }
 
 impl Serving {
-    pub fn start(guest: &Path, env: &[(&str, &str)]) -> Self {
+    pub fn start<V: AsRef<std::ffi::OsStr>>(guest: &Path, env: &[(&str, V)]) -> Self {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qa-host"));
         command
             .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("ORT_DYLIB_PATH", onnxruntime())
             .env("QA_GUEST", guest)
             .env("QA_MODELS_DIR", models_dir())
             .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
             .env("QA_LOG", "info")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .args(["serve", "--addr", "127.0.0.1:0"]);
         let process = Spawned::start(command);
         let line = process.wait_for_log("qa-host: listening on ", Duration::from_secs(120));
