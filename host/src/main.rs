@@ -96,10 +96,29 @@ async fn main() -> ExitCode {
     qa_host::telemetry::init_logging(under_lambda);
     match run(cli, process_started).await {
         Ok(code) => code,
-        Err(message) => {
+        Err(Failure::Start(message)) if under_lambda => {
+            tracing::error!(reason = %message, "start-up failed");
+            qa_host::lambda::report_init_error("QaHost.StartFailed", &message).await;
             eprintln!("qa-host: {message}");
             ExitCode::from(2)
         }
+        Err(Failure::Start(message) | Failure::Run(message)) => {
+            eprintln!("qa-host: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Why `qa-host` stopped: before it could serve (under Lambda, reported as an init error), or
+/// while running a command.
+enum Failure {
+    Start(String),
+    Run(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Run(message)
     }
 }
 
@@ -131,27 +150,27 @@ async fn compile_guest(config: &HostConfig) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, String> {
-    let mut config = HostConfig::from_env().map_err(|e| e.to_string())?;
+async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, Failure> {
+    let mut config = HostConfig::from_env().map_err(|e| Failure::Start(e.to_string()))?;
     let HostArgs { models_dir, guest, cache_dir, onnxruntime } = cli.host;
     config.models_dir = models_dir.unwrap_or(config.models_dir);
     config.guest_wasm = guest.unwrap_or(config.guest_wasm);
     config.cache_dir = cache_dir.unwrap_or(config.cache_dir);
     config.onnxruntime = onnxruntime.or(config.onnxruntime);
     let command = match cli.command {
-        Some(Command::CompileGuest) => return compile_guest(&config).await,
+        Some(Command::CompileGuest) => return Ok(compile_guest(&config).await?),
         Some(command) => command,
         None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda,
-        None => return Err("no command given (try --help); without one, AWS_LAMBDA_RUNTIME_API must be set".into()),
+        None => return Err(Failure::Start("no command given (try --help); without one, AWS_LAMBDA_RUNTIME_API must be set".into())),
     };
     // One question, then exit: a snapshot compiled now would never be used.
     config.compile_snapshots = !matches!(command, Command::Ask { .. });
-    qa_host::service::resolve_guest(&mut config).await?;
-    let service = Arc::new(QaService::start(&config).await.map_err(|e| e.to_string())?);
-    service.preload(&config.preload).await.map_err(|e| format!("preloading {:?}: {e}", config.preload))?;
+    qa_host::service::resolve_guest(&mut config).await.map_err(Failure::Start)?;
+    let service = Arc::new(QaService::start(&config).await.map_err(|e| Failure::Start(e.to_string()))?);
+    service.preload(&config.preload).await.map_err(|e| Failure::Start(format!("preloading {:?}: {e}", config.preload)))?;
 
     match command {
-        Command::CompileGuest => compile_guest(&config).await,
+        Command::CompileGuest => Ok(compile_guest(&config).await?),
         Command::Lambda => {
             qa_host::lambda::run(service, process_started).await.map_err(|e| format!("lambda runtime: {e}"))?;
             Ok(ExitCode::SUCCESS)

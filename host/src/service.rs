@@ -236,15 +236,20 @@ impl QaService {
             }
             return Ok(None);
         }
-        let dir = std::fs::canonicalize(&local.dir)
-            .map_err(|e| ApiError::ModelUnavailable { name: name.to_string(), reason: format!("{}: {e}", local.dir.display()) })?;
+        let dir = std::fs::canonicalize(&local.dir).map_err(|e| {
+            tracing::warn!(model = name, dir = %local.dir.display(), error = %e, "model directory unreadable");
+            ApiError::ModelUnavailable { name: name.to_string(), reason: format!("the model's directory: {e}") }
+        })?;
         let bytes = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
         let backend = self.backend;
         let load_dir = dir.clone();
         let graph: Arc<dyn Model> = tokio::task::spawn_blocking(move || backend.load_model_dir(&load_dir))
             .await
             .map_err(|e| ApiError::Internal(format!("model loader: {e}")))?
-            .map_err(|e| ApiError::ModelInvalid { name: name.to_string(), reason: e.to_string() })?;
+            .map_err(|e| {
+                tracing::warn!(model = name, error = %e, "model failed to load");
+                ApiError::ModelInvalid { name: name.to_string(), reason: e.client_reason() }
+            })?;
         tracing::info!(model = name, version = %local.version, ms = started.elapsed().as_millis() as u64, "model loaded");
         Ok(Some(Arc::new(ReadyModel {
             graph,

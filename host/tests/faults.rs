@@ -158,6 +158,10 @@ async fn broken_model_files_are_clear_errors_and_the_good_model_keeps_serving() 
     link_model(&models_dir().join("nlp1"), &root.join("notonnx"));
     std::fs::remove_file(root.join("notonnx/model.onnx")).unwrap();
     std::fs::write(root.join("notonnx/model.onnx"), b"definitely not protobuf").unwrap();
+    // Parses as a (graphless) ModelProto, so ONNX Runtime itself refuses it, naming the path.
+    link_model(&models_dir().join("nlp1"), &root.join("nograph"));
+    std::fs::remove_file(root.join("nograph/model.onnx")).unwrap();
+    std::fs::write(root.join("nograph/model.onnx"), [0x08, 0x07]).unwrap();
     link_model(&models_dir().join("nlp1"), &root.join("mismatch"));
     // The config claims no token types, so the guest omits an input the graph requires.
     std::fs::remove_file(root.join("mismatch/config.json")).unwrap();
@@ -171,7 +175,8 @@ async fn broken_model_files_are_clear_errors_and_the_good_model_keeps_serving() 
 
     let cases = [
         ("badtokenizer", "model_invalid", "tokenizer.json does not parse"),
-        ("notonnx", "model_invalid", "not a loadable ONNX model"),
+        ("notonnx", "model_invalid", "model.onnx is not a valid protobuf message"),
+        ("nograph", "model_invalid", "ONNX Runtime refused model.onnx"),
         ("mismatch", "inference_failed", "token_type_ids"),
     ];
     for (name, code, needle) in cases {
@@ -179,6 +184,7 @@ async fn broken_model_files_are_clear_errors_and_the_good_model_keeps_serving() 
             let error = service.answer(ask_model(name)).await.unwrap_err();
             assert_eq!((error.status(), error.code()), (500, code), "{name} attempt {attempt}: {error}");
             assert!(error.to_string().contains(needle), "{name}: {error}");
+            assert!(!error.to_string().contains(&*root.to_string_lossy()), "{name}: a host path reached the client: {error}");
         }
         let ok = service.answer(ask_model("good")).await.expect("the good model still answers");
         assert_eq!(ok.answer, "1886");

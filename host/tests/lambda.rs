@@ -35,9 +35,16 @@ impl Lambda {
         Self::run(function)
     }
 
+    /// The emulator plus `function` as the bootstrap, ready to serve: see [`Lambda::launch`].
+    fn run(function: Command) -> Self {
+        let lambda = Self::launch(function);
+        lambda.function.wait_for_log("guest ready", Duration::from_secs(120));
+        lambda
+    }
+
     /// The emulator plus `function` as the bootstrap, with only PATH, the runtime's variables
     /// and what `function` already sets in its environment.
-    fn run(mut function: Command) -> Self {
+    fn launch(mut function: Command) -> Self {
         let port = free_port();
         let mut emulator = Command::new(cargo_lambda());
         emulator.args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()]).current_dir(workspace());
@@ -54,9 +61,7 @@ impl Lambda {
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
             .env("QA_LOG", "info")
             .envs(given);
-        let lambda = Lambda { function: Spawned::start(function), _emulator: emulator, port };
-        lambda.function.wait_for_log("guest ready", Duration::from_secs(120));
-        lambda
+        Lambda { function: Spawned::start(function), _emulator: emulator, port }
     }
 
     fn wait_for_log(&self, needle: &str) {
@@ -283,4 +288,22 @@ fn the_container_image_layout_runs_as_a_bootstrap_under_the_emulator() {
     lambda.wait_for_log("preloaded");
     let answer = envelope_body(&lambda.invoke(&http_v2(&benz_request().to_string(), false)), 200);
     assert_eq!(answer["Answer"], "1886");
+}
+
+/// A bootstrap that cannot start (here: its guest is missing) tells the Runtime API why on
+/// `/runtime/init/error` before it exits, instead of exiting without a word.
+#[test]
+fn a_start_up_failure_is_reported_to_the_runtime_api() {
+    let mut function = Command::new(env!("CARGO_BIN_EXE_qa-host"));
+    function
+        .env("ORT_DYLIB_PATH", onnxruntime())
+        .env("QA_GUEST", workspace().join("target/no-such-guest.wasm"))
+        .env("QA_MODELS_DIR", models_dir())
+        .env("QA_CACHE_DIR", workspace().join("target/qa-cache"));
+    let mut lambda = Lambda::launch(function);
+    let line = lambda.function.wait_for_log("reported the start-up failure", Duration::from_secs(60));
+    assert!(line.contains("\"status\":200"), "the Runtime API took the report: {line}");
+    assert!(lambda.logged("no-such-guest.wasm"), "the reason names the missing guest: {:?}", lambda.function.lines());
+    let status = lambda.function.child.wait().expect("the bootstrap exits");
+    assert_eq!(status.code(), Some(2));
 }

@@ -314,7 +314,9 @@ fn efs_models_are_read_in_place_reloaded_when_changed_and_missing_ones_are_named
 
     let (status, body) = host.ask("gone");
     assert_eq!((status, &body["error"]["code"]), (404, &json!("model_not_found")), "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("models/absent"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("does not exist") && !message.contains("models/absent"), "no host path reaches the client: {body}");
+    wait_until("the log to name the path", Duration::from_secs(5), || host.process.logged("models/absent"));
 }
 
 #[test]
@@ -374,9 +376,15 @@ enum Fault {
     StallBody(Duration),
     /// Answer this many requests with S3's throttling error instead of forwarding them.
     SlowDown(u32),
+    /// Answer with S3's AccessDenied, whose message names the caller's role (as real S3 does).
+    Deny,
     /// Forward responses in 16 KiB pieces with this pause after each: a download in flight.
     Trickle(Duration),
 }
+
+/// The role an `AccessDenied` from the fault proxy names: an account id and role ARN, which
+/// must reach the host's log and never a client.
+const DENIED_ROLE: &str = "arn:aws:sts::123456789012:assumed-role/qa-model-reader/i-0abc";
 
 /// A TCP proxy in front of the S3 server that misbehaves on request, one connection per
 /// request (it asks the server to close after each response).
@@ -454,6 +462,17 @@ impl FaultProxy {
                 let _ = write!(
                     client,
                     "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                return;
+            }
+            Fault::Deny => {
+                let body = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>User: {DENIED_ROLE} is not authorized to perform: s3:ListBucket</Message></Error>"
+                );
+                let _ = write!(
+                    client,
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 return;
@@ -551,6 +570,71 @@ fn s3_cut_stalled_and_throttled_downloads_fail_cleanly_leave_nothing_and_recover
     let (status, body) = host.ask("busy");
     assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{body}");
     assert_eq!(proxy.faulted(), before + 1, "one request was throttled and retried");
+}
+
+/// While 8 clients ask in a loop, the model's objects are replaced twice: every request is
+/// answered (by the old version or the new), none fails.
+#[test]
+fn an_object_replaced_while_eight_clients_loop_gives_no_errors() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "l/", &models_dir().join("nlp1"));
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = s3_env(s3.port, cache.path(), "s3l=s3://models/l/");
+    env.push(("QA_MODEL_TTL_SECS", "1".into()));
+    let host = Host::start(&env);
+    assert_eq!(host.ask("s3l").0, 200);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let outcomes: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut seen = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        seen.push(host.ask("s3l"));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let config: Value = serde_json::from_slice(&std::fs::read(models_dir().join("nlp1/config.json")).unwrap()).unwrap();
+        for replacement in 1..=2 {
+            std::thread::sleep(Duration::from_millis(1200));
+            let mut replaced = config.clone();
+            replaced["note"] = json!(format!("replacement {replacement}"));
+            s3.put("models", "l/config.json", replaced.to_string().as_bytes());
+            wait_until("the replacement to load", Duration::from_secs(60), || host.process.count("model loaded") == 1 + replacement);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    });
+    let failed: Vec<&(u16, Value)> = outcomes.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), outcomes.len(), failed.first());
+    let versions: std::collections::BTreeSet<&str> = outcomes.iter().filter_map(|(_, body)| body["model_version"].as_str()).collect();
+    assert_eq!(versions.len(), 3, "the clients saw the first version and both replacements: {versions:?}");
+    eprintln!("{} requests over 3 versions, none failed", outcomes.len());
+}
+
+/// S3's error text can name the account and the role; a client gets the error's code and
+/// the operator's log the whole text.
+#[test]
+fn s3_error_details_reach_the_log_not_the_client() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "d/", &models_dir().join("nlp1"));
+    let proxy = FaultProxy::start(s3.port, "list-type=2");
+    proxy.set(Fault::Deny);
+    let cache = tempfile::tempdir().unwrap();
+    let host = Host::start(&s3_env(proxy.port, cache.path(), "s3d=s3://models/d/"));
+    let (status, body) = host.ask("s3d");
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("model_unavailable")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("AccessDenied"), "the client learns what went wrong: {message}");
+    for secret in ["123456789012", "arn:aws", "qa-model-reader"] {
+        assert!(!body.to_string().contains(secret), "{secret} reached the client: {body}");
+    }
+    wait_until("the details in the log", Duration::from_secs(5), || host.process.logged(DENIED_ROLE));
 }
 
 /// Past the TTL a loaded model's re-check runs behind the requests: with the source's listing
@@ -651,8 +735,9 @@ fn under_lambda_a_model_that_cannot_be_fetched_in_the_time_left_is_a_503_within_
     let s3 = S3::start();
     s3.create_bucket("models");
     s3.upload_model("models", "late/", &models_dir().join("nlp1"));
-    let proxy = FaultProxy::start(s3.port, "model.onnx");
-    proxy.set(Fault::StallHeaders(Duration::from_secs(20)));
+    s3.upload_model("models", "warm/", &models_dir().join("nlp1"));
+    // Every request to the bucket passes through the proxy's current fault.
+    let proxy = FaultProxy::start(s3.port, "/models");
     // The service runs in this process; other tests here start hosts with a cleared
     // environment, so these variables reach only this one.
     // SAFETY: set before this test's runtime and service threads exist; no other test of this
@@ -666,13 +751,26 @@ fn under_lambda_a_model_that_cannot_be_fetched_in_the_time_left_is_a_503_within_
     }
     let cache = tempfile::tempdir().unwrap();
     let mut config = config(qa_guest(), models_dir());
-    config.manifest = qa_host::models::manifest::parse_env("late=s3://models/late/").unwrap();
+    config.manifest = qa_host::models::manifest::parse_env("late=s3://models/late/,warm=s3://models/warm/").unwrap();
     config.s3.cache_root = cache.path().to_path_buf();
+    config.model_ttl = Duration::from_secs(1);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let service = runtime.block_on(service(&config));
-    let request = qa_host::api::QaRequest { model_type: Some("late".into()), ..qa_host::api::QaRequest::new("When?", "In 1886.") };
-    let error = runtime.block_on(service.answer_within(request, Some(Duration::from_secs(2)))).unwrap_err();
+    let request =
+        |model: &str| qa_host::api::QaRequest { model_type: Some(model.into()), ..qa_host::api::QaRequest::new("When?", "In 1886.") };
+    assert_eq!(runtime.block_on(service.answer(request("warm"))).unwrap().answer, "1886", "loaded while S3 answers");
+
+    proxy.set(Fault::StallHeaders(Duration::from_secs(20)));
+    let error = runtime.block_on(service.answer_within(request("late"), Some(Duration::from_secs(2)))).unwrap_err();
     assert_eq!((error.status(), error.code()), (503, "model_unavailable"), "{error}");
     assert!(error.to_string().contains("remaining time (2000 ms)"), "{error}");
     assert!(cached_versions(cache.path(), "late").iter().all(|d| d.starts_with('.')), "no version published");
+
+    // Past its TTL, with every S3 request stalled, the loaded model answers within the budget:
+    // its re-check runs behind the request.
+    std::thread::sleep(Duration::from_millis(1100));
+    for round in 0..2 {
+        let response = runtime.block_on(service.answer_within(request("warm"), Some(Duration::from_secs(2))));
+        assert_eq!(response.map(|r| r.answer).map_err(|e| e.to_string()), Ok("1886".to_string()), "round {round}");
+    }
 }

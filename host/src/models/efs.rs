@@ -2,7 +2,7 @@
 //! the version is the files' sizes and modification times, so a model replaced on the file
 //! system is noticed at the next check and reloaded.
 
-use super::{LocalModel, MODEL_FILES, ModelSource, SourceError, SourceFuture, check_model_dir};
+use super::{LocalModel, MODEL_FILES, ModelSource, SourceError, SourceFuture, check_model_dir, local_failure};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -27,13 +27,14 @@ impl ModelSource for EfsSource {
                 // a deployment problem (503) rather than a missing model (404).
                 let nearest = dir.ancestors().find(|a| a.exists());
                 if nearest.is_none_or(|a| a == Path::new("/") || a == Path::new("/mnt")) {
-                    return Err(SourceError::Unavailable(format!("{} is not mounted (no such path)", dir.display())));
+                    tracing::warn!(dir = %dir.display(), "EFS model directory: no part of its path exists");
+                    return Err(SourceError::Unavailable("the EFS file system is not mounted (the host's log names the path)".into()));
                 }
                 check_model_dir(&dir)?;
                 let mut version = String::new();
                 for file in MODEL_FILES {
                     let path = dir.join(file);
-                    let meta = std::fs::metadata(&path).map_err(|e| SourceError::Unavailable(format!("{}: {e}", path.display())))?;
+                    let meta = std::fs::metadata(&path).map_err(|e| local_failure(file, &path, e))?;
                     let modified = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default();
                     let _ = write!(version, "{file}:{}:{}.{};", meta.len(), modified.as_secs(), modified.subsec_nanos());
                 }

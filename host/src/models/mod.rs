@@ -165,15 +165,24 @@ pub fn is_valid_name(name: &str) -> bool {
 /// Checks that `dir` holds every file of [`MODEL_FILES`], naming the first one missing.
 fn check_model_dir(dir: &Path) -> Result<(), SourceError> {
     if !dir.is_dir() {
-        return Err(SourceError::NotFound(format!("model directory {} does not exist", dir.display())));
+        tracing::warn!(dir = %dir.display(), "model directory does not exist");
+        return Err(SourceError::NotFound("the model's directory does not exist (the host's log names it)".into()));
     }
     for file in MODEL_FILES {
         let path = dir.join(file);
         if !path.is_file() {
-            return Err(SourceError::NotFound(format!("{} is missing", path.display())));
+            tracing::warn!(path = %path.display(), "model file missing");
+            return Err(SourceError::NotFound(format!("{file} is missing from the model's directory")));
         }
     }
     Ok(())
+}
+
+/// A local file system failure. Error text reaches clients, so it names only `what`; the
+/// path goes to the log.
+pub(crate) fn local_failure(what: &str, path: &Path, error: impl std::fmt::Display) -> SourceError {
+    tracing::warn!(path = %path.display(), %error, what, "model storage: local file system failure");
+    SourceError::Unavailable(format!("{what}: {error}"))
 }
 
 #[cfg(test)]

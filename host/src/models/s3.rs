@@ -9,7 +9,7 @@
 //! downloading. Throttling, 5xx answers and timeouts are retried with backoff by the SDK's
 //! standard retry policy; a server that stays down becomes [`SourceError::Unavailable`].
 
-use super::{LocalModel, MODEL_FILES, ModelSource, SourceError, SourceFuture, VersionLease};
+use super::{LocalModel, MODEL_FILES, ModelSource, SourceError, SourceFuture, VersionLease, local_failure};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use futures_util::{StreamExt, TryStreamExt};
@@ -206,7 +206,7 @@ impl S3Source {
 
     async fn download(&self, object: &Listed, dest: &Path) -> Result<(), SourceError> {
         let client = self.connector.client().await;
-        let io = |e: std::io::Error| SourceError::Unavailable(format!("{}: {e}", dest.display()));
+        let io = |e: std::io::Error| local_failure("writing the model cache", dest, e);
         let file = std::fs::File::create(dest).map_err(io)?;
         file.set_len(object.size).map_err(io)?;
         let file = Arc::new(file);
@@ -269,12 +269,12 @@ impl S3Source {
     /// Size, the ETag's MD5 (single-part uploads) and the manifest's SHA-256.
     fn verify(&self, object: &Listed, path: &Path) -> Result<(), SourceError> {
         let corrupt = |what: String| SourceError::Corrupt(format!("{}: {what}; the download was discarded", self.url(&object.file)));
-        let mut file = std::fs::File::open(path).map_err(|e| SourceError::Unavailable(format!("{}: {e}", path.display())))?;
+        let mut file = std::fs::File::open(path).map_err(|e| local_failure("reading a downloaded file", path, e))?;
         let (mut md5, mut sha) = (Md5::new(), Sha256::new());
         let mut buffer = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
-            let n = file.read(&mut buffer).map_err(|e| SourceError::Unavailable(format!("{}: {e}", path.display())))?;
+            let n = file.read(&mut buffer).map_err(|e| local_failure("reading a downloaded file", path, e))?;
             if n == 0 {
                 break;
             }
@@ -316,7 +316,7 @@ impl S3Source {
             let lease = self.lease(&version, &dir);
             return Ok(LocalModel { dir, version, lease: Some(lease) });
         }
-        let io = |e: std::io::Error| SourceError::Unavailable(format!("model cache {}: {e}", root.display()));
+        let io = |e: std::io::Error| local_failure("the model cache", &root, e);
         std::fs::create_dir_all(&root).map_err(io)?;
         remove_leftovers(&root, None, &[]);
         let needed: u64 = listed.iter().map(|l| l.size).sum();
@@ -324,10 +324,9 @@ impl S3Source {
         let reserve = self.connector.settings.reserve_bytes;
         if free < needed.saturating_add(reserve) {
             return Err(SourceError::Unavailable(format!(
-                "model {} needs {} MiB in {} (plus {} MiB kept free), only {} MiB are free; raise the function's ephemeral storage",
+                "model {} needs {} MiB in the model cache (plus {} MiB kept free), only {} MiB are free; raise the function's ephemeral storage",
                 self.name,
                 needed.div_ceil(1 << 20),
-                root.display(),
                 reserve >> 20,
                 free >> 20
             )));
@@ -441,5 +440,17 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::
             return SourceError::Unavailable(format!("{what}: the object changed during the download; try again"));
         }
     }
-    SourceError::Unavailable(format!("{what}: S3 request failed: {}", DisplayErrorContext(&error)))
+    // S3's messages can name the account and the caller's role: the whole text goes to the
+    // operator's log, the client gets the error's code.
+    let kind = match &error {
+        SdkError::ServiceError(service) => service.err().code().unwrap_or("unknown service error").to_string(),
+        SdkError::TimeoutError(_) => "timeout".into(),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => "timeout".into(),
+        SdkError::DispatchFailure(failure) if failure.is_io() => "connection failed".into(),
+        SdkError::DispatchFailure(_) => "request not sent".into(),
+        SdkError::ResponseError(_) => "unreadable response".into(),
+        _ => "request not built".into(),
+    };
+    tracing::warn!(what, kind, error = %DisplayErrorContext(&error), "S3 request failed");
+    SourceError::Unavailable(format!("{what}: S3 request failed ({kind}); the host's log has the details"))
 }

@@ -26,6 +26,17 @@ pub enum NnError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+impl NnError {
+    /// What a client may be told: the reason without host paths (the log has the whole error).
+    pub fn client_reason(&self) -> String {
+        match self {
+            NnError::ModelUnloadable { reason, .. } => reason.clone(),
+            NnError::Io { source, .. } => format!("model.onnx: {source}"),
+            NnError::RuntimeMissing { .. } | NnError::RuntimeUnusable { .. } => "ONNX Runtime is not usable on this host".into(),
+        }
+    }
+}
+
 /// Finds `libonnxruntime.so` and initialises ONNX Runtime with it, once per process.
 ///
 /// Search order: `explicit` (the `--onnxruntime` flag or `ORT_DYLIB_PATH`), beside the

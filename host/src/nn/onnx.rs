@@ -49,9 +49,11 @@ impl OnnxBackend {
     /// An ONNX Runtime session for `path` with exactly the settings the guest's graphs get
     /// (the native benchmark rows use it, so they measure the same runtime configuration).
     pub fn session(&self, path: &Path) -> Result<Session, NnError> {
-        self.builder()
-            .and_then(|b| b.commit_from_file(path))
-            .map_err(|e| NnError::ModelUnloadable { path: path.to_path_buf(), reason: e.to_string() })
+        self.builder().and_then(|b| b.commit_from_file(path)).map_err(|e| {
+            // ONNX Runtime's text names host paths: it goes to the log, its code to the reason.
+            tracing::warn!(path = %path.display(), error = %e, "ONNX Runtime refused the model");
+            NnError::ModelUnloadable { path: path.to_path_buf(), reason: format!("ONNX Runtime refused model.onnx ({:?})", e.code()) }
+        })
     }
 
     fn builder(&self) -> ort::Result<ort::session::builder::SessionBuilder> {
@@ -229,7 +231,11 @@ impl Model for OnnxModel {
             Some(options) => session.run_with_options(values, options),
             None => session.run(values),
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            // The guest (and through it the client) gets ONNX Runtime's error code, the log its text.
+            tracing::warn!(error = %e, "ONNX Runtime run failed");
+            format!("ONNX Runtime run failed ({:?})", e.code())
+        })?;
         self.outputs
             .iter()
             .map(|port| {
