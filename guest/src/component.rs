@@ -19,9 +19,6 @@ wit_bindgen::generate!({
 use exports::qa::extractive0_2_0::qa as wit;
 use wasi::nn::{graph, tensor};
 
-/// Where the host (or `wasmtime run --dir models::/models`) mounts the model directories.
-const MODELS_ROOT: &str = "/models";
-
 struct Component;
 export!(Component);
 
@@ -160,119 +157,12 @@ fn load_files<'m>(models: &'m mut HashMap<String, Loaded>, model: &str) -> Resul
     models.get_mut(model).ok_or_else(|| QaError::ModelNotFound(model.to_string()))
 }
 
-/// The model behind `wasi:nn`: int64 `input_ids`, `attention_mask` (and `token_type_ids`
-/// when the model takes them) in, `start_logits` and `end_logits` out. Models marked as taking
-/// float32 ids get the same values as f32 (exact for ids below 2^24).
-struct WasiNnModel {
-    graph: graph::Graph,
-    profile: ModelProfile,
-}
+// The model behind `wasi:nn` (`WasiNnModel`), shared with the contract-0.1.0 build of this
+// guest in `guest/fixtures` (it names the same generated `graph` and `tensor` modules).
+include!("wasi_nn_model.rs");
 
-impl QaModel for WasiNnModel {
-    fn infer(&mut self, batch: &Batch) -> Result<Logits, QaError> {
-        let dims = [to_u32(batch.rows), to_u32(batch.seq_len)];
-        let f32_inputs = self.profile.f32_inputs;
-        let id_tensor = |values: &[i64]| {
-            if f32_inputs {
-                let bytes: Vec<u8> = values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
-                tensor::Tensor::new(&dims.to_vec(), tensor::TensorType::Fp32, &bytes)
-            } else {
-                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                tensor::Tensor::new(&dims.to_vec(), tensor::TensorType::I64, &bytes)
-            }
-        };
-        let mut inputs =
-            vec![("input_ids".to_string(), id_tensor(&batch.input_ids)), ("attention_mask".to_string(), id_tensor(&batch.attention_mask))];
-        if self.profile.token_type_ids {
-            inputs.push(("token_type_ids".to_string(), id_tensor(&batch.token_type_ids)));
-        }
-        let context =
-            self.graph.init_execution_context().map_err(|e| QaError::Inference(format!("init execution context: {}", e.data())))?;
-        let outputs = context.compute(inputs).map_err(|e| QaError::Inference(e.data()))?;
-        let mut start = None;
-        let mut end = None;
-        for (name, tensor) in outputs {
-            match name.as_str() {
-                "start_logits" => start = Some(read_f32(&tensor)?),
-                "end_logits" => end = Some(read_f32(&tensor)?),
-                _ => {}
-            }
-        }
-        let missing = |name: &str| QaError::Inference(format!("the model has no output named {name:?}"));
-        let (start_dims, start) = start.ok_or_else(|| missing("start_logits"))?;
-        let (_, end) = end.ok_or_else(|| missing("end_logits"))?;
-        let (rows, seq_len) = match start_dims.as_slice() {
-            [rows, seq_len] => (*rows as usize, *seq_len as usize),
-            other => return Err(QaError::Inference(format!("start_logits has shape {other:?}, expected [batch, sequence]"))),
-        };
-        Ok(Logits { rows, seq_len, start, end })
-    }
-}
-
-fn read_f32(tensor: &tensor::Tensor) -> Result<(Vec<u32>, Vec<f32>), QaError> {
-    let data = tensor.data();
-    let values = match tensor.ty() {
-        tensor::TensorType::Fp32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        other => return Err(QaError::Inference(format!("logits are {other:?}, expected FP32"))),
-    };
-    Ok((tensor.dimensions(), values))
-}
-
-/// `wasmtime run` entry: a JSON fixture on stdin, the answers as JSON on stdout.
-///
-/// Fixture: `{"question", "context", "model_type"?, "top_k"?, "expected"?}`. Without
-/// `model_type`, the first directory under `/models` whose graph the runtime has loaded is
-/// used. With `expected`, the exit code says whether the best answer matched it.
+/// `wasmtime run` entry: a fixture on stdin ([`qa_guest::fixture`]), the answers on stdout;
+/// the exit code says whether every expected answer matched (2: the run failed).
 pub fn run_fixture() -> i32 {
-    match fixture() {
-        Ok(matched) => i32::from(!matched),
-        Err(message) => {
-            eprintln!("qa-guest: {message}");
-            2
-        }
-    }
-}
-
-fn fixture() -> Result<bool, String> {
-    let input = std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}"))?;
-    let fixture: serde_json::Value = serde_json::from_str(&input).map_err(|e| format!("fixture is not JSON: {e}"))?;
-    let text = |key: &str| fixture.get(key).and_then(serde_json::Value::as_str);
-    let question = text("question").ok_or("fixture needs a \"question\" string")?;
-    let context = text("context").ok_or("fixture needs a \"context\" string")?;
-    let model = match text("model_type") {
-        Some(m) => m.to_string(),
-        None => preloaded_model()?,
-    };
-    let mut options = Options::default();
-    if let Some(k) = fixture.get("top_k").and_then(serde_json::Value::as_u64) {
-        options.top_k = usize::try_from(k).map_err(|_| "top_k is out of range")?;
-    }
-    let (answers, timings) = answer(&model, question, context, &options).map_err(|e| e.to_string())?;
-    let best = answers.first().map(|a| a.text.as_str());
-    let expected = text("expected");
-    let matched = expected.is_none_or(|e| Some(e) == best);
-    let output = serde_json::json!({
-        "model_type": model,
-        "answer": best,
-        "answers": answers.iter().map(|a| serde_json::json!({"text": a.text, "score": a.score, "start": a.start, "end": a.end})).collect::<Vec<_>>(),
-        "expected": expected,
-        "matches_expected": expected.map(|_| matched),
-        "timings_us": {"tokenize": timings.tokenize_us, "inference": timings.inference_us, "decode": timings.decode_us},
-        "windows": timings.windows,
-    });
-    println!("{output:#}");
-    Ok(matched)
-}
-
-fn preloaded_model() -> Result<String, String> {
-    let mut names: Vec<String> = std::fs::read_dir(MODELS_ROOT)
-        .map_err(|e| format!("{MODELS_ROOT}: {e} (mount the models with --dir models::/models)"))?
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|entry| entry.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    names.into_iter().find(|name| graph::load_by_name(name).is_ok()).ok_or_else(|| {
-        format!("no directory under {MODELS_ROOT} names a graph the runtime preloaded (use -S nn-graph=onnx::models/<name>)")
-    })
+    run_fixture_with(|model, questions, context, options| answer_many(model, questions, context, options))
 }

@@ -11,6 +11,7 @@
 //! binding lives in `main.rs`.
 
 pub mod extract;
+pub mod fixture;
 pub mod infer;
 pub mod pipeline;
 pub mod score;

@@ -81,7 +81,11 @@ pub fn answer(
 }
 
 /// Answers each of `questions` from the one `context`, in order: the context is tokenized
-/// once, and the windows of all questions share inference calls. A question's own problem
+/// once, and the model runs in one instance for all. Each question's windows are batched on
+/// their own, exactly as when it is asked alone: with a dynamically quantized (int8) model,
+/// activations are quantized with ranges taken over the whole batch, so windows of other
+/// questions in the same call would change this question's scores (measured on the shipped
+/// model: 0.273 against 0.203 alone for the same span). A question's own problem
 /// (empty, too long, no room for the stride) fails only its entry; what fails them all (the
 /// options, the context, the window budget, inference) is the outer error.
 pub fn answer_many(
@@ -96,22 +100,27 @@ pub fn answer_many(
     let (options, prepared) = windows_many(tokenizer, profile, questions, context, options)?;
     let tokenize_us = micros(started);
 
-    // Every window of every question, in order, cut into inference batches.
-    let rows: Vec<(usize, &Window)> =
-        prepared.iter().enumerate().flat_map(|(q, windows)| windows.iter().flatten().map(move |w| (q, w))).collect();
+    // Each question's windows, in order, cut into its own inference batches.
+    let batches: Vec<Vec<(usize, &Window)>> = prepared
+        .iter()
+        .enumerate()
+        .flat_map(|(q, windows)| {
+            let windows: Vec<(usize, &Window)> = windows.iter().flatten().map(|w| (q, w)).collect();
+            windows.chunks(MAX_BATCH_ROWS).map(<[_]>::to_vec).collect::<Vec<_>>()
+        })
+        .collect();
     // The reference keeps more candidates per window than it returns, since merging and
     // word alignment can fold several spans into one answer.
     let per_window = options.top_k * 2 + 10;
     let mut spans: Vec<Vec<(&Window, TokenSpan)>> = vec![Vec::new(); questions.len()];
     let mut null_scores: Vec<Option<f64>> = vec![None; questions.len()];
     let (mut inference_us, mut decode_us) = (vec![0u64; questions.len()], vec![0u64; questions.len()]);
-    for chunk in rows.chunks(MAX_BATCH_ROWS) {
+    for chunk in &batches {
         let started = Instant::now();
         let windows: Vec<&Window> = chunk.iter().map(|(_, w)| *w).collect();
         let batch = Batch::from_windows(&windows, profile.pad_id);
         let logits = model.infer(&batch)?;
         logits.check(&batch)?;
-        // A shared call's time goes to the questions by their rows in it.
         let share = micros(started) / chunk.len() as u64;
         for (row, &(q, window)) in chunk.iter().enumerate() {
             let started = Instant::now();
@@ -284,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn several_questions_share_one_tokenized_context_and_inference_calls() {
+    fn several_questions_share_one_tokenized_context_and_are_batched_as_alone() {
         let tok = tiny_tokenizer();
         let context = format!("{} 1886", "a b c d e f g h ".repeat(40));
         let options = Options { max_seq_len: 24, doc_stride: 4, ..Options::default() };
@@ -299,7 +308,8 @@ mod tests {
         }
         assert_eq!(results[0].as_ref().unwrap().0, single.0, "the same answers as alone");
         let windows: usize = [0, 2, 3].iter().map(|&i| results[i].as_ref().unwrap().1.windows as usize).sum();
-        assert_eq!(model.calls, windows.div_ceil(MAX_BATCH_ROWS), "windows of all questions share batches");
+        let alone_calls = |i: usize| (results[i].as_ref().unwrap().1.windows as usize).div_ceil(MAX_BATCH_ROWS);
+        assert_eq!(model.calls, alone_calls(0) + alone_calls(2) + alone_calls(3), "each question's windows in its own batches");
         // The budget counts the windows of all questions.
         let err =
             answer_many(&tok, &BERT_PROFILE, &mut model, &["when", "when"], &context, &Options { max_windows: windows / 2, ..options });

@@ -45,8 +45,10 @@ enum Command {
         /// the other flags override its fields.
         #[arg(long, conflicts_with = "context_file")]
         request: Option<PathBuf>,
+        /// The question; repeat it to ask several over the one context in one call (the
+        /// response then has `results`, one per question).
         #[arg(long, required_unless_present = "request")]
-        question: Option<String>,
+        question: Vec<String>,
         #[arg(long, conflicts_with = "context_file")]
         context: Option<String>,
         #[arg(long)]
@@ -186,7 +188,11 @@ async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, 
             if let Some(path) = context_file {
                 request.context = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             }
-            request.question = question.unwrap_or(request.question);
+            match <[String; 1]>::try_from(question) {
+                Ok([one]) => (request.question, request.questions) = (one, None),
+                Err(many) if many.is_empty() => {}
+                Err(many) => (request.question, request.questions) = (String::new(), Some(many)),
+            }
             request.context = context.unwrap_or(request.context);
             request.model_type = model.or(request.model_type);
             request.top_k = top_k.or(request.top_k);
@@ -194,7 +200,7 @@ async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, 
             if handle_impossible_answer {
                 request.handle_impossible_answer = Some(true);
             }
-            match service.answer(request).await {
+            match service.reply_within(request, None).await {
                 Ok(response) => {
                     println!("{}", serde_json::to_string_pretty(&response).map_err(|e| e.to_string())?);
                     Ok(ExitCode::SUCCESS)

@@ -167,7 +167,7 @@ async fn answer(State(service): State<Arc<QaService>>, body: Body) -> Response {
     let outcome = async {
         let bytes = read_body(body).await?;
         let request = QaRequest::from_json(&bytes)?;
-        service.answer(request).await
+        service.reply_within(request, None).await
     }
     .await;
     unanswered.answered = true;

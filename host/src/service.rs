@@ -2,7 +2,7 @@
 //! guest → shape the response. Every edge (CLI, HTTP server, Lambda) calls
 //! [`QaService::answer`].
 
-use crate::api::{AnswerSpan, ApiError, PhaseTimings, QaRequest, QaResponse};
+use crate::api::{AnswerSpan, ApiError, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult, check_question};
 use crate::config::HostConfig;
 use crate::guest::{Artifacts, GuestError, GuestModel, GuestQaError, GuestRuntime, Options, SwappableGuest};
 use crate::models::{ModelCatalog, ModelSource, SourceError, VersionLease, is_valid_name};
@@ -297,8 +297,96 @@ impl QaService {
         self.answer_within(request, None).await
     }
 
-    /// Answers one request; the guest's deadline is the configured one or `budget`, if shorter.
+    /// Answers a request of one question or many (`questions`), as every edge does; the
+    /// guest's deadline is the configured one or `budget`, if shorter.
+    pub async fn reply_within(self: &Arc<Self>, request: QaRequest, budget: Option<Duration>) -> Result<QaReply, ApiError> {
+        match request.questions {
+            Some(_) => self.answer_many_within(request, budget).await.map(QaReply::Many),
+            None => self.answer_within(request, budget).await.map(QaReply::One),
+        }
+    }
+
+    /// Answers one question; the guest's deadline is the configured one or `budget`, if
+    /// shorter.
     pub async fn answer_within(self: &Arc<Self>, request: QaRequest, budget: Option<Duration>) -> Result<QaResponse, ApiError> {
+        if request.questions.is_some() {
+            return Err(ApiError::Internal("a request with `questions` reached the one-question path".into()));
+        }
+        let ready = self.ready(&request, budget).await?;
+        let guest_started = Instant::now();
+        let response = self
+            .guest
+            .current()
+            .ask(&ready.model.guest_model(&ready.name), &request.question, &request.context, ready.options, ready.deadline)
+            .await
+            .map_err(|e| guest_error(&ready.name, e))?;
+        let guest_time = guest_started.elapsed();
+        let mut timings = GuestTimings::default();
+        timings.add(&response.timings);
+        let answers = spans(response.answers);
+        let best = AnswerSpan::best(&answers);
+        Ok(QaResponse {
+            question: request.question,
+            answer: best.text,
+            score: best.score,
+            start: best.start,
+            end: best.end,
+            answers,
+            windows: timings.windows,
+            model_version: ready.model.version.clone(),
+            timings_ms: timings.phases(ready.fetched, guest_time, ready.started.elapsed()),
+            model_loaded: ready.model_loaded,
+            model_type: ready.name,
+        })
+    }
+
+    /// Answers several questions over one context in one guest call (a 0.1 guest is asked
+    /// question by question in the same instance). A question that fails its own checks, or
+    /// that the guest refuses, fails only its entry.
+    async fn answer_many_within(self: &Arc<Self>, request: QaRequest, budget: Option<Duration>) -> Result<QaBatchResponse, ApiError> {
+        let ready = self.ready(&request, budget).await?;
+        let questions = request.questions.unwrap_or_default();
+        let checked: Vec<Result<(), ApiError>> = questions.iter().map(|q| check_question(q)).collect();
+        let asked: Vec<String> = questions.iter().zip(&checked).filter(|(_, check)| check.is_ok()).map(|(q, _)| q.clone()).collect();
+        let guest_started = Instant::now();
+        let answered = match asked.is_empty() {
+            true => Vec::new(),
+            false => self
+                .guest
+                .current()
+                .ask_many(&ready.model.guest_model(&ready.name), &asked, &request.context, ready.options, ready.deadline)
+                .await
+                .map_err(|e| guest_error(&ready.name, e))?,
+        };
+        let guest_time = guest_started.elapsed();
+        let mut timings = GuestTimings::default();
+        let mut answered = answered.into_iter();
+        let results = questions
+            .into_iter()
+            .zip(checked)
+            .map(|(question, check)| match check.map(|()| answered.next()) {
+                Err(error) => QaResult::failed(question, &error),
+                Ok(Some(Ok(response))) => {
+                    timings.add(&response.timings);
+                    QaResult::answered(question, spans(response.answers))
+                }
+                Ok(Some(Err(error))) => QaResult::failed(question, &guest_error(&ready.name, error)),
+                Ok(None) => QaResult::failed(question, &ApiError::Internal("the guest gave fewer results than questions".into())),
+            })
+            .collect();
+        Ok(QaBatchResponse {
+            results,
+            windows: timings.windows,
+            model_version: ready.model.version.clone(),
+            timings_ms: timings.phases(ready.fetched, guest_time, ready.started.elapsed()),
+            model_loaded: ready.model_loaded,
+            model_type: ready.name,
+        })
+    }
+
+    /// What answering needs before the guest runs: the request checked, its model loaded
+    /// (within `budget` under Lambda), the guest's options and deadline.
+    async fn ready(self: &Arc<Self>, request: &QaRequest, budget: Option<Duration>) -> Result<Ready, ApiError> {
         let started = Instant::now();
         request.validate()?;
         let name = match request.model_type.as_deref() {
@@ -323,7 +411,6 @@ impl QaService {
         };
         let fetched = started.elapsed();
         let deadline = budget.map_or(self.guest_deadline, |b| b.saturating_sub(fetched).min(self.guest_deadline));
-
         let max_seq_len = request.max_seq_len.unwrap_or(384);
         let options = Options {
             top_k: request.top_k.unwrap_or(1),
@@ -335,40 +422,53 @@ impl QaService {
             handle_impossible: request.handle_impossible_answer.unwrap_or(false),
             max_windows: self.max_windows,
         };
-        let model_version = model.version.clone();
-        let guest = self.guest.current();
-        let guest_started = Instant::now();
-        let response = guest
-            .ask(&model.guest_model(&name), &request.question, &request.context, options, deadline)
-            .await
-            .map_err(|e| guest_error(&name, e))?;
-        let guest_time = guest_started.elapsed();
-
-        let answers: Vec<AnswerSpan> =
-            response.answers.into_iter().map(|a| AnswerSpan { text: a.text, score: a.score, start: a.start, end: a.end }).collect();
-        let best = answers.first().cloned().unwrap_or(AnswerSpan { text: String::new(), score: 0.0, start: 0, end: 0 });
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        Ok(QaResponse {
-            model_type: name,
-            question: request.question,
-            answer: best.text,
-            score: best.score,
-            start: best.start,
-            end: best.end,
-            answers,
-            windows: response.timings.windows,
-            model_version,
-            timings_ms: PhaseTimings {
-                fetch: ms(fetched),
-                guest: ms(guest_time),
-                tokenize: response.timings.tokenize_us as f64 / 1e3,
-                inference: response.timings.inference_us as f64 / 1e3,
-                decode: response.timings.decode_us as f64 / 1e3,
-                total: ms(started.elapsed()),
-            },
-            model_loaded,
-        })
+        Ok(Ready { name, model, model_loaded, options, deadline, started, fetched })
     }
+}
+
+/// A request made ready for the guest by [`QaService::ready`].
+struct Ready {
+    name: String,
+    model: Arc<ReadyModel>,
+    model_loaded: bool,
+    options: Options,
+    deadline: Duration,
+    started: Instant,
+    fetched: Duration,
+}
+
+/// The guest's timings, summed over the questions of a call.
+#[derive(Default)]
+struct GuestTimings {
+    tokenize_us: u64,
+    inference_us: u64,
+    decode_us: u64,
+    windows: u32,
+}
+
+impl GuestTimings {
+    fn add(&mut self, timings: &crate::guest::Timings) {
+        self.tokenize_us += timings.tokenize_us;
+        self.inference_us += timings.inference_us;
+        self.decode_us += timings.decode_us;
+        self.windows += timings.windows;
+    }
+
+    fn phases(&self, fetch: Duration, guest: Duration, total: Duration) -> PhaseTimings {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        PhaseTimings {
+            fetch: ms(fetch),
+            guest: ms(guest),
+            tokenize: self.tokenize_us as f64 / 1e3,
+            inference: self.inference_us as f64 / 1e3,
+            decode: self.decode_us as f64 / 1e3,
+            total: ms(total),
+        }
+    }
+}
+
+fn spans(answers: Vec<crate::guest::Answer>) -> Vec<AnswerSpan> {
+    answers.into_iter().map(|a| AnswerSpan { text: a.text, score: a.score, start: a.start, end: a.end }).collect()
 }
 
 /// When `config.guest_wasm` is an `s3://bucket/key` URI, downloads the guest into the S3

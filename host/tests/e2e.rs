@@ -266,11 +266,22 @@ fn serve_answers_the_sample_and_refuses_bad_input_with_stable_codes() {
     let generated = [
         ("10 MiB body", serde_json::json!({"question": "q", "context": "x".repeat(10 << 20)}).to_string(), 413, "body_too_large"),
         ("300 kB context", serde_json::json!({"question": "q", "context": "x ".repeat(150_000)}).to_string(), 413, "context_too_large"),
+        // The documented maximum context, needing far more windows than the budget.
+        (
+            "200,000 bytes of \"a \"",
+            serde_json::json!({"question": "q", "context": "a ".repeat(100_000)}).to_string(),
+            413,
+            "too_many_windows",
+        ),
     ];
     cases.extend(generated.into_iter().map(|(n, b, s, c)| (n.to_string(), b, s, c.to_string())));
     assert!(cases.len() >= 25);
     for (name, body, want_status, want_code) in &cases {
+        let started = std::time::Instant::now();
         let (status, json) = server.post(body.clone());
+        // Refusals are decided before inference: well under a second even in a debug build
+        // (the README's 100 ms is for release builds, measured by bench/long_docs.py).
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{name}: refused after {:?}", started.elapsed());
         assert_eq!(status, *want_status, "{name}: {json}");
         assert_eq!(json["error"]["code"], want_code.as_str(), "{name}");
         assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}");

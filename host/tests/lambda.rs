@@ -131,6 +131,32 @@ fn every_event_shape_is_answered_in_its_own_envelope() {
     assert!(direct.get("statusCode").is_none());
 }
 
+/// `questions` through every event shape: one result per question, a bad question failing
+/// only its entry, in the event's own envelope.
+#[test]
+fn many_questions_are_answered_through_every_event_shape() {
+    let lambda = Lambda::start(qa_guest(), &[("QA_PRELOAD", "nlp1")]);
+    let request = json!({"questions": sample_questions(), "context": benz_request()["context"]});
+    let body = request.to_string();
+    let check = |name: &str, response: &Value| {
+        let results = response["results"].as_array().unwrap_or_else(|| panic!("{name}: no results in {response}"));
+        assert_eq!(results.len(), sample_questions().len(), "{name}");
+        assert_eq!(results[0]["Answer"], "1886", "{name}");
+        for (result, error) in results.iter().zip(SAMPLE_QUESTION_ERRORS) {
+            assert_eq!(result["error"]["code"].as_str(), error, "{name}: {result}");
+        }
+    };
+    for (name, event) in [
+        ("http api 2.0", http_v2(&body, false)),
+        ("function url", function_url(&body)),
+        ("rest api 1.0", rest_v1(&body)),
+        ("sample test event", json!({"body": body})),
+    ] {
+        check(name, &envelope_body(&lambda.invoke(&event), 200));
+    }
+    check("direct invoke", &lambda.invoke(&request));
+}
+
 #[test]
 fn each_error_class_has_its_status_and_code_and_the_runtime_keeps_serving() {
     let lambda = Lambda::start(qa_guest(), &[("QA_MODELS", "unmounted=efs:/mnt-not-mounted/lambda/models/x")]);

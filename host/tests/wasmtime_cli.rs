@@ -9,19 +9,19 @@ use common::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-#[test]
-fn the_guest_answers_the_sample_fixture_under_wasmtime_run() {
+/// Runs `guest` under `wasmtime run` with the f32 model mounted and `fixture` on stdin.
+fn run(guest: &std::path::Path, fixture: &[u8]) -> std::process::Output {
     let wasmtime = required("WASMTIME_CLI", std::path::PathBuf::from("wasmtime"));
     let models = required("QA_TEST_F32_MODELS", workspace().join(".cache/wasmtime-models/nlp1/model.onnx"));
     let models = models.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
-    let run = |fixture: &[u8]| {
+    {
         let mut child = Command::new(&wasmtime)
             .arg("run")
             .args(["-S", "nn", "-S"])
             .arg(format!("nn-graph=onnx::{}", models.join("nlp1").display()))
             .arg("--dir")
             .arg(format!("{}::/models", models.display()))
-            .arg(qa_guest())
+            .arg(guest)
             .env("ORT_DYLIB_PATH", onnxruntime())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -30,7 +30,12 @@ fn the_guest_answers_the_sample_fixture_under_wasmtime_run() {
             .expect("run wasmtime");
         child.stdin.take().unwrap().write_all(fixture).unwrap();
         child.wait_with_output().unwrap()
-    };
+    }
+}
+
+#[test]
+fn the_guest_answers_the_sample_fixture_under_wasmtime_run() {
+    let run = |fixture: &[u8]| run(&qa_guest(), fixture);
 
     let output = run(&std::fs::read(workspace().join("fixtures/benz.json")).unwrap());
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -49,4 +54,32 @@ fn the_guest_answers_the_sample_fixture_under_wasmtime_run() {
     let fixture = serde_json::json!({"question": "When was the car invented?", "context": benz_request()["context"], "expected": "1908"});
     let output = run(fixture.to_string().as_bytes());
     assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stdout));
+}
+
+/// A fixture with `questions`, under both the current guest and the one built against the
+/// older contract: the same results, one per question, in order.
+#[test]
+fn both_guests_answer_a_questions_fixture_under_wasmtime_run() {
+    let fixture = serde_json::json!({
+        "questions": sample_questions(),
+        "context": benz_request()["context"],
+        "expected": ["1886", null, null, null, null, null],
+    });
+    let mut printed = Vec::new();
+    for guest in [qa_guest(), legacy_guest()] {
+        let output = run(&guest, fixture.to_string().as_bytes());
+        assert!(output.status.success(), "{}: {}", guest.display(), String::from_utf8_lossy(&output.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("answers as JSON");
+        let results = report["results"].as_array().unwrap_or_else(|| panic!("no results: {report}"));
+        assert_eq!(results.len(), sample_questions().len());
+        assert_eq!(results[0]["matches_expected"], true, "{report}");
+        for (result, error) in results.iter().zip(SAMPLE_QUESTION_ERRORS) {
+            // The guest alone checks only what the guest checks: an empty question and one over
+            // 64 tokens; the host's byte limit is the host's.
+            let fails_in_the_guest = matches!(error, Some("empty_question" | "invalid_input"));
+            assert_eq!(result.get("error").is_some(), fails_in_the_guest, "{result}");
+        }
+        printed.push(report["results"].clone());
+    }
+    assert_eq!(printed[0], printed[1], "both guests give the same results");
 }

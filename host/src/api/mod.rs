@@ -20,15 +20,24 @@ pub mod limits {
     pub const MAX_TOP_K: u32 = 20;
     pub const MAX_ANSWER_LEN: u32 = 100;
     pub const MAX_SEQ_LEN: u32 = 512;
+    /// Questions in one request (`questions`).
+    pub const MAX_QUESTIONS: usize = 32;
 }
 
-/// A question as it arrives, after the transport's envelope is removed.
+/// A question (or several, `questions`) as it arrives, after the transport's envelope is
+/// removed.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(try_from = "RawRequest")]
 pub struct QaRequest {
     /// Which model answers; the default model when absent.
     #[serde(default)]
     pub model_type: Option<String>,
+    /// The question; empty when `questions` is given.
     pub question: String,
+    /// Several questions over the one context, answered in one call (1 to
+    /// [`limits::MAX_QUESTIONS`]); the response then has `results`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub questions: Option<Vec<String>>,
     pub context: String,
     #[serde(default)]
     pub top_k: Option<u32>,
@@ -42,12 +51,59 @@ pub struct QaRequest {
     pub doc_stride: Option<u32>,
 }
 
+/// The body as written: `question` or `questions`, one of the two.
+#[derive(Deserialize)]
+struct RawRequest {
+    #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default)]
+    question: Option<String>,
+    #[serde(default)]
+    questions: Option<Vec<String>>,
+    context: String,
+    #[serde(default)]
+    top_k: Option<u32>,
+    #[serde(default)]
+    max_answer_len: Option<u32>,
+    #[serde(default)]
+    handle_impossible_answer: Option<bool>,
+    #[serde(default)]
+    max_seq_len: Option<u32>,
+    #[serde(default)]
+    doc_stride: Option<u32>,
+}
+
+impl TryFrom<RawRequest> for QaRequest {
+    type Error = String;
+
+    fn try_from(raw: RawRequest) -> Result<Self, String> {
+        let (question, questions) = match (raw.question, raw.questions) {
+            (Some(question), None) => (question, None),
+            (None, Some(questions)) => (String::new(), Some(questions)),
+            (None, None) => return Err("missing field `question` (or `questions`)".into()),
+            (Some(_), Some(_)) => return Err("give `question` or `questions`, not both".into()),
+        };
+        Ok(QaRequest {
+            model_type: raw.model_type,
+            question,
+            questions,
+            context: raw.context,
+            top_k: raw.top_k,
+            max_answer_len: raw.max_answer_len,
+            handle_impossible_answer: raw.handle_impossible_answer,
+            max_seq_len: raw.max_seq_len,
+            doc_stride: raw.doc_stride,
+        })
+    }
+}
+
 impl QaRequest {
     /// A request for the default model with default options.
     pub fn new(question: impl Into<String>, context: impl Into<String>) -> Self {
         Self {
             model_type: None,
             question: question.into(),
+            questions: None,
             context: context.into(),
             top_k: None,
             max_answer_len: None,
@@ -69,16 +125,28 @@ impl QaRequest {
         })
     }
 
-    /// Checks sizes and option ranges; emptiness counts after trimming white space.
+    /// Several questions over one context: same options, one call.
+    pub fn many(questions: Vec<String>, context: impl Into<String>) -> Self {
+        Self { questions: Some(questions), ..Self::new("", context) }
+    }
+
+    /// Checks sizes and option ranges; emptiness counts after trimming white space. With
+    /// `questions`, each question is checked on its own ([`check_question`]): a bad one fails
+    /// only its entry.
     pub fn validate(&self) -> Result<(), ApiError> {
-        if self.question.trim().is_empty() {
-            return Err(ApiError::EmptyQuestion);
+        match &self.questions {
+            None => check_question(&self.question)?,
+            Some(questions) if questions.is_empty() || questions.len() > limits::MAX_QUESTIONS => {
+                return Err(ApiError::InvalidField(format!(
+                    "questions must hold 1 to {} questions, got {}",
+                    limits::MAX_QUESTIONS,
+                    questions.len()
+                )));
+            }
+            Some(_) => {}
         }
         if self.context.trim().is_empty() {
             return Err(ApiError::EmptyContext);
-        }
-        if self.question.len() > limits::MAX_QUESTION_BYTES {
-            return Err(ApiError::QuestionTooLong { len: self.question.len(), limit: limits::MAX_QUESTION_BYTES });
         }
         if self.context.len() > limits::MAX_CONTEXT_BYTES {
             return Err(ApiError::ContextTooLarge { len: self.context.len(), limit: limits::MAX_CONTEXT_BYTES });
@@ -95,6 +163,17 @@ impl QaRequest {
     }
 }
 
+/// A question's own checks: not empty, not over the byte limit.
+pub fn check_question(question: &str) -> Result<(), ApiError> {
+    if question.trim().is_empty() {
+        return Err(ApiError::EmptyQuestion);
+    }
+    if question.len() > limits::MAX_QUESTION_BYTES {
+        return Err(ApiError::QuestionTooLong { len: question.len(), limit: limits::MAX_QUESTION_BYTES });
+    }
+    Ok(())
+}
+
 /// One answer: `start..end` are character offsets into the context, `text` that slice.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct AnswerSpan {
@@ -102,6 +181,13 @@ pub struct AnswerSpan {
     pub score: f64,
     pub start: u32,
     pub end: u32,
+}
+
+impl AnswerSpan {
+    /// The first of `answers` (they come best first), or the empty answer when there is none.
+    pub fn best(answers: &[AnswerSpan]) -> AnswerSpan {
+        answers.first().cloned().unwrap_or(AnswerSpan { text: String::new(), score: 0.0, start: 0, end: 0 })
+    }
 }
 
 /// Milliseconds per phase: making the model available (`fetch`), the whole guest call
@@ -139,6 +225,117 @@ pub struct QaResponse {
     /// Whether this request had to load the model (a model-cache miss); for metrics only.
     #[serde(skip)]
     pub model_loaded: bool,
+}
+
+/// One question's entry in a many-question response: the single response's answer fields,
+/// or the error that question alone met.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct QaResult {
+    #[serde(rename = "Question")]
+    pub question: String,
+    #[serde(rename = "Answer", default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<Vec<AnswerSpan>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<EntryError>,
+}
+
+/// A question's own error: the code and status it would get alone.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct EntryError {
+    pub code: String,
+    pub message: String,
+    pub status: u16,
+}
+
+impl QaResult {
+    /// The entry for `question` answered with `answers` (best first).
+    pub fn answered(question: String, answers: Vec<AnswerSpan>) -> Self {
+        let best = AnswerSpan::best(&answers);
+        QaResult {
+            question,
+            answer: Some(best.text),
+            score: Some(best.score),
+            start: Some(best.start),
+            end: Some(best.end),
+            answers: Some(answers),
+            error: None,
+        }
+    }
+
+    /// The entry for `question` that failed with `error`.
+    pub fn failed(question: String, error: &ApiError) -> Self {
+        let error = EntryError { code: error.code().to_string(), message: error.to_string(), status: error.status() };
+        QaResult { question, answer: None, score: None, start: None, end: None, answers: None, error: Some(error) }
+    }
+}
+
+/// The response to `questions`: one entry per question, in order, and what they share.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct QaBatchResponse {
+    #[serde(rename = "Model_Type")]
+    pub model_type: String,
+    pub results: Vec<QaResult>,
+    /// Windows inference ran on, all questions together.
+    pub windows: u32,
+    pub model_version: String,
+    /// The call's phases, summed over the questions inside the guest.
+    pub timings_ms: PhaseTimings,
+    #[serde(skip)]
+    pub model_loaded: bool,
+}
+
+/// An answered request: one question, or several.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum QaReply {
+    One(QaResponse),
+    Many(QaBatchResponse),
+}
+
+impl QaReply {
+    pub fn model_type(&self) -> &str {
+        match self {
+            Self::One(r) => &r.model_type,
+            Self::Many(r) => &r.model_type,
+        }
+    }
+
+    pub fn windows(&self) -> u32 {
+        match self {
+            Self::One(r) => r.windows,
+            Self::Many(r) => r.windows,
+        }
+    }
+
+    pub fn model_version(&self) -> &str {
+        match self {
+            Self::One(r) => &r.model_version,
+            Self::Many(r) => &r.model_version,
+        }
+    }
+
+    pub fn timings(&self) -> &PhaseTimings {
+        match self {
+            Self::One(r) => &r.timings_ms,
+            Self::Many(r) => &r.timings_ms,
+        }
+    }
+
+    /// Whether this request had to load the model (a model-cache miss).
+    pub fn model_loaded(&self) -> bool {
+        match self {
+            Self::One(r) => r.model_loaded,
+            Self::Many(r) => r.model_loaded,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +378,25 @@ mod tests {
         }
         let body = vec![b' '; limits::MAX_BODY_BYTES + 1];
         assert_eq!(QaRequest::from_json(&body).unwrap_err().code(), "body_too_large");
+    }
+
+    #[test]
+    fn questions_replace_question_and_are_bounded() {
+        let many = QaRequest::from_json(br#"{"questions": ["Who?", "When?"], "context": "c"}"#).unwrap();
+        assert_eq!(many.questions.as_deref(), Some(&["Who?".to_string(), "When?".to_string()][..]));
+        assert!(many.validate().is_ok());
+        let both = QaRequest::from_json(br#"{"question": "q", "questions": ["Who?"], "context": "c"}"#).unwrap_err();
+        assert_eq!(both.code(), "invalid_field");
+        assert!(both.to_string().contains("not both"), "{both}");
+        let neither = QaRequest::from_json(br#"{"context": "c"}"#).unwrap_err();
+        assert!(neither.to_string().contains("missing field `question`"), "{neither}");
+        assert_eq!(QaRequest::from_json(br#"{"questions": [1], "context": "c"}"#).unwrap_err().code(), "invalid_field");
+        for count in [0, limits::MAX_QUESTIONS + 1] {
+            let request = QaRequest::many(vec!["q".into(); count], "c");
+            assert_eq!(request.validate().unwrap_err().code(), "invalid_field", "{count} questions");
+        }
+        // A bad question is its own entry's problem, not the request's.
+        assert!(QaRequest::many(vec!["".into(), "q".into()], "c").validate().is_ok());
     }
 
     #[test]

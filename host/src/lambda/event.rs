@@ -2,7 +2,7 @@
 //! payload 2.0, Lambda Function URLs, API Gateway REST proxy 1.0) and direct invokes, turned
 //! into one request body; the answer turned back into the envelope the event's source wants.
 
-use crate::api::{ApiError, QaRequest, QaResponse};
+use crate::api::{ApiError, QaReply, QaRequest};
 use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse, ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
@@ -37,7 +37,7 @@ pub fn parse(event: Value) -> (Source, Result<QaRequest, ApiError>) {
             .and_then(|e| decode_body(e.body, e.is_base64_encoded));
         return (Source::HttpV1, body.and_then(|b| QaRequest::from_json(&b)));
     }
-    if event.get("body").is_some() && event.get("question").is_none() {
+    if event.get("body").is_some() && event.get("question").is_none() && event.get("questions").is_none() {
         let encoded = event.get("isBase64Encoded").and_then(Value::as_bool).unwrap_or(false);
         let body = match event.get("body") {
             Some(Value::String(s)) => decode_body(Some(s.clone()), encoded),
@@ -63,7 +63,7 @@ fn decode_body(body: Option<String>, base64_encoded: bool) -> Result<Vec<u8>, Ap
 
 /// The response for `source`: an HTTP envelope with a JSON body for HTTP-shaped events, the
 /// bare object for direct invokes (errors there carry their HTTP status in `error.status`).
-pub fn respond(source: Source, result: Result<QaResponse, ApiError>, request_id: &str) -> Value {
+pub fn respond(source: Source, result: Result<QaReply, ApiError>, request_id: &str) -> Value {
     let (status, body) = match &result {
         Ok(response) => (200, serde_json::to_value(response).unwrap_or(Value::Null)),
         Err(error) => (error.status(), error.body(request_id)),

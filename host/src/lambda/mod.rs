@@ -77,15 +77,15 @@ impl Edge {
         // would each make new CloudWatch metric series.
         let named = request.as_ref().ok().map(|r| r.model_type.clone());
         let result = match request {
-            Ok(request) => self.service.answer_within(request, budget).await,
+            Ok(request) => self.service.reply_within(request, budget).await,
             Err(error) => Err(error),
         };
         let total = started.elapsed();
         match &result {
             Ok(response) => tracing::info!(
                 request_id,
-                model = %response.model_type,
-                windows = response.windows,
+                model = response.model_type(),
+                windows = response.windows(),
                 ms = total.as_secs_f64() * 1e3,
                 "answered"
             ),
@@ -94,7 +94,7 @@ impl Edge {
         let cold = self.cold.lock().ok().and_then(|mut c| c.take());
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let model = match (&result, named) {
-            (Ok(response), _) => Some(response.model_type.clone()),
+            (Ok(response), _) => Some(response.model_type().to_string()),
             (Err(_), Some(Some(name))) if self.service.catalog().get(&name).is_some() => Some(name),
             (Err(_), Some(Some(_))) => Some("unknown".to_string()),
             (Err(_), Some(None)) => self.service.default_model().map(str::to_string),

@@ -6,7 +6,7 @@
 //! `POWERTOOLS_SERVICE_NAME`, the variables the original Python sample's Powertools read;
 //! `POWERTOOLS_METRICS_DISABLED=true` turns the lines off.
 
-use crate::api::{ApiError, QaResponse};
+use crate::api::{ApiError, QaReply};
 use crate::guest::Origin;
 use serde_json::{Map, Value, json};
 use std::io::Write;
@@ -40,7 +40,7 @@ pub struct Invocation<'a> {
     /// `"unknown"` if not (so made-up names cannot create metric series), `None` when the
     /// event did not parse.
     pub model: Option<&'a str>,
-    pub result: Result<&'a QaResponse, &'a ApiError>,
+    pub result: Result<&'a QaReply, &'a ApiError>,
     pub total: Duration,
 }
 
@@ -69,18 +69,18 @@ impl Metrics {
         metric(&mut fields, &mut request_metrics, "TotalTime", "Milliseconds", ms(invocation.total));
         match invocation.result {
             Ok(response) => {
-                let t = &response.timings_ms;
+                let t = response.timings();
                 metric(&mut fields, &mut request_metrics, "Errors", "Count", 0.0);
                 metric(&mut fields, &mut request_metrics, "FetchTime", "Milliseconds", t.fetch);
                 metric(&mut fields, &mut request_metrics, "GuestTime", "Milliseconds", t.guest);
                 metric(&mut fields, &mut request_metrics, "TokenizeTime", "Milliseconds", t.tokenize);
                 metric(&mut fields, &mut request_metrics, "InferenceTime", "Milliseconds", t.inference);
                 metric(&mut fields, &mut request_metrics, "DecodeTime", "Milliseconds", t.decode);
-                let loaded = response.model_loaded;
+                let loaded = response.model_loaded();
                 metric(&mut fields, &mut request_metrics, "ModelCacheHit", "Count", if loaded { 0.0 } else { 1.0 });
                 metric(&mut fields, &mut request_metrics, "ModelCacheMiss", "Count", if loaded { 1.0 } else { 0.0 });
-                fields.insert("model_version".into(), json!(response.model_version));
-                fields.insert("windows".into(), json!(response.windows));
+                fields.insert("model_version".into(), json!(response.model_version()));
+                fields.insert("windows".into(), json!(response.windows()));
             }
             Err(error) => {
                 metric(&mut fields, &mut request_metrics, "Errors", "Count", 1.0);
@@ -167,14 +167,14 @@ pub fn validate(line: &Value) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::PhaseTimings;
+    use crate::api::{PhaseTimings, QaResponse};
 
     fn metrics() -> Metrics {
         Metrics { namespace: "Ns".into(), service: "svc".into(), function_name: "fn".into(), enabled: true }
     }
 
-    fn response(model_loaded: bool) -> QaResponse {
-        QaResponse {
+    fn response(model_loaded: bool) -> QaReply {
+        QaReply::One(QaResponse {
             model_type: "nlp1".into(),
             question: "q".into(),
             answer: "a".into(),
@@ -186,7 +186,7 @@ mod tests {
             model_version: "v1".into(),
             timings_ms: PhaseTimings { fetch: 1.0, guest: 2.0, tokenize: 0.5, inference: 1.2, decode: 0.1, total: 3.0 },
             model_loaded,
-        }
+        })
     }
 
     #[test]

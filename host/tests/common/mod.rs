@@ -219,3 +219,25 @@ impl Serving {
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 }
+
+/// The QA guest built against the older contract (`qa:extractive@0.1.0`: `ask` only).
+pub fn legacy_guest() -> PathBuf {
+    required("QA_TEST_LEGACY_GUEST", workspace().join("target/wasm32-wasip2/release/legacy-guest.wasm"))
+}
+
+/// Questions over the sample's context for the many-question tests: three the model answers,
+/// and three that fail on their own (empty, over the byte limit, over the guest's 64 tokens).
+pub fn sample_questions() -> Vec<String> {
+    vec![
+        "When was the car invented?".into(),
+        "Who patented the Benz Patent-Motorwagen?".into(),
+        " ".into(),
+        "Which company manufactured the Model T?".into(),
+        "x".repeat(2_001),
+        "why ".repeat(70),
+    ]
+}
+
+/// The codes `sample_questions` get, `None` for the answered ones.
+pub const SAMPLE_QUESTION_ERRORS: [Option<&str>; 6] =
+    [None, None, Some("empty_question"), None, Some("question_too_long"), Some("invalid_input")];
