@@ -1,0 +1,128 @@
+"""What a million questions cost on AWS Lambda: this project against the original sample's
+stack (the transformers pipeline on PyTorch, see bench/cost_sample_stack.py), from figures
+measured here, on one core (`taskset -c 0`: what Lambda gives at 1,769 MB), one inference
+thread each:
+
+- warm latency over one ~1.4 KB document (SQuAD dev paragraphs and the sample's): each of 8
+  questions asked alone, and the 8 in one call (this project: one request with `questions`;
+  the pipeline: its list-of-questions call);
+- peak RSS, which picks the smallest memory setting that fits (RSS + 64 MB, rounded up to
+  64 MB, at least 128 MB);
+- cold start: process start to the first answer (this project: `qa-host serve` with the
+  model preloaded and the guest snapshot already compiled, as a deployment ships it).
+
+Cost per million questions = requests + GB-seconds at the smallest memory that fits; below
+1,769 MB Lambda gives a proportional share of a core, so duration is scaled by 1,769 / memory
+and GB-seconds come out the same as at 1,769 MB (one thread gains nothing above it). Warm,
+and with every request cold (init billed at the same rate). Prices:
+the PRICES table below, dated.
+
+    source scripts/env.sh && cargo build --release -p qa-host
+    python3 bench/cost.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import long_docs  # noqa: E402
+import many_questions  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+# us-east-1, first tier, per GB-second of duration and per request, as published on the AWS
+# Lambda pricing page; the values as quoted by a pricing summary dated 2026-05-11 (read in
+# this project's session of 2026-11-30; aws.amazon.com itself is not reachable from here).
+PRICES = {"date": "2026-05-11", "x86_64": 0.0000166667, "arm64": 0.0000133334, "request": 0.20 / 1e6}
+FULL_VCPU_MB = 1769
+
+
+def memory_setting(peak_rss_mib: float) -> int:
+    return max(128, math.ceil((peak_rss_mib + 64) / 64) * 64)
+
+
+def cost_per_million(latency_ms: float, cold_s: float, memory_mb: int, questions_per_request: int, arch: str, cold: bool) -> float:
+    share = max(1.0, FULL_VCPU_MB / memory_mb)
+    seconds = latency_ms / 1e3 * share + (cold_s * share if cold else 0.0)
+    requests = 1e6 / questions_per_request
+    return requests * (memory_mb / 1024 * seconds * PRICES[arch] + PRICES["request"])
+
+
+def project(host: Path, inputs: dict, runs: int) -> dict:
+    env = dict(os.environ, QA_PRELOAD="nlp1", QA_MODELS_DIR=str(ROOT / "models"), QA_LOG="warn", QA_INFERENCE_THREADS="1")
+    started = time.monotonic()
+    proc = subprocess.Popen(["taskset", "-c", "0", str(host), "serve", "--addr", "127.0.0.1:0"], env=env, stderr=subprocess.PIPE, text=True)
+    base = None
+    for line in proc.stderr:
+        if "listening on " in line:
+            base = line.split("listening on ", 1)[1].strip()
+            break
+    if base is None:
+        sys.exit(f"{host} exited before listening")
+    try:
+        status, _, _ = long_docs.ask(base, {"question": inputs["question"], "context": inputs["context"]})
+        cold = time.monotonic() - started
+        assert status == 200
+        alone = [{"question": q, "context": inputs["batch_context"]} for q in inputs["questions"]]
+        warm = [long_docs.ask(base, alone[i % len(alone)])[2] for i in range(runs)]
+        batch = {"questions": inputs["questions"], "context": inputs["batch_context"]}
+        long_docs.ask(base, batch)
+        batch8 = [long_docs.ask(base, batch)[2] for _ in range(max(3, runs // 3))]
+        rss = long_docs.peak_rss_mib(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    return {"cold_s": cold, "single_ms": statistics.median(warm), "batch8_ms": statistics.median(batch8), "peak_rss_mib": rss,
+            "runtime": "qa-host (release), ONNX Runtime 1 thread, int8 model"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--qa-host", type=Path, default=ROOT / "target/release/qa-host")
+    p.add_argument("--python", default=str(Path.home() / ".cache/qa/train-venv/bin/python"), help="an interpreter with torch and transformers")
+    p.add_argument("--squad", type=Path, default=long_docs.DEV)
+    args = p.parse_args()
+    benz = json.loads((ROOT / "fixtures/benz.json").read_text())
+    batch_context, questions = many_questions.document_and_questions(args.squad, benz, 2000)
+    inputs = {"question": benz["question"], "context": benz["context"], "questions": questions, "batch_context": batch_context}
+    rows = {"this project": project(args.qa_host, inputs, args.runs)}
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(inputs, f)
+        f.flush()
+        out = subprocess.run(["taskset", "-c", "0", args.python, str(ROOT / "bench/cost_sample_stack.py"),
+                              "--tokenizer", str(ROOT / "models/nlp1/tokenizer.json"), "--inputs", f.name, "--runs", str(args.runs)],
+                             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        if out.returncode != 0:
+            sys.exit(f"the sample's stack failed:\n{out.stderr[-3000:]}")
+        rows["sample stack (transformers pipeline, PyTorch, DistilBERT-base)"] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    print("Measured on one core (`taskset -c 0`), one inference thread:\n")
+    print("| stack | warm, a question alone (ms) | warm, 8 questions in one call (ms per question) | cold start to first answer (s) | peak RSS (MiB) | smallest memory that fits (MB) |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['single_ms']:.1f} | {r['batch8_ms'] / 8:.1f} | {r['cold_s']:.2f} | {r['peak_rss_mib']:.0f} | {memory_setting(r['peak_rss_mib'])} |")
+    print(f"\nCost per million questions, USD (prices of {PRICES['date']}: x86_64 ${PRICES['x86_64']}/GB-s, arm64 ${PRICES['arm64']}/GB-s, "
+          f"${PRICES['request'] * 1e6:.2f} per million requests; arm64 figures assume the same duration as measured on x86-64):\n")
+    print("| stack | questions per request | memory (MB) | x86_64 warm | arm64 warm | x86_64 every request cold | arm64 every request cold |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        for per_request, latency in ((1, r["single_ms"]), (8, r["batch8_ms"])):
+            memory = memory_setting(r["peak_rss_mib"])
+            costs = [cost_per_million(latency, r["cold_s"], memory, per_request, arch, cold) for cold in (False, True) for arch in ("x86_64", "arm64")]
+            print(f"| {name} | {per_request} | {memory} | " + " | ".join(f"{c:,.2f}" for c in costs) + " |")
+    print(f"\nruntimes: " + "; ".join(f"{n}: {r['runtime']}" for n, r in rows.items()))
+    print(f"command: {' '.join(sys.argv)}; load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
