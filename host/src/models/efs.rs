@@ -64,7 +64,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let source = EfsSource::new(model_dir(root.path()));
         let before = source.fetch().await.unwrap();
-        assert_eq!(source.fetch().await.unwrap(), before, "unchanged files, same version");
+        let again = source.fetch().await.unwrap();
+        assert_eq!((again.dir, again.version), (before.dir.clone(), before.version.clone()), "unchanged files, same version");
         std::fs::write(root.path().join("nlp2/model.onnx"), b"version two").unwrap();
         assert_ne!(source.fetch().await.unwrap().version, before.version);
     }
@@ -82,7 +83,7 @@ mod tests {
     async fn a_missing_mount_is_unavailable() {
         let err = EfsSource::new("/mnt-that-does-not-exist/lambda/models/nlp2".into()).fetch().await.unwrap_err();
         assert!(
-            matches!(&err, SourceError::Unavailable(m) if m.contains("/mnt-that-does-not-exist/lambda/models/nlp2 is not mounted")),
+            matches!(&err, SourceError::Unavailable(m) if m.contains("not mounted") && !m.contains("/mnt-that-does-not-exist")),
             "{err}"
         );
     }
