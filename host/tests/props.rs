@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use proptest::prelude::*;
 use proptest::strategy::LazyJust;
 use proptest::test_runner::TestCaseError;
-use qa_host::api::{AnswerSpan, ApiError, PhaseTimings, QaRequest, QaResponse, limits};
+use qa_host::api::{AnswerSpan, ApiError, PhaseTimings, QaReply, QaRequest, QaResponse, limits};
 use qa_host::lambda::event::{Source, parse, respond};
 use serde_json::{Map, Value, json};
 use std::sync::LazyLock;
@@ -92,6 +92,7 @@ fn same_outcome(got: &Result<QaRequest, ApiError>, expected: &Result<QaRequest, 
 
 /// Checks `respond(source, result, request_id)` and returns it.
 fn check_respond(source: Source, result: Result<QaResponse, ApiError>, request_id: &str) -> Result<Value, TestCaseError> {
+    let result = result.map(QaReply::One);
     let expected_status = match &result {
         Ok(_) => 200,
         Err(error) => u64::from(error.status()),
@@ -279,10 +280,13 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn request() -> impl Strategy<Value = QaRequest> {
     let text = prop_oneof![3 => any::<String>(), 1 => prop::sample::select(STRINGS).prop_map(str::to_string)];
     let opt = || prop::option::of(prop_oneof![0u32..600, Just(u32::MAX)]);
-    (text.clone(), text, prop::option::of(string()), (opt(), opt(), prop::option::of(any::<bool>()), opt(), opt())).prop_map(
-        |(question, context, model_type, (top_k, max_answer_len, handle, max_seq_len, doc_stride))| QaRequest {
+    let questions = prop::option::weighted(0.2, prop::collection::vec(text.clone(), 1..4));
+    (text.clone(), questions, text, prop::option::of(string()), (opt(), opt(), prop::option::of(any::<bool>()), opt(), opt())).prop_map(
+        |(question, questions, context, model_type, (top_k, max_answer_len, handle, max_seq_len, doc_stride))| QaRequest {
             model_type,
-            question,
+            // `question` or `questions`, as a body carries them.
+            question: if questions.is_some() { String::new() } else { question },
+            questions,
             context,
             top_k,
             max_answer_len,

@@ -27,7 +27,7 @@ pub mod limits {
 /// A question (or several, `questions`) as it arrives, after the transport's envelope is
 /// removed.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(try_from = "RawRequest")]
+#[serde(try_from = "RawRequest", into = "RawRequest")]
 pub struct QaRequest {
     /// Which model answers; the default model when absent.
     #[serde(default)]
@@ -36,7 +36,6 @@ pub struct QaRequest {
     pub question: String,
     /// Several questions over the one context, answered in one call (1 to
     /// [`limits::MAX_QUESTIONS`]); the response then has `results`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub questions: Option<Vec<String>>,
     pub context: String,
     #[serde(default)]
@@ -52,13 +51,13 @@ pub struct QaRequest {
 }
 
 /// The body as written: `question` or `questions`, one of the two.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct RawRequest {
     #[serde(default)]
     model_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     question: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     questions: Option<Vec<String>>,
     context: String,
     #[serde(default)]
@@ -71,6 +70,23 @@ struct RawRequest {
     max_seq_len: Option<u32>,
     #[serde(default)]
     doc_stride: Option<u32>,
+}
+
+impl From<QaRequest> for RawRequest {
+    fn from(request: QaRequest) -> Self {
+        let question = request.questions.is_none().then_some(request.question);
+        RawRequest {
+            model_type: request.model_type,
+            question,
+            questions: request.questions,
+            context: request.context,
+            top_k: request.top_k,
+            max_answer_len: request.max_answer_len,
+            handle_impossible_answer: request.handle_impossible_answer,
+            max_seq_len: request.max_seq_len,
+            doc_stride: request.doc_stride,
+        }
+    }
 }
 
 impl TryFrom<RawRequest> for QaRequest {
