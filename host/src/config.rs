@@ -62,79 +62,147 @@ pub struct HostConfig {
     pub serve: ServeLimits,
 }
 
+/// Why the configuration is unusable: start-up stops and says which setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{name}={value:?} is not {expected}")]
+    BadSetting { name: &'static str, value: String, expected: &'static str },
+}
+
+/// The environment, read through `lookup` (the process environment in [`HostConfig::from_env`],
+/// a map in tests). Unset and empty settings take their defaults; a value that does not parse
+/// is an error naming the setting, never silently replaced.
+struct Settings<F: Fn(&str) -> Option<String>> {
+    lookup: F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Settings<F> {
+    fn text(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    }
+
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        self.text(name).map(PathBuf::from)
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, name: &'static str, expected: &'static str) -> Result<Option<T>, ConfigError> {
+        let Some(value) = self.text(name) else { return Ok(None) };
+        value.parse().map(Some).map_err(|_| ConfigError::BadSetting { name, value, expected })
+    }
+
+    /// A whole number of at least 1.
+    fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(
+        &self,
+        name: &'static str,
+        unit: &'static str,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.parsed::<T>(name, unit)? {
+            Some(v) if v < T::from(1) => Err(ConfigError::BadSetting { name, value: self.text(name).unwrap_or_default(), expected: unit }),
+            other => Ok(other),
+        }
+    }
+
+    fn millis(&self, name: &'static str) -> Result<Option<Duration>, ConfigError> {
+        Ok(self.positive::<u64>(name, "a whole number of milliseconds, at least 1")?.map(Duration::from_millis))
+    }
+
+    fn switch(&self, name: &'static str) -> Result<Option<bool>, ConfigError> {
+        let Some(value) = self.text(name) else { return Ok(None) };
+        match value.to_ascii_lowercase().as_str() {
+            "1" | "true" | "on" | "yes" => Ok(Some(true)),
+            "0" | "false" | "off" | "no" => Ok(Some(false)),
+            _ => Err(ConfigError::BadSetting { name, value, expected: "one of 1, 0, true, false, on, off" }),
+        }
+    }
+}
+
 impl HostConfig {
     /// Defaults: models in `./models`, the guest next to the executable or in the cargo
-    /// target directory, the cache under the system temporary directory.
-    /// Reads the environment; only a malformed model manifest is an error.
-    pub fn from_env() -> Result<Self, ManifestError> {
-        let env_path = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+    /// target directory, the cache under the system temporary directory. Reads the process
+    /// environment once; see [`ConfigError`] for what stops start-up.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// The configuration from the settings `lookup` gives.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Settings { lookup };
         let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
-        let guest_wasm = env_path("QA_GUEST").unwrap_or_else(|| default_guest(exe_dir.as_deref()));
-        let mut manifest = manifest::parse_env(&std::env::var("QA_MODELS").unwrap_or_default())?;
-        if let Some(path) = env_path("QA_MODELS_FILE") {
+        let guest_wasm = env.path("QA_GUEST").unwrap_or_else(|| default_guest(exe_dir.as_deref()));
+        let mut manifest = manifest::parse_env(&env.text("QA_MODELS").unwrap_or_default())?;
+        if let Some(path) = env.path("QA_MODELS_FILE") {
             let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::new(format!("{}: {e}", path.display())))?;
             manifest.extend(manifest::parse_file(&text)?);
         }
         let mut s3 = S3Settings::default();
-        if let Some(dir) = env_path("QA_MODEL_CACHE_DIR") {
+        if let Some(dir) = env.path("QA_MODEL_CACHE_DIR") {
             s3.cache_root = dir;
         }
-        if let Some(mb) = env_number::<u64>("QA_TMP_RESERVE_MB") {
+        if let Some(mb) = env.parsed::<u64>("QA_TMP_RESERVE_MB", "a whole number of MiB")? {
             s3.reserve_bytes = mb.saturating_mul(1 << 20);
         }
-        if let Some(ms) = env_number::<u64>("QA_S3_ATTEMPT_TIMEOUT_MS").filter(|&ms| ms > 0) {
-            s3.attempt_timeout = Duration::from_millis(ms);
+        if let Some(timeout) = env.millis("QA_S3_ATTEMPT_TIMEOUT_MS")? {
+            s3.attempt_timeout = timeout;
         }
-        if let Some(attempts) = env_number::<u32>("QA_S3_MAX_ATTEMPTS").filter(|&n| n > 0) {
+        if let Some(attempts) = env.positive::<u32>("QA_S3_MAX_ATTEMPTS", "a whole number of attempts, at least 1")? {
             s3.max_attempts = attempts;
         }
-        let guest_deadline = Duration::from_millis(env_number("QA_GUEST_DEADLINE_MS").unwrap_or(30_000));
+        let guest_deadline = env.millis("QA_GUEST_DEADLINE_MS")?.unwrap_or(Duration::from_secs(30));
         let serve = {
             let defaults = ServeLimits::for_deadline(guest_deadline);
-            let millis = |key: &str| env_number::<u64>(key).filter(|&ms| ms > 0).map(Duration::from_millis);
             ServeLimits {
-                header_timeout: millis("QA_SERVE_HEADER_TIMEOUT_MS").unwrap_or(defaults.header_timeout),
-                request_timeout: millis("QA_SERVE_REQUEST_TIMEOUT_MS").unwrap_or(defaults.request_timeout),
-                max_requests: env_number("QA_SERVE_MAX_REQUESTS").filter(|&n| n > 0).unwrap_or(defaults.max_requests),
-                max_connections: env_number("QA_SERVE_MAX_CONNECTIONS").filter(|&n| n > 0).unwrap_or(defaults.max_connections),
+                header_timeout: env.millis("QA_SERVE_HEADER_TIMEOUT_MS")?.unwrap_or(defaults.header_timeout),
+                request_timeout: env.millis("QA_SERVE_REQUEST_TIMEOUT_MS")?.unwrap_or(defaults.request_timeout),
+                max_requests: env
+                    .positive("QA_SERVE_MAX_REQUESTS", "a whole number of requests, at least 1")?
+                    .unwrap_or(defaults.max_requests),
+                max_connections: env
+                    .positive("QA_SERVE_MAX_CONNECTIONS", "a whole number of connections, at least 1")?
+                    .unwrap_or(defaults.max_connections),
             }
         };
+        let nn_defaults = NnLimits::default();
         Ok(Self {
-            models_dir: env_path("QA_MODELS_DIR").unwrap_or_else(default_models_dir),
-            default_model: std::env::var("QA_DEFAULT_MODEL").ok().filter(|v| !v.is_empty()),
+            models_dir: env.path("QA_MODELS_DIR").unwrap_or_else(default_models_dir),
+            default_model: env.text("QA_DEFAULT_MODEL"),
             guest_wasm,
             guest_s3: None,
-            cache_dir: env_path("QA_CACHE_DIR").unwrap_or_else(|| std::env::temp_dir().join("qa-host")),
-            onnxruntime: env_path("ORT_DYLIB_PATH"),
+            cache_dir: env.path("QA_CACHE_DIR").unwrap_or_else(|| std::env::temp_dir().join("qa-host")),
+            onnxruntime: env.path("ORT_DYLIB_PATH"),
             guest_deadline,
-            guest_ttl: Duration::from_secs(env_number("QA_GUEST_TTL_SECS").unwrap_or(60)),
-            guest_memory_bytes: env_number("QA_GUEST_MEMORY_MB").unwrap_or(512) << 20,
+            guest_ttl: Duration::from_secs(env.parsed("QA_GUEST_TTL_SECS", "a whole number of seconds")?.unwrap_or(60)),
+            guest_memory_bytes: env.positive::<usize>("QA_GUEST_MEMORY_MB", "a whole number of MiB, at least 1")?.unwrap_or(512) << 20,
             compile_snapshots: true,
-            max_windows: env_number("QA_MAX_WINDOWS").unwrap_or(DEFAULT_MAX_WINDOWS),
-            guest_instances: env_number("QA_GUEST_INSTANCES").unwrap_or(crate::guest::DEFAULT_INSTANCES),
-            guest_nn: {
-                let defaults = NnLimits::default();
-                NnLimits {
-                    max_input_elements: env_number("QA_GUEST_NN_ELEMENTS").unwrap_or(defaults.max_input_elements),
-                    max_tensor_bytes: env_number::<u64>("QA_GUEST_NN_MB").map_or(defaults.max_tensor_bytes, |mb| mb << 20),
-                    ..defaults
-                }
+            max_windows: env.positive("QA_MAX_WINDOWS", "a whole number of windows, at least 1")?.unwrap_or(DEFAULT_MAX_WINDOWS),
+            guest_instances: env
+                .positive("QA_GUEST_INSTANCES", "a whole number of instances, at least 1")?
+                .unwrap_or(crate::guest::DEFAULT_INSTANCES),
+            guest_nn: NnLimits {
+                max_input_elements: env
+                    .positive("QA_GUEST_NN_ELEMENTS", "a whole number of elements, at least 1")?
+                    .unwrap_or(nn_defaults.max_input_elements),
+                max_tensor_bytes: env
+                    .positive::<u64>("QA_GUEST_NN_MB", "a whole number of MiB, at least 1")?
+                    .map_or(nn_defaults.max_tensor_bytes, |mb| mb << 20),
+                ..nn_defaults
             },
             session: SessionSettings {
-                intra_threads: env_number("QA_INFERENCE_THREADS").unwrap_or(0),
-                memory_arena: !std::env::var("QA_ORT_ARENA")
-                    .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off")),
+                intra_threads: env.parsed("QA_INFERENCE_THREADS", "a whole number of threads (0: ONNX Runtime's choice)")?.unwrap_or(0),
+                memory_arena: env.switch("QA_ORT_ARENA")?.unwrap_or(true),
             },
-            preload: std::env::var("QA_PRELOAD")
+            preload: env
+                .text("QA_PRELOAD")
                 .unwrap_or_default()
                 .split(',')
                 .map(str::trim)
                 .filter(|name| !name.is_empty())
                 .map(str::to_string)
                 .collect(),
-            model_cache_mb: env_number("QA_MODEL_CACHE_MB"),
+            model_cache_mb: env.positive("QA_MODEL_CACHE_MB", "a whole number of MiB, at least 1")?,
             manifest,
-            model_ttl: Duration::from_secs(env_number("QA_MODEL_TTL_SECS").unwrap_or(60)),
+            model_ttl: Duration::from_secs(env.parsed("QA_MODEL_TTL_SECS", "a whole number of seconds")?.unwrap_or(60)),
             s3,
             serve,
         })
@@ -159,10 +227,6 @@ fn default_models_dir() -> PathBuf {
     std::env::var_os("LAMBDA_TASK_ROOT").map_or_else(|| PathBuf::from("models"), |root| PathBuf::from(root).join("models"))
 }
 
-fn env_number<T: std::str::FromStr>(key: &str) -> Option<T> {
-    std::env::var(key).ok().and_then(|v| v.trim().parse().ok())
-}
-
 /// `qa-guest.wasm` beside the executable (the container image layout), else the cargo
 /// build output when run from the repository.
 fn default_guest(exe_dir: Option<&Path>) -> PathBuf {
@@ -172,4 +236,42 @@ fn default_guest(exe_dir: Option<&Path>) -> PathBuf {
         .chain([PathBuf::from("target/wasm32-wasip2/release").join(name)])
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(settings: &[(&str, &str)]) -> Result<HostConfig, ConfigError> {
+        let map: HashMap<String, String> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        HostConfig::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn settings_parse_and_unset_or_empty_ones_take_defaults() {
+        let c = config(&[("QA_GUEST_DEADLINE_MS", " 1500 "), ("QA_ORT_ARENA", "off"), ("QA_MAX_WINDOWS", ""), ("QA_PRELOAD", "a, b,")])
+            .unwrap();
+        assert_eq!(c.guest_deadline, Duration::from_millis(1500));
+        assert_eq!(c.serve.request_timeout, Duration::from_millis(11_500), "the request timeout follows the deadline");
+        assert!(!c.session.memory_arena);
+        assert_eq!(c.max_windows, DEFAULT_MAX_WINDOWS);
+        assert_eq!(c.preload, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_value_that_does_not_parse_stops_start_up_naming_the_setting() {
+        for (name, value) in [
+            ("QA_GUEST_DEADLINE_MS", "30s"),
+            ("QA_GUEST_DEADLINE_MS", "0"),
+            ("QA_SERVE_MAX_REQUESTS", "-1"),
+            ("QA_GUEST_MEMORY_MB", "lots"),
+            ("QA_ORT_ARENA", "maybe"),
+            ("QA_MODEL_TTL_SECS", "1.5"),
+            ("QA_MODEL_CACHE_MB", "0"),
+        ] {
+            let error = config(&[(name, value)]).map(drop).unwrap_err().to_string();
+            assert!(error.starts_with(&format!("{name}={value:?} is not ")), "{name}={value}: {error}");
+        }
+    }
 }

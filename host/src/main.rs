@@ -20,20 +20,21 @@ struct Cli {
     command: Option<Command>,
 }
 
-/// Where the parts are; each flag also reads an environment variable.
+/// Where the parts are; each flag overrides the environment variable named in its help, which
+/// `HostConfig` reads (once, with every other setting).
 #[derive(Args)]
 struct HostArgs {
-    /// Directory of model directories.
-    #[arg(long, global = true, env = "QA_MODELS_DIR")]
+    /// Directory of model directories [env: QA_MODELS_DIR].
+    #[arg(long, global = true)]
     models_dir: Option<PathBuf>,
-    /// Guest component (.wasm).
-    #[arg(long, global = true, env = "QA_GUEST")]
+    /// Guest component (.wasm) [env: QA_GUEST].
+    #[arg(long, global = true)]
     guest: Option<PathBuf>,
-    /// Cache for compiled guests.
-    #[arg(long, global = true, env = "QA_CACHE_DIR")]
+    /// Cache for compiled guests [env: QA_CACHE_DIR].
+    #[arg(long, global = true)]
     cache_dir: Option<PathBuf>,
-    /// libonnxruntime.so.
-    #[arg(long, global = true, env = "ORT_DYLIB_PATH")]
+    /// libonnxruntime.so [env: ORT_DYLIB_PATH].
+    #[arg(long, global = true)]
     onnxruntime: Option<PathBuf>,
 }
 

@@ -195,6 +195,16 @@ fn ask_command_reports_a_missing_onnx_runtime_clearly() {
 }
 
 #[test]
+fn a_setting_that_does_not_parse_stops_start_up_naming_it() {
+    for command in [&["ask", "--question", "q", "--context", "c"][..], &["serve", "--addr", "127.0.0.1:0"]] {
+        let output = host_bin().env("QA_GUEST_DEADLINE_MS", "30s").args(command).output().expect("run qa-host");
+        assert_eq!(output.status.code(), Some(2), "{command:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("QA_GUEST_DEADLINE_MS=\"30s\" is not a whole number of milliseconds"), "{command:?}: {stderr}");
+    }
+}
+
+#[test]
 fn eval_command_scores_the_squad_sample_at_or_above_the_recorded_figures() {
     let predictions = tempfile::NamedTempFile::new().unwrap();
     let output = host_bin()
