@@ -23,7 +23,7 @@ pub struct HostConfig {
     /// The guest component (`.wasm`): a local path, or the local copy of `guest_s3`.
     pub guest_wasm: PathBuf,
     /// The guest's S3 object when `QA_GUEST` is an `s3://bucket/key` URI, with the version
-    /// fetched at start-up (see [`crate::service::resolve_guest`]).
+    /// fetched at start-up (see [`crate::guest::resolve_guest`]).
     pub guest_s3: Option<(std::sync::Arc<crate::models::S3Source>, String)>,
     /// Where compiled guests are cached (must be writable; `/tmp` on Lambda).
     pub cache_dir: PathBuf,

@@ -5,6 +5,7 @@
 //! - [`api`]: the request and response of the original AWS sample (plus scores, offsets and
 //!   timings) and the limits every edge enforces;
 //! - [`models`]: where a model's files come from ([`models::ModelSource`]), by name;
+//! - [`cache`]: models loaded once, re-checked in the background, evicted by budget;
 //! - [`nn`]: the wasi-nn backend over ONNX Runtime that turns those files into graphs;
 //! - [`guest`]: the wasmtime runtime that compiles, caches and runs the guest under a
 //!   deadline and a memory cap;
@@ -13,6 +14,7 @@
 //!   local HTTP, SQuAD evaluation).
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod eval;
 pub mod guest;

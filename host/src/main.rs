@@ -168,7 +168,7 @@ async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, 
     };
     // One question, then exit: a snapshot compiled now would never be used.
     config.compile_snapshots = !matches!(command, Command::Ask { .. });
-    qa_host::service::resolve_guest(&mut config).await.map_err(Failure::Start)?;
+    qa_host::guest::resolve_guest(&mut config).await.map_err(Failure::Start)?;
     let service = Arc::new(QaService::start(&config).await.map_err(|e| Failure::Start(e.to_string()))?);
     service.preload(&config.preload).await.map_err(|e| Failure::Start(format!("preloading {:?}: {e}", config.preload)))?;
 

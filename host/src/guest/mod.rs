@@ -25,7 +25,7 @@ mod swap;
 
 pub use cache::{Artifacts, CacheError, Origin, SIGNING_KEY_VAR, artifact_path, shipped_artifact_path, write_shipped_artifact};
 pub use contract::{Answer, Options, QaError as GuestQaError, Response, Timings, Version, bound_text};
-pub use swap::SwappableGuest;
+pub use swap::{SwappableGuest, resolve_guest};
 
 use crate::nn::{Model, NnLimits, NnState, NnView};
 use contract::{Linked, Runner};

@@ -116,3 +116,21 @@ impl SwappableGuest {
         self.swapping.store(false, Ordering::Release);
     }
 }
+
+/// When `config.guest_wasm` is an `s3://bucket/key` URI, downloads the guest into the S3
+/// cache (verified, atomically, as models are) and points `guest_wasm` at the local copy.
+pub async fn resolve_guest(config: &mut crate::config::HostConfig) -> Result<(), String> {
+    let Some(uri) = config.guest_wasm.to_str().and_then(|s| s.strip_prefix("s3://")).map(str::to_string) else {
+        return Ok(());
+    };
+    let (bucket, key) = uri
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty() && !k.ends_with('/'))
+        .ok_or_else(|| format!("QA_GUEST s3://{uri} is not s3://bucket/key"))?;
+    let source = Arc::new(S3Source::single_object(crate::models::S3Connector::new(config.s3.clone()), "_guest", bucket, key));
+    let local = source.fetch().await.map_err(|e| format!("guest {}: {e}", config.guest_wasm.display()))?;
+    let file = key.rsplit('/').next().unwrap_or(key);
+    config.guest_wasm = local.dir.join(file);
+    config.guest_s3 = Some((source, local.version));
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! The model cache: one slot per model name. A model is fetched from its source and loaded on
+//! first use (concurrent first requests wait for one load), re-checked against its source in
+//! the background once its TTL passes (stale-while-revalidate), and evicted least recently used
+//! first when on-demand models exceed their budget. Requests hold the [`LoadedModel`] they
+//! started with, so a replacement or an eviction never pulls a model from under one.
+
+use crate::api::ApiError;
+use crate::guest::GuestModel;
+use crate::models::{ModelCatalog, ModelSource, SourceError, VersionLease};
+use crate::nn::Model;
+use crate::nn::onnx::OnnxBackend;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What runs when a model version is loaded, before requests use it (the service prepares the
+/// guest for it).
+pub trait OnLoad: Send + Sync + 'static {
+    fn loaded<'a>(&'a self, name: &'a str, model: &'a LoadedModel) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+/// A model ready for inference, shared by all requests (and kept alive by each request that
+/// uses it, past a replacement or an eviction).
+pub struct LoadedModel {
+    pub graph: Arc<dyn Model>,
+    /// Where its files are (canonical), mounted into the guest as `/models/<name>`.
+    pub dir: PathBuf,
+    /// The source's content version when it was loaded.
+    pub version: String,
+    /// Size of `model.onnx`: the measure of the model cache's budget.
+    bytes: u64,
+    /// Loaded at start-up (`QA_PRELOAD`): never evicted.
+    preloaded: bool,
+    /// Logical clock of the last request that used it, for least-recently-used eviction.
+    last_used: AtomicU64,
+    /// When the source was last asked whether the model changed.
+    checked: Mutex<Instant>,
+    /// A re-check is running in the background.
+    rechecking: std::sync::atomic::AtomicBool,
+    /// Keeps a downloaded version's files while this model (and so any request on it) lives.
+    _files: Option<Arc<VersionLease>>,
+}
+
+impl LoadedModel {
+    /// Whether the caller should re-check the model's source now: its TTL has passed and no
+    /// re-check is running. The caller that gets `true` owns the re-check.
+    fn claim_recheck(&self, ttl: Duration) -> bool {
+        let Ok(mut checked) = self.checked.lock() else { return false };
+        if checked.elapsed() < ttl || self.rechecking.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        *checked = Instant::now();
+        true
+    }
+
+    /// The model as the guest sees it under `name`.
+    pub fn guest_model(&self, name: &str) -> GuestModel {
+        GuestModel { name: name.to_string(), dir: self.dir.clone(), version: self.version.clone(), graph: self.graph.clone() }
+    }
+}
+
+/// One model name's place in the cache. The async lock makes loading single-flight:
+/// concurrent first requests wait for one fetch and one load.
+#[derive(Default)]
+struct Slot {
+    current: tokio::sync::Mutex<Option<Arc<LoadedModel>>>,
+}
+
+pub struct ModelCache {
+    catalog: ModelCatalog,
+    backend: OnnxBackend,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Budget for models loaded on demand (sum of `model.onnx` sizes); `None` is unbounded.
+    budget: Option<u64>,
+    model_ttl: Duration,
+    clock: AtomicU64,
+    on_load: Box<dyn OnLoad>,
+}
+
+impl ModelCache {
+    pub fn new(catalog: ModelCatalog, backend: OnnxBackend, budget: Option<u64>, model_ttl: Duration, on_load: Box<dyn OnLoad>) -> Self {
+        ModelCache { catalog, backend, slots: Mutex::new(HashMap::new()), budget, model_ttl, clock: AtomicU64::new(0), on_load }
+    }
+
+    pub fn catalog(&self) -> &ModelCatalog {
+        &self.catalog
+    }
+
+    /// Names of the models currently loaded, for tests and health checks.
+    pub fn loaded(&self) -> Vec<String> {
+        let Ok(slots) = self.slots.lock() else { return Vec::new() };
+        let mut names: Vec<String> =
+            slots.iter().filter(|(_, slot)| slot.current.try_lock().is_ok_and(|c| c.is_some())).map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// The model `name`, fetched and loaded on first use (concurrent first requests wait for
+    /// one load). Once `model_ttl` has passed, one request starts a re-check of its source in
+    /// the background and every request keeps being served by the loaded version at once
+    /// (stale-while-revalidate): a slow or stalled source never holds a request. A new
+    /// version found by the re-check serves the requests that start after it is loaded;
+    /// requests already running finish on the old one, whose files stay until they do.
+    pub async fn get(self: &Arc<Self>, name: &str, preloaded: bool) -> Result<(Arc<LoadedModel>, bool), ApiError> {
+        let source = self.catalog.get(name).cloned().ok_or_else(|| ApiError::UnknownModel {
+            name: name.to_string(),
+            available: self.catalog.names().collect::<Vec<_>>().join(", "),
+        })?;
+        let slot = {
+            let mut slots = self.slots.lock().map_err(|_| ApiError::Internal("model table poisoned".into()))?;
+            slots.entry(name.to_string()).or_default().clone()
+        };
+        let mut current = slot.current.lock().await;
+        let (model, loaded) = match current.as_ref() {
+            Some(model) => {
+                if source.can_change() && model.claim_recheck(self.model_ttl) {
+                    self.recheck_in_background(name, source, slot.clone(), model.clone());
+                }
+                (model.clone(), false)
+            }
+            None => {
+                let fresh = self
+                    .refresh(name, source.as_ref(), None, preloaded)
+                    .await?
+                    .ok_or_else(|| ApiError::Internal("a first load found nothing to load".into()))?;
+                self.on_load.loaded(name, &fresh).await;
+                *current = Some(fresh.clone());
+                (fresh, true)
+            }
+        };
+        drop(current);
+        model.last_used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        self.evict_over_budget(name);
+        Ok((model, loaded))
+    }
+
+    /// Asks the source whether `loaded` changed, off the request path; a new version replaces
+    /// it in `slot` (unless the slot moved on meanwhile). A failure leaves the loaded version
+    /// serving until the next TTL.
+    fn recheck_in_background(self: &Arc<Self>, name: &str, source: Arc<dyn ModelSource>, slot: Arc<Slot>, loaded: Arc<LoadedModel>) {
+        let (service, name) = (Arc::clone(self), name.to_string());
+        tokio::spawn(async move {
+            match service.refresh(&name, source.as_ref(), Some(&loaded), loaded.preloaded).await {
+                Ok(Some(fresh)) => {
+                    service.on_load.loaded(&name, &fresh).await;
+                    let mut current = slot.current.lock().await;
+                    if current.as_ref().is_some_and(|model| Arc::ptr_eq(model, &loaded)) {
+                        *current = Some(fresh);
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(model = %name, %error, "model re-check failed; serving the loaded version"),
+            }
+            loaded.rechecking.store(false, Ordering::Release);
+        });
+    }
+
+    /// Asks the source for the model; loads it when it is new or its version changed.
+    async fn refresh(
+        &self,
+        name: &str,
+        source: &dyn ModelSource,
+        loaded: Option<&Arc<LoadedModel>>,
+        preloaded: bool,
+    ) -> Result<Option<Arc<LoadedModel>>, ApiError> {
+        let started = Instant::now();
+        let local = source.fetch().await.map_err(|e| source_error(name, e))?;
+        if let Some(model) = loaded.filter(|m| m.version == local.version) {
+            if let Ok(mut checked) = model.checked.lock() {
+                *checked = Instant::now();
+            }
+            return Ok(None);
+        }
+        let dir = std::fs::canonicalize(&local.dir).map_err(|e| {
+            tracing::warn!(model = name, dir = %local.dir.display(), error = %e, "model directory unreadable");
+            ApiError::ModelUnavailable { name: name.to_string(), reason: format!("the model's directory: {e}") }
+        })?;
+        let bytes = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
+        let backend = self.backend;
+        let load_dir = dir.clone();
+        let graph: Arc<dyn Model> = tokio::task::spawn_blocking(move || backend.load_model_dir(&load_dir))
+            .await
+            .map_err(|e| ApiError::Internal(format!("model loader: {e}")))?
+            .map_err(|e| {
+                tracing::warn!(model = name, error = %e, "model failed to load");
+                ApiError::ModelInvalid { name: name.to_string(), reason: e.client_reason() }
+            })?;
+        tracing::info!(model = name, version = %local.version, ms = started.elapsed().as_millis() as u64, "model loaded");
+        Ok(Some(Arc::new(LoadedModel {
+            graph,
+            dir,
+            version: local.version,
+            bytes,
+            preloaded: preloaded || loaded.is_some_and(|m| m.preloaded),
+            last_used: AtomicU64::new(0),
+            checked: Mutex::new(Instant::now()),
+            rechecking: std::sync::atomic::AtomicBool::new(false),
+            _files: local.lease,
+        })))
+    }
+
+    /// Drops least recently used on-demand models until the cache fits its budget. Requests
+    /// already running keep their model alive until they finish.
+    fn evict_over_budget(&self, keep: &str) {
+        let Some(budget) = self.budget else { return };
+        let Ok(mut slots) = self.slots.lock() else { return };
+        loop {
+            // Slots busy loading are skipped: they are in use.
+            let loaded: Vec<(String, Arc<LoadedModel>)> =
+                slots.iter().filter_map(|(n, slot)| slot.current.try_lock().ok().and_then(|c| c.clone()).map(|m| (n.clone(), m))).collect();
+            let total: u64 = loaded.iter().filter(|(_, m)| !m.preloaded).map(|(_, m)| m.bytes).sum();
+            if total <= budget {
+                return;
+            }
+            let victim = loaded
+                .iter()
+                .filter(|(n, m)| !m.preloaded && n != keep)
+                .min_by_key(|(_, m)| m.last_used.load(Ordering::Relaxed))
+                .map(|(n, _)| n.clone());
+            match victim {
+                Some(name) => {
+                    tracing::info!(model = %name, "evicted from the model cache");
+                    slots.remove(&name);
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+fn source_error(model: &str, error: SourceError) -> ApiError {
+    let name = model.to_string();
+    match error {
+        SourceError::NotFound(reason) => ApiError::ModelNotFound { name, reason },
+        SourceError::Unavailable(reason) => ApiError::ModelUnavailable { name, reason },
+        SourceError::Corrupt(reason) => ApiError::ModelCorrupt { name, reason },
+    }
+}
