@@ -1,5 +1,6 @@
 //! `qa-host`: ask one question, serve HTTP, or evaluate on SQuAD.
 
+use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 use qa_host::api::QaRequest;
 use qa_host::config::HostConfig;
@@ -40,30 +41,8 @@ struct HostArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Answer one question and print the response as JSON.
-    Ask {
-        /// A request body as sent to the API (`{"model_type","question","context",...}`);
-        /// the other flags override its fields.
-        #[arg(long, conflicts_with = "context_file")]
-        request: Option<PathBuf>,
-        /// The question; repeat it to ask several over the one context in one call (the
-        /// response then has `results`, one per question).
-        #[arg(long, required_unless_present = "request")]
-        question: Vec<String>,
-        #[arg(long, conflicts_with = "context_file")]
-        context: Option<String>,
-        #[arg(long)]
-        context_file: Option<PathBuf>,
-        /// Model name (a directory under the models directory); the default model if absent.
-        #[arg(long)]
-        model: Option<String>,
-        #[arg(long)]
-        top_k: Option<u32>,
-        #[arg(long)]
-        max_answer_len: Option<u32>,
-        #[arg(long)]
-        handle_impossible_answer: bool,
-    },
+    /// Answer one question (or several, `--question` repeated) and print the response as JSON.
+    Ask(AskArgs),
     /// Serve `POST /` (the API Gateway sample's body) over HTTP.
     Serve {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -77,17 +56,45 @@ enum Command {
     /// cold start. With `QA_GUEST_ARTIFACT_KEY` set, each gets a signature (`.sig`).
     CompileGuest,
     /// Exact match and F1 on a SQuAD v1.1 JSON file.
-    Eval {
-        file: PathBuf,
-        #[arg(long)]
-        model: Option<String>,
-        /// Evaluate only the first N questions.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Write {id: answer} predictions here (the official script's format).
-        #[arg(long)]
-        predictions: Option<PathBuf>,
-    },
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct AskArgs {
+    /// A request body as sent to the API (`{"model_type","question","context",...}`);
+    /// the other flags override its fields.
+    #[arg(long, conflicts_with = "context_file")]
+    request: Option<PathBuf>,
+    /// The question; repeat it to ask several over the one context in one call (the
+    /// response then has `results`, one per question).
+    #[arg(long, required_unless_present = "request")]
+    question: Vec<String>,
+    #[arg(long, conflicts_with = "context_file")]
+    context: Option<String>,
+    #[arg(long)]
+    context_file: Option<PathBuf>,
+    /// Model name (a directory under the models directory); the default model if absent.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    top_k: Option<u32>,
+    #[arg(long)]
+    max_answer_len: Option<u32>,
+    #[arg(long)]
+    handle_impossible_answer: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    file: PathBuf,
+    #[arg(long)]
+    model: Option<String>,
+    /// Evaluate only the first N questions.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Write {id: answer} predictions here (the official script's format).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -99,14 +106,15 @@ async fn main() -> ExitCode {
     qa_host::telemetry::init_logging(under_lambda);
     match run(cli, process_started).await {
         Ok(code) => code,
-        Err(Failure::Start(message)) if under_lambda => {
+        Err(Failure::Start(error)) if under_lambda => {
+            let message = format!("{error:#}");
             tracing::error!(reason = %message, "start-up failed");
             qa_host::lambda::report_init_error("QaHost.StartFailed", &message).await;
             eprintln!("qa-host: {message}");
             ExitCode::from(2)
         }
-        Err(Failure::Start(message) | Failure::Run(message)) => {
-            eprintln!("qa-host: {message}");
+        Err(Failure::Start(error) | Failure::Run(error)) => {
+            eprintln!("qa-host: {error:#}");
             ExitCode::from(2)
         }
     }
@@ -115,122 +123,137 @@ async fn main() -> ExitCode {
 /// Why `qa-host` stopped: before it could serve (under Lambda, reported as an init error), or
 /// while running a command.
 enum Failure {
-    Start(String),
-    Run(String),
+    Start(anyhow::Error),
+    Run(anyhow::Error),
 }
 
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Failure::Run(message)
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Run(error)
     }
 }
 
-/// Writes beside the guest what a deployment ships: the guest compiled for this host, the
-/// instrumented guest, and the guest's snapshot for each model baked into the deployment.
-async fn compile_guest(config: &HostConfig) -> Result<ExitCode, String> {
-    use qa_host::guest::{Artifacts, GuestRuntime, engine_config, write_shipped_artifact};
-    let started = std::time::Instant::now();
-    let key = Artifacts::key_from_env();
-    let engine = wasmtime::Engine::new(&engine_config()).map_err(|e| format!("{e:#}"))?;
-    let path = write_shipped_artifact(&engine, &config.guest_wasm, key.as_deref()).map_err(|e| e.to_string())?;
-    println!("{}", path.display());
-    let catalog = qa_host::models::ModelCatalog::build(&config.models_dir, &config.manifest, config.s3.clone());
-    let mut models = Vec::new();
-    for name in catalog.names() {
-        if let Some(source) = catalog.get(name).filter(|s| !s.can_change()) {
-            let local = source.fetch().await.map_err(|e| format!("model {name}: {e}"))?;
-            models.push((name.to_string(), local.dir));
-        }
-    }
-    let runtime = GuestRuntime::load(&config.guest_wasm, Artifacts::from_env(&config.cache_dir), config.guest_settings())
-        .await
-        .map_err(|e| e.to_string())?;
-    for path in runtime.ship_snapshots(&models, key.as_deref()).await.map_err(|e| e.to_string())? {
-        println!("{}", path.display());
-    }
-    let names: Vec<&str> = models.iter().map(|(name, _)| name.as_str()).collect();
-    eprintln!("qa-host: compiled {} and its snapshots for {names:?} in {} ms", config.guest_wasm.display(), started.elapsed().as_millis());
-    Ok(ExitCode::SUCCESS)
-}
-
+/// Reads the configuration (flags over the environment) and runs the command.
 async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, Failure> {
-    let mut config = HostConfig::from_env().map_err(|e| Failure::Start(e.to_string()))?;
+    let mut config = HostConfig::from_env().map_err(|e| Failure::Start(e.into()))?;
     let HostArgs { models_dir, guest, cache_dir, onnxruntime } = cli.host;
     config.models_dir = models_dir.unwrap_or(config.models_dir);
     config.guest_wasm = guest.unwrap_or(config.guest_wasm);
     config.cache_dir = cache_dir.unwrap_or(config.cache_dir);
     config.onnxruntime = onnxruntime.or(config.onnxruntime);
     let command = match cli.command {
-        Some(Command::CompileGuest) => return Ok(compile_guest(&config).await?),
         Some(command) => command,
         None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda,
-        None => return Err(Failure::Start("no command given (try --help); without one, AWS_LAMBDA_RUNTIME_API must be set".into())),
+        None => return Err(Failure::Start(anyhow!("no command given (try --help); without one, AWS_LAMBDA_RUNTIME_API must be set"))),
     };
-    // One question, then exit: a snapshot compiled now would never be used.
-    config.compile_snapshots = !matches!(command, Command::Ask { .. });
-    qa_host::guest::resolve_guest(&mut config).await.map_err(Failure::Start)?;
-    let service = Arc::new(QaService::start(&config).await.map_err(|e| Failure::Start(e.to_string()))?);
-    service.preload(&config.preload).await.map_err(|e| Failure::Start(format!("preloading {:?}: {e}", config.preload)))?;
-
     match command {
         Command::CompileGuest => Ok(compile_guest(&config).await?),
-        Command::Lambda => {
-            qa_host::lambda::run(service, process_started).await.map_err(|e| format!("lambda runtime: {e}"))?;
+        // One question, then exit: a snapshot compiled now would never be used.
+        Command::Ask(args) => ask(start(&mut config, false).await?, args).await,
+        Command::Serve { addr } => serve(start(&mut config, true).await?, addr, &config).await,
+        Command::Lambda => lambda(start(&mut config, true).await?, process_started).await,
+        Command::Eval(args) => eval(start(&mut config, true).await?, args).await,
+    }
+}
+
+/// The service, started: the guest fetched if it lives in S3, loaded, and the `QA_PRELOAD`
+/// models loaded. Failures here are start-up failures.
+async fn start(config: &mut HostConfig, compile_snapshots: bool) -> Result<Arc<QaService>, Failure> {
+    config.compile_snapshots = compile_snapshots;
+    qa_host::guest::resolve_guest(config).await.map_err(|e| Failure::Start(anyhow!(e)))?;
+    let service = Arc::new(QaService::start(config).await.map_err(|e| Failure::Start(e.into()))?);
+    service.preload(&config.preload).await.map_err(|e| Failure::Start(anyhow!(e).context(format!("preloading {:?}", config.preload))))?;
+    Ok(service)
+}
+
+/// `ask`: builds the request from `--request` and the flags, prints the response (exit 0) or
+/// the error body (exit 1).
+async fn ask(service: Arc<QaService>, args: AskArgs) -> Result<ExitCode, Failure> {
+    let AskArgs { request, question, context, context_file, model, top_k, max_answer_len, handle_impossible_answer } = args;
+    let mut request = match request {
+        Some(path) => {
+            let body = std::fs::read(&path).with_context(|| path.display().to_string())?;
+            QaRequest::from_json(&body).with_context(|| path.display().to_string())?
+        }
+        None => QaRequest::new(String::new(), String::new()),
+    };
+    if let Some(path) = context_file {
+        request.context = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    }
+    match <[String; 1]>::try_from(question) {
+        Ok([one]) => (request.question, request.questions) = (one, None),
+        Err(many) if many.is_empty() => {}
+        Err(many) => (request.question, request.questions) = (String::new(), Some(many)),
+    }
+    request.context = context.unwrap_or(request.context);
+    request.model_type = model.or(request.model_type);
+    request.top_k = top_k.or(request.top_k);
+    request.max_answer_len = max_answer_len.or(request.max_answer_len);
+    if handle_impossible_answer {
+        request.handle_impossible_answer = Some(true);
+    }
+    match service.reply_within(request, None).await {
+        Ok(response) => {
+            println!("{}", serde_json::to_string_pretty(&response).context("printing the response")?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ask { request, question, context, context_file, model, top_k, max_answer_len, handle_impossible_answer } => {
-            let mut request = match request {
-                Some(path) => {
-                    let body = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                    QaRequest::from_json(&body).map_err(|e| format!("{}: {e}", path.display()))?
-                }
-                None => QaRequest::new(String::new(), String::new()),
-            };
-            if let Some(path) = context_file {
-                request.context = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            match <[String; 1]>::try_from(question) {
-                Ok([one]) => (request.question, request.questions) = (one, None),
-                Err(many) if many.is_empty() => {}
-                Err(many) => (request.question, request.questions) = (String::new(), Some(many)),
-            }
-            request.context = context.unwrap_or(request.context);
-            request.model_type = model.or(request.model_type);
-            request.top_k = top_k.or(request.top_k);
-            request.max_answer_len = max_answer_len.or(request.max_answer_len);
-            if handle_impossible_answer {
-                request.handle_impossible_answer = Some(true);
-            }
-            match service.reply_within(request, None).await {
-                Ok(response) => {
-                    println!("{}", serde_json::to_string_pretty(&response).map_err(|e| e.to_string())?);
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(error) => {
-                    println!("{}", error.body("cli"));
-                    eprintln!("qa-host: {error}");
-                    Ok(ExitCode::from(1))
-                }
-            }
-        }
-        Command::Serve { addr } => {
-            qa_host::server::serve(service, addr, config.serve).await.map_err(|e| format!("serve on {addr}: {e}"))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Eval { file, model, limit, predictions } => {
-            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let mut questions = qa_host::eval::load_squad(&bytes).map_err(|e| format!("{}: not SQuAD v1.1 JSON: {e}", file.display()))?;
-            if let Some(limit) = limit {
-                questions.truncate(limit);
-            }
-            let mut predicted = BTreeMap::new();
-            let report = qa_host::eval::evaluate(&service, &questions, model, &mut predicted).await;
-            if let Some(path) = predictions {
-                let json = serde_json::to_vec_pretty(&predicted).map_err(|e| e.to_string())?;
-                std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
-            Ok(ExitCode::SUCCESS)
+        Err(error) => {
+            println!("{}", error.body("cli"));
+            eprintln!("qa-host: {error}");
+            Ok(ExitCode::from(1))
         }
     }
+}
+
+async fn serve(service: Arc<QaService>, addr: SocketAddr, config: &HostConfig) -> Result<ExitCode, Failure> {
+    qa_host::server::serve(service, addr, config.serve).await.with_context(|| format!("serve on {addr}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn lambda(service: Arc<QaService>, process_started: std::time::Instant) -> Result<ExitCode, Failure> {
+    qa_host::lambda::run(service, process_started).await.map_err(|e| anyhow!(e).context("lambda runtime"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn eval(service: Arc<QaService>, args: EvalArgs) -> Result<ExitCode, Failure> {
+    let EvalArgs { file, model, limit, predictions } = args;
+    let bytes = std::fs::read(&file).with_context(|| file.display().to_string())?;
+    let mut questions = qa_host::eval::load_squad(&bytes).with_context(|| format!("{}: not SQuAD v1.1 JSON", file.display()))?;
+    if let Some(limit) = limit {
+        questions.truncate(limit);
+    }
+    let mut predicted = BTreeMap::new();
+    let report = qa_host::eval::evaluate(&service, &questions, model, &mut predicted).await;
+    if let Some(path) = predictions {
+        let json = serde_json::to_vec_pretty(&predicted).context("predictions as JSON")?;
+        std::fs::write(&path, json).with_context(|| path.display().to_string())?;
+    }
+    println!("{}", serde_json::to_string_pretty(&report).context("printing the report")?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes beside the guest what a deployment ships: the guest compiled for this host, the
+/// instrumented guest, and the guest's snapshot for each model baked into the deployment.
+async fn compile_guest(config: &HostConfig) -> anyhow::Result<ExitCode> {
+    use qa_host::guest::{Artifacts, GuestRuntime, engine_config, write_shipped_artifact};
+    let started = std::time::Instant::now();
+    let key = Artifacts::key_from_env();
+    let engine = wasmtime::Engine::new(&engine_config())?;
+    let path = write_shipped_artifact(&engine, &config.guest_wasm, key.as_deref())?;
+    println!("{}", path.display());
+    let catalog = qa_host::models::ModelCatalog::build(&config.models_dir, &config.manifest, config.s3.clone());
+    let mut models = Vec::new();
+    for name in catalog.names() {
+        if let Some(source) = catalog.get(name).filter(|s| !s.can_change()) {
+            let local = source.fetch().await.with_context(|| format!("model {name}"))?;
+            models.push((name.to_string(), local.dir));
+        }
+    }
+    let runtime = GuestRuntime::load(&config.guest_wasm, Artifacts::from_env(&config.cache_dir), config.guest_settings()).await?;
+    for path in runtime.ship_snapshots(&models, key.as_deref()).await? {
+        println!("{}", path.display());
+    }
+    let names: Vec<&str> = models.iter().map(|(name, _)| name.as_str()).collect();
+    eprintln!("qa-host: compiled {} and its snapshots for {names:?} in {} ms", config.guest_wasm.display(), started.elapsed().as_millis());
+    Ok(ExitCode::SUCCESS)
 }
