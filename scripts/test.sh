@@ -5,6 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
+# Formatting and lints first: they fail in seconds, before the long builds. (rustup's
+# minimal profile has neither tool; the default one has both.)
+for tool in rustfmt clippy; do
+  if ! rustup component list --installed | grep -q "^$tool"; then rustup component add "$tool"; fi
+done
+echo "test: cargo fmt --check, cargo clippy -D warnings (guest, host)" >&2
+cargo fmt --all --check
+cargo clippy --quiet -p qa-guest --all-targets -- -D warnings
+cargo clippy --quiet -p qa-host --all-targets -- -D warnings
 # Real stand-ins for AWS, from PyPI: cargo-lambda's Lambda Runtime API emulator and moto's
 # S3-compatible server; onnx for the float32-input model; onnxruntime and tokenizers for the
 # benchmark's Python row. Installed into .cache/tools-venv once; reinstalled when the pinned
@@ -22,7 +31,10 @@ fi
 
 # The guest on its own: the wasmtime CLI with ONNX (built once, cached outside the clone) and
 # the shipped model with float32 inputs, which that CLI's ONNX backend needs.
-export WASMTIME_CLI="$(bash scripts/wasmtime.sh)"
+# Assigned before it is exported, so a failed build stops the script here (set -e does not
+# see a failure inside `export VAR="$(...)"`).
+WASMTIME_CLI="$(bash scripts/wasmtime.sh)"
+export WASMTIME_CLI
 if [ ! -f .cache/wasmtime-models/nlp1/model.onnx ] || [ models/nlp1/model.onnx -nt .cache/wasmtime-models/nlp1/model.onnx ]; then
   .cache/tools-venv/bin/python tools/train-qa/f32_inputs.py models/nlp1 .cache/wasmtime-models/nlp1 >&2
 fi

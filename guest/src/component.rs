@@ -119,7 +119,7 @@ thread_local! {
     static MODELS: RefCell<HashMap<String, Loaded>> = RefCell::new(HashMap::new());
 }
 
-type Answered = (Vec<qa_guest::Answer>, qa_guest::Timings);
+use qa_guest::Answered;
 
 fn answer(model: &str, question: &str, context: &str, options: &Options) -> Result<Answered, QaError> {
     with_model(model, |loaded, nn| pipeline::answer(&mut loaded.tokenizer, &loaded.profile, nn, question, context, options))

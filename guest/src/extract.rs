@@ -78,8 +78,8 @@ mod tests {
     use crate::tokenize::{encode_windows, tests::tiny_tokenizer};
 
     fn windows(question: &str, context: &str, options: &Options) -> Vec<Window> {
-        let mut tok = tiny_tokenizer();
-        encode_windows(&mut tok, question, context, options).unwrap().into_iter().map(Window::new).collect()
+        let tok = tiny_tokenizer();
+        encode_windows(&tok, question, context, options).unwrap().into_iter().map(Window::new).collect()
     }
 
     fn token_of(window: &Window, text: &str, context: &str) -> usize {

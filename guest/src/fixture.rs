@@ -7,7 +7,7 @@
 //! `results`, one per question; `expected` is then an array too (one expected answer per
 //! question, `null` for none). Without `model_type`, the caller picks the model.
 
-use crate::{Answer, Options, QaError, Timings};
+use crate::{Options, QaError, Timings};
 use serde_json::{Value, json};
 
 /// A parsed fixture.
@@ -24,7 +24,7 @@ pub struct Fixture {
 }
 
 /// One question's outcome.
-pub type Outcome = Result<(Vec<Answer>, Timings), QaError>;
+pub type Outcome = Result<crate::Answered, QaError>;
 
 pub fn parse(input: &str) -> Result<Fixture, String> {
     let fixture: Value = serde_json::from_str(input).map_err(|e| format!("fixture is not JSON: {e}"))?;
@@ -110,6 +110,7 @@ pub fn report(fixture: &Fixture, model: &str, outcomes: &[Outcome]) -> (Value, b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Answer;
 
     fn answered(text: &str) -> Outcome {
         Ok((

@@ -65,6 +65,9 @@ pub struct Answer {
     pub end: usize,
 }
 
+/// A question's answers (best first) and where its time went.
+pub type Answered = (Vec<Answer>, Timings);
+
 /// Why a question could not be answered. Variants map one-to-one onto the WIT `qa-error`.
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum QaError {

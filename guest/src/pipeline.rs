@@ -5,7 +5,7 @@ use crate::infer::QaModel;
 use crate::score::{TokenSpan, score_window};
 use crate::tokenize::{Question, cut_windows, encode_context, encode_question, min_tokens, window_count};
 use crate::window::{Batch, Window};
-use crate::{Answer, Options, QaError, Timings};
+use crate::{Answered, Options, QaError, Timings};
 use std::time::Instant;
 use tokenizers::Tokenizer;
 
@@ -75,7 +75,7 @@ pub fn answer(
     question: &str,
     context: &str,
     options: &Options,
-) -> Result<(Vec<Answer>, Timings), QaError> {
+) -> Result<Answered, QaError> {
     let mut results = answer_many(tokenizer, profile, model, &[question], context, options)?;
     results.pop().unwrap_or_else(|| Err(QaError::Inference("no result for the question".into())))
 }
@@ -95,7 +95,7 @@ pub fn answer_many(
     questions: &[&str],
     context: &str,
     options: &Options,
-) -> Result<Vec<Result<(Vec<Answer>, Timings), QaError>>, QaError> {
+) -> Result<Vec<Result<Answered, QaError>>, QaError> {
     let started = Instant::now();
     let (options, prepared) = windows_many(tokenizer, profile, questions, context, options)?;
     let tokenize_us = micros(started);
@@ -245,11 +245,11 @@ mod tests {
 
     #[test]
     fn answer_only_in_the_last_window_of_a_long_context_is_found() {
-        let mut tok = tiny_tokenizer();
+        let tok = tiny_tokenizer();
         let context = format!("{} 1886", "a b c d e f g h ".repeat(40));
         let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] }; // "1886"
         let options = Options { max_seq_len: 24, doc_stride: 4, ..Options::default() };
-        let (answers, timings) = answer(&mut tok, &BERT_PROFILE, &mut model, "when", &context, &options).unwrap();
+        let (answers, timings) = answer(&tok, &BERT_PROFILE, &mut model, "when", &context, &options).unwrap();
         assert_eq!(answers[0].text, "1886");
         assert_eq!(answers[0].end, context.chars().count());
         assert!(timings.windows > MAX_BATCH_ROWS as u32, "context spans several batches");
@@ -259,10 +259,10 @@ mod tests {
 
     #[test]
     fn short_context_is_one_inference_call() {
-        let mut tok = tiny_tokenizer();
+        let tok = tiny_tokenizer();
         let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
         let (answers, _) =
-            answer(&mut tok, &BERT_PROFILE, &mut model, "when was the car invented?", "benz patented it in 1886.", &Options::default())
+            answer(&tok, &BERT_PROFILE, &mut model, "when was the car invented?", "benz patented it in 1886.", &Options::default())
                 .unwrap();
         assert_eq!(answers[0].text, "1886");
         assert_eq!(model.calls, 1);
@@ -318,9 +318,9 @@ mod tests {
 
     #[test]
     fn empty_inputs_and_bad_options_are_refused() {
-        let mut tok = tiny_tokenizer();
+        let tok = tiny_tokenizer();
         let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
-        let mut ask = |q: &str, c: &str, o: Options| answer(&mut tok, &BERT_PROFILE, &mut model, q, c, &o).unwrap_err();
+        let mut ask = |q: &str, c: &str, o: Options| answer(&tok, &BERT_PROFILE, &mut model, q, c, &o).unwrap_err();
         assert!(matches!(ask(" ", "a", Options::default()), QaError::InvalidInput(m) if m.contains("question")));
         assert!(matches!(ask("a", "\n\t", Options::default()), QaError::InvalidInput(m) if m.contains("context")));
         assert!(matches!(ask("a", "b", Options { top_k: 0, ..Options::default() }), QaError::InvalidOption(m) if m.contains("top_k")));
@@ -335,8 +335,8 @@ mod tests {
                 Ok(Logits { rows: batch.rows, seq_len: 1, start: vec![0.0; batch.rows], end: vec![0.0; batch.rows] })
             }
         }
-        let mut tok = tiny_tokenizer();
-        let err = answer(&mut tok, &BERT_PROFILE, &mut Truncating, "when", "a b", &Options::default()).unwrap_err();
+        let tok = tiny_tokenizer();
+        let err = answer(&tok, &BERT_PROFILE, &mut Truncating, "when", "a b", &Options::default()).unwrap_err();
         assert!(matches!(err, QaError::Inference(m) if m.contains("shape")));
     }
 
@@ -352,14 +352,13 @@ mod tests {
                 Ok(Logits { rows: batch.rows, seq_len: batch.seq_len, end: vec![0.0; start.len()], start })
             }
         }
-        let mut tok = tiny_tokenizer();
+        let tok = tiny_tokenizer();
         for bad in [f32::NAN, f32::INFINITY] {
-            let err = answer(&mut tok, &BERT_PROFILE, &mut Poisoned(bad), "when", "in 1886", &Options::default()).unwrap_err();
+            let err = answer(&tok, &BERT_PROFILE, &mut Poisoned(bad), "when", "in 1886", &Options::default()).unwrap_err();
             assert!(matches!(err, QaError::Inference(m) if m.contains(&bad.to_string())), "{bad}");
         }
         // -inf is a probability of zero, not an error.
-        let (answers, _) =
-            answer(&mut tok, &BERT_PROFILE, &mut Poisoned(f32::NEG_INFINITY), "when", "in 1886", &Options::default()).unwrap();
+        let (answers, _) = answer(&tok, &BERT_PROFILE, &mut Poisoned(f32::NEG_INFINITY), "when", "in 1886", &Options::default()).unwrap();
         assert!(answers[0].score.is_finite());
     }
 

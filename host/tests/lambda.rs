@@ -256,7 +256,7 @@ fn logs_are_json_lines_with_the_request_id_and_metrics_are_embedded_metric_forma
         assert_eq!(line["model"], "nlp1");
     }
     assert_eq!(metrics[0]["ColdStart"], 1.0, "the first invocation reports the cold start");
-    assert_eq!(metrics[0]["guest_origin"].as_str().is_some(), true);
+    assert!(metrics[0]["guest_origin"].as_str().is_some());
     assert!(metrics[1..].iter().all(|l| l.get("ColdStart").is_none()));
     assert_eq!(metrics[0]["ModelCacheHit"], 1.0, "nlp1 was preloaded");
     assert!(metrics[0]["InferenceTime"].as_f64().unwrap() > 0.0);

@@ -12,7 +12,6 @@
 use super::contract::Runner;
 use super::{GuestError, GuestRuntime, Origin};
 use crate::nn::NnState;
-use std::future::Future;
 use std::path::Path;
 use std::time::Instant;
 use wasmtime::Store;
@@ -66,7 +65,7 @@ pub(super) async fn prepare(
 }
 
 /// The instrumented guest: shipped beside the guest, or compiled (and cached) once.
-async fn instrumented<'r>(runtime: &'r GuestRuntime, bytes: Vec<u8>) -> Result<&'r Component, GuestError> {
+async fn instrumented(runtime: &GuestRuntime, bytes: Vec<u8>) -> Result<&Component, GuestError> {
     runtime
         .instrumented
         .get_or_try_init(|| async {
@@ -146,34 +145,27 @@ impl<T: Send> Snapshotting<'_, T> {
 }
 
 impl<T: Send> ComponentInstanceState for Snapshotting<'_, T> {
-    fn call_func_ret_list_u8(
-        &mut self,
-        instance: &str,
-        func: &str,
-        contents: impl FnOnce(&[u8]) + Send,
-    ) -> impl Future<Output = ()> + Send {
-        async move {
-            if let Some(list) = self.call::<WasmList<u8>>(instance, func).await {
-                contents(list.as_le_slice(&*self.store));
-            } else {
-                contents(&[]);
-            }
+    async fn call_func_ret_list_u8(&mut self, instance: &str, func: &str, contents: impl FnOnce(&[u8]) + Send) {
+        if let Some(list) = self.call::<WasmList<u8>>(instance, func).await {
+            contents(list.as_le_slice(&*self.store));
+        } else {
+            contents(&[]);
         }
     }
 
-    fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> impl Future<Output = i32> + Send {
-        async move { self.call::<i32>(instance, func).await.unwrap_or_default() }
+    async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
+        self.call::<i32>(instance, func).await.unwrap_or_default()
     }
 
-    fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> impl Future<Output = i64> + Send {
-        async move { self.call::<i64>(instance, func).await.unwrap_or_default() }
+    async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
+        self.call::<i64>(instance, func).await.unwrap_or_default()
     }
 
-    fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> impl Future<Output = u32> + Send {
-        async move { self.call::<f32>(instance, func).await.map(f32::to_bits).unwrap_or_default() }
+    async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
+        self.call::<f32>(instance, func).await.map(f32::to_bits).unwrap_or_default()
     }
 
-    fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> impl Future<Output = u64> + Send {
-        async move { self.call::<f64>(instance, func).await.map(f64::to_bits).unwrap_or_default() }
+    async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
+        self.call::<f64>(instance, func).await.map(f64::to_bits).unwrap_or_default()
     }
 }

@@ -220,7 +220,7 @@ impl S3Source {
                     let settings = &self.connector.settings;
                     let mut attempt = 1;
                     let bytes = loop {
-                        match self.fetch_part(&client, object, first, last).await {
+                        match self.fetch_part(client, object, first, last).await {
                             Ok(bytes) => break bytes,
                             // The SDK retries requests; a body cut or stalled after the headers
                             // arrived is retried here, for this part only.

@@ -80,8 +80,11 @@ struct Element {
     onnx: TensorElementType,
     size: usize,
     to_value: fn(Vec<i64>, &[u8]) -> ort::Result<DynValue>,
-    from_value: fn(&DynValue) -> ort::Result<(Vec<i64>, Vec<u8>)>,
+    from_value: fn(&DynValue) -> ort::Result<ShapeAndBytes>,
 }
+
+/// A tensor's dimensions and its elements' little-endian bytes.
+type ShapeAndBytes = (Vec<i64>, Vec<u8>);
 
 /// Little-endian encoding of one element type.
 trait LittleEndian: PrimitiveTensorElementType + Copy + std::fmt::Debug + 'static {
