@@ -8,9 +8,9 @@ use crate::server::ServeLimits;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Windows one request may run by default: about 5 s of inference on a 2-core x86-64 machine
-/// (about 20 ms a 384-token window), and about 270 KB of English text at the default window
-/// and stride.
+/// Windows one request may run by default: about 8 s of inference on a 2-core x86-64 machine
+/// (about 31 ms a 384-token window, `bench/long_docs.py`), and about 300 KB of English text at
+/// the default window and stride (200 KB of SQuAD paragraphs needs 167 windows).
 pub const DEFAULT_MAX_WINDOWS: u32 = 256;
 
 /// Everything [`crate::service::QaService`] needs to start.
