@@ -107,17 +107,32 @@ async fn main() -> ExitCode {
     match run(cli, process_started).await {
         Ok(code) => code,
         Err(Failure::Start(error)) if under_lambda => {
-            let message = format!("{error:#}");
+            let message = describe(&error);
             tracing::error!(reason = %message, "start-up failed");
             qa_host::lambda::report_init_error("QaHost.StartFailed", &message).await;
             eprintln!("qa-host: {message}");
             ExitCode::from(2)
         }
         Err(Failure::Start(error) | Failure::Run(error)) => {
-            eprintln!("qa-host: {error:#}");
+            eprintln!("qa-host: {}", describe(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: many of this crate's errors already
+/// print their source, which anyhow's `{:#}` would repeat.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Why `qa-host` stopped: before it could serve (under Lambda, reported as an init error), or

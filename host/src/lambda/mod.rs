@@ -34,29 +34,41 @@ pub async fn run(service: Arc<QaService>, process_started: Instant) -> Result<()
 }
 
 /// Tells the Lambda Runtime API why the function could not start (`/runtime/init/error`),
-/// so Lambda reports the reason with the failed invocation instead of a bare exit. Failing
-/// to report is logged; the caller exits either way.
+/// so Lambda reports the reason with the failed invocation instead of a bare exit. Tried up
+/// to three times within about 2 s; failing to report is logged, and the caller exits
+/// either way.
 pub async fn report_init_error(error_type: &str, message: &str) {
     use lambda_runtime_api_client::{PooledClient, body::Body, build_request};
-    let diagnostic = serde_json::json!({"errorType": error_type, "errorMessage": message});
-    let request = build_request()
-        .method("POST")
-        .uri("/2018-06-01/runtime/init/error")
-        .header("Lambda-Runtime-Function-Error-Type", "Runtime.InitError")
-        .header("Content-Type", "application/json")
-        .body(Body::from(diagnostic.to_string()));
-    let request = match request {
-        Ok(request) => request,
-        Err(error) => return tracing::error!(%error, "could not build the init error report"),
+    let Some(endpoint) = std::env::var("AWS_LAMBDA_RUNTIME_API").ok().and_then(|api| api.parse::<axum::http::Uri>().ok()) else {
+        return tracing::error!("no usable AWS_LAMBDA_RUNTIME_API to report the start-up failure to");
     };
-    let client = PooledClient::builder().build();
-    match tokio::time::timeout(Duration::from_secs(2), client.call(request)).await {
-        Ok(Ok(response)) => {
-            tracing::info!(status = response.status().as_u16(), error_type, "reported the start-up failure to the Lambda Runtime API")
+    let client = PooledClient::builder().with_endpoint(endpoint).build();
+    let diagnostic = serde_json::json!({"errorType": error_type, "errorMessage": message}).to_string();
+    for attempt in 1..=3 {
+        let request = build_request()
+            .method("POST")
+            .uri("/2018-06-01/runtime/init/error")
+            .header("Lambda-Runtime-Function-Error-Type", "Runtime.InitError")
+            .header("Content-Type", "application/json")
+            .body(Body::from(diagnostic.clone()));
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => return tracing::error!(%error, "could not build the init error report"),
+        };
+        match tokio::time::timeout(Duration::from_millis(600), client.call(request)).await {
+            Ok(Ok(response)) => {
+                return tracing::info!(
+                    status = response.status().as_u16(),
+                    error_type,
+                    "reported the start-up failure to the Lambda Runtime API"
+                );
+            }
+            Ok(Err(error)) => tracing::warn!(attempt, %error, "could not report the start-up failure to the Lambda Runtime API"),
+            Err(_) => tracing::warn!(attempt, "the Lambda Runtime API did not take the start-up failure report within 600 ms"),
         }
-        Ok(Err(error)) => tracing::error!(%error, "could not report the start-up failure to the Lambda Runtime API"),
-        Err(_) => tracing::error!("the Lambda Runtime API did not take the start-up failure report within 2 s"),
+        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
     }
+    tracing::error!("gave up reporting the start-up failure to the Lambda Runtime API");
 }
 
 /// The one handler, with what it reports beside the response.
