@@ -93,10 +93,6 @@ fn to_wit_response(answers: Vec<qa_guest::Answer>, timings: qa_guest::Timings) -
     }
 }
 
-fn to_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
 fn to_wit_error(e: QaError) -> wit::QaError {
     match e {
         QaError::InvalidInput(m) => wit::QaError::InvalidInput(m),

@@ -1,7 +1,12 @@
 // Included by `component.rs` and by the contract-0.1.0 guest of `guest/fixtures`: both
 // generate the same `wasi:nn` bindings (`graph`, `tensor`), so what stands on them (the
 // model, the fixture runner's model choice) is written once. Needs `QaModel`, `Logits`,
-// `Batch`, `QaError`, `Options` and `to_u32` in scope.
+// `Batch`, `QaError` and `Options` in scope.
+
+/// A count as WIT's `u32`, saturating (counts here are far below it).
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 /// Where the host (or `wasmtime run --dir models::/models`) mounts the model directories.
 const MODELS_ROOT: &str = "/models";
