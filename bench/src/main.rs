@@ -16,7 +16,10 @@ use qa_guest::infer::{Logits, QaModel};
 use qa_guest::pipeline::{self, MAX_BATCH_ROWS, ModelProfile};
 use qa_guest::tokenize::load_tokenizer;
 use qa_guest::window::Batch;
-use qa_guest::{Options, QaError};
+use qa_guest::{Decoding, Options, QaError};
+
+/// The transformers pipeline's decoding (its windows and per-window scores), as row 4 runs it.
+const PIPELINE_OPTIONS: Options = Options { decoding: Decoding::Pipeline, ..Options::DEFAULT };
 use qa_host::api::QaRequest;
 use qa_host::config::HostConfig;
 use qa_host::nn::onnx::OnnxBackend;
@@ -148,6 +151,9 @@ impl Row for ProjectRow {
     fn answer(&mut self, input: &Input) -> Result<Option<Answer>> {
         let body = serde_json::to_vec(&serde_json::json!({
             "model_type": Self::MODEL, "question": input.question, "context": input.context,
+            // The pipeline's windows and per-window scores, so that answers compare with row 4 on long
+            // inputs too; the decoding costs nothing measurable either way.
+            "decoding": "pipeline",
         }))?;
         let request = QaRequest::from_json(&body)?;
         // On a worker thread of the runtime, as `qa-host serve` and the Lambda edge run it.
@@ -220,7 +226,7 @@ impl Row for NativeRow {
     fn answer(&mut self, input: &Input) -> Result<Option<Answer>> {
         let profile = self.model.profile;
         let (answers, _) =
-            pipeline::answer(&mut self.tokenizer, &profile, &mut self.model, &input.question, &input.context, &Options::default())?;
+            pipeline::answer(&mut self.tokenizer, &profile, &mut self.model, &input.question, &input.context, &PIPELINE_OPTIONS)?;
         let best = answers.into_iter().next().ok_or_else(|| anyhow!("no answer"))?;
         Ok(Some(Answer { text: best.text, start: best.start as u32, end: best.end as u32, score: best.score }))
     }

@@ -5,7 +5,7 @@ use qa_guest::infer::{Logits, QaModel};
 use qa_guest::pipeline::{self, ModelProfile};
 use qa_guest::tokenize::load_tokenizer;
 use qa_guest::window::Batch;
-use qa_guest::{Options, QaError};
+use qa_guest::{Decoding, Options, QaError};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use tokenizers::Tokenizer;
@@ -16,7 +16,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use exports::qa::extractive0_2_0::qa as wit;
+use exports::qa::extractive0_3_0::qa as wit;
 use wasi::nn::{graph, tensor};
 
 struct Component;
@@ -75,6 +75,10 @@ fn options(opts: wit::Options) -> Options {
         max_question_len: opts.max_question_len as usize,
         handle_impossible: opts.handle_impossible,
         max_windows: opts.max_windows as usize,
+        decoding: match opts.decoding {
+            wit::Decoding::Document => Decoding::Document,
+            wit::Decoding::Pipeline => Decoding::Pipeline,
+        },
     }
 }
 

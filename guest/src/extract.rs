@@ -43,10 +43,10 @@ pub fn collect_answers<'w>(
         let Some((start, end)) = span_bytes(window, &span) else { continue };
         let Some(text) = context.get(start..end) else { continue };
         match by_text.entry(text.to_lowercase()) {
-            Entry::Occupied(seen) => merged[*seen.get()].score += f64::from(span.score),
+            Entry::Occupied(seen) => merged[*seen.get()].score += span.score,
             Entry::Vacant(slot) => {
                 slot.insert(merged.len());
-                merged.push(ByteAnswer { start, end, score: f64::from(span.score) });
+                merged.push(ByteAnswer { start, end, score: span.score });
             }
         }
     }

@@ -2,12 +2,13 @@
 //! output, for `wasmtime run`. Plain functions over a fixture and the answers, so the format is
 //! tested natively; the component supplies the model's answers.
 //!
-//! Fixture: `{"question" | "questions", "context", "model_type"?, "top_k"?, "expected"?}`.
+//! Fixture: `{"question" | "questions", "context", "model_type"?, "top_k"?, "decoding"?,
+//! "expected"?}` (`decoding`: `"document"`, the default, or `"pipeline"`).
 //! `questions` (an array) asks several questions over the context in one call and prints
 //! `results`, one per question; `expected` is then an array too (one expected answer per
 //! question, `null` for none). Without `model_type`, the caller picks the model.
 
-use crate::{Options, QaError, Timings};
+use crate::{Decoding, Options, QaError, Timings};
 use serde_json::{Value, json};
 
 /// A parsed fixture.
@@ -45,6 +46,12 @@ pub fn parse(input: &str) -> Result<Fixture, String> {
     if let Some(k) = fixture.get("top_k").and_then(Value::as_u64) {
         options.top_k = usize::try_from(k).map_err(|_| "top_k is out of range")?;
     }
+    options.decoding = match fixture.get("decoding") {
+        None => options.decoding,
+        Some(v) if v == "document" => Decoding::Document,
+        Some(v) if v == "pipeline" => Decoding::Pipeline,
+        Some(other) => return Err(format!("fixture's \"decoding\" must be \"document\" or \"pipeline\", not {other}")),
+    };
     let expected = match fixture.get("expected") {
         None | Some(Value::Null) => vec![None; questions.len()],
         Some(Value::String(one)) if !many => vec![Some(one.clone())],
@@ -149,6 +156,13 @@ mod tests {
     }
 
     #[test]
+    fn decoding_defaults_to_the_document_and_may_be_the_pipeline() {
+        let decoding = |input: &str| parse(input).unwrap().options.decoding;
+        assert_eq!(decoding(r#"{"question": "q", "context": "c"}"#), Decoding::Document);
+        assert_eq!(decoding(r#"{"question": "q", "context": "c", "decoding": "pipeline"}"#), Decoding::Pipeline);
+    }
+
+    #[test]
     fn malformed_fixtures_are_named() {
         for (input, needle) in [
             (r#"{"context": "c"}"#, "needs a \"question\""),
@@ -157,6 +171,7 @@ mod tests {
             (r#"{"questions": ["q", 1], "context": "c"}"#, "must hold strings"),
             (r#"{"questions": ["q", "r"], "context": "c", "expected": "x"}"#, "one entry per question"),
             (r#"{"question": "q"}"#, "needs a \"context\""),
+            (r#"{"question": "q", "context": "c", "decoding": "global"}"#, "must be \"document\" or \"pipeline\""),
         ] {
             let error = parse(input).unwrap_err();
             assert!(error.contains(needle), "{input}: {error}");

@@ -39,19 +39,42 @@ pub struct Options {
     /// Most windows one call may run inference on, all questions together (0: no limit). A
     /// call over it is refused before any inference.
     pub max_windows: usize,
+    /// How windows are cut and their answers compared.
+    pub decoding: Decoding,
+}
+
+/// How a long context is cut into windows and how answers of different windows compare.
+/// Both give the same answers for a context that fits one window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoding {
+    /// Windows end at a line start that falls in their overlap, so paragraphs are seen whole
+    /// ([`tokenize::line_pieces`]), and one softmax of start logits and one of end logits run
+    /// over all windows' tokens together ([`score::document_weights`]): a span's score is its
+    /// probability in the whole document, so answers of different windows compare.
+    Document,
+    /// Exactly the transformers question-answering pipeline: windows overlap by `doc_stride`
+    /// wherever they fall, and each window is soft-maxed on its own (every window's best span
+    /// scores high, even in a window without the answer).
+    Pipeline,
+}
+
+impl Options {
+    /// The defaults, usable in constants.
+    pub const DEFAULT: Self = Self {
+        top_k: 1,
+        max_answer_len: 15,
+        max_seq_len: 384,
+        doc_stride: 128,
+        max_question_len: 64,
+        handle_impossible: false,
+        max_windows: 0,
+        decoding: Decoding::Document,
+    };
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            top_k: 1,
-            max_answer_len: 15,
-            max_seq_len: 384,
-            doc_stride: 128,
-            max_question_len: 64,
-            handle_impossible: false,
-            max_windows: 0,
-        }
+        Self::DEFAULT
     }
 }
 

@@ -2,10 +2,10 @@
 
 use crate::extract::collect_answers;
 use crate::infer::QaModel;
-use crate::score::{TokenSpan, score_window};
-use crate::tokenize::{Question, cut_windows, encode_context, encode_question, min_tokens, window_count};
+use crate::score::{TokenSpan, WindowScores, document_weights, score_window};
+use crate::tokenize::{Question, cut_windows, encode_context, encode_question, min_tokens, window_count, window_ranges};
 use crate::window::{Batch, Window};
-use crate::{Answered, Options, QaError, Timings};
+use crate::{Answered, Decoding, Options, QaError, Timings};
 use std::time::Instant;
 use tokenizers::Tokenizer;
 
@@ -106,14 +106,13 @@ pub fn answer_many(
         .enumerate()
         .flat_map(|(q, windows)| {
             let windows: Vec<(usize, &Window)> = windows.iter().flatten().map(|w| (q, w)).collect();
-            windows.chunks(MAX_BATCH_ROWS).map(<[_]>::to_vec).collect::<Vec<_>>()
+            batches(windows, &options)
         })
         .collect();
     // The reference keeps more candidates per window than it returns, since merging and
     // word alignment can fold several spans into one answer.
     let per_window = options.top_k * 2 + 10;
-    let mut spans: Vec<Vec<(&Window, TokenSpan)>> = vec![Vec::new(); questions.len()];
-    let mut null_scores: Vec<Option<f64>> = vec![None; questions.len()];
+    let mut scored_windows: Vec<Vec<(&Window, WindowScores)>> = vec![Vec::new(); questions.len()];
     let (mut inference_us, mut decode_us) = (vec![0u64; questions.len()], vec![0u64; questions.len()]);
     for chunk in &batches {
         let started = Instant::now();
@@ -127,10 +126,7 @@ pub fn answer_many(
             inference_us[q] += share;
             let (start, end) = logits.row(row);
             let scored = score_window(start, end, &window.in_context, window.cls_index, per_window, options.max_answer_len);
-            if let Some(null) = scored.null_score {
-                null_scores[q] = Some(null_scores[q].map_or(f64::from(null), |n| n.min(f64::from(null))));
-            }
-            spans[q].extend(scored.spans.into_iter().map(|span| (window, span)));
+            scored_windows[q].push((window, scored));
             decode_us[q] += micros(started);
         }
     }
@@ -141,8 +137,9 @@ pub fn answer_many(
         .map(|(q, windows)| {
             let windows = windows.as_ref().map_err(Clone::clone)?;
             let started = Instant::now();
-            let null_score = if options.handle_impossible { null_scores[q] } else { None };
-            let answers = collect_answers(context, std::mem::take(&mut spans[q]), null_score, options.top_k);
+            let (spans, null_score) = rank(std::mem::take(&mut scored_windows[q]), options.decoding);
+            let null_score = null_score.filter(|_| options.handle_impossible);
+            let answers = collect_answers(context, spans, null_score, options.top_k);
             let timings = Timings {
                 tokenize_us,
                 inference_us: inference_us[q],
@@ -153,6 +150,49 @@ pub fn answer_many(
         })
         .collect();
     Ok(results)
+}
+
+/// A question's windows cut into inference calls. `Pipeline`: [`MAX_BATCH_ROWS`] windows a
+/// call, as always (with a dynamically quantized model the batch changes the scores, and the
+/// reference's must stay reproducible). `Document`: as many windows as fit in the tokens of
+/// [`MAX_BATCH_ROWS`] full windows once padded to the longest, since paragraphs make short
+/// windows and a call has a fixed cost.
+fn batches<'w>(windows: Vec<(usize, &'w Window)>, options: &Options) -> Vec<Vec<(usize, &'w Window)>> {
+    if options.decoding == Decoding::Pipeline {
+        return windows.chunks(MAX_BATCH_ROWS).map(<[_]>::to_vec).collect();
+    }
+    let budget = MAX_BATCH_ROWS * options.max_seq_len;
+    let mut batches: Vec<Vec<(usize, &Window)>> = Vec::new();
+    for window in windows {
+        match batches.last_mut() {
+            Some(batch) if (batch.len() + 1) * batch.iter().map(|(_, w)| w.len()).chain([window.1.len()]).max().unwrap_or(0) <= budget => {
+                batch.push(window);
+            }
+            _ => batches.push(vec![window]),
+        }
+    }
+    batches
+}
+
+/// A question's spans from all its windows, scored as `decoding` says, and its "no answer"
+/// score: with `Pipeline`, the reference's (the least over windows); with `Document`, the
+/// classifier token's probability summed over windows.
+fn rank(scored: Vec<(&Window, WindowScores)>, decoding: Decoding) -> (Vec<(&Window, TokenSpan)>, Option<f64>) {
+    let weights = match decoding {
+        Decoding::Pipeline => vec![1.0; scored.len()],
+        Decoding::Document => document_weights(&scored.iter().map(|(_, s)| s.mass).collect::<Vec<_>>()),
+    };
+    let nulls = scored.iter().zip(&weights).filter_map(|((_, s), w)| s.null_score.map(|n| f64::from(n) * w));
+    let null_score = match decoding {
+        Decoding::Pipeline => nulls.reduce(f64::min),
+        Decoding::Document => nulls.reduce(|a, b| a + b),
+    };
+    let spans = scored
+        .into_iter()
+        .zip(weights)
+        .flat_map(|((window, s), weight)| s.spans.into_iter().map(move |span| (window, TokenSpan { score: span.score * weight, ..span })))
+        .collect();
+    (spans, null_score)
 }
 
 /// Stages 1 and 2 for one question: checks the request, fits `options` to the model, and
@@ -190,7 +230,19 @@ pub fn windows_many(
         options.max_seq_len = options.max_seq_len.min(max);
     }
     let encoded: Vec<Result<Question, QaError>> = questions.iter().map(|q| encode_question(tokenizer, q, &options)).collect();
-    let windows_for = |tokens: usize| -> usize { encoded.iter().flatten().map(|q| window_count(tokens, q.room, options.doc_stride)).sum() };
+    // At least this many windows for a context of at least `tokens` tokens: the pipeline's
+    // count grows with the tokens; paragraphs on their own need at least one window per
+    // `room` tokens.
+    let windows_for = |tokens: usize| -> usize {
+        encoded
+            .iter()
+            .flatten()
+            .map(|q| match options.decoding {
+                Decoding::Pipeline => window_count(tokens, q.room, options.doc_stride),
+                Decoding::Document => tokens.div_ceil(q.room).max(1),
+            })
+            .sum()
+    };
     let over_budget = |windows: usize, how: &str| {
         (options.max_windows > 0 && windows > options.max_windows).then(|| {
             QaError::TooManyWindows(format!(
@@ -205,7 +257,8 @@ pub fn windows_many(
         return Err(refused);
     }
     let context = encode_context(tokenizer, context)?;
-    if let Some(refused) = over_budget(windows_for(context.len()), "") {
+    let exact: usize = encoded.iter().flatten().map(|q| window_ranges(&context, q.room, &options).len()).sum();
+    if let Some(refused) = over_budget(exact, "") {
         return Err(refused);
     }
     let windows = encoded

@@ -10,8 +10,9 @@
 //! stride is not smaller than the room left for the context, and `OnlySecond` fails when the
 //! question leaves no room at all. Both are refused here before anything is cut.
 
-use crate::{Options, QaError};
-use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection};
+use crate::{Decoding, Options, QaError};
+use std::ops::Range;
+use tokenizers::{Encoding, PostProcessor, Tokenizer};
 
 /// Parses a `tokenizer.json`, switching off padding and truncation the file may carry
 /// (windows are cut here, padding happens per batch).
@@ -27,20 +28,81 @@ pub fn load_tokenizer(json: &[u8]) -> Result<Tokenizer, QaError> {
 /// Rebuilt without the sequence ids `encode` gives a single sequence (a template post-processor
 /// marks it sequence 0): left in, each window would mark its context as sequence 0 and 1 at
 /// once, and which one a token reports would depend on hash-map order.
-pub fn encode_context(tokenizer: &Tokenizer, context: &str) -> Result<Encoding, QaError> {
+pub fn encode_context(tokenizer: &Tokenizer, context: &str) -> Result<Context, QaError> {
     let encoding = tokenizer.encode(context, false).map_err(|e| QaError::InvalidInput(format!("context does not tokenize: {e}")))?;
-    let n = encoding.len();
-    Ok(Encoding::new(
-        encoding.get_ids().to_vec(),
-        vec![1; n],
-        encoding.get_tokens().to_vec(),
-        encoding.get_word_ids().to_vec(),
-        encoding.get_offsets().to_vec(),
-        encoding.get_special_tokens_mask().to_vec(),
-        encoding.get_attention_mask().to_vec(),
+    let offsets = encoding.get_offsets();
+    // The text between each token and the one before it.
+    let gaps: Vec<&str> = (1..offsets.len())
+        .map(|i| if offsets[i - 1].1 < offsets[i].0 { context.get(offsets[i - 1].1..offsets[i].0).unwrap_or("") } else { "" })
+        .collect();
+    let blank_line = |gap: &str| gap.matches('\n').nth(1).is_some();
+    let has_blank_lines = gaps.iter().any(|gap| blank_line(gap));
+    let breaks = |gap: &str| if has_blank_lines { blank_line(gap) } else { gap.contains('\n') };
+    let starts = std::iter::once(0).chain((1..offsets.len()).filter(|&i| breaks(gaps[i - 1])));
+    let paragraphs = paragraphs(starts.collect(), offsets.len());
+    Ok(Context { encoding: slice(&encoding, 0..encoding.len()), paragraphs })
+}
+
+/// Paragraphs shorter than this many tokens (headings, short lines) are joined to the next
+/// one, so that no window holds only a fragment.
+pub const MIN_PARAGRAPH_TOKENS: usize = 64;
+
+/// Token ranges of the paragraphs that start at `starts` (ascending, the first 0) in a context
+/// of `n` tokens, short ones joined to the next (the last to the one before).
+fn paragraphs(starts: Vec<usize>, n: usize) -> Vec<Range<usize>> {
+    let mut joined: Vec<Range<usize>> = Vec::new();
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(n);
+        match joined.last_mut() {
+            Some(last) if last.len() < MIN_PARAGRAPH_TOKENS => last.end = end,
+            _ => joined.push(start..end),
+        }
+    }
+    if joined.len() > 1 && joined.last().is_some_and(|p| p.len() < MIN_PARAGRAPH_TOKENS) {
+        let tail = joined.pop().map_or(n, |p| p.end);
+        if let Some(last) = joined.last_mut() {
+            last.end = tail;
+        }
+    }
+    if joined.is_empty() {
+        joined.push(0..n);
+    }
+    joined
+}
+
+/// The context's tokens, as the second sequence of a pair, and its paragraphs.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub encoding: Encoding,
+    /// Token ranges of the paragraphs, in order, together covering every token: split at
+    /// blank lines (at line breaks in a text without blank lines), paragraphs under
+    /// [`MIN_PARAGRAPH_TOKENS`] tokens joined to the next.
+    pub paragraphs: Vec<Range<usize>>,
+}
+
+impl Context {
+    pub fn len(&self) -> usize {
+        self.encoding.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.encoding.is_empty()
+    }
+}
+
+/// Tokens `range` of a context encoding as a sequence of its own (type id 1, no sequence ids).
+fn slice(encoding: &Encoding, range: Range<usize>) -> Encoding {
+    Encoding::new(
+        encoding.get_ids()[range.clone()].to_vec(),
+        vec![1; range.len()],
+        encoding.get_tokens()[range.clone()].to_vec(),
+        encoding.get_word_ids()[range.clone()].to_vec(),
+        encoding.get_offsets()[range.clone()].to_vec(),
+        encoding.get_special_tokens_mask()[range.clone()].to_vec(),
+        encoding.get_attention_mask()[range].to_vec(),
         Vec::new(),
         ahash::AHashMap::new(),
-    ))
+    )
 }
 
 /// A question's tokens, and the room its windows leave for the context.
@@ -97,20 +159,44 @@ pub fn min_tokens(context: &str) -> usize {
 }
 
 /// The question's windows over the context: each is `[special] question [special] piece
-/// [special]` as the tokenizer's post-processor builds it, the pieces covering the context
-/// with `doc_stride` tokens of overlap.
-pub fn cut_windows(tokenizer: &Tokenizer, question: &Question, context: &Encoding, options: &Options) -> Result<Vec<Encoding>, QaError> {
-    let mut pieces = context.clone();
-    pieces.truncate(question.room, options.doc_stride, TruncationDirection::Right);
-    let overflowing = pieces.take_overflowing();
-    std::iter::once(pieces)
-        .chain(overflowing)
-        .map(|piece| {
+/// [special]` as the tokenizer's post-processor builds it, the pieces those of
+/// [`window_ranges`].
+pub fn cut_windows(tokenizer: &Tokenizer, question: &Question, context: &Context, options: &Options) -> Result<Vec<Encoding>, QaError> {
+    window_ranges(context, question.room, options)
+        .into_iter()
+        .map(|range| {
             tokenizer
-                .post_process(question.encoding.clone(), Some(piece), true)
+                .post_process(question.encoding.clone(), Some(slice(&context.encoding, range)), true)
                 .map_err(|e| QaError::InvalidInput(format!("windows cannot be built: {e}")))
         })
         .collect()
+}
+
+/// Token ranges of the context in the question's windows (`room` context tokens each).
+/// `Pipeline`: the reference's windows, `room` tokens overlapping by `doc_stride` wherever they
+/// fall (what `tokenizers` cuts with `only_second` truncation and a stride). `Document`: each
+/// paragraph on its own, cut the same way when longer than a window: a window never mixes
+/// paragraphs, as the model saw them in training (one paragraph each).
+pub fn window_ranges(context: &Context, room: usize, options: &Options) -> Vec<Range<usize>> {
+    match options.decoding {
+        Decoding::Pipeline => stride_ranges(0..context.len(), room, options.doc_stride),
+        Decoding::Document => context.paragraphs.iter().flat_map(|p| stride_ranges(p.clone(), room, options.doc_stride)).collect(),
+    }
+}
+
+/// `span` cut into ranges of at most `room` tokens, each starting `stride` tokens before the
+/// previous one ended (`stride < room`); at least one range, empty for an empty span.
+fn stride_ranges(span: Range<usize>, room: usize, stride: usize) -> Vec<Range<usize>> {
+    let mut ranges = Vec::with_capacity(window_count(span.len(), room, stride));
+    let mut start = span.start;
+    loop {
+        let end = (start + room).min(span.end);
+        ranges.push(start..end);
+        if end == span.end {
+            return ranges;
+        }
+        start = end - stride;
+    }
 }
 
 /// Encodes the pair into windows of at most `options.max_seq_len` tokens that together cover
@@ -199,15 +285,17 @@ pub(crate) mod tests {
     #[test]
     fn windows_cut_from_the_context_equal_the_tokenizers_pair_encoding() {
         for tok in (0..12).flat_map(|_| [tiny_tokenizer(), tiny_template_tokenizer()]) {
-            windows_equal_pair_encoding(&tok);
+            // A context without line breaks: both decodings cut the reference's windows.
+            windows_equal_pair_encoding(&tok, Decoding::Pipeline);
+            windows_equal_pair_encoding(&tok, Decoding::Document);
         }
     }
 
-    fn windows_equal_pair_encoding(tok: &Tokenizer) {
-        use tokenizers::{EncodeInput, TruncationParams, TruncationStrategy};
+    fn windows_equal_pair_encoding(tok: &Tokenizer, decoding: Decoding) {
+        use tokenizers::{EncodeInput, TruncationDirection, TruncationParams, TruncationStrategy};
         let context = "benz patented it in 1886 . the car was invented in 1886 . a b c d e f g h cafe is open 東京 😀 ".repeat(5);
-        for (max_seq_len, doc_stride) in [(16, 4), (16, 6), (24, 1), (24, 14), (12, 2), (384, 128)] {
-            let options = Options { max_seq_len, doc_stride, ..Options::default() };
+        for (max_seq_len, doc_stride) in [(16, 4), (16, 6), (16, 0), (24, 1), (24, 14), (12, 2), (384, 128)] {
+            let options = Options { max_seq_len, doc_stride, decoding, ..Options::default() };
             let ours = encode_windows(tok, "when was the car invented ?", &context, &options).unwrap();
             let mut reference = tok.clone();
             reference
@@ -241,6 +329,91 @@ pub(crate) mod tests {
             let tokens = encode_context(tok, &context).unwrap().len();
             assert_eq!(window_count(tokens, question.room, doc_stride), expected.len(), "{max_seq_len}/{doc_stride}");
             assert!(min_tokens(&context) <= tokens);
+        }
+    }
+
+    #[test]
+    fn short_paragraphs_join_the_next_and_a_short_tail_the_one_before() {
+        assert_eq!(paragraphs(vec![0, 10, 100, 130, 300], 310), [0..100, 100..310]);
+        assert_eq!(paragraphs(vec![0, 64, 128], 200), [0..64, 64..128, 128..200]);
+        assert_eq!(paragraphs(vec![0], 5), vec![Range { start: 0, end: 5 }]);
+        assert_eq!(paragraphs(vec![0], 0), vec![Range { start: 0, end: 0 }]);
+    }
+
+    #[test]
+    fn paragraphs_split_at_blank_lines_or_else_at_line_breaks() {
+        let tok = tiny_tokenizer();
+        let line = "a b c d e f g h ".repeat(9); // 72 tokens
+        let lengths = |text: &str| encode_context(&tok, text).unwrap().paragraphs.iter().map(Range::len).collect::<Vec<_>>();
+        assert_eq!(lengths(&format!("{line}\n{line}\n\n{line}")), [144, 72]);
+        assert_eq!(lengths(&format!("{line}\n{line}\n  \n {line}")), [144, 72], "a blank line may hold spaces");
+        assert_eq!(lengths(&format!("{line}\n{line}\n{line}")), [72, 72, 72]);
+        assert_eq!(lengths(&format!("{line}{line}")), [144]);
+        assert_eq!(lengths(&format!("when\n\n{line}\n\ncafe is open")), [76], "a heading and a short tail join their neighbour");
+    }
+
+    #[test]
+    fn document_windows_hold_one_paragraph_each() {
+        let tok = tiny_tokenizer();
+        let first = "a b c d e f g h ".repeat(10); // 80 tokens
+        let second = "b c ".repeat(100); // 200 tokens
+        let context = encode_context(&tok, &format!("{first}\n\n{second}")).unwrap();
+        assert_eq!(context.paragraphs, [0..80, 80..280]);
+        let options = Options { max_seq_len: 128, doc_stride: 32, ..Options::default() };
+        // 128 less "where" and 3 special tokens: 123 context tokens a window.
+        assert_eq!(window_ranges(&context, 123, &options), [0..80, 80..203, 171..280]);
+        let pipeline = Options { decoding: Decoding::Pipeline, ..options };
+        assert_eq!(window_ranges(&context, 123, &pipeline), [0..123, 91..214, 182..280]);
+        let windows = encode_windows(&tok, "where", &format!("{first}\n\n{second}"), &options).unwrap();
+        assert_eq!(windows.len(), 3);
+        assert!(windows.iter().all(|w| w.len() <= 128));
+    }
+
+    #[test]
+    fn windows_cover_every_token_within_the_room() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        for _ in 0..5_000 {
+            let n = next(300);
+            let room = next(100) + 2;
+            let stride = next(room);
+            let mut starts = vec![0];
+            while let Some(&last) = starts.last().filter(|&&s| s < n) {
+                starts.push(last + 1 + next(120));
+            }
+            starts.retain(|&s| s < n.max(1));
+            let encoding = Encoding::new(
+                vec![0; n],
+                vec![1; n],
+                vec![String::new(); n],
+                vec![None; n],
+                vec![(0, 0); n],
+                vec![0; n],
+                vec![1; n],
+                Vec::new(),
+                ahash::AHashMap::new(),
+            );
+            let context = Context { encoding, paragraphs: paragraphs(starts, n) };
+            for decoding in [Decoding::Document, Decoding::Pipeline] {
+                let options = Options { doc_stride: stride, decoding, ..Options::default() };
+                let ranges = window_ranges(&context, room, &options);
+                let case = format!("n {n} room {room} stride {stride} {decoding:?} {:?}: {ranges:?}", context.paragraphs);
+                assert_eq!(ranges.first().map(|r| r.start), Some(0), "{case}");
+                assert_eq!(ranges.last().map(|r| r.end), Some(n), "{case}");
+                assert!(ranges.iter().all(|r| r.len() <= room && (n == 0 || !r.is_empty())), "{case}");
+                assert!(ranges.windows(2).all(|w| w[0].start < w[1].start && w[1].start <= w[0].end), "{case}");
+                if decoding == Decoding::Pipeline {
+                    assert_eq!(ranges.len(), window_count(n, room, stride), "{case}");
+                } else {
+                    let paragraph_of = |t: usize| context.paragraphs.iter().position(|p| p.contains(&t));
+                    assert!(ranges.iter().filter(|r| !r.is_empty()).all(|r| paragraph_of(r.start) == paragraph_of(r.end - 1)), "{case}");
+                }
+            }
         }
     }
 

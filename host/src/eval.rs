@@ -4,6 +4,7 @@
 //! over the gold answers.
 
 use crate::api::QaRequest;
+use crate::guest::Decoding;
 use crate::service::QaService;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -35,17 +36,20 @@ struct Gold {
 }
 
 /// One question to evaluate.
+#[derive(Clone)]
 pub struct Question {
     pub id: String,
     pub question: String,
     pub context: Arc<str>,
     pub gold: Vec<String>,
+    /// Index of the question's article in the file: a haystack takes other articles only.
+    pub article: usize,
 }
 
 pub fn load_squad(json: &[u8]) -> Result<Vec<Question>, serde_json::Error> {
     let file: SquadFile = serde_json::from_slice(json)?;
     let mut questions = Vec::new();
-    for paragraph in file.data.into_iter().flat_map(|a| a.paragraphs) {
+    for (article, paragraph) in file.data.into_iter().enumerate().flat_map(|(i, a)| a.paragraphs.into_iter().map(move |p| (i, p))) {
         let context: Arc<str> = paragraph.context.into();
         for qa in paragraph.qas {
             questions.push(Question {
@@ -53,10 +57,52 @@ pub fn load_squad(json: &[u8]) -> Result<Vec<Question>, serde_json::Error> {
                 question: qa.question,
                 context: context.clone(),
                 gold: qa.answers.into_iter().map(|g| g.text).collect(),
+                article,
             });
         }
     }
     Ok(questions)
+}
+
+/// `n` questions drawn at random (without replacement, in file order), the same for the same
+/// `seed`: a sample that spans articles, unlike the file's first `n`.
+pub fn sample(questions: &[Question], n: usize, seed: u64) -> Vec<Question> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut picked = rng.choose_multiple(0..questions.len(), n);
+    picked.sort_unstable();
+    picked.into_iter().map(|i| questions[i].clone()).collect()
+}
+
+/// Each question's paragraph hidden among paragraphs of other articles until the context has
+/// at least `bytes` bytes, at a random place: the long-document case, where answers from
+/// different windows compete. The distractors come from `pool` (all questions' paragraphs)
+/// and are the same for the same `seed`; paragraphs are joined by a blank line.
+pub fn in_haystack(questions: &[Question], pool: &[Question], bytes: usize, seed: u64) -> Vec<Question> {
+    let mut paragraphs: Vec<(usize, Arc<str>)> = Vec::new();
+    for q in pool {
+        if paragraphs.last().is_none_or(|(_, p)| !Arc::ptr_eq(p, &q.context)) {
+            paragraphs.push((q.article, q.context.clone()));
+        }
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    questions
+        .iter()
+        .map(|q| {
+            let mut parts: Vec<&str> = Vec::new();
+            let mut len = q.context.len();
+            // A pool of one article has no distractors: the question keeps its paragraph.
+            let others = paragraphs.iter().filter(|(article, _)| *article != q.article).count();
+            while len < bytes && others > 0 {
+                let (article, paragraph) = &paragraphs[rng.usize(..paragraphs.len())];
+                if *article != q.article {
+                    parts.push(paragraph);
+                    len += paragraph.len() + 2;
+                }
+            }
+            parts.insert(rng.usize(..=parts.len()), &q.context);
+            Question { context: parts.join("\n\n").into(), ..q.clone() }
+        })
+        .collect()
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -68,6 +114,9 @@ pub struct EvalReport {
     pub seconds: f64,
     pub median_ms: f64,
     pub model: String,
+    /// The least context length asked for (`--haystack`; 0: each paragraph alone).
+    pub haystack_bytes: usize,
+    pub decoding: Decoding,
 }
 
 /// Asks every question and scores the answers. `predictions` receives id → answer text, the
@@ -76,6 +125,7 @@ pub async fn evaluate(
     service: &Arc<QaService>,
     questions: &[Question],
     model: Option<String>,
+    decoding: Option<Decoding>,
     predictions: &mut BTreeMap<String, String>,
 ) -> EvalReport {
     let progress = indicatif::ProgressBar::new(questions.len() as u64);
@@ -88,7 +138,7 @@ pub async fn evaluate(
     let mut latencies = Vec::with_capacity(questions.len());
     let mut model_used = model.clone().unwrap_or_default();
     for q in questions {
-        let request = QaRequest { model_type: model.clone(), ..QaRequest::new(q.question.clone(), q.context.to_string()) };
+        let request = QaRequest { model_type: model.clone(), decoding, ..QaRequest::new(q.question.clone(), q.context.to_string()) };
         let asked = Instant::now();
         let prediction = match service.answer(request).await {
             Ok(response) => {
@@ -118,6 +168,8 @@ pub async fn evaluate(
         seconds: started.elapsed().as_secs_f64(),
         median_ms: latencies.get(latencies.len() / 2).copied().unwrap_or(0.0),
         model: model_used,
+        haystack_bytes: 0,
+        decoding: decoding.unwrap_or_default(),
     }
 }
 
@@ -208,6 +260,44 @@ mod tests {
         assert_eq!(f1_score("1886", "1886"), 1.0);
         assert_eq!(f1_score("", "1886"), 0.0);
         assert_eq!(exact_match("The 1886.", "1886"), 1.0);
+    }
+
+    fn two_articles() -> Vec<Question> {
+        let json = br#"{"data":[
+            {"paragraphs":[{"context":"Benz built the car in 1886.","qas":[{"id":"a","question":"When?","answers":[{"text":"1886"}]}]},
+                           {"context":"It had three wheels.","qas":[{"id":"b","question":"Wheels?","answers":[{"text":"three"}]}]}]},
+            {"paragraphs":[{"context":"Paris is the capital of France.","qas":[{"id":"c","question":"Capital?","answers":[{"text":"Paris"}]}]}]}]}"#;
+        load_squad(json).unwrap()
+    }
+
+    #[test]
+    fn a_haystack_hides_the_paragraph_among_other_articles_only() {
+        let questions = two_articles();
+        let long = in_haystack(&questions, &questions, 200, 7);
+        assert_eq!(long.len(), 3);
+        for (q, hidden) in questions.iter().zip(&long) {
+            assert!(hidden.context.len() >= 200, "{}", hidden.context);
+            assert_eq!(hidden.context.matches(&*q.context).count(), 1, "own paragraph once: {}", hidden.context);
+            let others = if q.article == 0 { "Paris is the capital of France." } else { "Benz built the car in 1886." };
+            assert!(hidden.context.contains(others));
+            if q.article == 0 {
+                assert!(!hidden.context.contains(if q.id == "a" { "three wheels" } else { "1886" }), "same article: {}", hidden.context);
+            }
+            assert_eq!((hidden.id.as_str(), &hidden.gold), (q.id.as_str(), &q.gold));
+        }
+        assert_eq!(in_haystack(&questions, &questions, 200, 7)[1].context, long[1].context, "same seed, same haystack");
+        assert_eq!(&*in_haystack(&questions, &questions, 0, 7)[2].context, "Paris is the capital of France.");
+    }
+
+    #[test]
+    fn a_sample_is_reproducible_and_in_file_order() {
+        let questions = two_articles();
+        let ids = |qs: Vec<Question>| qs.into_iter().map(|q| q.id).collect::<Vec<_>>();
+        let picked = ids(sample(&questions, 2, 3));
+        assert_eq!(picked.len(), 2);
+        assert!(picked.windows(2).all(|w| w[0] < w[1]), "{picked:?}");
+        assert_eq!(picked, ids(sample(&questions, 2, 3)));
+        assert_eq!(ids(sample(&questions, 9, 3)), ["a", "b", "c"]);
     }
 
     #[test]

@@ -90,8 +90,23 @@ struct EvalArgs {
     #[arg(long)]
     model: Option<String>,
     /// Evaluate only the first N questions.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sample")]
     limit: Option<usize>,
+    /// Evaluate N questions drawn at random from the whole file (see --seed).
+    #[arg(long)]
+    sample: Option<usize>,
+    /// Seed of --sample and --haystack: the same seed asks the same questions over the same
+    /// contexts.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Hide each question's paragraph among other articles' paragraphs until its context has
+    /// at least this many bytes (the long-document evaluation; 0: the paragraph alone).
+    #[arg(long, default_value_t = 0)]
+    haystack: usize,
+    /// How windows are cut and compared (`document` or `pipeline`); the request
+    /// default when absent.
+    #[arg(long, value_parser = parse_decoding)]
+    decoding: Option<qa_host::guest::Decoding>,
     /// Write {id: answer} predictions here (the official script's format).
     #[arg(long)]
     predictions: Option<PathBuf>,
@@ -230,15 +245,25 @@ async fn lambda(service: Arc<QaService>, process_started: std::time::Instant) ->
     Ok(ExitCode::SUCCESS)
 }
 
+fn parse_decoding(text: &str) -> Result<qa_host::guest::Decoding, String> {
+    serde_json::from_value(serde_json::Value::from(text)).map_err(|_| format!("{text:?} is not `document` or `pipeline`"))
+}
+
 async fn eval(service: Arc<QaService>, args: EvalArgs) -> Result<ExitCode, Failure> {
-    let EvalArgs { file, model, limit, predictions } = args;
+    use qa_host::eval;
+    let EvalArgs { file, model, limit, sample, seed, haystack, decoding, predictions } = args;
     let bytes = std::fs::read(&file).with_context(|| file.display().to_string())?;
-    let mut questions = qa_host::eval::load_squad(&bytes).with_context(|| format!("{}: not SQuAD v1.1 JSON", file.display()))?;
-    if let Some(limit) = limit {
-        questions.truncate(limit);
+    let all = eval::load_squad(&bytes).with_context(|| format!("{}: not SQuAD v1.1 JSON", file.display()))?;
+    let mut questions = match sample {
+        Some(n) => eval::sample(&all, n, seed),
+        None => all.iter().take(limit.unwrap_or(usize::MAX)).cloned().collect(),
+    };
+    if haystack > 0 {
+        questions = eval::in_haystack(&questions, &all, haystack, seed);
     }
     let mut predicted = BTreeMap::new();
-    let report = qa_host::eval::evaluate(&service, &questions, model, &mut predicted).await;
+    let mut report = eval::evaluate(&service, &questions, model, decoding, &mut predicted).await;
+    report.haystack_bytes = haystack;
     if let Some(path) = predictions {
         let json = serde_json::to_vec_pretty(&predicted).context("predictions as JSON")?;
         std::fs::write(&path, json).with_context(|| path.display().to_string())?;

@@ -224,6 +224,7 @@ impl QaService {
             max_question_len: 64,
             handle_impossible: request.handle_impossible_answer.unwrap_or(false),
             max_windows: self.max_windows,
+            decoding: request.decoding.unwrap_or_default(),
         };
         Ok(Ready { name, model, model_loaded, options, deadline, started, fetched })
     }

@@ -21,6 +21,7 @@ use proptest::prelude::*;
 use proptest::strategy::LazyJust;
 use proptest::test_runner::TestCaseError;
 use qa_host::api::{AnswerSpan, ApiError, PhaseTimings, QaReply, QaRequest, QaResponse, limits};
+use qa_host::guest::Decoding;
 use qa_host::lambda::event::{Source, parse, respond};
 use serde_json::{Map, Value, json};
 use std::sync::LazyLock;
@@ -281,8 +282,10 @@ fn request() -> impl Strategy<Value = QaRequest> {
     let text = prop_oneof![3 => any::<String>(), 1 => prop::sample::select(STRINGS).prop_map(str::to_string)];
     let opt = || prop::option::of(prop_oneof![0u32..600, Just(u32::MAX)]);
     let questions = prop::option::weighted(0.2, prop::collection::vec(text.clone(), 1..4));
-    (text.clone(), questions, text, prop::option::of(string()), (opt(), opt(), prop::option::of(any::<bool>()), opt(), opt())).prop_map(
-        |(question, questions, context, model_type, (top_k, max_answer_len, handle, max_seq_len, doc_stride))| QaRequest {
+    let decoding = prop::option::of(prop_oneof![Just(Decoding::Document), Just(Decoding::Pipeline)]);
+    let options = (opt(), opt(), prop::option::of(any::<bool>()), opt(), opt(), decoding);
+    (text.clone(), questions, text, prop::option::of(string()), options).prop_map(
+        |(question, questions, context, model_type, (top_k, max_answer_len, handle, max_seq_len, doc_stride, decoding))| QaRequest {
             model_type,
             // `question` or `questions`, as a body carries them.
             question: if questions.is_some() { String::new() } else { question },
@@ -293,6 +296,7 @@ fn request() -> impl Strategy<Value = QaRequest> {
             handle_impossible_answer: handle,
             max_seq_len,
             doc_stride,
+            decoding,
         },
     )
 }

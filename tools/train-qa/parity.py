@@ -47,7 +47,8 @@ def start_host(host: str, guest: str, models: Path) -> tuple[subprocess.Popen, s
 
 
 def ask(base: str, q: dict) -> dict:
-    body = json.dumps({"model_type": "parity", "question": q["question"], "context": q["context"]}).encode()
+    # The pipeline's own decoding; the default (document) cuts and compares windows otherwise.
+    body = json.dumps({"model_type": "parity", "question": q["question"], "context": q["context"], "decoding": "pipeline"}).encode()
     req = urllib.request.Request(base + "/", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req) as resp:
         return json.loads(resp.read())

@@ -7,6 +7,7 @@ mod error;
 
 pub use error::ApiError;
 
+use crate::guest::Decoding;
 use serde::{Deserialize, Serialize};
 
 /// Limits on a request (documented in the README).
@@ -48,6 +49,10 @@ pub struct QaRequest {
     pub max_seq_len: Option<u32>,
     #[serde(default)]
     pub doc_stride: Option<u32>,
+    /// How answers of different windows compare: `document` (the default) or `window` (the
+    /// transformers pipeline's per-window scores).
+    #[serde(default)]
+    pub decoding: Option<Decoding>,
 }
 
 /// The body as written: `question` or `questions`, one of the two.
@@ -70,6 +75,8 @@ struct RawRequest {
     max_seq_len: Option<u32>,
     #[serde(default)]
     doc_stride: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decoding: Option<Decoding>,
 }
 
 impl From<QaRequest> for RawRequest {
@@ -85,6 +92,7 @@ impl From<QaRequest> for RawRequest {
             handle_impossible_answer: request.handle_impossible_answer,
             max_seq_len: request.max_seq_len,
             doc_stride: request.doc_stride,
+            decoding: request.decoding,
         }
     }
 }
@@ -109,6 +117,7 @@ impl TryFrom<RawRequest> for QaRequest {
             handle_impossible_answer: raw.handle_impossible_answer,
             max_seq_len: raw.max_seq_len,
             doc_stride: raw.doc_stride,
+            decoding: raw.decoding,
         })
     }
 }
@@ -126,6 +135,7 @@ impl QaRequest {
             handle_impossible_answer: None,
             max_seq_len: None,
             doc_stride: None,
+            decoding: None,
         }
     }
 

@@ -1,12 +1,15 @@
 //! The contract versions this host runs, and the one set of host-side types both map to.
 //!
-//! - `qa:extractive/qa@0.2.0` (`wit/qa.wit`): `prepare`, `ask`, `ask-many`;
+//! - `qa:extractive/qa@0.3.0` (`wit/qa.wit`): `prepare`, `ask`, `ask-many`, and the
+//!   `decoding` option;
+//! - `qa:extractive/qa@0.2.0` (`wit/deps/qa-extractive-0.2.0`): the same without `decoding`
+//!   (such a guest ranks as it was built to: the shipped 0.2 guest per window);
 //! - `qa:extractive/qa@0.1.0` (`wit/deps/qa-extractive-0.1.0`): `ask` only. Such a guest is
 //!   never pre-initialized (it would re-read its files through handles of the snapshotted
 //!   instance), so each request parses its files in a fresh instance, and several questions
 //!   are asked one by one.
 //!
-//! A swapped-in guest of either version runs without redeploying the host.
+//! A swapped-in guest of any of these versions runs without redeploying the host.
 
 use wasmtime::component::{Component, Instance, InstancePre};
 use wasmtime::{Engine, Store};
@@ -29,36 +32,59 @@ pub(crate) mod v2 {
     });
 }
 
+pub(crate) mod v3 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        inline: "package qa:host-v3; world runner { export qa:extractive/qa@0.3.0; }",
+        world: "qa:host-v3/runner",
+        exports: { default: async },
+    });
+}
+
 use v1::exports::qa::extractive0_1_0::qa as wit1;
 use v2::exports::qa::extractive0_2_0::qa as wit2;
+use v3::exports::qa::extractive0_3_0::qa as wit3;
 
 /// Which contract a guest exports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Version {
     V0_1,
     V0_2,
+    V0_3,
 }
 
 impl Version {
-    pub const V0_1_EXPORT: &str = "qa:extractive/qa@0.1.0";
-    pub const V0_2_EXPORT: &str = "qa:extractive/qa@0.2.0";
+    /// Every version this host runs, newest first, with the export that names it.
+    pub const KNOWN: [(Self, &str); 3] =
+        [(Self::V0_3, "qa:extractive/qa@0.3.0"), (Self::V0_2, "qa:extractive/qa@0.2.0"), (Self::V0_1, "qa:extractive/qa@0.1.0")];
 
     /// The newest contract `component` exports, if any.
     pub fn of(engine: &Engine, component: &Component) -> Option<Self> {
         let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
-        if exports.iter().any(|e| e == Self::V0_2_EXPORT) {
-            Some(Self::V0_2)
-        } else if exports.iter().any(|e| e == Self::V0_1_EXPORT) {
-            Some(Self::V0_1)
-        } else {
-            None
-        }
+        Self::KNOWN.into_iter().find(|(_, name)| exports.iter().any(|e| e == name)).map(|(version, _)| version)
+    }
+
+    /// The exports this host knows, for error messages.
+    pub fn known_exports() -> String {
+        Self::KNOWN.map(|(_, name)| name).join(", ")
     }
 
     /// Whether a guest of this version can be pre-initialized per model.
     pub fn prepares(self) -> bool {
-        self == Self::V0_2
+        self >= Self::V0_2
     }
+}
+
+/// How a long context is cut into windows and their answers compared (the WIT `decoding`,
+/// the request's `decoding`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decoding {
+    /// Windows cut at line ends, one softmax over the whole document.
+    #[default]
+    Document,
+    /// Exactly the transformers question-answering pipeline.
+    Pipeline,
 }
 
 /// Decoding options (the WIT `options` record).
@@ -73,6 +99,8 @@ pub struct Options {
     /// Windows the call may run, all questions together (0: no limit). Contract 0.1 guests
     /// do not know it; their calls are bounded by the deadline alone.
     pub max_windows: u32,
+    /// Contract 0.3 and later; older guests rank as they were built to.
+    pub decoding: Decoding,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -151,8 +179,9 @@ pub fn bound_text(text: String, limit: usize) -> String {
     format!("{}… [cut: {} more bytes]", &text[..end], text.len() - end)
 }
 
-/// The same conversions for both versions' generated types (structurally equal, but for what
-/// 0.2 added: `max-windows`, and the errors after the `$extra` variants).
+/// The same conversions for every version's generated types (structurally equal, but for
+/// what later versions added: the option `$field`s and the errors after the `$extra`
+/// variants).
 macro_rules! convert {
     ($wit:ident $(, $field:ident)* ; $($extra:ident),*) => {
         impl From<Options> for $wit::Options {
@@ -164,7 +193,7 @@ macro_rules! convert {
                     doc_stride: o.doc_stride,
                     max_question_len: o.max_question_len,
                     handle_impossible: o.handle_impossible,
-                    $($field: o.$field,)*
+                    $($field: o.$field.into(),)*
                 }
             }
         }
@@ -196,11 +225,22 @@ macro_rules! convert {
 }
 convert!(wit1;);
 convert!(wit2, max_windows; InvalidOption, TooManyWindows);
+convert!(wit3, max_windows, decoding; InvalidOption, TooManyWindows);
+
+impl From<Decoding> for wit3::Decoding {
+    fn from(decoding: Decoding) -> Self {
+        match decoding {
+            Decoding::Document => Self::Document,
+            Decoding::Pipeline => Self::Pipeline,
+        }
+    }
+}
 
 /// A component linked for one contract version, ready to instantiate.
 pub enum Linked<T: 'static> {
     V0_1(v1::RunnerPre<T>),
     V0_2(v2::RunnerPre<T>),
+    V0_3(v3::RunnerPre<T>),
 }
 
 impl<T: 'static> Clone for Linked<T> {
@@ -208,6 +248,7 @@ impl<T: 'static> Clone for Linked<T> {
         match self {
             Self::V0_1(pre) => Self::V0_1(pre.clone()),
             Self::V0_2(pre) => Self::V0_2(pre.clone()),
+            Self::V0_3(pre) => Self::V0_3(pre.clone()),
         }
     }
 }
@@ -217,6 +258,7 @@ impl<T: Send + 'static> Linked<T> {
         Ok(match version {
             Version::V0_1 => Self::V0_1(v1::RunnerPre::new(pre)?),
             Version::V0_2 => Self::V0_2(v2::RunnerPre::new(pre)?),
+            Version::V0_3 => Self::V0_3(v3::RunnerPre::new(pre)?),
         })
     }
 
@@ -224,6 +266,7 @@ impl<T: Send + 'static> Linked<T> {
         Ok(match self {
             Self::V0_1(pre) => Runner::V0_1(pre.instantiate_async(store).await?),
             Self::V0_2(pre) => Runner::V0_2(pre.instantiate_async(store).await?),
+            Self::V0_3(pre) => Runner::V0_3(pre.instantiate_async(store).await?),
         })
     }
 }
@@ -232,21 +275,27 @@ impl<T: Send + 'static> Linked<T> {
 pub enum Runner {
     V0_1(v1::Runner),
     V0_2(v2::Runner),
+    V0_3(v3::Runner),
 }
 
 type Call<T> = wasmtime::Result<Result<T, QaError>>;
 
 impl Runner {
-    /// The exports of an instance of a 0.2 component made from outside `InstancePre` (the
-    /// pre-initialization path instantiates the instrumented component itself).
-    pub fn v2<T>(store: &mut Store<T>, instance: &Instance) -> wasmtime::Result<Self> {
-        Ok(Self::V0_2(v2::Runner::new(store, instance)?))
+    /// The exports of an instance made from outside `InstancePre` (the pre-initialization
+    /// path instantiates the instrumented component itself).
+    pub fn of_instance<T>(version: Version, store: &mut Store<T>, instance: &Instance) -> wasmtime::Result<Self> {
+        Ok(match version {
+            Version::V0_1 => Self::V0_1(v1::Runner::new(store, instance)?),
+            Version::V0_2 => Self::V0_2(v2::Runner::new(store, instance)?),
+            Version::V0_3 => Self::V0_3(v3::Runner::new(store, instance)?),
+        })
     }
 
     pub async fn prepare<T: Send>(&self, store: &mut Store<T>, model: &str) -> Call<()> {
         match self {
             Self::V0_1(_) => Ok(Ok(())),
             Self::V0_2(r) => Ok(r.qa_extractive0_2_0_qa().call_prepare(store, model).await?.map_err(QaError::from)),
+            Self::V0_3(r) => Ok(r.qa_extractive0_3_0_qa().call_prepare(store, model).await?.map_err(QaError::from)),
         }
     }
 
@@ -264,10 +313,16 @@ impl Runner {
                 .await?
                 .map(Into::into)
                 .map_err(Into::into),
+            Self::V0_3(r) => r
+                .qa_extractive0_3_0_qa()
+                .call_ask(store, model, question, context, options.into())
+                .await?
+                .map(Into::into)
+                .map_err(Into::into),
         })
     }
 
-    /// Several questions over one context: in one call (0.2), or one by one in this same
+    /// Several questions over one context: in one call (0.2 and later), or one by one in this same
     /// instance (0.1; the questions belong to one request, so sharing the instance is safe).
     pub async fn ask_many<T: Send>(
         &self,
@@ -288,6 +343,10 @@ impl Runner {
             }
             Self::V0_2(r) => {
                 let results = r.qa_extractive0_2_0_qa().call_ask_many(store, model, questions, context, options.into()).await?;
+                Ok(results.map(|all| all.into_iter().map(|one| one.map(Into::into).map_err(Into::into)).collect()).map_err(Into::into))
+            }
+            Self::V0_3(r) => {
+                let results = r.qa_extractive0_3_0_qa().call_ask_many(store, model, questions, context, options.into()).await?;
                 Ok(results.map(|all| all.into_iter().map(|one| one.map(Into::into).map_err(Into::into)).collect()).map_err(Into::into))
             }
         }

@@ -24,7 +24,7 @@ mod prepare;
 mod swap;
 
 pub use cache::{Artifacts, CacheError, Origin, SIGNING_KEY_VAR, artifact_path, shipped_artifact_path, write_shipped_artifact};
-pub use contract::{Answer, Options, QaError as GuestQaError, Response, Timings, Version, bound_text};
+pub use contract::{Answer, Decoding, Options, QaError as GuestQaError, Response, Timings, Version, bound_text};
 pub use swap::{SwappableGuest, resolve_guest};
 
 use crate::nn::{Model, NnLimits, NnState, NnView};
@@ -56,7 +56,7 @@ const MAX_HANDLES: usize = 4096;
 pub enum GuestError {
     #[error(transparent)]
     Load(#[from] CacheError),
-    #[error("guest could not be linked or instantiated (does it export qa:extractive/qa@0.2.0 or @0.1.0?): {0}")]
+    #[error("guest could not be linked or instantiated (does it export qa:extractive/qa@0.3.0, @0.2.0 or @0.1.0?): {0}")]
     Instantiate(String),
     #[error("models directory {path} cannot be mounted: {reason}")]
     Mount { path: PathBuf, reason: String },
@@ -165,7 +165,7 @@ impl GuestRuntime {
                 .map_err(|e| GuestError::Instantiate(format!("compiling: {e}")))??
         };
         let version = Version::of(&engine, &component)
-            .ok_or_else(|| GuestError::Instantiate(format!("it exports neither {} nor {}", Version::V0_2_EXPORT, Version::V0_1_EXPORT)))?;
+            .ok_or_else(|| GuestError::Instantiate(format!("it exports none of {}", Version::known_exports())))?;
         let linker = Self::linker(&engine)?;
         let base = Self::link(&linker, version, &component)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));

@@ -102,7 +102,7 @@ pub(super) async fn snapshot(runtime: &GuestRuntime, name: &str, dir: &Path) -> 
     let mut store = runtime.store(Some((name, dir)), NnState::new(None, runtime.settings.nn), deadline)?;
     let initialized = tokio::time::timeout(deadline, async {
         let instance = runtime.linker.instantiate_async(&mut store, instrumented).await?;
-        let runner = Runner::v2(&mut store, &instance)?;
+        let runner = Runner::of_instance(runtime.version, &mut store, &instance)?;
         let prepared = runner.prepare(&mut store, name).await?;
         Ok::<_, wasmtime::Error>((instance, prepared))
     })
