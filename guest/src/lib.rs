@@ -47,10 +47,11 @@ pub struct Options {
 /// Both give the same answers for a context that fits one window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decoding {
-    /// Windows end at a line start that falls in their overlap, so paragraphs are seen whole
-    /// ([`tokenize::line_pieces`]), and one softmax of start logits and one of end logits run
-    /// over all windows' tokens together ([`score::document_weights`]): a span's score is its
-    /// probability in the whole document, so answers of different windows compare.
+    /// Each window holds one paragraph ([`tokenize::window_ranges`]), and spans of different
+    /// windows compare by their odds against their own window's "no answer"
+    /// ([`score::odds_against_no_answer`]): a window whose model finds no answer in it gives
+    /// its best span low odds. Over several windows the score is `odds / (1 + odds)`; a
+    /// context of one window scores as `Pipeline`.
     Document,
     /// Exactly the transformers question-answering pipeline: windows overlap by `doc_stride`
     /// wherever they fall, and each window is soft-maxed on its own (every window's best span

@@ -2,7 +2,7 @@
 
 use crate::extract::collect_answers;
 use crate::infer::QaModel;
-use crate::score::{TokenSpan, WindowScores, document_weights, score_window};
+use crate::score::{TokenSpan, WindowScores, odds_against_no_answer, score_window};
 use crate::tokenize::{Question, cut_windows, encode_context, encode_question, min_tokens, window_count, window_ranges};
 use crate::window::{Batch, Window};
 use crate::{Answered, Decoding, Options, QaError, Timings};
@@ -137,9 +137,14 @@ pub fn answer_many(
         .map(|(q, windows)| {
             let windows = windows.as_ref().map_err(Clone::clone)?;
             let started = Instant::now();
-            let (spans, null_score) = rank(std::mem::take(&mut scored_windows[q]), options.decoding);
+            let scored = std::mem::take(&mut scored_windows[q]);
+            let as_odds = options.decoding == Decoding::Document && scored.len() > 1;
+            let (spans, null_score) = rank(scored, options.decoding);
             let null_score = null_score.filter(|_| options.handle_impossible);
-            let answers = collect_answers(context, spans, null_score, options.top_k);
+            let mut answers = collect_answers(context, spans, null_score, options.top_k);
+            if as_odds {
+                odds_to_probability(&mut answers);
+            }
             let timings = Timings {
                 tokenize_us,
                 inference_us: inference_us[q],
@@ -175,24 +180,28 @@ fn batches<'w>(windows: Vec<(usize, &'w Window)>, options: &Options) -> Vec<Vec<
 }
 
 /// A question's spans from all its windows, scored as `decoding` says, and its "no answer"
-/// score: with `Pipeline`, the reference's (the least over windows); with `Document`, the
-/// classifier token's probability summed over windows.
+/// score. `Pipeline`, and any context of one window: the reference's probabilities, "no
+/// answer" the least over windows. `Document` over several windows: each span's odds against
+/// its window's "no answer" ([`odds_against_no_answer`]), "no answer" at even odds (it wins
+/// when no span is likelier than its own window's "no answer"); [`odds_to_probability`] turns
+/// the merged odds into scores.
 fn rank(scored: Vec<(&Window, WindowScores)>, decoding: Decoding) -> (Vec<(&Window, TokenSpan)>, Option<f64>) {
-    let weights = match decoding {
-        Decoding::Pipeline => vec![1.0; scored.len()],
-        Decoding::Document => document_weights(&scored.iter().map(|(_, s)| s.mass).collect::<Vec<_>>()),
-    };
-    let nulls = scored.iter().zip(&weights).filter_map(|((_, s), w)| s.null_score.map(|n| f64::from(n) * w));
-    let null_score = match decoding {
-        Decoding::Pipeline => nulls.reduce(f64::min),
-        Decoding::Document => nulls.reduce(|a, b| a + b),
-    };
-    let spans = scored
-        .into_iter()
-        .zip(weights)
-        .flat_map(|((window, s), weight)| s.spans.into_iter().map(move |span| (window, TokenSpan { score: span.score * weight, ..span })))
-        .collect();
+    if decoding == Decoding::Pipeline || scored.len() == 1 {
+        let null_score = scored.iter().filter_map(|(_, s)| s.null_score.map(f64::from)).reduce(f64::min);
+        let spans = scored.into_iter().flat_map(|(window, s)| s.spans.into_iter().map(move |span| (window, span))).collect();
+        return (spans, null_score);
+    }
+    let null_score = scored.iter().any(|(_, s)| s.null_score.is_some()).then_some(1.0);
+    let spans = scored.into_iter().flat_map(|(window, s)| odds_against_no_answer(s).into_iter().map(move |span| (window, span))).collect();
     (spans, null_score)
+}
+
+/// Odds `o` as the probability `o / (1 + o)`: a span's chance against its window's "no answer"
+/// alone, in [0, 1) and in the same order as the odds.
+fn odds_to_probability(answers: &mut [crate::Answer]) {
+    for answer in answers {
+        answer.score = if answer.score.is_infinite() { 1.0 } else { answer.score / (1.0 + answer.score) };
+    }
 }
 
 /// Stages 1 and 2 for one question: checks the request, fits `options` to the model, and

@@ -6,10 +6,11 @@
 //! `p_start * p_end` is the "no answer" score and is then zeroed; a span `s..=e` scores
 //! `p_start[s] * p_end[e]` when both ends are context tokens and `e - s < max_answer_len`.
 //!
-//! Each window also reports its softmax denominators ([`WindowScores::mass`]),
-//! so that [`document_weights`] can turn per-window scores into one softmax over the whole
-//! document, where scores of different windows compare (the original BERT SQuAD code's
-//! ranking by `start_logit + end_logit`, kept as probabilities).
+//! Scores of different windows do not compare: every window's best span scores high, even in a
+//! window without the answer. [`odds_against_no_answer`] makes them compare: a span's
+//! probability over its window's "no answer" probability, `exp(s + e - cls_s - cls_e)` in
+//! logits, the span's score relative to the classifier token as the original BERT SQuAD code
+//! ranks spans of different windows.
 
 /// A span of token positions inside one window, `end` inclusive.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -17,7 +18,7 @@ pub struct TokenSpan {
     pub start: usize,
     pub end: usize,
     /// `p_start * p_end`, computed in f32 as the reference does, kept in f64 so that
-    /// re-weighting for the document ([`document_weights`]) does not underflow.
+    /// [`odds_against_no_answer`] does not overflow.
     pub score: f64,
 }
 
@@ -26,17 +27,6 @@ pub struct TokenSpan {
 pub struct WindowScores {
     pub spans: Vec<TokenSpan>,
     pub null_score: Option<f32>,
-    /// `Σ exp(logit)` over the tokens the start and the end softmax ran on (context tokens
-    /// and the classifier token): how much the window's unnormalized scores weigh.
-    pub mass: (Mass, Mass),
-}
-
-/// A softmax denominator `sum · e^max`, kept in two parts so that logits as large as f32
-/// allows neither overflow nor lose the sum to rounding.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Mass {
-    pub max: f64,
-    pub sum: f64,
 }
 
 const MASKED_LOGIT: f32 = -10_000.0;
@@ -53,8 +43,8 @@ pub fn score_window(
 ) -> WindowScores {
     let n = in_context.len().min(start_logits.len()).min(end_logits.len());
     let keep = |i: usize| in_context[i] || cls_index == Some(i);
-    let (mut p_start, start_mass) = softmax((0..n).map(|i| if keep(i) { start_logits[i] } else { MASKED_LOGIT }));
-    let (mut p_end, end_mass) = softmax((0..n).map(|i| if keep(i) { end_logits[i] } else { MASKED_LOGIT }));
+    let mut p_start = softmax((0..n).map(|i| if keep(i) { start_logits[i] } else { MASKED_LOGIT }));
+    let mut p_end = softmax((0..n).map(|i| if keep(i) { end_logits[i] } else { MASKED_LOGIT }));
     let null_score = cls_index.filter(|&c| c < n).map(|c| {
         let score = p_start[c] * p_end[c];
         p_start[c] = 0.0;
@@ -72,28 +62,28 @@ pub fn score_window(
     // Stable: equal scores keep start-major order, as the reference's argmax does.
     spans.sort_by(|a, b| b.score.total_cmp(&a.score));
     spans.truncate(top_k);
-    WindowScores { spans, null_score, mass: (start_mass, end_mass) }
+    WindowScores { spans, null_score }
 }
 
-/// Each window's share of the whole document's mass: a window's span score times its weight
-/// is that span's probability under one softmax of start logits and one of end logits over
-/// all windows' tokens together. The weights sum to at most one.
-pub fn document_weights(masses: &[(Mass, Mass)]) -> Vec<f64> {
-    let shares = |part: fn(&(Mass, Mass)) -> Mass| {
-        let top = masses.iter().map(|m| part(m).max).fold(f64::NEG_INFINITY, f64::max);
-        let scaled: Vec<f64> = masses.iter().map(|m| part(m).sum * (part(m).max - top).exp()).collect();
-        let total: f64 = scaled.iter().sum();
-        scaled.into_iter().map(move |x| x / total)
-    };
-    shares(|m| m.0).zip(shares(|m| m.1)).map(|(start, end)| start * end).collect()
+/// Smallest "no answer" probability divided by: one that underflowed to zero would make every
+/// span of its window infinitely likely.
+const MIN_NULL: f64 = 1e-30;
+
+/// A window's spans scored by their odds against the window's "no answer": each span's
+/// probability over the classifier token's. A window whose model puts its mass on "no answer"
+/// (the answer is elsewhere) gives small odds to its best span; a window without a classifier
+/// token keeps its probabilities.
+pub fn odds_against_no_answer(scored: WindowScores) -> Vec<TokenSpan> {
+    let null = scored.null_score.map_or(1.0, |null| f64::from(null).max(MIN_NULL));
+    scored.spans.into_iter().map(|span| TokenSpan { score: span.score / null, ..span }).collect()
 }
 
-/// The softmax (in f32, as the reference) and its denominator.
-fn softmax(logits: impl Iterator<Item = f32> + Clone) -> (Vec<f32>, Mass) {
+/// The softmax, in f32 as the reference computes it.
+fn softmax(logits: impl Iterator<Item = f32> + Clone) -> Vec<f32> {
     let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
     let exp: Vec<f32> = logits.map(|x| (x - max).exp()).collect();
     let sum: f32 = exp.iter().sum();
-    (exp.into_iter().map(|x| x / sum).collect(), Mass { max: f64::from(max), sum: f64::from(sum) })
+    exp.into_iter().map(|x| x / sum).collect()
 }
 
 #[cfg(test)]
@@ -154,27 +144,23 @@ mod tests {
     }
 
     #[test]
-    fn document_weights_make_one_softmax_over_all_windows() {
-        // Two windows: the second has the larger logits, so its best span must win once
-        // weighted, although each window alone gives its best span a similar probability.
-        let quiet = [0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0];
-        let loud = [0.0, 0.0, 0.0, 0.0, 9.0, 7.0, 7.0, 7.0, 0.0];
-        let a = score_window(&quiet, &quiet, &CTX, Some(0), 1, 15);
-        let b = score_window(&loud, &loud, &CTX, Some(0), 1, 15);
-        let weights = document_weights(&[a.mass, b.mass]);
-        assert!(weights.iter().sum::<f64>() <= 1.0, "{weights:?}");
-        let joint = |w: &WindowScores, x: &[f64]| w.spans[0].score * x[0];
-        assert!(joint(&b, &weights[1..]) > joint(&a, &weights[..1]) * 100.0, "{weights:?}");
-        // The weighted score is exactly exp(s + e) over both windows' masses.
-        let z = |m: Mass| m.sum * m.max.exp();
-        let (zs, ze) = (z(a.mass.0) + z(b.mass.0), z(a.mass.1) + z(b.mass.1));
-        assert!((joint(&b, &weights[1..]) - (9.0f64 + 9.0).exp() / (zs * ze)).abs() < 1e-6);
-        // One window: weight one, scores unchanged.
-        assert!((document_weights(&[b.mass])[0] - 1.0).abs() < 1e-12);
-        // Logits as large as f32 allows: two equal windows share the mass, neither overflows.
-        let huge = [0.0, 0.0, 0.0, 0.0, f32::MAX, f32::MAX, 0.0, 0.0, 0.0];
-        let h = score_window(&huge, &huge, &CTX, Some(0), 1, 15);
-        assert_eq!(document_weights(&[h.mass, h.mass]), [0.25, 0.25]);
+    fn odds_against_no_answer_compare_windows() {
+        // Two windows whose best spans have the same probability within their window; the
+        // second's model puts its remaining mass on "no answer", the first's elsewhere.
+        let answer_here = [0.0, 0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 5.0, 0.0];
+        let answer_elsewhere = [6.0, 0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 0.0, 0.0];
+        let here = score_window(&answer_here, &answer_here, &CTX, Some(0), 1, 15);
+        let elsewhere = score_window(&answer_elsewhere, &answer_elsewhere, &CTX, Some(0), 1, 15);
+        let (here, elsewhere) = (odds_against_no_answer(here)[0], odds_against_no_answer(elsewhere)[0]);
+        assert!(here.score > 100.0 * elsewhere.score, "{here:?} {elsewhere:?}");
+        // In logits: exp(s + e - cls_s - cls_e).
+        assert!((elsewhere.score - 1.0).abs() < 1e-5, "equal logits, even odds: {elsewhere:?}");
+        assert!((here.score - (12f64).exp()).abs() / (12f64).exp() < 1e-4, "{here:?}");
+        // No classifier token: the probabilities stay; a vanished one does not divide by zero.
+        let plain = score_window(&answer_here, &answer_here, &CTX, None, 1, 15);
+        assert_eq!(odds_against_no_answer(plain.clone())[0].score, plain.spans[0].score);
+        let tiny = WindowScores { null_score: Some(0.0), ..plain };
+        assert!(odds_against_no_answer(tiny)[0].score.is_finite());
     }
 
     #[test]

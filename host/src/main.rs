@@ -105,7 +105,7 @@ struct EvalArgs {
     haystack: usize,
     /// How windows are cut and compared (`document` or `pipeline`); the request
     /// default when absent.
-    #[arg(long, value_parser = parse_decoding)]
+    #[arg(long, value_parser = qa_host::guest::Decoding::from_name)]
     decoding: Option<qa_host::guest::Decoding>,
     /// Write {id: answer} predictions here (the official script's format).
     #[arg(long)]
@@ -243,10 +243,6 @@ async fn serve(service: Arc<QaService>, addr: SocketAddr, config: &HostConfig) -
 async fn lambda(service: Arc<QaService>, process_started: std::time::Instant) -> Result<ExitCode, Failure> {
     qa_host::lambda::run(service, process_started).await.map_err(|e| anyhow!(e).context("lambda runtime"))?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn parse_decoding(text: &str) -> Result<qa_host::guest::Decoding, String> {
-    serde_json::from_value(serde_json::Value::from(text)).map_err(|_| format!("{text:?} is not `document` or `pipeline`"))
 }
 
 async fn eval(service: Arc<QaService>, args: EvalArgs) -> Result<ExitCode, Failure> {

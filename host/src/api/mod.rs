@@ -75,8 +75,10 @@ struct RawRequest {
     max_seq_len: Option<u32>,
     #[serde(default)]
     doc_stride: Option<u32>,
+    /// A string here, parsed in `try_from`: serde_json reports a non-string where an enum is
+    /// expected as a syntax error, which would make `"decoding": true` a `bad_json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    decoding: Option<Decoding>,
+    decoding: Option<String>,
 }
 
 impl From<QaRequest> for RawRequest {
@@ -92,7 +94,7 @@ impl From<QaRequest> for RawRequest {
             handle_impossible_answer: request.handle_impossible_answer,
             max_seq_len: request.max_seq_len,
             doc_stride: request.doc_stride,
-            decoding: request.decoding,
+            decoding: request.decoding.map(|d| d.name().to_string()),
         }
     }
 }
@@ -117,7 +119,7 @@ impl TryFrom<RawRequest> for QaRequest {
             handle_impossible_answer: raw.handle_impossible_answer,
             max_seq_len: raw.max_seq_len,
             doc_stride: raw.doc_stride,
-            decoding: raw.decoding,
+            decoding: raw.decoding.as_deref().map(Decoding::from_name).transpose()?,
         })
     }
 }
@@ -429,6 +431,20 @@ mod tests {
     fn negative_numbers_are_field_errors() {
         let err = QaRequest::from_json(br#"{"question":"q","context":"c","top_k":-1}"#).unwrap_err();
         assert_eq!(err.code(), "invalid_field");
+    }
+
+    #[test]
+    fn decoding_is_document_or_pipeline_and_round_trips() {
+        let parse = |body: &str| QaRequest::from_json(body.as_bytes());
+        assert_eq!(parse(r#"{"question":"q","context":"c"}"#).unwrap().decoding, None);
+        let pipeline = parse(r#"{"question":"q","context":"c","decoding":"pipeline"}"#).unwrap();
+        assert_eq!(pipeline.decoding, Some(Decoding::Pipeline));
+        assert_eq!(serde_json::to_value(&pipeline).unwrap()["decoding"], "pipeline");
+        for bad in [r#""window""#, "true", "1", r#"["document"]"#] {
+            let err = parse(&format!(r#"{{"question":"q","context":"c","decoding":{bad}}}"#)).unwrap_err();
+            assert_eq!(err.code(), "invalid_field", "{bad}: {err}");
+        }
+        assert!(parse(r#"{"question":"q","context":"c","decoding":"window"}"#).unwrap_err().to_string().contains(r#"got "window""#));
     }
 
     #[test]

@@ -77,14 +77,33 @@ impl Version {
 
 /// How a long context is cut into windows and their answers compared (the WIT `decoding`,
 /// the request's `decoding`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decoding {
-    /// Windows cut at line ends, one softmax over the whole document.
+    /// One paragraph per window; windows compared by their spans' odds against "no answer".
     #[default]
     Document,
     /// Exactly the transformers question-answering pipeline.
     Pipeline,
+}
+
+impl Decoding {
+    pub const ALL: [Self; 2] = [Self::Document, Self::Pipeline];
+
+    /// The name requests use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Document => "document",
+            Self::Pipeline => "pipeline",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| format!("decoding must be \"document\" or \"pipeline\", got {name:?}"))
+    }
 }
 
 /// Decoding options (the WIT `options` record).
