@@ -76,6 +76,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5, help="timed requests per size (after one untimed)")
     p.add_argument("--squad", type=Path, default=DEV)
     p.add_argument("--qa-host", type=Path, default=ROOT / "target/release/qa-host")
+    p.add_argument("--decodings", default="document,pipeline",
+                   help="the request's `decoding` values to measure, each size with each, side by side")
     args = p.parse_args()
     if not args.squad.is_file():
         sys.exit(f"{args.squad} not found: run `bash tools/train-qa/run.sh` once, or give --squad")
@@ -84,9 +86,9 @@ def main() -> None:
     proc, base = start(args.qa_host, env)
     rows = []
     try:
-        for size_kb in [int(s) for s in args.sizes.split(",")]:
+        for size_kb, decoding in [(int(s), d) for s in args.sizes.split(",") for d in args.decodings.split(",")]:
             context = document(args.squad, sample["context"], size_kb * 1000)
-            body = {"question": sample["question"], "context": context}
+            body = {"question": sample["question"], "context": context, "decoding": decoding}
             ask(base, body)
             samples, last = [], None
             for _ in range(args.runs):
@@ -95,14 +97,14 @@ def main() -> None:
                 if status == 200:
                     samples.append(dict(reply["timings_ms"], wall=wall))
             status, reply = last
-            row = {"size": len(context.encode()), "status": status, "windows": reply.get("windows"),
+            row = {"size": len(context.encode()), "decoding": decoding, "status": status, "windows": reply.get("windows"),
                    "answer": reply.get("Answer", reply.get("error", {}).get("code")), "score": reply.get("score")}
             for phase in PHASES + ("wall",):
                 # An older host reports no `decode`: shown as "–".
                 values = [s[phase] for s in samples if phase in s]
                 row[phase] = statistics.median(values) if values else None
             rows.append(row)
-            print(f"[long_docs] {size_kb} KB done", file=sys.stderr, flush=True)
+            print(f"[long_docs] {size_kb} KB {decoding} done", file=sys.stderr, flush=True)
         # The documented maximum context that needs more windows than the budget: refused
         # before inference.
         flood = {"question": sample["question"], "context": "a " * 100_000}
@@ -114,12 +116,12 @@ def main() -> None:
         proc.kill()
         proc.wait()
     model_mib = (ROOT / "models/nlp1/model.onnx").stat().st_size / 2**20
-    print("| document | status | windows | tokenize ms | inference ms | decode ms | guest ms | total ms | answer (score) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| document | decoding | status | windows | tokenize ms | inference ms | decode ms | guest ms | total ms | answer (score) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda x: "–" if x is None else f"{x:,.1f}"  # noqa: E731
     for r in rows:
         answer = f"{r['answer']!r}" + (f" ({r['score']:.3f})" if isinstance(r["score"], float) else "")
-        print(f"| {r['size']:,} B | {r['status']} | {r['windows']} | {fmt(r['tokenize'])} | {fmt(r['inference'])} | "
+        print(f"| {r['size']:,} B | {r['decoding']} | {r['status']} | {r['windows']} | {fmt(r['tokenize'])} | {fmt(r['inference'])} | "
               f"{fmt(r['decode'])} | {fmt(r['guest'])} | {fmt(r['total'])} | {answer} |")
     print(f"\n200,000 bytes of \"a \" (the maximum context): {refused[0]} {refused[1]} after {refused[2]:.1f} ms (median wall, client included)")
     print(f"peak RSS of the server: {rss:.0f} MiB (target: under model {model_mib:.0f} MiB + 150 MB = {model_mib + 143:.0f} MiB)")

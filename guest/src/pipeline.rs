@@ -239,35 +239,37 @@ pub fn windows_many(
         options.max_seq_len = options.max_seq_len.min(max);
     }
     let encoded: Vec<Result<Question, QaError>> = questions.iter().map(|q| encode_question(tokenizer, q, &options)).collect();
-    // At least this many windows for a context of at least `tokens` tokens: the pipeline's
-    // count grows with the tokens; paragraphs on their own need at least one window per
-    // `room` tokens.
-    let windows_for = |tokens: usize| -> usize {
+    // The budget counts windows of `max_seq_len` tokens; shorter windows (a paragraph each)
+    // count for their share, since inference time follows the tokens. At least this much for
+    // a context of at least `tokens` tokens: the pipeline's windows are full but for the
+    // last, and every context token is in some window with the question.
+    let full = options.max_seq_len;
+    let at_least = |tokens: usize| -> usize {
         encoded
             .iter()
             .flatten()
             .map(|q| match options.decoding {
                 Decoding::Pipeline => window_count(tokens, q.room, options.doc_stride),
-                Decoding::Document => tokens.div_ceil(q.room).max(1),
+                Decoding::Document => (tokens + full - q.room).div_ceil(full),
             })
             .sum()
     };
     let over_budget = |windows: usize, how: &str| {
         (options.max_windows > 0 && windows > options.max_windows).then(|| {
             QaError::TooManyWindows(format!(
-                "the context needs {how}{windows} windows of {} tokens for {} question(s); the limit is {}",
-                options.max_seq_len,
+                "the context needs {how}{windows} windows of {full} tokens for {} question(s); the limit is {}",
                 encoded.iter().flatten().count(),
                 options.max_windows
             ))
         })
     };
-    if let Some(refused) = over_budget(windows_for(min_tokens(context)), "at least ") {
+    if let Some(refused) = over_budget(at_least(min_tokens(context)), "at least ") {
         return Err(refused);
     }
     let context = encode_context(tokenizer, context)?;
-    let exact: usize = encoded.iter().flatten().map(|q| window_ranges(&context, q.room, &options).len()).sum();
-    if let Some(refused) = over_budget(exact, "") {
+    let window_tokens: usize =
+        encoded.iter().flatten().flat_map(|q| window_ranges(&context, q.room, &options).into_iter().map(|r| r.len() + full - q.room)).sum();
+    if let Some(refused) = over_budget(window_tokens.div_ceil(full), "") {
         return Err(refused);
     }
     let windows = encoded
@@ -352,6 +354,24 @@ mod tests {
         let exact = Options { max_windows: needed, ..options };
         answer(&tok, &BERT_PROFILE, &mut model, "when", &context, &exact).unwrap();
         assert!(model.calls > calls, "at the budget it runs");
+    }
+
+    #[test]
+    fn the_window_budget_counts_short_paragraph_windows_by_their_tokens() {
+        let tok = tiny_tokenizer();
+        let paragraph = "a b c d e f g h ".repeat(9); // 72 tokens
+        let context = vec![paragraph; 10].join("\n\n");
+        let options = Options { max_seq_len: 128, doc_stride: 32, ..Options::default() };
+        let (_, windows) = windows(&tok, &BERT_PROFILE, "when", &context, &options).unwrap();
+        assert_eq!(windows.len(), 10, "one window a paragraph");
+        // Ten windows of 72 + 4 tokens are 760 tokens: 6 windows' worth of 128.
+        let budget = |max_windows| Options { max_windows, ..options };
+        assert!(windows_many(&tok, &BERT_PROFILE, &["when"], &context, &budget(6)).is_ok());
+        let err = windows_many(&tok, &BERT_PROFILE, &["when"], &context, &budget(5)).unwrap_err();
+        assert!(matches!(&err, QaError::TooManyWindows(m) if m.contains("6 windows of 128 tokens")), "{err:?}");
+        // The pipeline's overlapping full windows over the same tokens need more.
+        let pipeline = Options { decoding: Decoding::Pipeline, ..budget(6) };
+        assert!(matches!(windows_many(&tok, &BERT_PROFILE, &["when"], &context, &pipeline), Err(QaError::TooManyWindows(_))));
     }
 
     #[test]
