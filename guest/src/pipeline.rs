@@ -197,10 +197,12 @@ fn rank(scored: Vec<(&Window, WindowScores)>, decoding: Decoding) -> (Vec<(&Wind
 }
 
 /// Odds `o` as the probability `o / (1 + o)`: a span's chance against its window's "no answer"
-/// alone, in [0, 1) and in the same order as the odds.
+/// alone, in [0, 1]. Computed as `1 - 1 / (1 + o)`, each step of which rounds monotonically,
+/// so the answers stay in the odds' order (`o / (1 + o)` rounds two values apart and can swap
+/// neighbours near 1).
 fn odds_to_probability(answers: &mut [crate::Answer]) {
     for answer in answers {
-        answer.score = if answer.score.is_infinite() { 1.0 } else { answer.score / (1.0 + answer.score) };
+        answer.score = 1.0 - 1.0 / (1.0 + answer.score);
     }
 }
 
@@ -243,7 +245,7 @@ pub fn windows_many(
     // count for their share, since inference time follows the tokens. At least this much for
     // a context of at least `tokens` tokens: the pipeline's windows are full but for the
     // last, and every context token is in some window with the question.
-    let full = options.max_seq_len;
+    let full = options.max_seq_len.max(1);
     let at_least = |tokens: usize| -> usize {
         encoded
             .iter()

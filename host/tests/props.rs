@@ -54,7 +54,12 @@ struct CorpusBody {
 static CORPUS: LazyLock<Vec<CorpusBody>> = LazyLock::new(|| {
     ["fuzz/host-bodies.json", "bad-requests.json"]
         .into_iter()
-        .flat_map(|file| fixture(file)["cases"].as_array().cloned().unwrap_or_default())
+        // A file without cases would silently test nothing: refuse it.
+        .flat_map(|file| {
+            let cases = fixture(file)["cases"].as_array().cloned().unwrap_or_default();
+            assert!(!cases.is_empty(), "fixtures/{file} has no \"cases\"");
+            cases
+        })
         .map(|case| CorpusBody {
             name: case["name"].as_str().unwrap_or_default().to_string(),
             body: case["body"].as_str().expect("every corpus case has a string body").to_string(),
