@@ -137,9 +137,7 @@ pub fn answer_many(
         .map(|(q, windows)| {
             let windows = windows.as_ref().map_err(Clone::clone)?;
             let started = Instant::now();
-            let scored = std::mem::take(&mut scored_windows[q]);
-            let as_odds = options.decoding == Decoding::Document && scored.len() > 1;
-            let (spans, null_score) = rank(scored, options.decoding);
+            let Ranked { spans, null_score, as_odds } = rank(std::mem::take(&mut scored_windows[q]), options.decoding);
             let null_score = null_score.filter(|_| options.handle_impossible);
             let mut answers = collect_answers(context, spans, null_score, options.top_k);
             if as_odds {
@@ -185,15 +183,22 @@ fn batches<'w>(windows: Vec<(usize, &'w Window)>, options: &Options) -> Vec<Vec<
 /// its window's "no answer" ([`odds_against_no_answer`]), "no answer" at even odds (it wins
 /// when no span is likelier than its own window's "no answer"); [`odds_to_probability`] turns
 /// the merged odds into scores.
-fn rank(scored: Vec<(&Window, WindowScores)>, decoding: Decoding) -> (Vec<(&Window, TokenSpan)>, Option<f64>) {
+fn rank(scored: Vec<(&Window, WindowScores)>, decoding: Decoding) -> Ranked<'_> {
     if decoding == Decoding::Pipeline || scored.len() == 1 {
         let null_score = scored.iter().filter_map(|(_, s)| s.null_score.map(f64::from)).reduce(f64::min);
         let spans = scored.into_iter().flat_map(|(window, s)| s.spans.into_iter().map(move |span| (window, span))).collect();
-        return (spans, null_score);
+        return Ranked { spans, null_score, as_odds: false };
     }
     let null_score = scored.iter().any(|(_, s)| s.null_score.is_some()).then_some(1.0);
     let spans = scored.into_iter().flat_map(|(window, s)| odds_against_no_answer(s).into_iter().map(move |span| (window, span))).collect();
-    (spans, null_score)
+    Ranked { spans, null_score, as_odds: true }
+}
+
+/// What [`rank`] gives: the spans, the "no answer" score, and whether both are odds.
+struct Ranked<'w> {
+    spans: Vec<(&'w Window, TokenSpan)>,
+    null_score: Option<f64>,
+    as_odds: bool,
 }
 
 /// Odds `o` as the probability `o / (1 + o)`: a span's chance against its window's "no answer"
