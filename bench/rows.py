@@ -8,8 +8,8 @@ this project, under the runner protocol of bench/README.md.
                      options) + tokenizers.Tokenizer.from_file(--model-dir/tokenizer.json),
                      decoding in numpy
 
-Both use the transformers pipeline defaults, which are also the project's: max_seq_len 384,
-doc_stride 128, max_answer_len 15, top_k 1, max_question_len 64.
+Both use the transformers pipeline defaults, which are also the project's (read from
+guest/options/defaults.json): max_seq_len, doc_stride, max_answer_len, top_k, max_question_len.
 
     python bench/rows.py --row onnx --model-dir models/nlp1 --inputs inputs.json --iters 20
 
@@ -28,11 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-TOP_K = 1
-MAX_ANSWER_LEN = 15
-MAX_SEQ_LEN = 384
-DOC_STRIDE = 128
-MAX_QUESTION_LEN = 64
+# The project's defaults, from its one list of them.
+DEFAULTS = json.loads((Path(__file__).resolve().parent.parent / "guest/options/defaults.json").read_text())
+TOP_K = DEFAULTS["top_k"]
+MAX_ANSWER_LEN = DEFAULTS["max_answer_len"]
+MAX_SEQ_LEN = DEFAULTS["max_seq_len"]
+DOC_STRIDE = DEFAULTS["doc_stride"]
+MAX_QUESTION_LEN = DEFAULTS["max_question_len"]
 
 
 def emit(obj: dict) -> None:

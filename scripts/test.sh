@@ -10,9 +10,9 @@ source scripts/env.sh
 for tool in rustfmt clippy; do
   if ! rustup component list --installed | grep -q "^$tool"; then rustup component add "$tool"; fi
 done
-echo "test: cargo fmt --check, cargo clippy -D warnings (guest, host)" >&2
+echo "test: cargo fmt --check, cargo clippy -D warnings (guest, options, host)" >&2
 cargo fmt --all --check
-cargo clippy --quiet -p qa-guest --all-targets -- -D warnings
+cargo clippy --quiet -p qa-guest -p qa-options --all-targets -- -D warnings
 cargo clippy --quiet -p qa-host --all-targets -- -D warnings
 # Real stand-ins for AWS, from PyPI: cargo-lambda's Lambda Runtime API emulator and moto's
 # S3-compatible server; onnx for the float32-input model; onnxruntime and tokenizers for the
@@ -46,7 +46,7 @@ export QA_TEST_MISBEHAVING_GUEST="$PWD/target/wasm32-wasip2/release/misbehaving-
 export QA_TEST_LEGACY_GUEST="$PWD/target/wasm32-wasip2/release/legacy-guest.wasm"
 # Separate runs: testing both packages in one cargo invocation unifies their dependencies'
 # features and rebuilds wasmtime and the AWS SDK.
-cargo test -p qa-guest "$@"
+cargo test -p qa-guest -p qa-options "$@"
 cargo test -p qa-host "$@"
 
 # The deployment, offline: SAM templates (cfn-lint, and the SAM transform) and the Dockerfile

@@ -48,8 +48,7 @@ pub fn parse(input: &str) -> Result<Fixture, String> {
     }
     options.decoding = match fixture.get("decoding") {
         None => options.decoding,
-        Some(v) if v == "document" => Decoding::Document,
-        Some(v) if v == "pipeline" => Decoding::Pipeline,
+        Some(Value::String(name)) => Decoding::from_name(name).map_err(|e| format!("fixture's {e}"))?,
         Some(other) => return Err(format!("fixture's \"decoding\" must be \"document\" or \"pipeline\", not {other}")),
     };
     let expected = match fixture.get("expected") {

@@ -21,7 +21,8 @@ pub mod window;
 #[cfg(test)]
 mod props;
 
-/// Decoding knobs. Defaults follow the transformers question-answering pipeline.
+/// Decoding knobs. Defaults ([`Options::DEFAULT`]) follow the transformers question-answering
+/// pipeline, except the decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
     /// How many answers to return, best first.
@@ -43,33 +44,19 @@ pub struct Options {
     pub decoding: Decoding,
 }
 
-/// How a long context is cut into windows and how answers of different windows compare.
-/// Both give the same answers for a context that fits one window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decoding {
-    /// Each window holds one paragraph ([`tokenize::window_ranges`]), and spans of different
-    /// windows compare by their odds against their own window's "no answer"
-    /// ([`score::odds_against_no_answer`]): a window whose model finds no answer in it gives
-    /// its best span low odds. Over several windows the score is `odds / (1 + odds)`; a
-    /// context of one window scores as `Pipeline`.
-    Document,
-    /// Exactly the transformers question-answering pipeline: windows overlap by `doc_stride`
-    /// wherever they fall, and each window is soft-maxed on its own (every window's best span
-    /// scores high, even in a window without the answer).
-    Pipeline,
-}
+pub use qa_options::Decoding;
 
 impl Options {
-    /// The defaults, usable in constants.
+    /// The defaults (`guest/options/defaults.json`), usable in constants.
     pub const DEFAULT: Self = Self {
-        top_k: 1,
-        max_answer_len: 15,
-        max_seq_len: 384,
-        doc_stride: 128,
-        max_question_len: 64,
-        handle_impossible: false,
+        top_k: qa_options::TOP_K,
+        max_answer_len: qa_options::MAX_ANSWER_LEN,
+        max_seq_len: qa_options::MAX_SEQ_LEN,
+        doc_stride: qa_options::DOC_STRIDE,
+        max_question_len: qa_options::MAX_QUESTION_LEN,
+        handle_impossible: qa_options::HANDLE_IMPOSSIBLE_ANSWER,
         max_windows: 0,
-        decoding: Decoding::Document,
+        decoding: qa_options::DECODING,
     };
 }
 

@@ -214,18 +214,7 @@ impl QaService {
         };
         let fetched = started.elapsed();
         let deadline = budget.map_or(self.guest_deadline, |b| b.saturating_sub(fetched).min(self.guest_deadline));
-        let max_seq_len = request.max_seq_len.unwrap_or(384);
-        let options = Options {
-            top_k: request.top_k.unwrap_or(1),
-            max_answer_len: request.max_answer_len.unwrap_or(15),
-            max_seq_len,
-            // The reference pipeline's default: half the window, at most 128 tokens.
-            doc_stride: request.doc_stride.unwrap_or((max_seq_len / 2).min(128)),
-            max_question_len: 64,
-            handle_impossible: request.handle_impossible_answer.unwrap_or(false),
-            max_windows: self.max_windows,
-            decoding: request.decoding.unwrap_or_default(),
-        };
+        let options = request.options(self.max_windows);
         Ok(Ready { name, model, model_loaded, options, deadline, started, fetched })
     }
 }

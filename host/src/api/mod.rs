@@ -7,7 +7,7 @@ mod error;
 
 pub use error::ApiError;
 
-use crate::guest::Decoding;
+use crate::guest::{Decoding, Options};
 use serde::{Deserialize, Serialize};
 
 /// Limits on a request (documented in the README).
@@ -49,7 +49,7 @@ pub struct QaRequest {
     pub max_seq_len: Option<u32>,
     #[serde(default)]
     pub doc_stride: Option<u32>,
-    /// How answers of different windows compare: `document` (the default) or `window` (the
+    /// How answers of different windows compare: `document` (the default) or `pipeline` (the
     /// transformers pipeline's per-window scores).
     #[serde(default)]
     pub decoding: Option<Decoding>,
@@ -188,6 +188,24 @@ impl QaRequest {
         range("max_seq_len", self.max_seq_len, 32, limits::MAX_SEQ_LEN)?;
         range("doc_stride", self.doc_stride, 1, limits::MAX_SEQ_LEN)?;
         Ok(())
+    }
+
+    /// The options the guest gets: the request's, and the defaults (`guest/options/defaults.json`)
+    /// for the fields it leaves out.
+    pub fn options(&self, max_windows: u32) -> Options {
+        // The defaults are checked to fit in u32 when they are built.
+        let default = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
+        let max_seq_len = self.max_seq_len.unwrap_or(default(qa_options::MAX_SEQ_LEN));
+        Options {
+            top_k: self.top_k.unwrap_or(default(qa_options::TOP_K)),
+            max_answer_len: self.max_answer_len.unwrap_or(default(qa_options::MAX_ANSWER_LEN)),
+            max_seq_len,
+            doc_stride: self.doc_stride.unwrap_or_else(|| default(qa_options::doc_stride_for(max_seq_len as usize))),
+            max_question_len: default(qa_options::MAX_QUESTION_LEN),
+            handle_impossible: self.handle_impossible_answer.unwrap_or(qa_options::HANDLE_IMPOSSIBLE_ANSWER),
+            max_windows,
+            decoding: self.decoding.unwrap_or(qa_options::DECODING),
+        }
     }
 }
 
@@ -431,6 +449,32 @@ mod tests {
     fn negative_numbers_are_field_errors() {
         let err = QaRequest::from_json(br#"{"question":"q","context":"c","top_k":-1}"#).unwrap_err();
         assert_eq!(err.code(), "invalid_field");
+    }
+
+    #[test]
+    fn options_a_request_leaves_out_are_the_defaults_file_and_the_rest_pass_through() {
+        let parse = |body: &str| QaRequest::from_json(body.as_bytes());
+        let defaults = QaRequest::new("q", "c").options(7);
+        assert_eq!(defaults.top_k as usize, qa_options::TOP_K);
+        assert_eq!(defaults.max_answer_len as usize, qa_options::MAX_ANSWER_LEN);
+        assert_eq!(defaults.max_seq_len as usize, qa_options::MAX_SEQ_LEN);
+        assert_eq!(defaults.doc_stride as usize, qa_options::DOC_STRIDE);
+        assert_eq!(defaults.max_question_len as usize, qa_options::MAX_QUESTION_LEN);
+        assert_eq!(defaults.handle_impossible, qa_options::HANDLE_IMPOSSIBLE_ANSWER);
+        assert_eq!(defaults.decoding, qa_options::DECODING);
+        assert_eq!(defaults.max_windows, 7);
+        let short = parse(r#"{"question":"q","context":"c","max_seq_len":64}"#).unwrap().options(0);
+        assert_eq!(short.doc_stride, 32, "a short window's default stride is half of it");
+        let set = parse(
+            r#"{"question":"q","context":"c","top_k":3,"max_answer_len":40,"max_seq_len":256,"doc_stride":50,
+                "handle_impossible_answer":true,"decoding":"pipeline"}"#,
+        )
+        .unwrap()
+        .options(0);
+        assert_eq!(
+            (set.top_k, set.max_answer_len, set.max_seq_len, set.doc_stride, set.handle_impossible, set.decoding),
+            (3, 40, 256, 50, true, Decoding::Pipeline)
+        );
     }
 
     #[test]

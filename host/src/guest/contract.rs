@@ -76,35 +76,8 @@ impl Version {
 }
 
 /// How a long context is cut into windows and their answers compared (the WIT `decoding`,
-/// the request's `decoding`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Decoding {
-    /// One paragraph per window; windows compared by their spans' odds against "no answer".
-    #[default]
-    Document,
-    /// Exactly the transformers question-answering pipeline.
-    Pipeline,
-}
-
-impl Decoding {
-    pub const ALL: [Self; 2] = [Self::Document, Self::Pipeline];
-
-    /// The name requests use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Document => "document",
-            Self::Pipeline => "pipeline",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|d| d.name() == name)
-            .ok_or_else(|| format!("decoding must be \"document\" or \"pipeline\", got {name:?}"))
-    }
-}
+/// the request's `decoding`): one type with the guest's, defaults included.
+pub use qa_options::Decoding;
 
 /// Decoding options (the WIT `options` record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
