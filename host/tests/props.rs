@@ -1,7 +1,7 @@
 //! Property-based fuzzing of the Lambda edge (`proptest`), through the library's public API
-//! only: `lambda::event::parse` on arbitrary JSON and on well-formed API Gateway 2.0, Function
-//! URL, REST 1.0 and body-only events carrying arbitrary bodies; `lambda::event::respond` on
-//! arbitrary results; `QaRequest::from_json` on arbitrary bytes. Nothing panics; every event
+//! only: the Lambda triggers (`lambda::trigger`) recognizing and parsing arbitrary JSON and
+//! well-formed API Gateway 2.0, Function URL, REST 1.0 and body-only events carrying arbitrary
+//! bodies, and responding to arbitrary results; `QaRequest::from_json` on arbitrary bytes. Nothing panics; every event
 //! shape parses its body exactly as `from_json` parses the bytes; the only parse errors are
 //! `bad_json`, `invalid_field` and `body_too_large`; every response is a JSON object whose
 //! `statusCode` (HTTP shapes) is one the API documents and whose body is JSON.
@@ -22,12 +22,36 @@ use proptest::strategy::LazyJust;
 use proptest::test_runner::TestCaseError;
 use qa_host::api::{AnswerSpan, ApiError, PhaseTimings, QaReply, QaRequest, QaResponse, limits};
 use qa_host::guest::Decoding;
-use qa_host::lambda::event::{Source, parse, respond};
+use qa_host::lambda::trigger::{TRIGGERS, Trigger, recognize};
 use serde_json::{Map, Value, json};
 use std::sync::LazyLock;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures.
+
+/// A kind of Lambda event.
+type Source = &'static dyn Trigger;
+
+fn trigger(name: &str) -> Source {
+    TRIGGERS.iter().copied().find(|t| t.name() == name).unwrap_or_else(|| panic!("no trigger named {name:?}"))
+}
+
+/// The trigger `event` is recognized as, and its one request (every trigger here is an
+/// HTTP-shaped or direct one, which carries one).
+fn parse(event: Value) -> (Source, Result<QaRequest, ApiError>) {
+    let source = recognize(&event);
+    let mut requests = source.requests(event);
+    assert_eq!(requests.len(), 1, "{source:?} carries one request");
+    (source, requests.remove(0))
+}
+
+fn respond(source: Source, result: Result<QaReply, ApiError>, request_id: &str) -> Value {
+    source.respond(vec![result], request_id)
+}
+
+fn is_direct(source: Source) -> bool {
+    source.name() == "direct"
+}
 
 fn fixture(path: &str) -> Value {
     let path = format!("{}/../fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
@@ -37,9 +61,9 @@ fn fixture(path: &str) -> Value {
 
 /// The three HTTP-shaped events of `fixtures/events/`, with the source each must be read as.
 static EVENTS: LazyLock<Vec<(&'static str, Value, Source)>> = LazyLock::new(|| {
-    [("http-api-v2", Source::HttpV2), ("function-url", Source::HttpV2), ("rest-api-v1", Source::HttpV1)]
+    [("http-api-v2", "http-api"), ("function-url", "http-api"), ("rest-api-v1", "rest-api")]
         .into_iter()
-        .map(|(name, source)| (name, fixture(&format!("events/{name}.json")), source))
+        .map(|(name, source)| (name, fixture(&format!("events/{name}.json")), trigger(source)))
         .collect()
 });
 
@@ -110,7 +134,7 @@ fn check_respond(source: Source, result: Result<QaResponse, ApiError>, request_i
     };
     let out = respond(source, result, request_id);
     prop_assert!(out.is_object(), "{source:?} response is not an object: {out}");
-    let body = if source == Source::Direct {
+    let body = if is_direct(source) {
         prop_assert!(out.get("statusCode").is_none());
         out.clone()
     } else {
@@ -128,7 +152,7 @@ fn check_respond(source: Source, result: Result<QaResponse, ApiError>, request_i
         prop_assert_eq!(&body["error"]["code"], &error["code"]);
         prop_assert_eq!(&body["error"]["message"], &error["message"]);
         prop_assert_eq!(&body["error"]["request_id"], &json!(request_id));
-        if source == Source::Direct {
+        if is_direct(source) {
             prop_assert_eq!(body["error"]["status"].as_u64(), Some(expected_status));
         }
     } else {
@@ -166,7 +190,7 @@ fn response_for(request: &QaRequest, answers: Vec<AnswerSpan>, score: f64) -> Qa
 fn check_event(event: Value, source: Option<Source>, expected: Option<&Result<QaRequest, ApiError>>) -> Result<(), TestCaseError> {
     let (got_source, request) = parse(event);
     if let Some(source) = source {
-        prop_assert_eq!(got_source, source);
+        prop_assert_eq!(got_source.name(), source.name());
     }
     check_parse_error(&request)?;
     if let Some(expected) = expected {
@@ -188,7 +212,7 @@ fn shaped(body: &str, base64: bool) -> Vec<(Value, Source)> {
             (event, *source)
         })
         .collect();
-    events.push((json!({"body": body, "isBase64Encoded": base64}), Source::BodyOnly));
+    events.push((json!({"body": body, "isBase64Encoded": base64}), trigger("sample-test-event")));
     events
 }
 
@@ -436,7 +460,7 @@ fn response() -> impl Strategy<Value = QaResponse> {
 }
 
 fn source() -> impl Strategy<Value = Source> {
-    prop::sample::select(&[Source::HttpV2, Source::HttpV1, Source::BodyOnly, Source::Direct][..])
+    prop::sample::select(TRIGGERS.to_vec())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,7 +490,7 @@ fn corpus_body_over_the_limit_in_every_shape() {
         let sent = if base64 { STANDARD.encode(&body) } else { body.clone() };
         for (event, source) in shaped(&sent, base64) {
             let (got, request) = parse(event);
-            assert_eq!(got, source);
+            assert_eq!(got.name(), source.name());
             assert_eq!(request.unwrap_err().status(), 413, "{source:?} base64 {base64}");
         }
     }
@@ -533,8 +557,8 @@ proptest! {
             check_event(event, Some(source), Some(&expected))?;
         }
         let object = serde_json::to_value(&request).expect("a request serializes");
-        check_event(json!({"body": object}), Some(Source::BodyOnly), Some(&expected))?;
-        check_event(object, Some(Source::Direct), Some(&expected))?;
+        check_event(json!({"body": object}), Some(trigger("sample-test-event")), Some(&expected))?;
+        check_event(object, Some(trigger("direct")), Some(&expected))?;
     }
 
     /// Any result, in any shape, with any request id, becomes a well-formed response.

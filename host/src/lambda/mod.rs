@@ -1,36 +1,70 @@
 //! The Lambda edge: `qa-host` as a custom-runtime bootstrap. Events arrive through the
-//! Lambda Runtime API (`lambda_runtime`), are unwrapped by [`event::parse`], answered by the
-//! one service, and wrapped by [`event::respond`]. A bad event gets an error response; the
-//! runtime loop never ends because of one.
+//! Lambda Runtime API (`lambda_runtime`); the [`trigger`] that recognizes an event turns it
+//! into requests, the one service answers each through the telemetry layer (log and metric
+//! lines), and the trigger turns the results into the response. A bad event gets an error
+//! response; the runtime loop never ends because of one.
 
-pub mod event;
+mod direct;
+pub mod http;
+pub mod trigger;
 
 use crate::service::QaService;
-use crate::telemetry::emf::{ColdStart, Invocation, Metrics};
+use crate::telemetry::emf::{ColdStart, Metrics};
+use crate::telemetry::layer::{Call, Outcome, TelemetryLayer};
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
 use tracing::Instrument;
 
 /// Time kept back from the invocation's deadline so a slow request ends with a clean error
 /// response instead of a Lambda timeout.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
+/// The service that answers one request, telemetry included.
+type Answer = BoxCloneSyncService<Call, Outcome, Infallible>;
+
 /// Serves invocations until the runtime API goes away. `process_started` is when the
 /// process began, for the cold-start metrics of the first invocation.
 pub async fn run(service: Arc<QaService>, process_started: Instant) -> Result<(), lambda_runtime::Error> {
     let (guest_origin, guest_load) = service.guest_load();
     let cold = ColdStart { init: process_started.elapsed(), guest_load, guest_origin };
-    let edge = Arc::new(Edge { service, metrics: Metrics::from_env(), cold: Mutex::new(Some(cold)) });
+    let telemetry = TelemetryLayer::new(Metrics::from_env(), cold, service.catalog().clone());
+    let answer: Answer = BoxCloneSyncService::new(ServiceBuilder::new().layer(telemetry).service_fn(move |call: Call| {
+        let service = service.clone();
+        async move {
+            Ok::<Outcome, Infallible>(match call.request {
+                Ok(request) => service.reply_within(request, call.budget).await,
+                Err(error) => Err(error),
+            })
+        }
+    }));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let edge = edge.clone();
+        let answer = answer.clone();
         async move {
             let span = tracing::info_span!("invoke", request_id = %event.context.request_id);
-            Ok::<Value, lambda_runtime::Error>(edge.handle(event).instrument(span).await)
+            Ok::<Value, lambda_runtime::Error>(handle(answer, event).instrument(span).await)
         }
     }))
     .await
+}
+
+/// One invocation: its trigger's requests answered in order, each within what is left of
+/// the invocation's time.
+async fn handle(answer: Answer, event: LambdaEvent<Value>) -> Value {
+    let request_id = event.context.request_id;
+    let trigger = trigger::recognize(&event.payload);
+    let mut results = Vec::new();
+    for request in trigger.requests(event.payload) {
+        let budget = remaining(event.context.deadline).map(|left| left.saturating_sub(DEADLINE_MARGIN));
+        let call = Call { request_id: request_id.clone(), request, budget };
+        let Ok(outcome) = answer.clone().oneshot(call).await;
+        results.push(outcome);
+    }
+    trigger.respond(results, &request_id)
 }
 
 /// Tells the Lambda Runtime API why the function could not start (`/runtime/init/error`),
@@ -69,53 +103,6 @@ pub async fn report_init_error(error_type: &str, message: &str) {
         tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
     }
     tracing::error!("gave up reporting the start-up failure to the Lambda Runtime API");
-}
-
-/// The one handler, with what it reports beside the response.
-struct Edge {
-    service: Arc<QaService>,
-    metrics: Metrics,
-    /// Taken by the first invocation.
-    cold: Mutex<Option<ColdStart>>,
-}
-
-impl Edge {
-    async fn handle(&self, event: LambdaEvent<Value>) -> Value {
-        let started = Instant::now();
-        let request_id = event.context.request_id.clone();
-        let budget = remaining(event.context.deadline).map(|left| left.saturating_sub(DEADLINE_MARGIN));
-        let (source, request) = event::parse(event.payload);
-        // The metric dimension names only models that exist: arbitrary names from requests
-        // would each make new CloudWatch metric series.
-        let named = request.as_ref().ok().map(|r| r.model_type.clone());
-        let result = match request {
-            Ok(request) => self.service.reply_within(request, budget).await,
-            Err(error) => Err(error),
-        };
-        let total = started.elapsed();
-        match &result {
-            Ok(response) => tracing::info!(
-                request_id,
-                model = response.model_type(),
-                windows = response.windows(),
-                ms = total.as_secs_f64() * 1e3,
-                "answered"
-            ),
-            Err(error) => tracing::warn!(request_id, code = error.code(), status = error.status(), %error, "request failed"),
-        }
-        let cold = self.cold.lock().ok().and_then(|mut c| c.take());
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let model = match (&result, named) {
-            (Ok(response), _) => Some(response.model_type().to_string()),
-            (Err(_), Some(Some(name))) if self.service.catalog().get(&name).is_some() => Some(name),
-            (Err(_), Some(Some(_))) => Some("unknown".to_string()),
-            (Err(_), Some(None)) => self.service.default_model().map(str::to_string),
-            (Err(_), None) => None,
-        };
-        let invocation = Invocation { request_id: &request_id, model: model.as_deref(), result: result.as_ref(), total };
-        self.metrics.emit(&self.metrics.invocation_line(&invocation, cold.as_ref(), now_ms));
-        event::respond(source, result, &request_id)
-    }
 }
 
 /// Time left before the invocation's deadline. Lambda sends milliseconds since the epoch;

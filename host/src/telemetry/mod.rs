@@ -4,6 +4,7 @@
 //! free for `qa-host ask`'s answer.
 
 pub mod emf;
+pub mod layer;
 
 use tracing_subscriber::EnvFilter;
 
