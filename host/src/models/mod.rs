@@ -4,6 +4,7 @@
 //! (downloaded into a cache under `/tmp`). The [`ModelCatalog`] maps the names requests use
 //! (`model_type`) to sources, from a manifest ([`manifest`]) and by discovering directories.
 
+pub mod download;
 mod efs;
 mod image;
 pub mod manifest;

@@ -2,24 +2,22 @@
 //!
 //! Every object directly under the model's prefix is fetched; large objects in concurrent
 //! ranged GETs pinned to the listed ETag (`If-Match`), so an object replaced mid-download
-//! fails cleanly instead of mixing versions. What arrives is verified (size, the ETag's MD5
-//! for single-part uploads, and the manifest's SHA-256 when given) in a private partial
-//! directory that is renamed into place only when complete: a crash, a kill or a truncated
-//! download never leaves files that a later request would load. Free space is checked before
-//! downloading. Throttling, 5xx answers and timeouts are retried with backoff by the SDK's
-//! standard retry policy; a server that stays down becomes [`SourceError::Unavailable`].
+//! fails cleanly instead of mixing versions. Verification (size, the ETag's MD5 for
+//! single-part uploads, the manifest's SHA-256), the free-space check and the atomic
+//! publication are the shared step in [`super::download`]. Throttling, 5xx answers and
+//! timeouts are retried with backoff by the SDK's standard retry policy; a server that stays
+//! down becomes [`SourceError::Unavailable`].
 
-use super::{LocalModel, MODEL_FILES, ModelSource, SourceError, SourceFuture, VersionLease, local_failure};
+use super::download::{DownloadCache, Expected};
+use super::{LocalModel, MODEL_FILES, ModelSource, SourceError, SourceFuture, local_failure};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use futures_util::{StreamExt, TryStreamExt};
-use md5::Md5;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -116,22 +114,28 @@ pub struct S3Source {
     required: Vec<String>,
     /// Fetch only this file of the prefix (a single object, such as a guest `.wasm`).
     only: Option<String>,
-    /// The versions handed out by this process, kept on disk while they are in use.
-    leases: Arc<Mutex<HashMap<String, Weak<VersionLease>>>>,
+    /// Where downloaded versions are published.
+    cache: Arc<DownloadCache>,
 }
 
-/// An object as listed: what a download must reproduce.
+/// An object as listed: what a download must reproduce, and how to ask for exactly it.
 #[derive(Clone, Debug)]
 struct Listed {
-    file: String,
+    expected: Expected,
     key: String,
     etag: String,
-    size: u64,
+}
+
+impl AsRef<Expected> for Listed {
+    fn as_ref(&self) -> &Expected {
+        &self.expected
+    }
 }
 
 impl S3Source {
     /// A model: every object directly under `prefix`, which must include [`MODEL_FILES`].
     pub fn new(connector: Arc<S3Connector>, name: &str, bucket: &str, prefix: &str, sha256: BTreeMap<String, String>) -> Self {
+        let cache = Arc::new(DownloadCache::new(name, "S3", connector.settings.cache_root.join(name), connector.settings.reserve_bytes));
         Self {
             connector,
             name: name.to_string(),
@@ -140,7 +144,7 @@ impl S3Source {
             sha256,
             required: MODEL_FILES.iter().map(|f| f.to_string()).collect(),
             only: None,
-            leases: Arc::default(),
+            cache,
         }
     }
 
@@ -151,16 +155,8 @@ impl S3Source {
             Some((dir, file)) => (format!("{dir}/"), file.to_string()),
             None => (String::new(), key.to_string()),
         };
-        Self {
-            connector,
-            name: name.to_string(),
-            bucket: bucket.to_string(),
-            prefix,
-            sha256: BTreeMap::new(),
-            required: vec![file.clone()],
-            only: Some(file),
-            leases: Arc::default(),
-        }
+        let source = Self::new(connector, name, bucket, &prefix, BTreeMap::new());
+        Self { required: vec![file.clone()], only: Some(file), ..source }
     }
 
     fn url(&self, file: &str) -> String {
@@ -187,17 +183,26 @@ impl S3Source {
                 let file = key.strip_prefix(&self.prefix)?.to_string();
                 let plain = !file.is_empty() && !file.starts_with('.') && !file.contains('/');
                 let plain = plain && self.only.as_ref().is_none_or(|only| *only == file);
+                let etag = o.e_tag().unwrap_or_default().to_string();
+                // A single-part upload's ETag is the MD5 of its content; a multipart one's is not.
+                let md5 =
+                    Some(etag.trim_matches('"')).filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit())).map(str::to_string);
                 plain.then(|| Listed {
-                    file,
-                    etag: o.e_tag().unwrap_or_default().to_string(),
-                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                    expected: Expected {
+                        url: self.url(&file),
+                        size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                        md5,
+                        sha256: self.sha256.get(&file).cloned(),
+                        file,
+                    },
+                    etag,
                     key,
                 })
             })
             .collect();
-        listed.sort_by(|a, b| a.file.cmp(&b.file));
+        listed.sort_by(|a, b| a.expected.file.cmp(&b.expected.file));
         for required in &self.required {
-            if !listed.iter().any(|l| l.file == *required) {
+            if !listed.iter().any(|l| l.expected.file == *required) {
                 return Err(SourceError::NotFound(format!("{} is missing", self.url(required))));
             }
         }
@@ -207,12 +212,12 @@ impl S3Source {
     async fn download(&self, object: &Listed, dest: &Path) -> Result<(), SourceError> {
         let client = self.connector.client().await;
         let io = |e: std::io::Error| local_failure("writing the model cache", dest, e);
+        let size = object.expected.size;
         let file = std::fs::File::create(dest).map_err(io)?;
-        file.set_len(object.size).map_err(io)?;
+        file.set_len(size).map_err(io)?;
         let file = Arc::new(file);
         let part = self.connector.settings.part_bytes.max(1);
-        let ranges: Vec<(u64, u64)> =
-            (0..object.size).step_by(part as usize).map(|start| (start, (start + part).min(object.size) - 1)).collect();
+        let ranges: Vec<(u64, u64)> = (0..size).step_by(part as usize).map(|start| (start, (start + part).min(size) - 1)).collect();
         futures_util::stream::iter(ranges)
             .map(|(first, last)| {
                 let file = file.clone();
@@ -225,14 +230,14 @@ impl S3Source {
                             // The SDK retries requests; a body cut or stalled after the headers
                             // arrived is retried here, for this part only.
                             Err(PartError::Body(reason)) if attempt < settings.max_attempts => {
-                                tracing::warn!(model = %self.name, file = %object.file, first, attempt, %reason, "part download failed; retrying");
+                                tracing::warn!(model = %self.name, file = %object.expected.file, first, attempt, %reason, "part download failed; retrying");
                                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
                                 attempt += 1;
                             }
                             Err(PartError::Body(reason)) => {
                                 return Err(SourceError::Unavailable(format!(
                                     "{}: bytes {first}-{last}: {reason} (after {attempt} attempts)",
-                                    self.url(&object.file)
+                                    object.expected.url
                                 )));
                             }
                             Err(PartError::Source(error)) => return Err(error),
@@ -253,7 +258,7 @@ impl S3Source {
         if !object.etag.is_empty() {
             get = get.if_match(&object.etag);
         }
-        let response = get.send().await.map_err(|e| PartError::Source(classify(&self.url(&object.file), e)))?;
+        let response = get.send().await.map_err(|e| PartError::Source(classify(&object.expected.url, e)))?;
         let timeout = self.connector.settings.attempt_timeout;
         let bytes = tokio::time::timeout(timeout, response.body.collect())
             .await
@@ -266,128 +271,22 @@ impl S3Source {
         Ok(bytes)
     }
 
-    /// Size, the ETag's MD5 (single-part uploads) and the manifest's SHA-256.
-    fn verify(&self, object: &Listed, path: &Path) -> Result<(), SourceError> {
-        let corrupt = |what: String| SourceError::Corrupt(format!("{}: {what}; the download was discarded", self.url(&object.file)));
-        let mut file = std::fs::File::open(path).map_err(|e| local_failure("reading a downloaded file", path, e))?;
-        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
-        let mut buffer = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = file.read(&mut buffer).map_err(|e| local_failure("reading a downloaded file", path, e))?;
-            if n == 0 {
-                break;
-            }
-            md5.update(&buffer[..n]);
-            sha.update(&buffer[..n]);
-            total += n as u64;
-        }
-        if total != object.size {
-            return Err(corrupt(format!("{total} bytes, the listing says {}", object.size)));
-        }
-        let etag = object.etag.trim_matches('"');
-        if etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let got = hex::encode(md5.finalize());
-            if !got.eq_ignore_ascii_case(etag) {
-                return Err(corrupt(format!("MD5 {got} does not match the ETag {etag}")));
-            }
-        }
-        if let Some(expected) = self.sha256.get(&object.file) {
-            let got = hex::encode(sha.finalize());
-            if &got != expected {
-                return Err(corrupt(format!("SHA-256 {got} does not match the manifest's {expected}")));
-            }
-        }
-        Ok(())
-    }
-
     async fn fetch_into_cache(&self) -> Result<LocalModel, SourceError> {
         let listed = self.list().await?;
         let version = {
             let mut digest = Sha256::new();
             for l in &listed {
-                digest.update(format!("{}\0{}\0{}\n", l.file, l.etag, l.size));
+                digest.update(format!("{}\0{}\0{}\n", l.expected.file, l.etag, l.expected.size));
             }
             hex::encode(&digest.finalize()[..8])
         };
-        let root = self.connector.settings.cache_root.join(&self.name);
-        let dir = root.join(&version);
-        if dir.join(COMPLETE).is_file() {
-            let lease = self.lease(&version, &dir);
-            return Ok(LocalModel { dir, version, lease: Some(lease) });
-        }
-        let io = |e: std::io::Error| local_failure("the model cache", &root, e);
-        std::fs::create_dir_all(&root).map_err(io)?;
-        remove_leftovers(&root, None, &[]);
-        let needed: u64 = listed.iter().map(|l| l.size).sum();
-        let free = free_bytes(&root).map_err(io)?;
-        let reserve = self.connector.settings.reserve_bytes;
-        if free < needed.saturating_add(reserve) {
-            return Err(SourceError::Unavailable(format!(
-                "model {} needs {} MiB in the model cache (plus {} MiB kept free), only {} MiB are free; raise the function's ephemeral storage",
-                self.name,
-                needed.div_ceil(1 << 20),
-                reserve >> 20,
-                free >> 20
-            )));
-        }
-        let partial = root.join(format!("{PARTIAL}{}-{}", std::process::id(), version));
-        let _ = std::fs::remove_dir_all(&partial);
-        std::fs::create_dir_all(&partial).map_err(io)?;
-        let outcome = async {
-            for object in &listed {
-                let path = partial.join(&object.file);
-                self.download(object, &path).await?;
-                let (source, object, path) = (self.clone(), object.clone(), path.clone());
-                tokio::task::spawn_blocking(move || source.verify(&object, &path))
-                    .await
-                    .map_err(|e| SourceError::Unavailable(format!("verifying: {e}")))??;
-            }
-            std::fs::write(partial.join(COMPLETE), version.as_bytes()).map_err(io)?;
-            match std::fs::rename(&partial, &dir) {
-                Ok(()) => Ok(()),
-                // Another process published the same version first: use theirs.
-                Err(_) if dir.join(COMPLETE).is_file() => Ok(()),
-                Err(e) => Err(io(e)),
-            }
-        }
-        .await;
-        if outcome.is_err() {
-            let _ = std::fs::remove_dir_all(&partial);
-        }
-        outcome?;
-        let lease = self.lease(&version, &dir);
-        let in_use = self.supersede_all_but(&version);
-        remove_leftovers(&root, Some(&version), &in_use);
-        tracing::info!(model = %self.name, bytes = needed, version, "fetched from S3");
-        Ok(LocalModel { dir, version, lease: Some(lease) })
-    }
-
-    /// The lease on `version`: the one already held, or a new one.
-    fn lease(&self, version: &str, dir: &Path) -> Arc<VersionLease> {
-        let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(lease) = leases.get(version).and_then(Weak::upgrade) {
-            return lease;
-        }
-        let lease = Arc::new(VersionLease::new(dir.to_path_buf()));
-        leases.insert(version.to_string(), Arc::downgrade(&lease));
-        lease
-    }
-
-    /// Marks every other version as replaced (each is removed when its last user lets go);
-    /// the versions still in use, which must not be removed now.
-    fn supersede_all_but(&self, version: &str) -> Vec<String> {
-        let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        leases.retain(|held, lease| held == version || lease.strong_count() > 0);
-        leases
-            .iter()
-            .filter(|(held, _)| held.as_str() != version)
-            .filter_map(|(held, lease)| lease.upgrade().map(|lease| (held, lease)))
-            .map(|(held, lease)| {
-                lease.supersede();
-                held.clone()
-            })
-            .collect()
+        // Each transfer owns its listing entry: a future borrowing the closure's argument fails
+        // the compiler's `Send` check for every lifetime of it.
+        let download = |object: &Listed, path: PathBuf| {
+            let object = object.clone();
+            async move { self.download(&object, &path).await }
+        };
+        self.cache.publish(&version, &listed, download).await
     }
 }
 
@@ -401,31 +300,6 @@ impl ModelSource for S3Source {
 enum PartError {
     Source(SourceError),
     Body(String),
-}
-
-/// Marker written last into a version directory: only complete downloads have it.
-const COMPLETE: &str = ".complete";
-/// Name prefix of in-progress download directories, never loaded.
-const PARTIAL: &str = ".partial-";
-
-/// Removes downloads interrupted by processes that died (they were never loaded) and, once
-/// `current` is published, older versions but those `in_use` (removed by their lease).
-fn remove_leftovers(root: &Path, current: Option<&str>, in_use: &[String]) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let owner = name.strip_prefix(PARTIAL).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
-        let stale_partial = owner.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists());
-        let old_version = current.is_some_and(|c| name != c && !name.starts_with('.')) && !in_use.contains(&name);
-        if stale_partial || old_version {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    let stat = rustix::fs::statvfs(dir)?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// S3 errors: absent objects and buckets are [`SourceError::NotFound`], the rest (after the

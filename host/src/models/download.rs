@@ -1,0 +1,330 @@
+//! The fetch-and-publish step every remote source shares: files are downloaded into a private
+//! partial directory, each verified against what the source listed (size, MD5, SHA-256), and
+//! the directory is renamed into place only when complete, so a crash, a kill or a truncated
+//! download never leaves files a later request would load. Free space is checked first;
+//! interrupted downloads of dead processes are swept; a replaced version stays on disk until
+//! the last request using it lets go ([`VersionLease`]).
+//!
+//! A source brings the listing, the version fingerprint and the transfer of one file
+//! ([`DownloadCache::publish`]'s `download`); everything else is here.
+
+use super::{LocalModel, SourceError, VersionLease, local_failure};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+/// What a downloaded file must be.
+#[derive(Clone, Debug)]
+pub struct Expected {
+    /// File name within the model's directory.
+    pub file: String,
+    /// Where it comes from, for error messages (`s3://bucket/key`).
+    pub url: String,
+    pub size: u64,
+    /// Hex MD5 of the content, when the source knows it (an S3 single-part ETag).
+    pub md5: Option<String>,
+    /// Hex SHA-256 of the content, when a manifest gives it.
+    pub sha256: Option<String>,
+}
+
+/// One model's downloaded versions: `<root>/<version>/` each, published atomically.
+#[derive(Debug)]
+pub struct DownloadCache {
+    /// The model's name, for logs and messages.
+    name: String,
+    /// Where the files come from ("S3"), for logs.
+    origin: &'static str,
+    root: PathBuf,
+    /// Free space a download must leave in the cache's file system.
+    reserve_bytes: u64,
+    /// The versions handed out by this process, kept on disk while they are in use.
+    leases: Mutex<HashMap<String, Weak<VersionLease>>>,
+}
+
+/// Marker written last into a version directory: only complete downloads have it.
+const COMPLETE: &str = ".complete";
+/// Name prefix of in-progress download directories, never loaded.
+const PARTIAL: &str = ".partial-";
+
+impl DownloadCache {
+    pub fn new(name: &str, origin: &'static str, root: PathBuf, reserve_bytes: u64) -> Self {
+        Self { name: name.to_string(), origin, root, reserve_bytes, leases: Mutex::default() }
+    }
+
+    /// `version`, if a complete download of it is already on disk.
+    pub fn published(&self, version: &str) -> Option<LocalModel> {
+        let dir = self.root.join(version);
+        dir.join(COMPLETE).is_file().then(|| LocalModel { lease: Some(self.lease(version, &dir)), dir, version: version.to_string() })
+    }
+
+    /// Downloads `files` (each by `download(file, destination)`), verifies each against its
+    /// [`Expected`], and publishes them as `version`. On any failure nothing is kept.
+    pub async fn publish<T, F, Fut>(&self, version: &str, files: &[T], download: F) -> Result<LocalModel, SourceError>
+    where
+        T: AsRef<Expected>,
+        F: Fn(&T, PathBuf) -> Fut,
+        Fut: Future<Output = Result<(), SourceError>>,
+    {
+        if let Some(published) = self.published(version) {
+            return Ok(published);
+        }
+        let root = &self.root;
+        let io = |e: std::io::Error| local_failure("the model cache", root, e);
+        std::fs::create_dir_all(root).map_err(io)?;
+        remove_leftovers(root, None, &[]);
+        let needed: u64 = files.iter().map(|f| f.as_ref().size).sum();
+        let free = free_bytes(root).map_err(io)?;
+        if free < needed.saturating_add(self.reserve_bytes) {
+            return Err(SourceError::Unavailable(format!(
+                "model {} needs {} MiB in the model cache (plus {} MiB kept free), only {} MiB are free; raise the function's ephemeral storage",
+                self.name,
+                needed.div_ceil(1 << 20),
+                self.reserve_bytes >> 20,
+                free >> 20
+            )));
+        }
+        let dir = root.join(version);
+        let partial = root.join(format!("{PARTIAL}{}-{version}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).map_err(io)?;
+        let outcome = async {
+            for file in files {
+                let expected = file.as_ref().clone();
+                let path = partial.join(&expected.file);
+                download(file, path.clone()).await?;
+                tokio::task::spawn_blocking(move || verify(&expected, &path))
+                    .await
+                    .map_err(|e| SourceError::Unavailable(format!("verifying: {e}")))??;
+            }
+            std::fs::write(partial.join(COMPLETE), version.as_bytes()).map_err(io)?;
+            match std::fs::rename(&partial, &dir) {
+                Ok(()) => Ok(()),
+                // Another process published the same version first: use theirs.
+                Err(_) if dir.join(COMPLETE).is_file() => Ok(()),
+                Err(e) => Err(io(e)),
+            }
+        }
+        .await;
+        if outcome.is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
+        }
+        outcome?;
+        let lease = self.lease(version, &dir);
+        let in_use = self.supersede_all_but(version);
+        remove_leftovers(root, Some(version), &in_use);
+        tracing::info!(model = %self.name, bytes = needed, version, "fetched from {}", self.origin);
+        Ok(LocalModel { dir, version: version.to_string(), lease: Some(lease) })
+    }
+
+    /// The lease on `version`: the one already held, or a new one.
+    fn lease(&self, version: &str, dir: &Path) -> Arc<VersionLease> {
+        let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(lease) = leases.get(version).and_then(Weak::upgrade) {
+            return lease;
+        }
+        let lease = Arc::new(VersionLease::new(dir.to_path_buf()));
+        leases.insert(version.to_string(), Arc::downgrade(&lease));
+        lease
+    }
+
+    /// Marks every other version as replaced (each is removed when its last user lets go);
+    /// returns the versions still in use, which must not be removed now.
+    fn supersede_all_but(&self, version: &str) -> Vec<String> {
+        let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        leases.retain(|held, lease| held == version || lease.strong_count() > 0);
+        leases
+            .iter()
+            .filter(|(held, _)| held.as_str() != version)
+            .filter_map(|(held, lease)| lease.upgrade().map(|lease| (held, lease)))
+            .map(|(held, lease)| {
+                lease.supersede();
+                held.clone()
+            })
+            .collect()
+    }
+}
+
+/// Size, MD5 and SHA-256 of the file at `path` against `expected`.
+fn verify(expected: &Expected, path: &Path) -> Result<(), SourceError> {
+    let corrupt = |what: String| SourceError::Corrupt(format!("{}: {what}; the download was discarded", expected.url));
+    let unreadable = |e: std::io::Error| local_failure("reading a downloaded file", path, e);
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        md5.update(&buffer[..n]);
+        sha.update(&buffer[..n]);
+        total += n as u64;
+    }
+    if total != expected.size {
+        return Err(corrupt(format!("{total} bytes, the listing says {}", expected.size)));
+    }
+    if let Some(want) = &expected.md5 {
+        let got = hex::encode(md5.finalize());
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(corrupt(format!("MD5 {got} does not match the ETag {want}")));
+        }
+    }
+    if let Some(want) = &expected.sha256 {
+        let got = hex::encode(sha.finalize());
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(corrupt(format!("SHA-256 {got} does not match the manifest's {want}")));
+        }
+    }
+    Ok(())
+}
+
+/// Removes downloads interrupted by processes that died (they were never loaded) and, once
+/// `current` is published, older versions but those `in_use` (removed by their lease).
+fn remove_leftovers(root: &Path, current: Option<&str>, in_use: &[String]) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = name.strip_prefix(PARTIAL).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
+        let stale_partial = owner.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists());
+        let old_version = current.is_some_and(|c| name != c && !name.starts_with('.')) && !in_use.contains(&name);
+        if stale_partial || old_version {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file to publish and the bytes its "download" writes.
+    struct Remote {
+        expected: Expected,
+        bytes: Vec<u8>,
+    }
+
+    impl AsRef<Expected> for Remote {
+        fn as_ref(&self) -> &Expected {
+            &self.expected
+        }
+    }
+
+    fn remote(file: &str, bytes: &[u8]) -> Remote {
+        let expected = Expected {
+            file: file.into(),
+            url: format!("test://{file}"),
+            size: bytes.len() as u64,
+            md5: Some(hex::encode(Md5::digest(bytes))),
+            sha256: Some(hex::encode(Sha256::digest(bytes))),
+        };
+        Remote { expected, bytes: bytes.to_vec() }
+    }
+
+    /// A transfer that writes the file's bytes at once.
+    fn write(file: &Remote, path: PathBuf) -> std::future::Ready<Result<(), SourceError>> {
+        std::future::ready(std::fs::write(path, &file.bytes).map_err(|e| SourceError::Unavailable(e.to_string())))
+    }
+
+    /// Everything under `root` but directories.
+    fn entries(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(root).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_verified_download_is_published_whole_and_found_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0);
+        let files = [remote("model.onnx", b"weights"), remote("config.json", b"{}")];
+        let model = cache.publish("v1", &files, write).await.unwrap();
+        assert_eq!(model.dir, tmp.path().join("m/v1"));
+        assert_eq!(std::fs::read(model.dir.join("model.onnx")).unwrap(), b"weights");
+        assert_eq!(entries(&model.dir), [".complete", "config.json", "model.onnx"]);
+        assert_eq!(entries(&tmp.path().join("m")), ["v1"], "no partial directory is left");
+        let again = cache.published("v1").unwrap();
+        assert!(Arc::ptr_eq(again.lease.as_ref().unwrap(), model.lease.as_ref().unwrap()), "one lease per version");
+        assert!(cache.published("v2").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_size_md5_or_sha256_mismatch_is_corrupt_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0);
+        let tampered = |edit: fn(&mut Expected)| {
+            let mut file = remote("model.onnx", b"weights");
+            edit(&mut file.expected);
+            [remote("config.json", b"{}"), file]
+        };
+        type Tamper = fn(&mut Expected);
+        let cases: [(&str, Tamper); 3] = [
+            ("bytes, the listing says", |e| e.size += 1),
+            ("does not match the ETag", |e| e.md5 = Some(hex::encode(Md5::digest(b"other")))),
+            ("does not match the manifest", |e| e.sha256 = Some(hex::encode(Sha256::digest(b"other")))),
+        ];
+        for (message, edit) in cases {
+            let error = cache.publish("v1", &tampered(edit), write).await.unwrap_err();
+            assert!(
+                matches!(&error, SourceError::Corrupt(text) if text.contains(message) && text.contains("test://model.onnx")),
+                "{error}"
+            );
+            assert!(entries(&tmp.path().join("m")).is_empty(), "{message}: {:?}", entries(&tmp.path().join("m")));
+            assert!(cache.published("v1").is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_transfer_leaves_nothing_and_too_little_space_downloads_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0);
+        let files = [remote("a", b"1"), remote("b", b"2")];
+        // "a" arrives whole, "b" is cut off after some bytes.
+        let cut = |file: &Remote, path: PathBuf| {
+            let (bytes, fail) = (file.bytes.clone(), file.expected.file == "b");
+            async move {
+                std::fs::write(path, if fail { &b"partial"[..] } else { &bytes }).unwrap();
+                if fail { Err(SourceError::Unavailable("connection reset".into())) } else { Ok(()) }
+            }
+        };
+        assert!(matches!(cache.publish("v1", &files, cut).await, Err(SourceError::Unavailable(_))));
+        assert!(entries(&tmp.path().join("m")).is_empty());
+        let greedy = DownloadCache::new("m", "test", tmp.path().join("m"), u64::MAX / 2);
+        let called = std::sync::atomic::AtomicBool::new(false);
+        let error = greedy
+            .publish("v1", &files, |file, path| {
+                called.store(true, std::sync::atomic::Ordering::Relaxed);
+                write(file, path)
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(&error, SourceError::Unavailable(text) if text.contains("raise the function's ephemeral storage")), "{error}");
+        assert!(!called.load(std::sync::atomic::Ordering::Relaxed), "nothing is downloaded without room for it");
+    }
+
+    #[tokio::test]
+    async fn a_replaced_version_stays_while_in_use_and_a_dead_process_s_partial_is_swept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("m");
+        let cache = DownloadCache::new("m", "test", root.clone(), 0);
+        let old = cache.publish("v1", &[remote("f", b"1")], write).await.unwrap();
+        // A download interrupted by a process that no longer exists (pid beyond pid_max).
+        std::fs::create_dir_all(root.join(format!("{PARTIAL}4294967295-v0"))).unwrap();
+        let new = cache.publish("v2", &[remote("f", b"2")], write).await.unwrap();
+        assert_eq!(entries(&root), ["v1", "v2"], "v1 is still in use");
+        assert_eq!(std::fs::read(old.dir.join("f")).unwrap(), b"1");
+        drop(old);
+        assert_eq!(entries(&root), ["v2"], "the last user of v1 let go");
+        assert_eq!(std::fs::read(new.dir.join("f")).unwrap(), b"2");
+    }
+}
