@@ -329,6 +329,40 @@ mod tests {
     }
 
     #[test]
+    fn windows_are_capped_by_the_model_s_position_embeddings() {
+        let tok = tiny_tokenizer();
+        let context = format!("{} 1886", "a b c d e f g h ".repeat(40));
+        let short_model = ModelProfile { max_positions: Some(20), ..BERT_PROFILE };
+        let options = Options { max_seq_len: 64, doc_stride: 4, ..Options::default() };
+        for decoding in Decoding::ALL {
+            let options = Options { decoding, ..options };
+            let (fitted, cut) = windows(&tok, &short_model, "when", &context, &options).unwrap();
+            assert_eq!(fitted.max_seq_len, 20, "{decoding:?}");
+            assert!(cut.len() > 1, "{decoding:?}");
+            assert!(cut.iter().all(|w| w.encoding.len() <= 20), "{decoding:?}: a window longer than the model's positions");
+            // A model without the limit keeps the request's window length.
+            let (kept, _) = windows(&tok, &BERT_PROFILE, "when", &context, &options).unwrap();
+            assert_eq!(kept.max_seq_len, 64, "{decoding:?}");
+        }
+    }
+
+    #[test]
+    fn both_decodings_answer_a_one_window_context_alike() {
+        let tok = tiny_tokenizer();
+        let context = "benz patented it in 1886. a b c d e f g h";
+        let answer_with = |decoding| {
+            let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
+            let options = Options { top_k: 3, decoding, ..Options::default() };
+            let (answers, timings) = answer(&tok, &BERT_PROFILE, &mut model, "when was it?", context, &options).unwrap();
+            assert_eq!(timings.windows, 1);
+            answers
+        };
+        let (document, pipeline) = (answer_with(Decoding::Document), answer_with(Decoding::Pipeline));
+        assert_eq!(document[0].text, "1886");
+        assert_eq!(document, pipeline, "same texts, spans and scores");
+    }
+
+    #[test]
     fn short_context_is_one_inference_call() {
         let tok = tiny_tokenizer();
         let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
