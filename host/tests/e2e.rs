@@ -159,6 +159,50 @@ fn precompiled_guests_are_used_only_from_trusted_places_or_signed() {
     // An artifact that is not what it claims is refused by wasmtime even where trusted.
     std::fs::write(&artifact, b"garbage").unwrap();
     assert_eq!(load(&shipped), Origin::Compiled);
+
+    // A real artifact of this wasm from an engine configured otherwise (as a host of another
+    // wasmtime build or settings would ship it), in the trusted directory: wasmtime refuses it
+    // for this engine, and the guest is compiled instead.
+    let mut other_settings = engine_config();
+    other_settings.epoch_interruption(false);
+    let other_engine = wasmtime::Engine::new(&other_settings).unwrap();
+    let foreign = write_shipped_artifact(&other_engine, &wasm, None).unwrap();
+    assert_eq!(foreign, artifact, "the same name, so the host finds it");
+    let shipped_fresh = || Artifacts::new(tempfile::tempdir().unwrap().path(), vec![deploy.path().to_path_buf()], None);
+    assert_eq!(load(&shipped_fresh()), Origin::Compiled, "an artifact from another engine's settings is not used");
+    write_shipped_artifact(&engine, &wasm, None).unwrap();
+    assert_eq!(load(&shipped_fresh()), Origin::Shipped, "this engine's own artifact is");
+}
+
+/// A manifest entry names the model it wants even where an image model of that name exists,
+/// and `QA_DEFAULT_MODEL` picks the model of a request that names none.
+#[test]
+fn manifest_entries_win_over_image_models_and_qa_default_model_picks_the_default() {
+    let root = tempfile::tempdir().unwrap();
+    let image = root.path().join("image");
+    link_model(&models_dir().join("nlp1"), &image.join("nlp1"));
+    link_model(&models_dir().join("nlp1"), &image.join("zeta"));
+    let efs = root.path().join("efs/nlp1");
+    link_model(&models_dir().join("nlp1"), &efs);
+    let server = Serving::start(
+        &qa_guest(),
+        &[
+            ("QA_MODELS_DIR", image.display().to_string()),
+            ("QA_MODELS", format!("nlp1=efs:{}", efs.display())),
+            ("QA_DEFAULT_MODEL", "zeta".to_string()),
+        ],
+    );
+    let mut request = benz_request();
+    let (status, named) = server.post(request.to_string());
+    assert_eq!((status, &named["Answer"]), (200, &serde_json::json!("1886")), "{named}");
+    // EFS versions are the files' sizes and times; image models are "image".
+    let version = named["model_version"].as_str().unwrap();
+    assert!(version.starts_with("model.onnx:"), "nlp1 came from the manifest's EFS entry, not the image: {version}");
+    request.as_object_mut().unwrap().remove("model_type");
+    let (status, unnamed) = server.post(request.to_string());
+    assert_eq!(status, 200, "{unnamed}");
+    assert_eq!(unnamed["Model_Type"], "zeta", "QA_DEFAULT_MODEL, though nlp1 comes first by name");
+    assert_eq!(unnamed["model_version"], "image");
 }
 
 fn host_bin() -> Command {

@@ -52,6 +52,8 @@ impl Lambda {
         wait_until("the emulator to listen", Duration::from_secs(60), || TcpStream::connect(("127.0.0.1", port)).is_ok());
         let given: Vec<(std::ffi::OsString, std::ffi::OsString)> =
             function.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))).collect();
+        // Variables `function` removes stay removed (`QA_LOG`, to test Lambda's own log level).
+        let removed: Vec<std::ffi::OsString> = function.get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_owned()).collect();
         function
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -61,6 +63,9 @@ impl Lambda {
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
             .env("QA_LOG", "info")
             .envs(given);
+        for key in removed {
+            function.env_remove(key);
+        }
         Lambda { function: Spawned::start(function), _emulator: emulator, port }
     }
 
@@ -70,6 +75,15 @@ impl Lambda {
 
     fn logged(&self, needle: &str) -> bool {
         self.function.logged(needle)
+    }
+
+    /// Returns once every line the bootstrap logged before this call has reached the test: a
+    /// refused invocation's `request failed` line, carrying the id it answered with, comes after
+    /// them (see `common::log_barrier`).
+    fn flush_log(&self) {
+        let refused = envelope_body(&self.invoke(&http_v2(r#"{"question": " ", "context": "log barrier"}"#, false)), 400);
+        let request_id = refused["error"]["request_id"].as_str().expect("a refused request has an id");
+        self.function.wait_for_log(request_id, Duration::from_secs(10));
     }
 
     fn invoke(&self, event: &Value) -> Value {
@@ -200,6 +214,7 @@ fn preloaded_models_load_during_init_and_others_on_first_use() {
     assert_eq!(preloading.invoke(&benz_request())["Answer"], "1886");
 
     let lazy = Lambda::start(qa_guest(), &[]);
+    lazy.flush_log(); // a refused request loads no model
     assert!(!lazy.logged("model loaded"), "without QA_PRELOAD nothing is loaded at init");
     assert_eq!(lazy.invoke(&benz_request())["Answer"], "1886");
     lazy.wait_for_log("model loaded"); // the first request loaded the model
@@ -332,4 +347,77 @@ fn a_start_up_failure_is_reported_to_the_runtime_api() {
     assert!(lambda.logged("no-such-guest.wasm"), "the reason names the missing guest: {:?}", lambda.function.lines());
     let status = lambda.function.child.wait().expect("the bootstrap exits");
     assert_eq!(status.code(), Some(2));
+}
+
+/// The bootstrap with `env` added and `removed` taken away, compiling the guest into `cache`.
+/// Not waited for: its "guest ready" line may be filtered out; invocations wait in the
+/// emulator until it asks for them.
+fn bootstrap(cache: &std::path::Path, env: &[(&str, &str)], removed: &[&str]) -> Lambda {
+    let mut function = Command::new(env!("CARGO_BIN_EXE_qa-host"));
+    function
+        .env("ORT_DYLIB_PATH", onnxruntime())
+        .env("QA_GUEST", qa_guest())
+        .env("QA_MODELS_DIR", models_dir())
+        .env("QA_CACHE_DIR", cache)
+        .envs(env.iter().copied());
+    for key in removed {
+        function.env_remove(key);
+    }
+    Lambda::launch(function)
+}
+
+#[test]
+fn log_and_metric_variables_choose_format_level_names_and_whether_metrics_are_written() {
+    let cache = tempfile::tempdir().unwrap();
+    let body = benz_request().to_string();
+    let refused_body = r#"{"question": "", "context": "c"}"#;
+
+    // Nothing set: JSON logs at info, metrics under the default names, and a first start that
+    // had to compile the guest counts a guest cache miss.
+    let defaults = bootstrap(cache.path(), &[], &["QA_LOG"]);
+    assert_eq!(envelope_body(&defaults.invoke(&http_v2(&body, false)), 200)["Answer"], "1886");
+    defaults.flush_log();
+    let lines: Vec<Value> = defaults.function.lines().iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let metric = lines.iter().find(|l| l.get("_aws").is_some()).expect("a metric line");
+    qa_host::telemetry::emf::validate(metric).unwrap();
+    assert_eq!(metric["_aws"]["CloudWatchMetrics"][0]["Namespace"], qa_host::telemetry::emf::DEFAULT_NAMESPACE);
+    assert_eq!(qa_host::telemetry::emf::DEFAULT_NAMESPACE, "QaWasmLambda", "the README's name");
+    assert_eq!(metric["service"], "qa-host");
+    assert_eq!(
+        (&metric["GuestCacheMiss"], &metric["GuestCacheHit"], &metric["guest_origin"]),
+        (&json!(1.0), &json!(0.0), &json!("compiled"))
+    );
+    assert!(lines.iter().any(|l| l["message"] == "answered" && l["level"] == "INFO"), "info lines are written as JSON");
+    drop(defaults);
+
+    // The same cache again: the guest comes from it (a hit). Lambda's own log settings: text
+    // lines, warnings only; metric lines stay JSON.
+    let lambda_settings = bootstrap(cache.path(), &[("AWS_LAMBDA_LOG_FORMAT", "Text"), ("AWS_LAMBDA_LOG_LEVEL", "WARN")], &["QA_LOG"]);
+    assert_eq!(envelope_body(&lambda_settings.invoke(&http_v2(&body, false)), 200)["Answer"], "1886");
+    envelope_body(&lambda_settings.invoke(&http_v2(refused_body, false)), 400);
+    lambda_settings.flush_log();
+    let lines = lambda_settings.function.lines();
+    let metrics: Vec<Value> =
+        lines.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l.get("_aws").is_some()).collect();
+    assert_eq!((&metrics[0]["GuestCacheHit"], &metrics[0]["guest_origin"]), (&json!(1.0), &json!("cached")), "{}", metrics[0]);
+    let failed = lines.iter().find(|l| l.contains("request failed")).expect("warnings are written");
+    assert!(serde_json::from_str::<Value>(failed).is_err() && failed.contains("WARN"), "a text line: {failed}");
+    assert!(!lines.iter().any(|l| l.contains("answered")), "info lines are filtered out at WARN");
+    drop(lambda_settings);
+
+    // QA_LOG_FORMAT wins over Lambda's variable; POWERTOOLS_METRICS_DISABLED turns metric
+    // lines off.
+    let ours = bootstrap(
+        cache.path(),
+        &[("QA_LOG_FORMAT", "json"), ("AWS_LAMBDA_LOG_FORMAT", "Text"), ("POWERTOOLS_METRICS_DISABLED", "true")],
+        &[],
+    );
+    assert_eq!(envelope_body(&ours.invoke(&http_v2(&body, false)), 200)["Answer"], "1886");
+    ours.flush_log();
+    let lines = ours.function.lines();
+    assert!(lines.iter().any(|l| l.contains("\"answered\"")), "the answered line is logged");
+    assert!(!lines.iter().any(|l| l.contains("\"_aws\"")), "no metric line: {lines:#?}");
+    for line in lines.iter().filter(|l| !l.starts_with('<')) {
+        assert!(serde_json::from_str::<Value>(line).is_ok(), "JSON under QA_LOG_FORMAT=json: {line}");
+    }
 }

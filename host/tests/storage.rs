@@ -142,6 +142,7 @@ fn cold_fetch_then_warm_reuse_then_a_replaced_object_is_picked_up_after_the_ttl(
     let (status, first) = host.ask("s3nlp");
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["Answer"], "1886");
+    log_barrier(&host.process, &host.base);
     assert_eq!(host.process.count("fetched from S3"), 1);
     let versions = cached_versions(cache.path(), "s3nlp");
     assert_eq!(versions, [first["model_version"].as_str().unwrap()], "one complete version, no partial left");
@@ -150,6 +151,7 @@ fn cold_fetch_then_warm_reuse_then_a_replaced_object_is_picked_up_after_the_ttl(
     std::thread::sleep(Duration::from_millis(1200));
     let (_, second) = host.ask("s3nlp");
     assert_eq!(second["model_version"], first["model_version"]);
+    log_barrier(&host.process, &host.base);
     assert_eq!(host.process.count("fetched from S3"), 1, "warm reuse downloads nothing");
     assert_eq!(host.process.count("model loaded"), 1);
 
@@ -286,6 +288,7 @@ fn concurrent_first_requests_download_once() {
     for (status, body) in answers {
         assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{body}");
     }
+    log_barrier(&host.process, &host.base);
     assert_eq!(host.process.count("fetched from S3"), 1);
     assert_eq!(host.process.count("model loaded"), 1);
 }
@@ -338,6 +341,7 @@ fn a_model_that_would_not_fit_in_the_cache_is_refused_before_downloading() {
         .sum();
     assert!(message.contains(&format!("needs {} MiB", needed.div_ceil(1 << 20))) && message.contains("ephemeral storage"), "{message}");
     assert!(cached_versions(cache.path(), "big").is_empty(), "nothing was written");
+    log_barrier(&host.process, &host.base);
     assert!(!host.process.logged("fetched from S3"));
 }
 
@@ -727,6 +731,7 @@ fn a_host_killed_mid_download_leaves_nothing_a_restart_would_use() {
     let after = cached_versions(cache.path(), "killed");
     assert_eq!(after.len(), 1, "the dead process's partial download was removed: {after:?}");
     assert!(!after[0].starts_with('.') && cache.path().join("killed").join(&after[0]).join(".complete").is_file());
+    log_barrier(&host.process, &host.base);
     assert_eq!(host.process.count("fetched from S3"), 1, "downloaded afresh, not resumed from the partial");
 }
 

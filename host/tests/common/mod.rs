@@ -146,6 +146,18 @@ impl Drop for Spawned {
     }
 }
 
+/// Lines reach a test through a pipe and a reader thread, so a line the server wrote may not
+/// have arrived yet: before checking that something was *not* logged, send a request the server
+/// refuses (it logs `request failed` with the request id it answers with) and wait for that
+/// line. The server writes its log in order, so every earlier line has arrived by then.
+pub fn log_barrier(process: &Spawned, base: &str) {
+    let response = http().post(&format!("{base}/")).send(r#"{"question": " ", "context": "log barrier"}"#).expect("HTTP round trip");
+    let (status, body) = json_body(response);
+    assert_eq!(status, 400, "{body}");
+    let request_id = body["error"]["request_id"].as_str().expect("a refused request has an id");
+    process.wait_for_log(request_id, Duration::from_secs(10));
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -207,6 +219,12 @@ impl Serving {
         let response =
             http().post(&format!("{}/", self.base)).header("Content-Type", "application/json").send(body.into()).expect("HTTP round trip");
         json_body(response)
+    }
+
+    /// Returns once every line the server logged before this call has reached the test: see
+    /// [`log_barrier`].
+    pub fn flush_log(&self) {
+        log_barrier(&self.process, &self.base);
     }
 
     /// A line of `/proc/<pid>/status` as a number (`Threads`, `VmRSS` in kB).
