@@ -40,10 +40,11 @@ if [ ! -f .cache/wasmtime-models/nlp1/model.onnx ] || [ models/nlp1/model.onnx -
 fi
 export QA_TEST_F32_MODELS="$PWD/.cache/wasmtime-models/nlp1/model.onnx"
 
-echo "test: building the test guests (misbehaving; the QA guest on the 0.1.0 contract)" >&2
+echo "test: building the test guests (misbehaving, oversized; the QA guest on the 0.1.0 contract)" >&2
 cargo build --quiet -p qa-guest-fixtures --target wasm32-wasip2 --release
 export QA_TEST_MISBEHAVING_GUEST="$PWD/target/wasm32-wasip2/release/misbehaving-guest.wasm"
 export QA_TEST_LEGACY_GUEST="$PWD/target/wasm32-wasip2/release/legacy-guest.wasm"
+export QA_TEST_OVERSIZED_GUEST="$PWD/target/wasm32-wasip2/release/oversized-guest.wasm"
 # Separate runs: testing both packages in one cargo invocation unifies their dependencies'
 # features and rebuilds wasmtime and the AWS SDK.
 cargo test -p qa-guest -p qa-options "$@"

@@ -1,5 +1,6 @@
-//! The guest is swapped under a running `qa-host serve`, without a restart: a broken new
-//! guest is rejected while the old one keeps serving, and a different guest build (the
+//! The guest is swapped under a running `qa-host serve`, without a restart: a new guest that
+//! does not compile, link or fit its memory cap is rejected while the old one keeps serving; a
+//! request running during a swap finishes on its guest; and a different guest build (the
 //! misbehaving fixture guest, which answers with the whole context) takes over after the TTL.
 
 mod common;
@@ -51,4 +52,51 @@ fn a_new_guest_is_picked_up_after_the_ttl_and_a_broken_one_is_rejected() {
     let (status, body) = ask();
     // The fixture guest answers with the whole context, which the real guest never does.
     assert_eq!((status, &body["Answer"]), (200, &benz_request()["context"]), "{body}");
+    let fixture_answers = |body: &serde_json::Value| body["Answer"] == benz_request()["context"];
+
+    // New guests that parse but cannot run: one that fails to link (it imports an interface
+    // this host does not provide; the WebAssembly text format, which wasmtime compiles too),
+    // and one that cannot be instantiated (its memory starts at 1 GiB, over the per-instance
+    // cap: refused when it is loaded, before any request could start it). Each is rejected,
+    // naming why, and the guest before it keeps serving.
+    let unlinkable = r#"(component
+        (import "example:unknown/thing" (instance (export "call" (func))))
+        (instance $empty)
+        (export "qa:extractive/qa@0.3.0" (instance $empty)))"#;
+    let cases = [
+        ("unlinkable", unlinkable.as_bytes().to_vec(), "example:unknown/thing"),
+        ("oversized", std::fs::read(oversized_guest()).unwrap(), "memory has a minimum byte size"),
+    ];
+    for (what, bytes, reason) in cases {
+        let rejected_before = host.count("new guest rejected");
+        replace(&wasm, &bytes);
+        std::thread::sleep(Duration::from_millis(1100));
+        ask();
+        wait_until(&format!("the {what} guest to be rejected"), Duration::from_secs(120), || {
+            host.count("new guest rejected") > rejected_before
+        });
+        let (status, body) = ask();
+        assert!(status == 200 && fixture_answers(&body), "{what}: the previous guest still serves: {body}");
+        let rejected = host.lines().into_iter().rfind(|l| l.contains("new guest rejected")).unwrap();
+        assert!(rejected.contains(reason), "{what}: {rejected}");
+    }
+
+    // A request running when the guest is swapped finishes on the guest it started with.
+    let swapped_before = host.count("guest swapped");
+    std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| {
+            let mut request = benz_request();
+            request["question"] = serde_json::json!("sleep:6");
+            json_body(http().post(&format!("{base}/")).send(request.to_string()).unwrap())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        replace(&wasm, &std::fs::read(qa_guest()).unwrap());
+        std::thread::sleep(Duration::from_millis(1100));
+        ask();
+        wait_until("the QA guest to be swapped in", Duration::from_secs(120), || host.count("guest swapped") > swapped_before);
+        assert_eq!(ask().1["Answer"], "1886", "new requests get the new guest");
+        let (status, body) = in_flight.join().unwrap();
+        // Only the fixture guest answers "sleep:" with this probe, after sleeping.
+        assert_eq!((status, body["error"]["message"].as_str().unwrap_or_default()), (500, "inference failed: probe: woke up"), "{body}");
+    });
 }

@@ -238,6 +238,11 @@ impl Serving {
     }
 }
 
+/// The misbehaving guest with 1 GiB of zeroed statics: compiles, links, cannot instantiate.
+pub fn oversized_guest() -> PathBuf {
+    required("QA_TEST_OVERSIZED_GUEST", workspace().join("target/wasm32-wasip2/release/oversized-guest.wasm"))
+}
+
 /// The QA guest built against the older contract (`qa:extractive@0.1.0`: `ask` only).
 pub fn legacy_guest() -> PathBuf {
     required("QA_TEST_LEGACY_GUEST", workspace().join("target/wasm32-wasip2/release/legacy-guest.wasm"))
