@@ -75,22 +75,28 @@ async fn question_over_the_token_limit_is_refused_by_the_guest() {
 }
 
 #[tokio::test]
-async fn on_demand_models_beyond_the_cache_budget_are_evicted_least_recently_used_first() {
+async fn on_demand_models_beyond_the_cache_budget_are_evicted_least_recently_used_first_and_preloaded_ones_never() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["alpha", "beta", "gamma"] {
+    for name in ["alpha", "beta", "gamma", "pinned"] {
         link_model(&models_dir().join("nlp1"), &dir.path().join(name));
     }
     let model_mb = std::fs::metadata(models_dir().join("nlp1/model.onnx")).unwrap().len().div_ceil(1 << 20);
     let mut config = config(qa_guest(), dir.path().to_path_buf());
-    config.model_cache_mb = Some(2 * model_mb); // room for two
+    config.model_cache_mb = Some(2 * model_mb); // room for two on-demand models
     let service = service(&config).await;
+    // Preloaded, then the least recently used of all: the budget does not count it, and
+    // eviction never takes it.
+    service.preload(&["pinned".to_string()]).await.unwrap();
     let ask = |name: &str| QaRequest { model_type: Some(name.into()), ..sample() };
     for name in ["alpha", "beta", "alpha", "gamma"] {
         assert_eq!(service.answer(ask(name)).await.expect(name).answer, "1886");
     }
-    assert_eq!(service.loaded_models(), ["alpha", "gamma"], "beta was the least recently used");
+    assert_eq!(service.loaded_models(), ["alpha", "gamma", "pinned"], "beta was the least recently used on-demand model");
     assert_eq!(service.answer(ask("beta")).await.expect("beta again").answer, "1886");
-    assert_eq!(service.loaded_models(), ["beta", "gamma"]);
+    assert_eq!(service.loaded_models(), ["beta", "gamma", "pinned"]);
+    let answered = service.answer(ask("pinned")).await.expect("pinned");
+    assert_eq!(answered.answer, "1886");
+    assert!(!answered.model_loaded, "the preloaded model was still loaded");
 }
 
 #[test]
@@ -172,6 +178,32 @@ fn precompiled_guests_are_used_only_from_trusted_places_or_signed() {
     assert_eq!(load(&shipped_fresh()), Origin::Compiled, "an artifact from another engine's settings is not used");
     write_shipped_artifact(&engine, &wasm, None).unwrap();
     assert_eq!(load(&shipped_fresh()), Origin::Shipped, "this engine's own artifact is");
+}
+
+/// Options a request sets reach the guest through `serve`: each changes the answer the way
+/// the README says.
+#[test]
+fn non_default_options_reach_the_guest_through_the_host() {
+    let server = Serving::start(&qa_guest(), &[] as &[(&str, &str)]);
+    let ask = |question: &str, options: serde_json::Value| {
+        let mut request = benz_request();
+        request["question"] = question.into();
+        request.as_object_mut().unwrap().extend(options.as_object().unwrap().clone());
+        let (status, body) = server.post(request.to_string());
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let who = "Who patented the Benz Patent-Motorwagen?";
+    assert_eq!(ask(who, serde_json::json!({}))["Answer"], "Karl Benz");
+    let one_token = ask(who, serde_json::json!({"max_answer_len": 1, "top_k": 5}));
+    let answers = one_token["answers"].as_array().unwrap();
+    assert_eq!((one_token["Answer"].as_str(), answers.len()), (Some("Karl"), 5), "{one_token}");
+    assert!(answers.iter().all(|a| !a["text"].as_str().unwrap().contains(' ')), "one-token answers: {one_token}");
+    // A question the context does not answer: the empty answer wins only when it is offered.
+    let off_topic = "What is the capital of Peru?";
+    assert_ne!(ask(off_topic, serde_json::json!({}))["Answer"], "");
+    let impossible = ask(off_topic, serde_json::json!({"handle_impossible_answer": true}));
+    assert_eq!((&impossible["Answer"], &impossible["start"], &impossible["end"]), (&"".into(), &0.into(), &0.into()), "{impossible}");
 }
 
 /// A manifest entry names the model it wants even where an image model of that name exists,
