@@ -248,6 +248,26 @@ fn a_missing_object_is_404_and_a_corrupt_one_is_rejected_and_not_cached() {
 }
 
 #[test]
+fn bytes_that_do_not_match_the_etag_md5_are_model_corrupt_and_not_cached() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "flipped/", &models_dir().join("nlp1"));
+    let proxy = FaultProxy::start(s3.port, "model.onnx");
+    let cache = tempfile::tempdir().unwrap();
+    let host = Host::start(&s3_env(proxy.port, cache.path(), "flipped=s3://models/flipped/"));
+    proxy.set(Fault::FlipByte);
+    let (status, body) = host.ask("flipped");
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("model_corrupt")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("s3://models/flipped/model.onnx") && message.contains("does not match the ETag"), "{message}");
+    assert!(proxy.faulted() > 0, "the download went through the flipping proxy");
+    assert!(cached_versions(cache.path(), "flipped").is_empty(), "nothing cached, no partial left");
+    proxy.set(Fault::Pass);
+    let (status, body) = host.ask("flipped");
+    assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "a good download afterwards: {body}");
+}
+
+#[test]
 fn a_stopped_server_is_503_after_retries_and_other_models_keep_serving() {
     let mut s3 = S3::start();
     s3.create_bucket("models");
@@ -384,6 +404,9 @@ enum Fault {
     Deny,
     /// Forward responses in 16 KiB pieces with this pause after each: a download in flight.
     Trickle(Duration),
+    /// Forward the response with the first byte of its body flipped: the right length, the
+    /// wrong content (what a faulty disk or network could deliver).
+    FlipByte,
 }
 
 /// The role an `AccessDenied` from the fault proxy names: an account id and role ARN, which
@@ -496,11 +519,20 @@ impl FaultProxy {
             return;
         }
         let mut sent = 0usize;
+        let mut flipped = false;
         loop {
             let n = match server.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            if fault == Fault::FlipByte && !flipped {
+                // Only the first chunk holds the headers (S3's are a few hundred bytes).
+                let body_start = if sent == 0 { buf[..n].windows(4).position(|w| w == b"\r\n\r\n").map_or(n, |i| i + 4) } else { 0 };
+                if body_start < n {
+                    buf[body_start] ^= 0xff;
+                    flipped = true;
+                }
+            }
             match fault {
                 Fault::CutAfter(limit) if sent + n >= limit => {
                     let _ = client.write_all(&buf[..limit - sent]);
