@@ -34,6 +34,8 @@ fi
 echo "setup: building the guest component" >&2
 cargo build --quiet -p qa-guest --target wasm32-wasip2 --release
 echo "setup: building the host" >&2
-# Built as the tests build it (with dev-dependencies), so the test run reuses this build
-# instead of compiling wasmtime and the AWS SDK a second time with other feature flags.
-cargo test --quiet --no-run -p qa-host
+# Built as the tests build it (with dev-dependencies, and with the benchmark runner, whose
+# tokenizers turn on more features of shared crates such as `either`), so the test run and the
+# benchmark smoke run reuse this build instead of compiling the AWS SDK a second time with
+# other feature flags.
+cargo test --quiet --no-run -p qa-host -p qa-bench

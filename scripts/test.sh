@@ -10,10 +10,10 @@ source scripts/env.sh
 for tool in rustfmt clippy; do
   if ! rustup component list --installed | grep -q "^$tool"; then rustup component add "$tool"; fi
 done
-echo "test: cargo fmt --check, cargo clippy -D warnings (guest, options, host)" >&2
+echo "test: cargo fmt --check, cargo clippy -D warnings (guest, options, host, bench)" >&2
 cargo fmt --all --check
 cargo clippy --quiet -p qa-guest -p qa-options --all-targets -- -D warnings
-cargo clippy --quiet -p qa-host --all-targets -- -D warnings
+cargo clippy --quiet -p qa-host -p qa-bench --all-targets -- -D warnings
 # Real stand-ins for AWS, from PyPI: cargo-lambda's Lambda Runtime API emulator and moto's
 # S3-compatible server; onnx for the float32-input model; onnxruntime and tokenizers for the
 # benchmark's Python row. Installed into .cache/tools-venv once; reinstalled when the pinned
@@ -45,10 +45,11 @@ cargo build --quiet -p qa-guest-fixtures --target wasm32-wasip2 --release
 export QA_TEST_MISBEHAVING_GUEST="$PWD/target/wasm32-wasip2/release/misbehaving-guest.wasm"
 export QA_TEST_LEGACY_GUEST="$PWD/target/wasm32-wasip2/release/legacy-guest.wasm"
 export QA_TEST_OVERSIZED_GUEST="$PWD/target/wasm32-wasip2/release/oversized-guest.wasm"
-# Separate runs: testing both packages in one cargo invocation unifies their dependencies'
-# features and rebuilds wasmtime and the AWS SDK.
+# Separate runs: testing the guest with the host in one cargo invocation unifies their
+# dependencies' features and rebuilds wasmtime and the AWS SDK. The host goes with qa-bench,
+# as scripts/setup.sh built them, so the benchmark's build below finds everything built.
 cargo test -p qa-guest -p qa-options "$@"
-cargo test -p qa-host "$@"
+cargo test -p qa-host -p qa-bench "$@"
 
 # The deployment, offline: SAM templates (cfn-lint, and the SAM transform) and the Dockerfile
 # (hadolint).

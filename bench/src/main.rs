@@ -18,7 +18,8 @@ use qa_guest::tokenize::load_tokenizer;
 use qa_guest::window::Batch;
 use qa_guest::{Decoding, Options, QaError};
 
-/// The transformers pipeline's decoding (its windows and per-window scores), as row 4 runs it.
+/// The transformers pipeline's decoding (its windows and per-window scores), as row 4 runs it;
+/// rows 2 and 3 use it, the defaults otherwise (`guest/options/defaults.json`).
 const PIPELINE_OPTIONS: Options = Options { decoding: Decoding::Pipeline, ..Options::DEFAULT };
 use qa_host::api::QaRequest;
 use qa_host::config::HostConfig;
@@ -226,7 +227,7 @@ impl Row for NativeRow {
     fn answer(&mut self, input: &Input) -> Result<Option<Answer>> {
         let profile = self.model.profile;
         let (answers, _) =
-            pipeline::answer(&mut self.tokenizer, &profile, &mut self.model, &input.question, &input.context, &PIPELINE_OPTIONS)?;
+            pipeline::answer(&self.tokenizer, &profile, &mut self.model, &input.question, &input.context, &PIPELINE_OPTIONS)?;
         let best = answers.into_iter().next().ok_or_else(|| anyhow!("no answer"))?;
         Ok(Some(Answer { text: best.text, start: best.start as u32, end: best.end as u32, score: best.score }))
     }
@@ -248,10 +249,11 @@ struct OrtRow {
 
 impl OrtRow {
     fn load(dir: &Path, backend: &OnnxBackend, inputs: &[Input]) -> Result<Self> {
-        let (mut tokenizer, model) = load_model(dir, backend)?;
+        let (tokenizer, model) = load_model(dir, backend)?;
         let mut batches = BTreeMap::new();
         for input in inputs {
-            let (_, windows) = pipeline::windows(&mut tokenizer, &model.profile, &input.question, &input.context, &Options::default())?;
+            // Row 2's windows, so the two rows run inference on the same tensors.
+            let (_, windows) = pipeline::windows(&tokenizer, &model.profile, &input.question, &input.context, &PIPELINE_OPTIONS)?;
             let mut input_batches = Vec::new();
             for chunk in windows.chunks(MAX_BATCH_ROWS) {
                 let batch = Batch::from_windows(&chunk.iter().collect::<Vec<_>>(), model.profile.pad_id);
