@@ -362,31 +362,9 @@ fn long_documents_keep_their_paragraph_answers() {
 }
 
 /// `qa-host serve` on an ephemeral loopback port; killed on drop.
-struct Server {
-    _process: Spawned,
-    base: String,
-}
-
-impl Server {
-    fn start() -> Self {
-        let mut command = host_bin();
-        command.args(["serve", "--addr", "127.0.0.1:0"]);
-        let process = Spawned::start(command);
-        let line = process.wait_for_log("qa-host: listening on ", std::time::Duration::from_secs(120));
-        let base = line.trim_start_matches("qa-host: listening on ").trim().to_string();
-        Server { _process: process, base }
-    }
-
-    fn post(&self, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
-        let response =
-            http().post(&format!("{}/", self.base)).header("Content-Type", "application/json").send(body.into()).expect("HTTP round trip");
-        json_body(response)
-    }
-}
-
 #[test]
 fn serve_answers_the_sample_and_refuses_bad_input_with_stable_codes() {
-    let server = Server::start();
+    let server = Serving::start(&qa_guest(), &[] as &[(&str, &str)]);
     let (status, json) = server.post(benz_request().to_string());
     assert_eq!(status, 200, "{json}");
     assert_eq!(json["Answer"], "1886");

@@ -233,24 +233,11 @@ async fn a_model_whose_external_data_points_outside_its_directory_is_refused() {
 /// resident memory stays under the model's size plus 300 MB.
 #[test]
 fn attempts_at_huge_inference_leave_the_served_host_small() {
-    let port = free_port();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qa-host"));
-    command
-        .env_clear()
-        .env("ORT_DYLIB_PATH", onnxruntime())
-        .env("QA_GUEST", misbehaving_guest())
-        .env("QA_MODELS_DIR", models_dir())
-        .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
-        .env("QA_GUEST_DEADLINE_MS", "1000")
-        .env("QA_LOG", "info")
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")]);
-    let host = Spawned::start(command);
-    host.wait_for_log("listening on", Duration::from_secs(120));
-    let url = format!("http://127.0.0.1:{port}/");
+    let server = Serving::start(&misbehaving_guest(), &[("QA_GUEST_DEADLINE_MS", "1000")]);
     let ask = |question: &str| {
         let started = Instant::now();
         let body = serde_json::json!({"question": question, "context": "ok"});
-        let (status, json) = json_body(http().post(&url).send(body.to_string()).unwrap());
+        let (status, json) = server.post(body.to_string());
         (status, json, started.elapsed())
     };
     assert_eq!(ask("nn:2x384").0, 500, "an honest-sized batch runs (reported as a probe)");
@@ -261,9 +248,7 @@ fn attempts_at_huge_inference_leave_the_served_host_small() {
         assert!(message.contains("the limit per inference call"), "{shape}: {message}");
         assert!(took < Duration::from_millis(1500), "{shape} took {took:?}");
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", host.child.id())).unwrap();
-    let peak_kb: u64 =
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap();
+    let peak_kb = server.proc_status("VmHWM");
     let model_mb = std::fs::metadata(models_dir().join("nlp1/model.onnx")).unwrap().len() >> 20;
     assert!(peak_kb >> 10 < model_mb + 300, "peak RSS {} MiB, model {model_mb} MiB", peak_kb >> 10);
 }

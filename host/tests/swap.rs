@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
 /// Replaces `path` atomically, as a deployment tool would (write beside, then rename).
@@ -21,18 +20,9 @@ fn a_new_guest_is_picked_up_after_the_ttl_and_a_broken_one_is_rejected() {
     let deploy = tempfile::tempdir().unwrap();
     let wasm = deploy.path().join("qa-guest.wasm");
     std::fs::copy(qa_guest(), &wasm).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_qa-host"));
-    command
-        .env("ORT_DYLIB_PATH", onnxruntime())
-        .env("QA_GUEST", &wasm)
-        .env("QA_GUEST_TTL_SECS", "1")
-        .env("QA_MODELS_DIR", models_dir())
-        .env("QA_CACHE_DIR", deploy.path().join("cache"))
-        .env("QA_LOG", "info")
-        .args(["serve", "--addr", "127.0.0.1:0"]);
-    let host = Spawned::start(command);
-    let line = host.wait_for_log("qa-host: listening on ", Duration::from_secs(120));
-    let base = line.trim_start_matches("qa-host: listening on ").trim().to_string();
+    let cache = deploy.path().join("cache").into_os_string();
+    let server = Serving::start(&wasm, &[("QA_GUEST_TTL_SECS", "1".into()), ("QA_CACHE_DIR", cache)]);
+    let (host, base) = (&server.process, &server.base);
     let ask = || json_body(http().post(&format!("{base}/")).send(benz_request().to_string()).unwrap());
 
     assert_eq!(ask().1["Answer"], "1886");
