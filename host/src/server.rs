@@ -78,11 +78,7 @@ async fn refused(error: tower::BoxError) -> Response {
         ApiError::Internal(error.to_string())
     };
     tracing::warn!(request_id, code = error.code(), %error, "request refused");
-    let mut response = error_response(&error, &request_id);
-    if matches!(error, ApiError::Overloaded) {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-    }
-    response
+    error_response(&error, &request_id)
 }
 
 /// Serves until the process is stopped.
@@ -180,9 +176,15 @@ async fn answer(State(service): State<Arc<QaService>>, body: Body) -> Response {
     }
 }
 
+/// The error's status and JSON body; `overloaded` (the route full, or every guest instance
+/// busy) also says when to retry.
 fn error_response(error: &ApiError, request_id: &str) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, &error.body(request_id))
+    let mut response = json_response(status, &error.body(request_id));
+    if matches!(error, ApiError::Overloaded) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    response
 }
 
 async fn health(State(service): State<Arc<QaService>>) -> Response {

@@ -291,6 +291,8 @@ fn guest_error(model: &str, error: GuestError) -> ApiError {
         GuestError::Qa(GuestQaError::Inference(m)) => ApiError::Inference(m),
         GuestError::Prepare { model, reason } => ApiError::ModelInvalid { name: model, reason },
         GuestError::Timeout(_) => ApiError::GuestTimeout(error.to_string()),
+        // Retryable: an instance comes free as soon as a request in flight ends.
+        GuestError::Busy(_) => ApiError::Overloaded,
         other => ApiError::GuestFailed(other.to_string()),
     }
 }

@@ -206,6 +206,31 @@ fn non_default_options_reach_the_guest_through_the_host() {
     assert_eq!((&impossible["Answer"], &impossible["start"], &impossible["end"]), (&"".into(), &0.into(), &0.into()), "{impossible}");
 }
 
+/// A model's guest instances start from the snapshot taken after `prepare` parsed its files:
+/// once it is made, a request never reads `tokenizer.json` again (here replaced by garbage).
+#[test]
+fn requests_run_on_the_snapshot_and_never_parse_the_tokenizer_again() {
+    let root = tempfile::tempdir().unwrap();
+    let models = root.path().join("models");
+    link_model(&models_dir().join("nlp1"), &models.join("snap"));
+    let cache = root.path().join("cache");
+    let server = Serving::start(
+        &qa_guest(),
+        &[("QA_MODELS_DIR", models.as_os_str()), ("QA_CACHE_DIR", cache.as_os_str()), ("QA_PRELOAD", "snap".as_ref())],
+    );
+    let prepared = server.process.wait_for_log("guest prepared for model", std::time::Duration::from_secs(5));
+    assert!(prepared.contains("snap"), "preloading made the snapshot before serving: {prepared}");
+    let mut request = benz_request();
+    request["model_type"] = "snap".into();
+    assert_eq!(server.post(request.to_string()).1["Answer"], "1886");
+    // A hard link: replace the file, never write through it.
+    let tokenizer = models.join("snap/tokenizer.json");
+    std::fs::remove_file(&tokenizer).unwrap();
+    std::fs::write(&tokenizer, b"{ not a tokenizer").unwrap();
+    let (status, body) = server.post(request.to_string());
+    assert_eq!((status, &body["Answer"]), (200, &serde_json::json!("1886")), "{body}");
+}
+
 /// A manifest entry names the model it wants even where an image model of that name exists,
 /// and `QA_DEFAULT_MODEL` picks the model of a request that names none.
 #[test]
@@ -255,6 +280,46 @@ fn ask_command_prints_the_sample_answer() {
     assert_eq!(json["Answer"], "1886");
     assert_eq!(json["Model_Type"], "nlp1");
     assert_eq!(json["Question"], "When was the car invented?");
+}
+
+/// With none of its path settings, `qa-host` finds the guest beside its executable, the models
+/// in `./models` and puts its compile cache under the temporary directory; a flag wins over
+/// its variable.
+#[test]
+fn path_settings_default_as_documented_and_a_flag_overrides_its_variable() {
+    let root = tempfile::tempdir().unwrap();
+    let (bin, work, tmp) = (root.path().join("bin"), root.path().join("work"), root.path().join("tmp"));
+    for dir in [&bin, &work, &tmp] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let exe = bin.join("qa-host");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_qa-host"), &exe).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_qa-host"), &exe).unwrap();
+    }
+    std::fs::copy(qa_guest(), bin.join("qa-guest.wasm")).unwrap();
+    link_model(&models_dir().join("nlp1"), &work.join("models/nlp1"));
+    let run = |extra_env: &[(&str, &str)], args: &[&str]| {
+        let output = Command::new(&exe)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("ORT_DYLIB_PATH", onnxruntime())
+            .env("TMPDIR", &tmp)
+            .envs(extra_env.iter().copied())
+            .args(["ask", "--request"])
+            .arg(workspace().join("fixtures/benz.json"))
+            .args(args)
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    assert_eq!(run(&[], &[])["Answer"], "1886");
+    let cached: Vec<_> = std::fs::read_dir(tmp.join("qa-host")).expect("the compile cache under TMPDIR").flatten().collect();
+    assert!(!cached.is_empty(), "the guest was compiled into $TMPDIR/qa-host");
+    let models = work.join("models");
+    let flag = run(&[("QA_MODELS_DIR", "/nonexistent/models")], &["--models-dir", models.to_str().unwrap()]);
+    assert_eq!(flag["Answer"], "1886", "--models-dir wins over QA_MODELS_DIR");
 }
 
 #[test]

@@ -327,6 +327,15 @@ fn the_container_image_layout_runs_as_a_bootstrap_under_the_emulator() {
     let ready = lambda.function.wait_for_log("guest ready", Duration::from_secs(10));
     assert!(ready.contains("Shipped"), "the precompiled guest in the layout is used: {ready}");
     lambda.wait_for_log("preloaded");
+    // compile-guest also shipped the instrumented guest and the model's snapshot; the
+    // preloaded model was prepared from that snapshot, before the first invocation.
+    let shipped: Vec<String> =
+        std::fs::read_dir(&task_root).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    for kind in [".instrumented.cwasm", ".prepared-"] {
+        assert!(shipped.iter().any(|f| f.starts_with("qa-guest.wasm.") && f.contains(kind)), "no {kind} artifact in {shipped:?}");
+    }
+    let prepared = lambda.function.wait_for_log("guest prepared for model", Duration::from_secs(10));
+    assert!(prepared.contains("nlp1") && prepared.contains("Shipped"), "the shipped snapshot was used: {prepared}");
     let answer = envelope_body(&lambda.invoke(&http_v2(&benz_request().to_string(), false)), 200);
     assert_eq!(answer["Answer"], "1886");
 }

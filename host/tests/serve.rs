@@ -164,3 +164,55 @@ fn a_client_that_leaves_cancels_its_guest_call() {
     let (status, json) = server.post(body("hello"));
     assert_eq!((status, json["Answer"].as_str()), (200, Some("ok")), "the slot came back: {json}");
 }
+
+#[test]
+fn connections_over_the_limit_wait_to_be_accepted() {
+    let server = Serving::start(&misbehaving_guest(), &[("QA_SERVE_MAX_CONNECTIONS", "2"), ("QA_SERVE_HEADER_TIMEOUT_MS", "60000")]);
+    // Two connections that send nothing hold both places (the header timeout is a minute).
+    let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(server.addr()).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut waiting = send_post(server.addr(), &body("hello"));
+    waiting.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut byte = [0u8; 1];
+    let early = waiting.read(&mut byte);
+    assert!(
+        early.as_ref().is_err_and(|e| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the third connection waits to be accepted: {early:?}"
+    );
+    // One place frees: the waiting request is accepted and answered.
+    drop(idle.remove(0));
+    let response = read_response(&mut waiting, Duration::from_secs(30));
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+#[test]
+fn requests_beyond_the_guest_instances_are_refused_as_overloaded_and_the_pool_recovers() {
+    let server = Serving::start(&misbehaving_guest(), &[("QA_GUEST_INSTANCES", "2"), ("QA_GUEST_DEADLINE_MS", "3000")]);
+    assert_eq!(server.post(body("hello")).0, 200, "warm: the model is loaded");
+    let mut holders: Vec<TcpStream> = (0..2).map(|_| send_post(server.addr(), &body("sleep:3600"))).collect();
+    std::thread::sleep(Duration::from_millis(500)); // both instances are asleep
+    let response = http().post(&format!("{}/", server.base)).send(body("hello")).expect("HTTP round trip");
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let (status, json) = json_body(response);
+    assert_eq!((status, json["error"]["code"].as_str()), (503, Some("overloaded")), "{json}");
+    for holder in &mut holders {
+        let response = read_response(holder, Duration::from_secs(10));
+        assert!(response.contains("\"code\":\"guest_timeout\""), "{response}");
+    }
+    assert_eq!(server.post(body("hello")).0, 200, "the instances came back to the pool");
+}
+
+#[test]
+fn inference_threads_set_onnx_runtime_s_thread_pool() {
+    // Preloaded, so the model's guest snapshot is made before serving and no background
+    // compilation runs threads of its own while the threads are counted.
+    let threads_after_a_request = |threads: &str| {
+        let server = Serving::start(&qa_guest(), &[("QA_INFERENCE_THREADS", threads), ("QA_PRELOAD", "nlp1")]);
+        assert_eq!(server.post(benz_request().to_string()).1["Answer"], "1886");
+        server.proc_status("Threads")
+    };
+    let (one, eight) = (threads_after_a_request("1"), threads_after_a_request("8"));
+    // ONNX Runtime's intra-op pool of 8 runs 7 threads beside the caller, a pool of 1 none;
+    // tokio's blocking threads come and go by a thread or two.
+    assert!(eight >= one + 5, "QA_INFERENCE_THREADS=1: {one} threads, =8: {eight}");
+}

@@ -69,6 +69,9 @@ pub enum GuestError {
     MemoryLimit { limit_mb: usize },
     #[error("guest trapped: {0}")]
     Trap(String),
+    /// Every instance of the pool (`QA_GUEST_INSTANCES`) is running a request.
+    #[error("all {0} guest instances are in use")]
+    Busy(u32),
     /// The guest answered outside the contract (spans must be slices of the context, at most
     /// `top_k` of them); the answer is dropped, never forwarded.
     #[error("guest broke the answer contract: {0}")]
@@ -411,6 +414,9 @@ impl GuestRuntime {
         let state = store.data();
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             return GuestError::Timeout(deadline);
+        }
+        if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+            return GuestError::Busy(self.settings.instances);
         }
         if state.limits.refused {
             return GuestError::MemoryLimit { limit_mb: self.settings.memory_bytes >> 20 };
