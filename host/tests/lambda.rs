@@ -356,6 +356,19 @@ fn a_start_up_failure_is_reported_to_the_runtime_api() {
     assert!(lambda.logged("no-such-guest.wasm"), "the reason names the missing guest: {:?}", lambda.function.lines());
     let status = lambda.function.child.wait().expect("the bootstrap exits");
     assert_eq!(status.code(), Some(2));
+
+    // A setting that does not parse is a start-up failure too, reported naming the setting.
+    let mut function = Command::new(env!("CARGO_BIN_EXE_qa-host"));
+    function
+        .env("ORT_DYLIB_PATH", onnxruntime())
+        .env("QA_GUEST", qa_guest())
+        .env("QA_MODELS_DIR", models_dir())
+        .env("QA_GUEST_DEADLINE_MS", "30s");
+    let mut lambda = Lambda::launch(function);
+    let line = lambda.function.wait_for_log("reported the start-up failure", Duration::from_secs(60));
+    assert!(line.contains("\"status\":200"), "the Runtime API took the report: {line}");
+    assert!(lambda.logged("QA_GUEST_DEADLINE_MS=\\\"30s\\\""), "the reason names the setting: {:?}", lambda.function.lines());
+    assert_eq!(lambda.function.child.wait().expect("the bootstrap exits").code(), Some(2));
 }
 
 /// The bootstrap with `env` added and `removed` taken away, compiling the guest into `cache`.

@@ -345,6 +345,27 @@ mod tests {
     }
 
     #[test]
+    fn cache_directories_another_user_owns_are_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        // Run as root, give a private directory away; otherwise `/`, which root owns.
+        let root = tempfile::tempdir().unwrap();
+        let theirs = if me == 0 {
+            let dir = root.path().join("theirs");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+            rustix::fs::chown(&dir, Some(rustix::process::Uid::from_raw(65534)), None).unwrap();
+            dir
+        } else {
+            std::path::PathBuf::from("/")
+        };
+        assert_ne!(std::fs::metadata(&theirs).unwrap().uid(), me);
+        let refusal = private_dir(&theirs).unwrap_err();
+        assert!(refusal.contains("owned by uid") && refusal.contains(&me.to_string()), "{refusal}");
+        assert!(Artifacts::new(&theirs, Vec::new(), None).cache_dir().is_none());
+    }
+
+    #[test]
     fn signatures_bind_the_wasm_and_the_artifact() {
         let signature = sign(b"key", b"wasm", b"native");
         assert_eq!(signature, sign(b"key", b"wasm", b"native"));
