@@ -231,6 +231,44 @@ fn requests_run_on_the_snapshot_and_never_parse_the_tokenizer_again() {
     assert_eq!((status, &body["Answer"]), (200, &serde_json::json!("1886")), "{body}");
 }
 
+/// The README's budget claim: any English context within the byte limit fits the window
+/// budget. 200,000 bytes of SQuAD paragraphs (the fixture's, repeated) with the Benz paragraph
+/// last are answered under both decodings, inside the default budget. (Which answer wins over
+/// so many paragraphs is the model's quality, measured by `long_documents_keep_their_paragraph_answers`.)
+#[test]
+fn two_hundred_kilobytes_of_english_fit_the_window_budget() {
+    let squad: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace().join("fixtures/squad-dev-v1.1-random200.json")).unwrap()).unwrap();
+    let paragraphs: Vec<String> = squad["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|article| article["paragraphs"].as_array().unwrap().iter().map(|p| p["context"].as_str().unwrap().to_string()))
+        .collect();
+    let benz = benz_request();
+    let last = benz["context"].as_str().unwrap();
+    let limit = qa_host::api::limits::MAX_CONTEXT_BYTES;
+    let mut context = String::new();
+    for paragraph in paragraphs.iter().cycle() {
+        if context.len() + paragraph.len() + 2 + last.len() > limit {
+            break;
+        }
+        context += paragraph;
+        context += "\n\n";
+    }
+    context += last;
+    assert!(context.len() > limit - 2_000 && context.len() <= limit, "{} bytes", context.len());
+    let server = Serving::start(&qa_guest(), &[] as &[(&str, &str)]);
+    for decoding in ["document", "pipeline"] {
+        let request = serde_json::json!({"question": "When was the car invented?", "context": context, "decoding": decoding});
+        let (status, body) = server.post(request.to_string());
+        assert_eq!(status, 200, "{decoding}: {body}");
+        let windows = body["windows"].as_u64().unwrap();
+        assert!(windows > 100, "{decoding}: {windows} windows");
+        assert!(body["Answer"].as_str().is_some_and(|a| !a.is_empty()), "{decoding}: {body}");
+    }
+}
+
 /// A manifest entry names the model it wants even where an image model of that name exists,
 /// and `QA_DEFAULT_MODEL` picks the model of a request that names none.
 #[test]
