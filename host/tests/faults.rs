@@ -114,7 +114,7 @@ async fn the_guest_cannot_open_a_network_connection() {
     let port = listener.local_addr().unwrap().port();
     let service = misbehaving_service(Duration::from_secs(10), 256).await;
     let finding = probe(&service, &format!("socket:{port}")).await;
-    assert!(finding.starts_with("socket refused"), "{finding}");
+    assert!(finding.starts_with("socket refused") && finding.contains("access-denied"), "{finding}");
     match listener.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("the listener saw a connection from the guest: {other:?}"),
