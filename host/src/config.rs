@@ -259,6 +259,28 @@ mod tests {
         assert_eq!(c.preload, ["a", "b"]);
     }
 
+    /// The README's configuration table, default column.
+    #[test]
+    fn with_nothing_set_every_setting_is_its_documented_default() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.default_model, None);
+        assert_eq!(c.cache_dir, std::env::temp_dir().join("qa-host"));
+        assert_eq!(c.session.intra_threads, 0, "ONNX Runtime's choice");
+        assert!(c.session.memory_arena);
+        assert!(c.manifest.is_empty() && c.preload.is_empty());
+        assert_eq!(c.model_ttl, Duration::from_secs(60));
+        assert_eq!(c.guest_ttl, Duration::from_secs(60));
+        assert_eq!(c.s3.cache_root, std::env::temp_dir().join("qa-models"), "/tmp/qa-models on Lambda");
+        assert_eq!(c.s3.reserve_bytes, 16 << 20);
+        assert_eq!(c.model_cache_mb, None, "unbounded");
+        assert_eq!((c.guest_deadline, c.guest_memory_bytes), (Duration::from_millis(30_000), 512 << 20));
+        assert_eq!((c.guest_nn.max_input_elements, c.guest_nn.max_tensor_bytes), (4096, 64 << 20));
+        assert_eq!((c.guest_instances, c.max_windows), (256, 256));
+        assert_eq!((c.serve.header_timeout, c.serve.request_timeout), (Duration::from_millis(10_000), Duration::from_millis(40_000)));
+        assert_eq!((c.serve.max_requests, c.serve.max_connections), (64, 1024));
+        assert_eq!((c.s3.attempt_timeout, c.s3.max_attempts), (Duration::from_millis(30_000), 4));
+    }
+
     #[test]
     fn a_value_that_does_not_parse_stops_start_up_naming_the_setting() {
         for (name, value) in [

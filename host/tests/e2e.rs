@@ -361,6 +361,21 @@ fn path_settings_default_as_documented_and_a_flag_overrides_its_variable() {
 }
 
 #[test]
+fn ask_command_takes_the_context_from_a_file_and_the_model_and_top_k_from_flags() {
+    let context = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(context.path(), benz_request()["context"].as_str().unwrap()).unwrap();
+    let output = host_bin()
+        .args(["ask", "--question", "When was the car invented?", "--model", "nlp1", "--top-k", "3", "--context-file"])
+        .arg(context.path())
+        .output()
+        .expect("run qa-host");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!((&json["Answer"], &json["Model_Type"]), (&"1886".into(), &"nlp1".into()));
+    assert_eq!(json["answers"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
 fn ask_command_reports_a_missing_onnx_runtime_clearly() {
     let output = host_bin()
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")

@@ -385,6 +385,8 @@ fn bootstrap(cache: &std::path::Path, env: &[(&str, &str)], removed: &[&str]) ->
     for key in removed {
         function.env_remove(key);
     }
+    // Named, as a Dockerfile's CMD may; the other tests start it with no command.
+    function.arg("lambda");
     Lambda::launch(function)
 }
 

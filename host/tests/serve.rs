@@ -124,6 +124,25 @@ fn a_body_sent_too_slowly_is_refused_with_request_timeout() {
     assert!(response.contains("\"code\":\"request_timeout\""), "{response}");
     assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
     assert_eq!(server.post(body("hello")).0, 200, "the server keeps serving");
+
+    // The limit covers the answer too: a guest call longer than it ends the request (and the
+    // call) at the limit.
+    let started = Instant::now();
+    let mut slow = send_post(server.addr(), &body("sleep:30"));
+    let response = read_response(&mut slow, Duration::from_secs(10));
+    assert!(response.starts_with("HTTP/1.1 408") && response.contains("\"code\":\"request_timeout\""), "{response}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+    assert_eq!(server.post(body("hello")).0, 200, "the server keeps serving");
+}
+
+#[test]
+fn qa_max_windows_reaches_the_guest() {
+    let server = Serving::start(&qa_guest(), &[("QA_MAX_WINDOWS", "2")]);
+    let long_context = benz_request()["context"].as_str().unwrap().repeat(10); // 4 or 5 windows
+    let request = serde_json::json!({"question": "When was the car invented?", "context": long_context, "decoding": "pipeline"});
+    let (status, json) = server.post(request.to_string());
+    assert_eq!((status, json["error"]["code"].as_str()), (413, Some("too_many_windows")), "{json}");
+    assert_eq!(server.post(benz_request().to_string()).1["Answer"], "1886", "one window fits");
 }
 
 #[test]
