@@ -54,7 +54,12 @@ enum Command {
     /// (`<name>.wasm.<sha256-prefix>[.<kind>].cwasm`: the guest, the instrumented guest, and
     /// its snapshot for each model in the models directory), so deployments skip compiles at
     /// cold start. With `QA_GUEST_ARTIFACT_KEY` set, each gets a signature (`.sig`).
-    CompileGuest,
+    CompileGuest {
+        /// Compile for another machine: a target triple (`aarch64-unknown-linux-gnu` for an
+        /// arm64 Lambda function, `x86_64-unknown-linux-gnu`). Default: this machine.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Exact match and F1 on a SQuAD v1.1 JSON file.
     Eval(EvalArgs),
 }
@@ -177,7 +182,7 @@ async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, 
         None => return Err(Failure::Start(anyhow!("no command given (try --help); without one, AWS_LAMBDA_RUNTIME_API must be set"))),
     };
     match command {
-        Command::CompileGuest => Ok(compile_guest(&config).await?),
+        Command::CompileGuest { target } => Ok(compile_guest(&config, target.as_deref()).await?),
         // One question, then exit: a snapshot compiled now would never be used.
         Command::Ask(args) => ask(start(&mut config, false).await?, args).await,
         Command::Serve { addr } => serve(start(&mut config, true).await?, addr, &config).await,
@@ -270,11 +275,11 @@ async fn eval(service: Arc<QaService>, args: EvalArgs) -> Result<ExitCode, Failu
 
 /// Writes beside the guest what a deployment ships: the guest compiled for this host, the
 /// instrumented guest, and the guest's snapshot for each model baked into the deployment.
-async fn compile_guest(config: &HostConfig) -> anyhow::Result<ExitCode> {
-    use qa_host::guest::{Artifacts, GuestRuntime, engine_config, write_shipped_artifact};
+async fn compile_guest(config: &HostConfig, target: Option<&str>) -> anyhow::Result<ExitCode> {
+    use qa_host::guest::{Artifacts, GuestRuntime, ship_engine, write_shipped_artifact};
     let started = std::time::Instant::now();
     let key = Artifacts::key_from_env();
-    let engine = wasmtime::Engine::new(&engine_config())?;
+    let engine = ship_engine(&config.guest_settings(), target)?;
     let path = write_shipped_artifact(&engine, &config.guest_wasm, key.as_deref())?;
     println!("{}", path.display());
     let catalog = qa_host::models::ModelCatalog::build(&config.models_dir, &config.manifest, config.s3.clone());
@@ -286,10 +291,11 @@ async fn compile_guest(config: &HostConfig) -> anyhow::Result<ExitCode> {
         }
     }
     let runtime = GuestRuntime::load(&config.guest_wasm, Artifacts::from_env(&config.cache_dir), config.guest_settings()).await?;
-    for path in runtime.ship_snapshots(&models, key.as_deref()).await? {
+    for path in runtime.ship_snapshots(&models, key.as_deref(), &engine).await? {
         println!("{}", path.display());
     }
     let names: Vec<&str> = models.iter().map(|(name, _)| name.as_str()).collect();
-    eprintln!("qa-host: compiled {} and its snapshots for {names:?} in {} ms", config.guest_wasm.display(), started.elapsed().as_millis());
+    let target = target.unwrap_or("this machine");
+    eprintln!("qa-host: compiled {} and its snapshots for {names:?} for {target} in {} ms", config.guest_wasm.display(), started.elapsed().as_millis());
     Ok(ExitCode::SUCCESS)
 }

@@ -241,6 +241,11 @@ impl GuestRuntime {
         Ok(store)
     }
 
+    /// The engine guests run on here.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Pre-initializes the guest for `model` (once per model version) and says whether it is
     /// ready: its snapshot is found (shipped or cached) or, when `compile`, made now. A 0.1
     /// guest, or one whose snapshot failed, runs each request on a fresh, unprepared instance.
@@ -303,17 +308,23 @@ impl GuestRuntime {
     /// Writes beside the guest what `qa-host compile-guest` ships for a deployment: the
     /// instrumented guest, and the snapshot of each of `models` (name, directory), compiled
     /// for this engine (signed with `key` when given). Returns the paths written.
-    pub async fn ship_snapshots(&self, models: &[(String, PathBuf)], key: Option<&[u8]>) -> Result<Vec<PathBuf>, GuestError> {
+    pub async fn ship_snapshots(
+        &self,
+        models: &[(String, PathBuf)],
+        key: Option<&[u8]>,
+        target: &Engine,
+    ) -> Result<Vec<PathBuf>, GuestError> {
         let mut written = Vec::new();
         if !self.version.prepares() {
             return Ok(written);
         }
         let instrumented = prepare::instrumented_wasm(&self.wasm).map_err(GuestError::Instantiate)?;
-        written.push(cache::write_shipped(&self.engine, &self.wasm_path, &self.wasm, Some(prepare::INSTRUMENTED), &instrumented, key)?);
+        written.push(cache::write_shipped(target, &self.wasm_path, &self.wasm, Some(prepare::INSTRUMENTED), &instrumented, key)?);
         for (name, dir) in models {
-            let kind = prepare::kind(&prepare::key(self, name, dir)?);
+            // Snapshots run here (they are wasm), and are compiled for, and named by, the target.
+            let kind = prepare::kind(&prepare::key(self, target, name, dir)?);
             let snapshot = prepare::snapshot(self, name, dir).await?;
-            written.push(cache::write_shipped(&self.engine, &self.wasm_path, &self.wasm, Some(&kind), &snapshot, key)?);
+            written.push(cache::write_shipped(target, &self.wasm_path, &self.wasm, Some(&kind), &snapshot, key)?);
         }
         Ok(written)
     }
@@ -443,6 +454,18 @@ pub fn engine_config() -> Config {
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config
+}
+
+/// The engine that compiles shipped artifacts (`compile-guest`): the one guests run on, for
+/// this machine or, with `target` (a target triple such as `aarch64-unknown-linux-gnu`), for
+/// the machine the artifacts will run on. Its artifacts load only where the running engine is
+/// configured alike for that target; anywhere else they are ignored and the guest compiled.
+pub fn ship_engine(settings: &GuestSettings, target: Option<&str>) -> Result<Engine, GuestError> {
+    let mut config = runtime_config(settings);
+    if let Some(target) = target {
+        config.target(target).map_err(|e| GuestError::Instantiate(format!("target {target:?}: {e:#}")))?;
+    }
+    Engine::new(&config).map_err(|e| GuestError::Instantiate(format!("{e:#}")))
 }
 
 /// Guest instances that can exist at once (requests in flight, each with its own).

@@ -14,7 +14,7 @@ use super::{GuestError, GuestRuntime, Origin};
 use crate::nn::NnState;
 use std::path::Path;
 use std::time::Instant;
-use wasmtime::Store;
+use wasmtime::{Engine, Store};
 use wasmtime::component::{Component, Instance, Lift, WasmList};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
@@ -26,13 +26,13 @@ pub(super) fn kind(key: &str) -> String {
     format!("prepared-{key}")
 }
 
-/// What a model's snapshot is made from.
-pub(super) fn key(runtime: &GuestRuntime, name: &str, dir: &Path) -> Result<String, GuestError> {
+/// What a model's snapshot is made from, and the engine it is compiled by.
+pub(super) fn key(runtime: &GuestRuntime, engine: &Engine, name: &str, dir: &Path) -> Result<String, GuestError> {
     let read = |file: &str| {
         std::fs::read(dir.join(file)).map_err(|e| GuestError::Prepare { model: name.to_string(), reason: format!("{file}: {e}") })
     };
     let (tokenizer, config) = (read("tokenizer.json")?, read("config.json")?);
-    Ok(runtime.artifacts.key(&runtime.engine, &[b"prepared-v1", &runtime.wasm, name.as_bytes(), &tokenizer, &config]))
+    Ok(runtime.artifacts.key(engine, &[b"prepared-v1", &runtime.wasm, name.as_bytes(), &tokenizer, &config]))
 }
 
 /// The model's snapshot if it was shipped or cached (milliseconds); else, when `compile`, made
@@ -43,7 +43,7 @@ pub(super) async fn prepare(
     dir: &Path,
     compile: bool,
 ) -> Result<Option<(Component, Origin)>, GuestError> {
-    let key = key(runtime, name, dir)?;
+    let key = key(runtime, &runtime.engine, name, dir)?;
     if let Some(found) = runtime.artifacts.shipped(&runtime.engine, &runtime.wasm_path, &runtime.wasm, Some(&kind(&key))) {
         return Ok(Some(found));
     }
