@@ -296,6 +296,10 @@ async fn compile_guest(config: &HostConfig, target: Option<&str>) -> anyhow::Res
     }
     let names: Vec<&str> = models.iter().map(|(name, _)| name.as_str()).collect();
     let target = target.unwrap_or("this machine");
-    eprintln!("qa-host: compiled {} and its snapshots for {names:?} for {target} in {} ms", config.guest_wasm.display(), started.elapsed().as_millis());
+    eprintln!(
+        "qa-host: compiled {} and its snapshots for {names:?} for {target} in {} ms",
+        config.guest_wasm.display(),
+        started.elapsed().as_millis()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -178,6 +178,16 @@ fn precompiled_guests_are_used_only_from_trusted_places_or_signed() {
     assert_eq!(load(&shipped_fresh()), Origin::Compiled, "an artifact from another engine's settings is not used");
     write_shipped_artifact(&engine, &wasm, None).unwrap();
     assert_eq!(load(&shipped_fresh()), Origin::Shipped, "this engine's own artifact is");
+
+    // `compile-guest --target`: an artifact for arm64 is refused by this x86-64 host; one for
+    // this machine's own triple is used.
+    let settings = config(qa_guest(), models_dir()).guest_settings();
+    let arm64 = qa_host::guest::ship_engine(&settings, Some("aarch64-unknown-linux-gnu")).unwrap();
+    write_shipped_artifact(&arm64, &wasm, None).unwrap();
+    assert_eq!(load(&shipped_fresh()), Origin::Compiled, "an arm64 artifact is not used on x86-64");
+    let native = qa_host::guest::ship_engine(&settings, Some(&format!("{}-unknown-linux-gnu", std::env::consts::ARCH))).unwrap();
+    write_shipped_artifact(&native, &wasm, None).unwrap();
+    assert_eq!(load(&shipped_fresh()), Origin::Shipped, "an artifact for this machine's triple is");
 }
 
 /// Options a request sets reach the guest through `serve`: each changes the answer the way

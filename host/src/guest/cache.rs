@@ -158,13 +158,7 @@ impl Artifacts {
     pub fn key(&self, engine: &Engine, parts: &[&[u8]]) -> String {
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let mut digest = hasher.0;
-        for part in parts {
-            // Each part's length first, so parts cannot run into each other.
-            digest.update((part.len() as u64).to_le_bytes());
-            digest.update(part);
-        }
-        hex::encode(&digest.finalize()[..16])
+        parts_key(hasher.0, parts)
     }
 
     fn artifact(&self, key: &str) -> Option<PathBuf> {
@@ -208,6 +202,22 @@ impl Artifacts {
 /// wasm's SHA-256, so an artifact is only ever tried with the exact wasm it was compiled from:
 /// `<name>.wasm.<sha256-16>.cwasm` for the guest itself, `<name>.wasm.<sha256-16>.<kind>.cwasm`
 /// for what is made from it (the instrumented guest, a model's snapshot).
+/// A name for what is made from `parts` alone, for any engine: shipped artifacts are named so,
+/// since the machine that compiles them (`compile-guest`, maybe for another target) is not the
+/// one that loads them; whether that one's engine accepts an artifact is wasmtime's check.
+pub fn content_key(parts: &[&[u8]]) -> String {
+    parts_key(Sha256::new(), parts)
+}
+
+fn parts_key(mut digest: Sha256, parts: &[&[u8]]) -> String {
+    for part in parts {
+        // Each part's length first, so parts cannot run into each other.
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+    hex::encode(&digest.finalize()[..16])
+}
+
 pub fn artifact_path(wasm_path: &Path, wasm: &[u8], kind: Option<&str>) -> PathBuf {
     let name = wasm_path.file_name().and_then(|n| n.to_str()).unwrap_or("guest.wasm");
     let hash = &hex::encode(Sha256::digest(wasm))[..16];

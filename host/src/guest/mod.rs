@@ -321,8 +321,8 @@ impl GuestRuntime {
         let instrumented = prepare::instrumented_wasm(&self.wasm).map_err(GuestError::Instantiate)?;
         written.push(cache::write_shipped(target, &self.wasm_path, &self.wasm, Some(prepare::INSTRUMENTED), &instrumented, key)?);
         for (name, dir) in models {
-            // Snapshots run here (they are wasm), and are compiled for, and named by, the target.
-            let kind = prepare::kind(&prepare::key(self, target, name, dir)?);
+            // Snapshots are made here (running wasm) and compiled for the target.
+            let kind = prepare::shipped_kind(self, name, dir)?;
             let snapshot = prepare::snapshot(self, name, dir).await?;
             written.push(cache::write_shipped(target, &self.wasm_path, &self.wasm, Some(&kind), &snapshot, key)?);
         }

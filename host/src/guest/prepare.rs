@@ -14,25 +14,33 @@ use super::{GuestError, GuestRuntime, Origin};
 use crate::nn::NnState;
 use std::path::Path;
 use std::time::Instant;
-use wasmtime::{Engine, Store};
+use wasmtime::Store;
 use wasmtime::component::{Component, Instance, Lift, WasmList};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 /// The kind name of the instrumented guest's shipped artifact.
 pub(super) const INSTRUMENTED: &str = "instrumented";
 
-/// The kind name of a model's shipped snapshot.
-pub(super) fn kind(key: &str) -> String {
-    format!("prepared-{key}")
+/// The kind name of a model's shipped snapshot: from what the snapshot is made of (the guest,
+/// the model's name and the files `prepare` reads), for any engine, so one compiled for
+/// another machine (`compile-guest --target`) is found there by name.
+pub(super) fn shipped_kind(runtime: &GuestRuntime, name: &str, dir: &Path) -> Result<String, GuestError> {
+    let (tokenizer, config) = model_files(name, dir)?;
+    Ok(format!("prepared-{}", super::cache::content_key(&[b"prepared-v1", &runtime.wasm, name.as_bytes(), &tokenizer, &config])))
 }
 
-/// What a model's snapshot is made from, and the engine it is compiled by.
-pub(super) fn key(runtime: &GuestRuntime, engine: &Engine, name: &str, dir: &Path) -> Result<String, GuestError> {
+/// The compile cache's key for a model's snapshot: what it is made of, and this engine.
+fn cache_key(runtime: &GuestRuntime, name: &str, dir: &Path) -> Result<String, GuestError> {
+    let (tokenizer, config) = model_files(name, dir)?;
+    Ok(runtime.artifacts.key(&runtime.engine, &[b"prepared-v1", &runtime.wasm, name.as_bytes(), &tokenizer, &config]))
+}
+
+/// The model files a snapshot depends on: `tokenizer.json` and `config.json`.
+fn model_files(name: &str, dir: &Path) -> Result<(Vec<u8>, Vec<u8>), GuestError> {
     let read = |file: &str| {
         std::fs::read(dir.join(file)).map_err(|e| GuestError::Prepare { model: name.to_string(), reason: format!("{file}: {e}") })
     };
-    let (tokenizer, config) = (read("tokenizer.json")?, read("config.json")?);
-    Ok(runtime.artifacts.key(engine, &[b"prepared-v1", &runtime.wasm, name.as_bytes(), &tokenizer, &config]))
+    Ok((read("tokenizer.json")?, read("config.json")?))
 }
 
 /// The model's snapshot if it was shipped or cached (milliseconds); else, when `compile`, made
@@ -43,10 +51,12 @@ pub(super) async fn prepare(
     dir: &Path,
     compile: bool,
 ) -> Result<Option<(Component, Origin)>, GuestError> {
-    let key = key(runtime, &runtime.engine, name, dir)?;
-    if let Some(found) = runtime.artifacts.shipped(&runtime.engine, &runtime.wasm_path, &runtime.wasm, Some(&kind(&key))) {
+    if let Some(found) =
+        runtime.artifacts.shipped(&runtime.engine, &runtime.wasm_path, &runtime.wasm, Some(&shipped_kind(runtime, name, dir)?))
+    {
         return Ok(Some(found));
     }
+    let key = cache_key(runtime, name, dir)?;
     if let Some(component) = runtime.artifacts.cached(&runtime.engine, &key) {
         return Ok(Some((component, Origin::Cached)));
     }
