@@ -45,6 +45,19 @@ cargo build --quiet -p qa-guest-fixtures --target wasm32-wasip2 --release
 export QA_TEST_MISBEHAVING_GUEST="$PWD/target/wasm32-wasip2/release/misbehaving-guest.wasm"
 export QA_TEST_LEGACY_GUEST="$PWD/target/wasm32-wasip2/release/legacy-guest.wasm"
 export QA_TEST_OVERSIZED_GUEST="$PWD/target/wasm32-wasip2/release/oversized-guest.wasm"
+# The arm64 zip package (cargo-lambda and zig from PyPI; a debug build, for time), run by the
+# Lambda tests under qemu-aarch64 with Debian's arm64 C libraries.
+if ! command -v qemu-aarch64 > /dev/null || [ ! -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] \
+  || [ ! -e /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ]; then
+  echo "test: installing qemu-user and the arm64 C libraries from Debian" >&2
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get update -q >&2
+  $sudo apt-get install -y -q qemu-user libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross >&2
+fi
+echo "test: the arm64 zip package" >&2
+QA_TEST_ARM64_PACKAGE="$(bash scripts/package-lambda.sh arm64 --with-models --profile debug)"
+export QA_TEST_ARM64_PACKAGE
+
 # Separate runs: testing the guest with the host in one cargo invocation unifies their
 # dependencies' features and rebuilds wasmtime and the AWS SDK. The host goes with qa-bench,
 # as scripts/setup.sh built them, so the benchmark's build below finds everything built.

@@ -445,3 +445,89 @@ fn log_and_metric_variables_choose_format_level_names_and_whether_metrics_are_wr
         assert!(serde_json::from_str::<Value>(line).is_ok(), "JSON under QA_LOG_FORMAT=json: {line}");
     }
 }
+
+/// Unpacks a zip package as Lambda does (into what becomes `/var/task`, modes kept).
+fn unpack(package: &std::path::Path, task_root: &std::path::Path) {
+    let script = "import sys, zipfile, os\nwith zipfile.ZipFile(sys.argv[1]) as z:\n    for info in z.infolist():\n        path = z.extract(info, sys.argv[2])\n        os.chmod(path, (info.external_attr >> 16) & 0o777)\n";
+    let status = Command::new("python3").arg("-c").arg(script).arg(package).arg(task_root).status().unwrap();
+    assert!(status.success(), "unzipping {}", package.display());
+}
+
+/// A zip package's bootstrap in `task_root` under the emulator, configured as the zip
+/// templates configure it (nothing about where its files are: the defaults find them), with
+/// `runner` in front of it (an emulator for another architecture) when given.
+fn zip_bootstrap(task_root: &std::path::Path, runner: Option<&[&str]>, cache: &std::path::Path) -> Lambda {
+    let bootstrap = task_root.join("bootstrap");
+    let mut function = match runner {
+        Some([program, args @ ..]) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(&bootstrap);
+            command
+        }
+        _ => Command::new(&bootstrap),
+    };
+    function
+        .env("LAMBDA_TASK_ROOT", task_root)
+        .env("QA_CACHE_DIR", cache)
+        .env("QA_PRELOAD", "nlp1")
+        .env("QA_GUEST_INSTANCES", "4")
+        .current_dir(task_root);
+    Lambda::launch(function)
+}
+
+/// Checks a started zip bootstrap: the guest and the model's snapshot come from the package
+/// (nothing compiled), and the sample is answered.
+fn answers_from_the_package(lambda: &Lambda, timeout: Duration) {
+    let ready = lambda.function.wait_for_log("guest ready", timeout);
+    assert!(ready.contains("Shipped"), "the package's precompiled guest is used: {ready}");
+    let prepared = lambda.function.wait_for_log("guest prepared for model", timeout);
+    assert!(prepared.contains("nlp1") && prepared.contains("Shipped"), "the package's snapshot is used: {prepared}");
+    let answer = envelope_body(&lambda.invoke(&http_v2(&benz_request().to_string(), false)), 200);
+    assert_eq!(answer["Answer"], "1886", "{answer}");
+    assert!(!lambda.logged("compiled guest"), "nothing was compiled: {:?}", lambda.function.lines());
+}
+
+/// `scripts/package-lambda.sh` makes the zip Lambda runs: unpacked as Lambda unpacks it, its
+/// bootstrap finds ONNX Runtime, the guest, its precompiled artifacts and the models by the
+/// defaults alone, and answers. (This machine's build of the host as the bootstrap; the arm64
+/// test below runs one cargo-lambda cross-compiled.)
+#[test]
+fn the_x86_64_zip_package_runs_as_a_bootstrap_under_the_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("qa-x86_64.zip");
+    let output = Command::new("bash")
+        .arg(workspace().join("scripts/package-lambda.sh"))
+        .args(["x86_64", "--with-models", "--bootstrap", env!("CARGO_BIN_EXE_qa-host"), "--out"])
+        .arg(&package)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "package-lambda.sh failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let task_root = dir.path().join("var/task");
+    unpack(&package, &task_root);
+    let files: Vec<String> =
+        std::fs::read_dir(&task_root).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    for expected in ["bootstrap", "libonnxruntime.so", "qa-guest.wasm", "models"] {
+        assert!(files.iter().any(|f| f == expected), "{expected} not in {files:?}");
+    }
+    assert_eq!(files.iter().filter(|f| f.ends_with(".cwasm")).count(), 3, "guest, instrumented guest, nlp1's snapshot: {files:?}");
+    let lambda = zip_bootstrap(&task_root, None, &dir.path().join("cache"));
+    answers_from_the_package(&lambda, Duration::from_secs(60));
+}
+
+/// The arm64 package (cargo-lambda with zig, ONNX Runtime's aarch64 wheel, the guest compiled
+/// with `compile-guest --target aarch64-unknown-linux-gnu`), built by `scripts/test.sh`, runs
+/// under `qemu-aarch64` against the emulator and answers with the shipped arm64 artifacts.
+/// Emulated, so its timings mean nothing.
+#[test]
+fn the_arm64_zip_package_answers_under_qemu() {
+    let package = required("QA_TEST_ARM64_PACKAGE", workspace().join("target/lambda/qa-arm64-models.zip"));
+    let dir = tempfile::tempdir().unwrap();
+    let task_root = dir.path().join("var/task");
+    unpack(&package, &task_root);
+    let elf = std::fs::read(task_root.join("bootstrap")).unwrap();
+    // e_machine 0xB7: AArch64.
+    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 0xB7, "the bootstrap is an arm64 executable");
+    let runner = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"];
+    let lambda = zip_bootstrap(&task_root, Some(&runner), &dir.path().join("cache"));
+    answers_from_the_package(&lambda, Duration::from_secs(300));
+}
