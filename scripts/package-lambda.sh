@@ -16,7 +16,8 @@
 #                                              for that architecture (`compile-guest --target`)
 #   models/                                    with --with-models: models/ (else the models
 #                                              come from S3 or EFS, deploy/*-zip.yaml)
-# It prints the zip's path, then its size zipped and unzipped (Lambda allows 250 MB unzipped).
+# It prints the zip's absolute path, then (on stderr) its size zipped and unzipped (Lambda
+# allows 250 MB unzipped).
 # Default output: target/lambda/qa-<arch>[-models].zip. `--profile debug` skips the
 # optimizations (a faster build for tests; never deploy it). `--bootstrap FILE` packages a
 # qa-host already built for that architecture instead of building one.
@@ -126,6 +127,6 @@ with zipfile.ZipFile(out + ".partial", "w", zipfile.ZIP_DEFLATED, compresslevel=
             unzipped += len(data)
             z.writestr(info, data, compresslevel=9)
 os.replace(out + ".partial", out)
-print(out)
+print(os.path.abspath(out))
 print(f"package: {os.path.getsize(out) / 1e6:.1f} MB zipped, {unzipped / 1e6:.1f} MB unzipped (limit 250 MB)", file=sys.stderr)
 PY
