@@ -49,20 +49,18 @@ def invoke(port: int, event: dict) -> float:
     return (time.perf_counter() - started) * 1e3
 
 
-def one_run(cargo_lambda: str, preload: bool) -> tuple[float, float, float]:
+def measure(cargo_lambda: str, command: list[str], env: dict[str, str], ready_marker: str, cwd: Path = ROOT) -> tuple[float, float, float]:
+    """Starts the emulator and `command` as the bootstrap with `env` added to the runtime's
+    variables; init (until `ready_marker` is logged), then the first and second requests, in ms."""
     port = free_port()
     emulator = subprocess.Popen([cargo_lambda, "lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", str(port)],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"http://127.0.0.1:{port}/.rt", AWS_LAMBDA_FUNCTION_NAME="_",
-                   AWS_LAMBDA_FUNCTION_MEMORY_SIZE="4096", AWS_LAMBDA_FUNCTION_VERSION="1", QA_LOG="info")
-        env.pop("QA_PRELOAD", None)
-        if preload:
-            env["QA_PRELOAD"] = "nlp1"
+        env = {**env, "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{port}/.rt", "AWS_LAMBDA_FUNCTION_NAME": "_",
+               "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "4096", "AWS_LAMBDA_FUNCTION_VERSION": "1", "QA_LOG": "info"}
         started = time.perf_counter()
-        host = subprocess.Popen([str(ROOT / "target/debug/qa-host")], env=env, stderr=subprocess.PIPE, text=True)
-        ready_marker = "preloaded" if preload else "guest ready"
+        host = subprocess.Popen(command, env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
         for line in host.stderr:
             if ready_marker in line:
                 break
@@ -76,6 +74,14 @@ def one_run(cargo_lambda: str, preload: bool) -> tuple[float, float, float]:
     finally:
         emulator.kill()
         emulator.wait()
+
+
+def one_run(cargo_lambda: str, preload: bool) -> tuple[float, float, float]:
+    env = dict(os.environ)
+    env.pop("QA_PRELOAD", None)
+    if preload:
+        env["QA_PRELOAD"] = "nlp1"
+    return measure(cargo_lambda, [str(ROOT / "target/debug/qa-host")], env, "preloaded" if preload else "guest ready")
 
 
 def main() -> None:

@@ -19,18 +19,16 @@ zip) is not measured here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lambda_init import free_port, invoke, wait_port  # noqa: E402
+from lambda_init import measure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,30 +54,9 @@ def zip_layout(work: Path, bootstrap: Path) -> tuple[list[str], dict[str, str], 
 
 
 def one_run(cargo_lambda: str, command: list[str], layout_env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
-    port = free_port()
-    emulator = subprocess.Popen([cargo_lambda, "lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", str(port)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        with tempfile.TemporaryDirectory() as tmp:
-            env = {"PATH": os.environ["PATH"], "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{port}/.rt", "AWS_LAMBDA_FUNCTION_NAME": "_",
-                   "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "4096", "AWS_LAMBDA_FUNCTION_VERSION": "1", "QA_LOG": "info", **layout_env,
-                   "QA_CACHE_DIR": str(Path(tmp) / "qa-host"), "TMPDIR": tmp}
-            started = time.perf_counter()
-            host = subprocess.Popen(command, env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
-            for line in host.stderr:
-                if "preloaded" in line:
-                    break
-            init_ms = (time.perf_counter() - started) * 1e3
-            event = json.loads((ROOT / "fixtures/benz.json").read_text())
-            first = invoke(port, event)
-            second = invoke(port, event)
-            host.kill()
-            host.wait()
-            return init_ms, first, second
-    finally:
-        emulator.kill()
-        emulator.wait()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"PATH": os.environ["PATH"], **layout_env, "QA_CACHE_DIR": str(Path(tmp) / "qa-host"), "TMPDIR": tmp}
+        return measure(cargo_lambda, command, env, "preloaded", cwd)
 
 
 def main() -> None:
