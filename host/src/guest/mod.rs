@@ -241,11 +241,6 @@ impl GuestRuntime {
         Ok(store)
     }
 
-    /// The engine guests run on here.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// Pre-initializes the guest for `model` (once per model version) and says whether it is
     /// ready: its snapshot is found (shipped or cached) or, when `compile`, made now. A 0.1
     /// guest, or one whose snapshot failed, runs each request on a fresh, unprepared instance.
