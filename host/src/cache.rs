@@ -128,6 +128,7 @@ impl ModelCache {
                     .await?
                     .ok_or_else(|| ApiError::Internal("a first load found nothing to load".into()))?;
                 self.on_load.loaded(name, &fresh).await;
+                tracing::info!(model = name, version = %fresh.version, "model serving");
                 *current = Some(fresh.clone());
                 (fresh, true)
             }
@@ -149,6 +150,9 @@ impl ModelCache {
                     service.on_load.loaded(&name, &fresh).await;
                     let mut current = slot.current.lock().await;
                     if current.as_ref().is_some_and(|model| Arc::ptr_eq(model, &loaded)) {
+                        // Logged once requests can get it: "model loaded" comes before the
+                        // guest is prepared for it, which can take seconds.
+                        tracing::info!(model = %name, version = %fresh.version, "model serving");
                         *current = Some(fresh);
                     }
                 }

@@ -163,7 +163,7 @@ fn cold_fetch_then_warm_reuse_then_a_replaced_object_is_picked_up_after_the_ttl(
     // Past the TTL the loaded version answers at once while the source is re-checked behind it.
     let (status, stale) = host.ask("s3nlp");
     assert_eq!((status, &stale["model_version"]), (200, &first["model_version"]), "{stale}");
-    wait_until("the new version to load", Duration::from_secs(60), || host.process.count("model loaded") == 2);
+    wait_until("the new version to serve", Duration::from_secs(60), || host.process.count("model serving") == 2);
     let (status, third) = host.ask("s3nlp");
     assert_eq!(status, 200, "{third}");
     assert_ne!(third["model_version"], first["model_version"], "the replaced object was picked up");
@@ -198,7 +198,7 @@ fn a_replaced_version_stays_until_the_requests_on_it_finish() {
         s3.put("models", "r/config.json", br#"{"note": "replaced"}"#.as_slice());
         std::thread::sleep(Duration::from_millis(1000));
         ask("hello"); // past the TTL: starts the re-check
-        wait_until("the new version to load", Duration::from_secs(60), || host.process.count("model loaded") == 2);
+        wait_until("the new version to serve", Duration::from_secs(60), || host.process.count("model serving") == 2);
         let (_, fresh) = ask("hello");
         assert_ne!(fresh["model_version"].as_str(), Some(old.as_str()), "{fresh}");
         assert!(cached_versions(cache.path(), "s3r").contains(&old), "the old version's files stay while a request uses them");
@@ -331,7 +331,7 @@ fn efs_models_are_read_in_place_reloaded_when_changed_and_missing_ones_are_named
     std::fs::write(dir.join("config.json"), config).unwrap();
     let (_, stale) = host.ask("efsnlp");
     assert_eq!(stale["model_version"], first["model_version"], "the loaded version answers while the re-check runs");
-    wait_until("the new version to load", Duration::from_secs(60), || host.process.count("model loaded") == 2);
+    wait_until("the new version to serve", Duration::from_secs(60), || host.process.count("model serving") == 2);
     let (_, second) = host.ask("efsnlp");
     assert_ne!(second["model_version"], first["model_version"]);
 
@@ -639,7 +639,7 @@ fn an_object_replaced_while_eight_clients_loop_gives_no_errors() {
             let mut replaced = config.clone();
             replaced["note"] = json!(format!("replacement {replacement}"));
             s3.put("models", "l/config.json", replaced.to_string().as_bytes());
-            wait_until("the replacement to load", Duration::from_secs(60), || host.process.count("model loaded") == 1 + replacement);
+            wait_until("the replacement to serve", Duration::from_secs(60), || host.process.count("model serving") == 1 + replacement);
         }
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
