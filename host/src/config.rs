@@ -4,6 +4,7 @@ use crate::models::S3Settings;
 use crate::models::manifest::{self, ManifestError};
 use crate::nn::NnLimits;
 use crate::nn::onnx::SessionSettings;
+use crate::rollout::{Mode, Policy, RolloutSettings};
 use crate::server::ServeLimits;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +61,8 @@ pub struct HostConfig {
     pub s3: S3Settings,
     /// What clients can make `qa-host serve` hold (`QA_SERVE_*`).
     pub serve: ServeLimits,
+    /// A candidate guest in shadow or canary mode (`QA_GUEST_SHADOW`, `QA_GUEST_CANARY`).
+    pub rollout: Option<RolloutSettings>,
 }
 
 /// Why the configuration is unusable: start-up stops and says which setting.
@@ -106,6 +109,17 @@ impl<F: Fn(&str) -> Option<String>> Settings<F> {
 
     fn millis(&self, name: &'static str) -> Result<Option<Duration>, ConfigError> {
         Ok(self.positive::<u64>(name, "a whole number of milliseconds, at least 1")?.map(Duration::from_millis))
+    }
+
+    /// A percentage, 0 to 100 (fractions allowed).
+    fn percent(&self, name: &'static str) -> Result<Option<f64>, ConfigError> {
+        const EXPECTED: &str = "a percentage from 0 to 100";
+        match self.parsed::<f64>(name, EXPECTED)? {
+            Some(p) if !(0.0..=100.0).contains(&p) => {
+                Err(ConfigError::BadSetting { name, value: self.text(name).unwrap_or_default(), expected: EXPECTED })
+            }
+            other => Ok(other),
+        }
     }
 
     fn switch(&self, name: &'static str) -> Result<Option<bool>, ConfigError> {
@@ -205,8 +219,45 @@ impl HostConfig {
             model_ttl: Duration::from_secs(env.parsed("QA_MODEL_TTL_SECS", "a whole number of seconds")?.unwrap_or(60)),
             s3,
             serve,
+            rollout: rollout(&env)?,
         })
     }
+}
+
+/// The candidate guest, if `QA_GUEST_SHADOW` or `QA_GUEST_CANARY` names one (not both: one
+/// candidate at a time), with its share and the rollback policy.
+fn rollout<F: Fn(&str) -> Option<String>>(env: &Settings<F>) -> Result<Option<RolloutSettings>, ConfigError> {
+    let (mode, candidate, percent) = match (env.path("QA_GUEST_SHADOW"), env.path("QA_GUEST_CANARY")) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(canary)) => {
+            return Err(ConfigError::BadSetting {
+                name: "QA_GUEST_CANARY",
+                value: canary.display().to_string(),
+                expected: "unset while QA_GUEST_SHADOW is set (one candidate at a time)",
+            });
+        }
+        (Some(path), None) => (Mode::Shadow, path, env.percent("QA_GUEST_SHADOW_PERCENT")?.unwrap_or(100.0)),
+        (None, Some(path)) => (Mode::Canary, path, env.percent("QA_GUEST_CANARY_PERCENT")?.unwrap_or(10.0)),
+    };
+    let defaults = Policy::default();
+    let policy = Policy {
+        window: env.positive("QA_ROLLOUT_WINDOW", "a whole number of calls, at least 1")?.unwrap_or(defaults.window),
+        min_calls: env.positive("QA_ROLLOUT_MIN_CALLS", "a whole number of calls, at least 1")?.unwrap_or(defaults.min_calls),
+        failure_margin: env.percent("QA_ROLLOUT_FAILURE_MARGIN_PCT")?.map_or(defaults.failure_margin, |p| p / 100.0),
+        latency_ratio: match env.parsed::<f64>("QA_ROLLOUT_LATENCY_RATIO", "a ratio of at least 1, such as 2.0")? {
+            Some(r) if !(r >= 1.0 && r.is_finite()) => {
+                return Err(ConfigError::BadSetting {
+                    name: "QA_ROLLOUT_LATENCY_RATIO",
+                    value: r.to_string(),
+                    expected: "a ratio of at least 1, such as 2.0",
+                });
+            }
+            r => r.unwrap_or(defaults.latency_ratio),
+        },
+        promote_after: env.positive("QA_ROLLOUT_PROMOTE_AFTER", "a whole number of calls, at least 1")?,
+        shadow_max_delay: env.millis("QA_GUEST_SHADOW_MAX_DELAY_MS")?.unwrap_or(defaults.shadow_max_delay),
+    };
+    Ok(Some(RolloutSettings { mode, candidate, candidate_s3: None, percent, policy }))
 }
 
 impl HostConfig {
@@ -279,6 +330,26 @@ mod tests {
         assert_eq!((c.serve.header_timeout, c.serve.request_timeout), (Duration::from_millis(10_000), Duration::from_millis(40_000)));
         assert_eq!((c.serve.max_requests, c.serve.max_connections), (64, 1024));
         assert_eq!((c.s3.attempt_timeout, c.s3.max_attempts), (Duration::from_millis(30_000), 4));
+    }
+
+    #[test]
+    fn one_candidate_guest_at_a_time_with_its_share_and_policy() {
+        assert!(config(&[]).unwrap().rollout.is_none());
+        let canary = config(&[("QA_GUEST_CANARY", "s3://b/next.wasm"), ("QA_ROLLOUT_FAILURE_MARGIN_PCT", "5")]).unwrap().rollout.unwrap();
+        assert_eq!((canary.mode, canary.percent, canary.setting()), (Mode::Canary, 10.0, "QA_GUEST_CANARY"));
+        assert_eq!(canary.policy, Policy { failure_margin: 0.05, ..Policy::default() });
+        let shadow =
+            config(&[("QA_GUEST_SHADOW", "/mnt/g.wasm"), ("QA_GUEST_SHADOW_PERCENT", "12.5"), ("QA_ROLLOUT_PROMOTE_AFTER", "500")])
+                .unwrap()
+                .rollout
+                .unwrap();
+        assert_eq!((shadow.mode, shadow.percent, shadow.policy.promote_after), (Mode::Shadow, 12.5, Some(500)));
+        let both = config(&[("QA_GUEST_SHADOW", "a.wasm"), ("QA_GUEST_CANARY", "b.wasm")]).map(drop).unwrap_err().to_string();
+        assert!(both.contains("one candidate at a time"), "{both}");
+        for (name, value) in [("QA_GUEST_CANARY_PERCENT", "101"), ("QA_GUEST_CANARY_PERCENT", "-1"), ("QA_ROLLOUT_LATENCY_RATIO", "0.5")] {
+            let error = config(&[("QA_GUEST_CANARY", "b.wasm"), (name, value)]).map(drop).unwrap_err().to_string();
+            assert!(error.starts_with(&format!("{name}=")), "{error}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`nn`]: the wasi-nn backend over ONNX Runtime that turns those files into graphs;
 //! - [`guest`]: the wasmtime runtime that compiles, caches and runs the guest under a
 //!   deadline and a memory cap;
+//! - [`rollout`]: a candidate guest in shadow or canary mode, rolled back or promoted by its
+//!   record;
 //! - [`service`]: the one request handler tying them together;
 //! - [`lambda`], [`server`] and [`eval`]: edges over the service (Lambda Runtime API,
 //!   local HTTP, SQuAD evaluation).
@@ -21,6 +23,7 @@ pub mod guest;
 pub mod lambda;
 pub mod models;
 pub mod nn;
+pub mod rollout;
 pub mod server;
 pub mod service;
 pub mod telemetry;

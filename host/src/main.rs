@@ -227,7 +227,7 @@ async fn ask(service: Arc<QaService>, args: AskArgs) -> Result<ExitCode, Failure
     if handle_impossible_answer {
         request.handle_impossible_answer = Some(true);
     }
-    match service.reply_within(request, None).await {
+    match service.reply_within(request, None, "cli").await {
         Ok(response) => {
             println!("{}", serde_json::to_string_pretty(&response).context("printing the response")?);
             Ok(ExitCode::SUCCESS)

@@ -163,7 +163,7 @@ async fn answer(State(service): State<Arc<QaService>>, body: Body) -> Response {
     let outcome = async {
         let bytes = read_body(body).await?;
         let request = QaRequest::from_json(&bytes)?;
-        service.reply_within(request, None).await
+        service.reply_within(request, None, &request_id).await
     }
     .await;
     unanswered.answered = true;
@@ -189,7 +189,16 @@ fn error_response(error: &ApiError, request_id: &str) -> Response {
 
 async fn health(State(service): State<Arc<QaService>>) -> Response {
     let models: Vec<&str> = service.catalog().names().collect();
-    json_response(StatusCode::OK, &serde_json::json!({"status": "ok", "models": models, "default_model": service.default_model()}))
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "status": "ok",
+            "models": models,
+            "default_model": service.default_model(),
+            "guest_version": service.guest_version(),
+            "rollout": service.rollout_status(),
+        }),
+    )
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {

@@ -5,10 +5,11 @@
 use crate::api::{AnswerSpan, ApiError, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult, check_question};
 use crate::cache::{LoadedModel, ModelCache, OnLoad};
 use crate::config::HostConfig;
-use crate::guest::{Artifacts, GuestError, GuestQaError, GuestRuntime, Options, SwappableGuest};
+use crate::guest::{Artifacts, GuestError, GuestModel, GuestQaError, GuestRuntime, Options, SwappableGuest};
 use crate::models::{ModelCatalog, is_valid_name};
 use crate::nn::onnx::OnnxBackend;
 use crate::nn::{NnError, init_onnx_runtime};
+use crate::rollout::{Answered, Role, Rollout, Route, best_answers};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct QaService {
     compile_snapshots: bool,
     /// Windows one request may run (`QA_MAX_WINDOWS`).
     max_windows: u32,
+    /// A candidate guest in shadow or canary mode, if one is configured and loaded.
+    rollout: Option<Arc<Rollout>>,
 }
 
 impl QaService {
@@ -46,7 +49,11 @@ impl QaService {
         let artifacts = Artifacts::from_env(&config.cache_dir);
         let guest = GuestRuntime::load(&config.guest_wasm, artifacts.clone(), settings).await?;
         tracing::info!(origin = ?guest.origin, ms = guest.load_time.as_millis() as u64, guest = %config.guest_wasm.display(), "guest ready");
-        let guest = SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), artifacts, settings, config.guest_ttl);
+        let guest = SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), artifacts.clone(), settings, config.guest_ttl);
+        let rollout = match &config.rollout {
+            Some(rollout) => start_rollout(rollout, &guest, artifacts, settings, config.guest_ttl).await,
+            None => None,
+        };
         let backend = OnnxBackend { settings: config.session };
         let budget = config.model_cache_mb.map(|mb| mb << 20);
         let models = ModelCache::new(catalog, backend, budget, config.model_ttl, Box::new(PrepareGuest(guest.clone())));
@@ -56,7 +63,18 @@ impl QaService {
             guest_deadline: config.guest_deadline,
             compile_snapshots: config.compile_snapshots,
             max_windows: config.max_windows,
+            rollout,
         })
+    }
+
+    /// Where the candidate guest stands, if one is configured (for `/health`).
+    pub fn rollout_status(&self) -> Option<serde_json::Value> {
+        self.rollout.as_ref().map(|r| r.status())
+    }
+
+    /// Which guest serves (the first 12 hex digits of its SHA-256).
+    pub fn guest_version(&self) -> String {
+        self.guest.current().id.clone()
     }
 
     /// Loads `names` now, outside any request, prepares the guest for each (its tokenizer
@@ -95,31 +113,41 @@ impl QaService {
 
     /// Answers one request.
     pub async fn answer(self: &Arc<Self>, request: QaRequest) -> Result<QaResponse, ApiError> {
-        self.answer_within(request, None).await
+        self.answer_within(request, None, "local").await
     }
 
     /// Answers a request of one question or many (`questions`), as every edge does; the
-    /// guest's deadline is the configured one or `budget`, if shorter.
-    pub async fn reply_within(self: &Arc<Self>, request: QaRequest, budget: Option<Duration>) -> Result<QaReply, ApiError> {
+    /// guest's deadline is the configured one or `budget`, if shorter. `request_id` picks
+    /// the request's guest when a canary or shadow share is configured.
+    pub async fn reply_within(
+        self: &Arc<Self>,
+        request: QaRequest,
+        budget: Option<Duration>,
+        request_id: &str,
+    ) -> Result<QaReply, ApiError> {
         match request.questions {
-            Some(_) => self.answer_many_within(request, budget).await.map(QaReply::Many),
-            None => self.answer_within(request, budget).await.map(QaReply::One),
+            Some(_) => self.answer_many_within(request, budget, request_id).await.map(QaReply::Many),
+            None => self.answer_within(request, budget, request_id).await.map(QaReply::One),
         }
     }
 
     /// Answers one question; the guest's deadline is the configured one or `budget`, if
     /// shorter.
-    pub async fn answer_within(self: &Arc<Self>, request: QaRequest, budget: Option<Duration>) -> Result<QaResponse, ApiError> {
+    pub async fn answer_within(
+        self: &Arc<Self>,
+        request: QaRequest,
+        budget: Option<Duration>,
+        request_id: &str,
+    ) -> Result<QaResponse, ApiError> {
         if request.questions.is_some() {
             return Err(ApiError::Internal("a request with `questions` reached the one-question path".into()));
         }
         let ready = self.ready(&request, budget).await?;
         let guest_started = Instant::now();
-        let response = self
-            .guest
-            .current()
-            .ask(&ready.model.guest_model(&ready.name), &request.question, &request.context, ready.options, ready.deadline)
-            .await
+        let (answered, guest_version) =
+            self.run_guest(&ready, Questions::One(request.question.clone()), &request.context, request_id).await;
+        let response = answered
+            .and_then(|mut results| results.pop().unwrap_or_else(|| Err(GuestError::BadAnswer("no result".into()))))
             .map_err(|e| guest_error(&ready.name, e))?;
         let guest_time = guest_started.elapsed();
         let mut timings = GuestTimings::default();
@@ -135,29 +163,80 @@ impl QaService {
             answers,
             windows: timings.windows,
             model_version: ready.model.version.clone(),
+            guest_version,
             timings_ms: timings.phases(ready.fetched, guest_time, ready.started.elapsed()),
             model_loaded: ready.model_loaded,
             model_type: ready.name,
         })
     }
 
+    /// Runs the request's questions on its guest: the serving one, or the candidate for a
+    /// canary share; for a shadow share the candidate then runs them too (under Lambda
+    /// within the response's wait bound, elsewhere in the background). Returns the answers
+    /// and which guest gave them.
+    async fn run_guest(self: &Arc<Self>, ready: &Ready, questions: Questions, context: &str, request_id: &str) -> (Answered, String) {
+        let serving = self.guest.current();
+        let model = ready.model.guest_model(&ready.name);
+        let Some(rollout) = self.rollout.clone() else {
+            return (questions.ask(&serving, &model, context, ready.options, ready.deadline).await, serving.id.clone());
+        };
+        let route = rollout.route(request_id);
+        let (guest, role) = match &route {
+            Route::Canary(candidate) => (candidate.clone(), Role::Candidate),
+            _ => (serving, Role::Serving),
+        };
+        let started = Instant::now();
+        let answered = questions.ask(&guest, &model, context, ready.options, ready.deadline).await;
+        rollout.record(role, &guest, &answered, started.elapsed());
+        if let (Route::Shadow(candidate), Some(served)) = (route, best_answers(&answered)) {
+            let context = context.to_string();
+            let shadow = Shadow {
+                rollout,
+                candidate,
+                model,
+                questions,
+                context,
+                options: ready.options,
+                request_id: request_id.to_string(),
+                served,
+            };
+            match ready.budget {
+                // Under Lambda nothing runs between invocations: the shadow call runs now,
+                // within the wait bound and what is left of the invocation.
+                Some(budget) => {
+                    let left = budget.saturating_sub(ready.started.elapsed());
+                    let bound = shadow.rollout.policy().shadow_max_delay.min(left);
+                    shadow.run(bound, true).await;
+                }
+                None => {
+                    let deadline = self.guest_deadline;
+                    tokio::spawn(shadow.run(deadline, false));
+                }
+            }
+        }
+        (answered, guest.id.clone())
+    }
+
     /// Answers several questions over one context in one guest call (a 0.1 guest is asked
     /// question by question in the same instance). A question that fails its own checks, or
     /// that the guest refuses, fails only its entry.
-    async fn answer_many_within(self: &Arc<Self>, request: QaRequest, budget: Option<Duration>) -> Result<QaBatchResponse, ApiError> {
+    async fn answer_many_within(
+        self: &Arc<Self>,
+        request: QaRequest,
+        budget: Option<Duration>,
+        request_id: &str,
+    ) -> Result<QaBatchResponse, ApiError> {
         let ready = self.ready(&request, budget).await?;
         let questions = request.questions.unwrap_or_default();
         let checked: Vec<Result<(), ApiError>> = questions.iter().map(|q| check_question(q)).collect();
         let asked: Vec<String> = questions.iter().zip(&checked).filter(|(_, check)| check.is_ok()).map(|(q, _)| q.clone()).collect();
         let guest_started = Instant::now();
-        let answered = match asked.is_empty() {
-            true => Vec::new(),
-            false => self
-                .guest
-                .current()
-                .ask_many(&ready.model.guest_model(&ready.name), &asked, &request.context, ready.options, ready.deadline)
-                .await
-                .map_err(|e| guest_error(&ready.name, e))?,
+        let (answered, guest_version) = match asked.is_empty() {
+            true => (Vec::new(), self.guest_version()),
+            false => {
+                let (answered, guest_version) = self.run_guest(&ready, Questions::Many(asked), &request.context, request_id).await;
+                (answered.map_err(|e| guest_error(&ready.name, e))?, guest_version)
+            }
         };
         let guest_time = guest_started.elapsed();
         let mut timings = GuestTimings::default();
@@ -179,6 +258,7 @@ impl QaService {
             results,
             windows: timings.windows,
             model_version: ready.model.version.clone(),
+            guest_version,
             timings_ms: timings.phases(ready.fetched, guest_time, ready.started.elapsed()),
             model_loaded: ready.model_loaded,
             model_type: ready.name,
@@ -215,7 +295,7 @@ impl QaService {
         let fetched = started.elapsed();
         let deadline = budget.map_or(self.guest_deadline, |b| b.saturating_sub(fetched).min(self.guest_deadline));
         let options = request.options(self.max_windows);
-        Ok(Ready { name, model, model_loaded, options, deadline, started, fetched })
+        Ok(Ready { name, model, model_loaded, options, deadline, budget, started, fetched })
     }
 }
 
@@ -242,8 +322,74 @@ struct Ready {
     model_loaded: bool,
     options: Options,
     deadline: Duration,
+    /// What the edge allowed the whole request (under Lambda).
+    budget: Option<Duration>,
     started: Instant,
     fetched: Duration,
+}
+
+/// The question or questions a guest is asked.
+#[derive(Clone)]
+enum Questions {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Questions {
+    /// Asks `guest`; one entry per question.
+    async fn ask(&self, guest: &Arc<GuestRuntime>, model: &GuestModel, context: &str, options: Options, deadline: Duration) -> Answered {
+        match self {
+            Questions::One(question) => guest.ask(model, question, context, options, deadline).await.map(|r| vec![Ok(r)]),
+            Questions::Many(questions) => guest.ask_many(model, questions, context, options, deadline).await,
+        }
+    }
+}
+
+/// A request run again on the candidate, after the serving guest answered it.
+struct Shadow {
+    rollout: Arc<Rollout>,
+    candidate: Arc<GuestRuntime>,
+    model: GuestModel,
+    questions: Questions,
+    context: String,
+    options: Options,
+    request_id: String,
+    /// The best answer the serving guest gave each question.
+    served: Vec<Option<crate::guest::Answer>>,
+}
+
+impl Shadow {
+    /// Runs the candidate within `bound` and records how it compares with what was served. When
+    /// `cut_is_not_its_fault` (a bound shorter than the guest's deadline, under Lambda), a
+    /// call stopped by the bound is not counted.
+    async fn run(self, bound: Duration, cut_is_not_its_fault: bool) {
+        let started = Instant::now();
+        let shadow = self.questions.ask(&self.candidate, &self.model, &self.context, self.options, bound).await;
+        let cut = cut_is_not_its_fault && matches!(shadow, Err(GuestError::Timeout(_)));
+        self.rollout.record_shadow(&self.request_id, &self.candidate, &self.served, (!cut).then_some(&shadow), started.elapsed());
+    }
+}
+
+/// The candidate guest loaded beside the serving one; a candidate that does not load is
+/// logged and left out (the serving guest serves everything) until the host restarts.
+async fn start_rollout(
+    settings: &crate::rollout::RolloutSettings,
+    serving: &Arc<SwappableGuest>,
+    artifacts: Artifacts,
+    guest: crate::guest::GuestSettings,
+    ttl: Duration,
+) -> Option<Arc<Rollout>> {
+    match GuestRuntime::load(&settings.candidate, artifacts.clone(), guest).await {
+        Ok(runtime) => {
+            tracing::info!(candidate = %runtime.id, serving = %serving.current().id, percent = settings.percent, setting = settings.setting(), "candidate guest ready");
+            let candidate = SwappableGuest::new(runtime, &settings.candidate, settings.candidate_s3.clone(), artifacts, guest, ttl);
+            Some(Arc::new(Rollout::new(serving.clone(), candidate, settings, crate::telemetry::emf::Metrics::from_env())))
+        }
+        Err(error) => {
+            tracing::error!(setting = settings.setting(), guest = %settings.candidate.display(), %error, "candidate guest rejected; the serving guest takes every request");
+            None
+        }
+    }
 }
 
 /// The guest's timings, summed over the questions of a call.

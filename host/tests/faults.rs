@@ -53,7 +53,7 @@ async fn a_request_with_less_time_left_than_the_guest_limit_ends_within_that_tim
     // guest's own limit is a minute, the request's budget 800 ms.
     let service = misbehaving_service(Duration::from_secs(60), 256).await;
     assert_eq!(ask(&service, "hello").await.unwrap(), "ok", "the model is loaded before the budget starts");
-    let error = service.answer_within(QaRequest::new("spin", "ok"), Some(Duration::from_millis(800))).await.unwrap_err();
+    let error = service.answer_within(QaRequest::new("spin", "ok"), Some(Duration::from_millis(800)), "test").await.unwrap_err();
     assert_eq!(error.code(), "guest_timeout", "{error}");
     let message = error.to_string();
     let budget_ms: f64 = message

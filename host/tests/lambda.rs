@@ -206,6 +206,45 @@ fn a_guest_trap_is_a_500_with_the_request_id_and_the_next_request_succeeds() {
     assert_eq!(ok["Answer"], "ok");
 }
 
+/// A canary that traps on half its inputs is rolled back under Lambda as under `serve`; a
+/// shadow runs inside the invocation, compared and recorded, and one that would overrun the
+/// response's wait bound (`QA_GUEST_SHADOW_MAX_DELAY_MS`) is cut and not counted.
+#[test]
+fn a_canary_is_rolled_back_and_a_shadow_runs_within_its_bound_under_the_emulator() {
+    let candidate = misbehaving_guest().display().to_string();
+    let serving = guest_version(&qa_guest());
+    let canary =
+        Lambda::start(qa_guest(), &[("QA_GUEST_CANARY", &candidate), ("QA_GUEST_CANARY_PERCENT", "100"), ("QA_ROLLOUT_MIN_CALLS", "4")]);
+    let outcomes: Vec<Value> = (0..12)
+        .map(|i| {
+            let question = if i % 2 == 0 { "trap" } else { "When was the car invented?" };
+            let body = json!({"question": question, "context": benz_request()["context"]}).to_string();
+            canary.invoke(&http_v2(&body, false))
+        })
+        .collect();
+    let failed = outcomes.iter().filter(|r| r["statusCode"] != 200).count();
+    assert!((1..=4).contains(&failed), "{failed} failed: {outcomes:?}");
+    for response in &outcomes[6..] {
+        assert_eq!(envelope_body(response, 200)["guest_version"], serving.as_str(), "after the rollback the serving guest answers");
+    }
+    canary.flush_log();
+    assert!(canary.logged("candidate guest rolled back"));
+    assert_eq!(metric_lines(&canary.function.lines(), "GuestRollbacks").len(), 1);
+    drop(canary);
+
+    let shadow = Lambda::start(qa_guest(), &[("QA_GUEST_SHADOW", &candidate), ("QA_GUEST_SHADOW_MAX_DELAY_MS", "300")]);
+    let answered = envelope_body(&shadow.invoke(&http_v2(&benz_request().to_string(), false)), 200);
+    assert_eq!((&answered["Answer"], &answered["guest_version"]), (&json!("1886"), &json!(serving)));
+    // The candidate spins on "spin": its call is cut at the bound, the response is the serving guest's.
+    let spun = envelope_body(&shadow.invoke(&http_v2(&json!({"question": "spin", "context": "a spinning top"}).to_string(), false)), 200);
+    assert_eq!(spun["guest_version"], serving.as_str());
+    shadow.flush_log();
+    let compared = metric_lines(&shadow.function.lines(), "ShadowAgreement");
+    assert_eq!(compared.len(), 1, "{compared:?}");
+    assert_eq!((&compared[0]["ShadowAgreement"], &compared[0]["guest"]), (&json!(0.0), &json!("candidate")));
+    assert!(shadow.logged("shadow call cut by the response's wait bound"));
+}
+
 #[test]
 fn preloaded_models_load_during_init_and_others_on_first_use() {
     let preloading = Lambda::start(qa_guest(), &[("QA_PRELOAD", "nlp1")]);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 async fn many(service: &Arc<qa_host::service::QaService>) -> QaBatchResponse {
     let request = QaRequest::many(sample_questions(), benz_request()["context"].as_str().unwrap());
-    match service.reply_within(request, None).await.expect("answered") {
+    match service.reply_within(request, None, "test").await.expect("answered") {
         qa_host::api::QaReply::Many(response) => response,
         other => panic!("not a many-question response: {other:?}"),
     }

@@ -180,6 +180,7 @@ fn response_for(request: &QaRequest, answers: Vec<AnswerSpan>, score: f64) -> Qa
         answers,
         windows: 1,
         model_version: "props".into(),
+        guest_version: "0123456789ab".into(),
         timings_ms: PhaseTimings { fetch: score, guest: 1.0, tokenize: 0.5, inference: 0.25, decode: 0.1, total: f64::MAX },
         model_loaded: false,
     }

@@ -107,7 +107,7 @@ async fn an_inference_run_past_the_deadline_is_terminated() {
     let (outcome, small_run) = timed(&service, "nn:1x8").await;
     computed(outcome, "a small run");
     let started = Instant::now();
-    let outcome = service.answer_within(QaRequest::new("nn:64x512", "ok"), Some(Duration::from_secs(1))).await;
+    let outcome = service.answer_within(QaRequest::new("nn:64x512", "ok"), Some(Duration::from_secs(1)), "test").await;
     let took = started.elapsed();
     let error = outcome.unwrap_err();
     assert_eq!(error.code(), "guest_timeout", "{error}");

@@ -798,7 +798,7 @@ fn under_lambda_a_model_that_cannot_be_fetched_in_the_time_left_is_a_503_within_
     assert_eq!(runtime.block_on(service.answer(request("warm"))).unwrap().answer, "1886", "loaded while S3 answers");
 
     proxy.set(Fault::StallHeaders(Duration::from_secs(20)));
-    let error = runtime.block_on(service.answer_within(request("late"), Some(Duration::from_secs(2)))).unwrap_err();
+    let error = runtime.block_on(service.answer_within(request("late"), Some(Duration::from_secs(2)), "test")).unwrap_err();
     assert_eq!((error.status(), error.code()), (503, "model_unavailable"), "{error}");
     assert!(error.to_string().contains("remaining time (2000 ms)"), "{error}");
     assert!(cached_versions(cache.path(), "late").iter().all(|d| d.starts_with('.')), "no version published");
@@ -807,7 +807,7 @@ fn under_lambda_a_model_that_cannot_be_fetched_in_the_time_left_is_a_503_within_
     // its re-check runs behind the request.
     std::thread::sleep(Duration::from_millis(1100));
     for round in 0..2 {
-        let response = runtime.block_on(service.answer_within(request("warm"), Some(Duration::from_secs(2))));
+        let response = runtime.block_on(service.answer_within(request("warm"), Some(Duration::from_secs(2)), "test"));
         assert_eq!(response.map(|r| r.answer).map_err(|e| e.to_string()), Ok("1886".to_string()), "round {round}");
     }
 }

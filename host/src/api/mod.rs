@@ -267,6 +267,9 @@ pub struct QaResponse {
     pub windows: u32,
     /// Version of the model's files that answered (changes when the stored model changes).
     pub model_version: String,
+    /// Which guest answered: the first 12 hex digits of its `.wasm`'s SHA-256.
+    #[serde(default)]
+    pub guest_version: String,
     pub timings_ms: PhaseTimings,
     /// Whether this request had to load the model (a model-cache miss); for metrics only.
     #[serde(skip)]
@@ -332,6 +335,9 @@ pub struct QaBatchResponse {
     /// Windows inference ran on, all questions together.
     pub windows: u32,
     pub model_version: String,
+    /// Which guest answered (see [`QaResponse::guest_version`]).
+    #[serde(default)]
+    pub guest_version: String,
     /// The call's phases, summed over the questions inside the guest.
     pub timings_ms: PhaseTimings,
     #[serde(skip)]
@@ -503,6 +509,7 @@ mod tests {
             answers: vec![],
             windows: 1,
             model_version: "image".into(),
+            guest_version: "0123456789ab".into(),
             timings_ms: PhaseTimings::default(),
             model_loaded: true,
         };

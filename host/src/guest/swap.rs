@@ -83,6 +83,14 @@ impl SwappableGuest {
         }
     }
 
+    /// Makes `runtime` (a promoted candidate) serve every request from now on. It serves
+    /// until this guest's own file changes, which swaps that file's guest in as usual.
+    pub fn promote(&self, runtime: Arc<GuestRuntime>) {
+        if let Ok(mut current) = self.current.write() {
+            *current = runtime;
+        }
+    }
+
     /// Asks S3 for the guest's version; fetches, compiles and swaps in a new one.
     async fn check_s3(self: Arc<Self>) {
         let Some(source) = self.s3.clone() else { return };
@@ -117,20 +125,41 @@ impl SwappableGuest {
     }
 }
 
-/// When `config.guest_wasm` is an `s3://bucket/key` URI, downloads the guest into the S3
-/// cache (verified, atomically, as models are) and points `guest_wasm` at the local copy.
+/// When `config.guest_wasm` (or the rollout's candidate) is an `s3://bucket/key` URI,
+/// downloads it into the S3 cache (verified, atomically, as models are) and points the setting
+/// at the local copy.
 pub async fn resolve_guest(config: &mut crate::config::HostConfig) -> Result<(), String> {
-    let Some(uri) = config.guest_wasm.to_str().and_then(|s| s.strip_prefix("s3://")).map(str::to_string) else {
-        return Ok(());
+    if let Some((path, s3)) = fetch_guest(config, "QA_GUEST", &config.guest_wasm, "_guest").await? {
+        config.guest_wasm = path;
+        config.guest_s3 = Some(s3);
+    }
+    let Some(rollout) = config.rollout.as_ref() else { return Ok(()) };
+    if let Some((path, s3)) = fetch_guest(config, rollout.setting(), &rollout.candidate, "_candidate").await?
+        && let Some(rollout) = config.rollout.as_mut()
+    {
+        rollout.candidate = path;
+        rollout.candidate_s3 = Some(s3);
+    }
+    Ok(())
+}
+
+/// The local copy of the guest at `uri` when it is `s3://bucket/key`, cached under `name`,
+/// with its S3 source and version; `None` for a local path.
+async fn fetch_guest(
+    config: &crate::config::HostConfig,
+    setting: &str,
+    uri: &Path,
+    name: &str,
+) -> Result<Option<(PathBuf, (Arc<S3Source>, String))>, String> {
+    let Some(object) = uri.to_str().and_then(|s| s.strip_prefix("s3://")) else {
+        return Ok(None);
     };
-    let (bucket, key) = uri
+    let (bucket, key) = object
         .split_once('/')
         .filter(|(b, k)| !b.is_empty() && !k.is_empty() && !k.ends_with('/'))
-        .ok_or_else(|| format!("QA_GUEST s3://{uri} is not s3://bucket/key"))?;
-    let source = Arc::new(S3Source::single_object(crate::models::S3Connector::new(config.s3.clone()), "_guest", bucket, key));
-    let local = source.fetch().await.map_err(|e| format!("guest {}: {e}", config.guest_wasm.display()))?;
+        .ok_or_else(|| format!("{setting}={} is not s3://bucket/key", uri.display()))?;
+    let source = Arc::new(S3Source::single_object(crate::models::S3Connector::new(config.s3.clone()), name, bucket, key));
+    let local = source.fetch().await.map_err(|e| format!("{setting} {}: {e}", uri.display()))?;
     let file = key.rsplit('/').next().unwrap_or(key);
-    config.guest_wasm = local.dir.join(file);
-    config.guest_s3 = Some((source, local.version));
-    Ok(())
+    Ok(Some((local.dir.join(file), (source, local.version))))
 }

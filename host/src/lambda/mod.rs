@@ -37,7 +37,7 @@ pub async fn run(service: Arc<QaService>, process_started: Instant) -> Result<()
         let service = service.clone();
         async move {
             Ok::<Outcome, Infallible>(match call.request {
-                Ok(request) => service.reply_within(request, call.budget).await,
+                Ok(request) => service.reply_within(request, call.budget, &call.request_id).await,
                 Err(error) => Err(error),
             })
         }

@@ -116,6 +116,35 @@ impl Metrics {
         Value::Object(fields)
     }
 
+    /// A metric line of its own: `metrics` (name, unit, value) under the dimensions `service`
+    /// plus `dimensions` (name, value: keep their values few, each makes a metric series),
+    /// with `properties` as searchable fields.
+    pub fn line(
+        &self,
+        dimensions: &[(&str, &str)],
+        metrics: &[(&str, &str, f64)],
+        properties: Map<String, Value>,
+        timestamp_ms: u64,
+    ) -> Value {
+        let mut fields = properties;
+        let mut keys = vec![json!("service")];
+        fields.insert("service".into(), json!(self.service));
+        for (name, value) in dimensions {
+            keys.push(json!(name));
+            fields.insert((*name).to_string(), json!(value));
+        }
+        let list: Vec<Value> = metrics
+            .iter()
+            .map(|(name, unit, value)| {
+                fields.insert((*name).to_string(), json!(value));
+                json!({"Name": name, "Unit": unit})
+            })
+            .collect();
+        let directive = json!({"Namespace": self.namespace, "Dimensions": [keys], "Metrics": list});
+        fields.insert("_aws".into(), json!({"Timestamp": timestamp_ms, "CloudWatchMetrics": [directive]}));
+        Value::Object(fields)
+    }
+
     /// Writes `line` to stderr as one line (a single write, so it never interleaves with logs).
     pub fn emit(&self, line: &Value) {
         if !self.enabled {
@@ -125,6 +154,11 @@ impl Metrics {
         text.push('\n');
         let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }
+}
+
+/// Milliseconds since the Unix epoch: a metric line's timestamp.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Checks a line against what CloudWatch needs to extract metrics from it: a millisecond
@@ -156,7 +190,7 @@ pub fn validate(line: &Value) -> Result<(), String> {
             if !line[name].is_number() {
                 return fail(format!("metric {name:?} is not a top-level number"));
             }
-            if !["Count", "Milliseconds"].contains(&metric["Unit"].as_str().unwrap_or_default()) {
+            if !["Count", "Milliseconds", "None"].contains(&metric["Unit"].as_str().unwrap_or_default()) {
                 return fail(format!("metric {name:?} has an unexpected unit"));
             }
         }
@@ -184,6 +218,7 @@ mod tests {
             answers: vec![],
             windows: 1,
             model_version: "v1".into(),
+            guest_version: "0123456789ab".into(),
             timings_ms: PhaseTimings { fetch: 1.0, guest: 2.0, tokenize: 0.5, inference: 1.2, decode: 0.1, total: 3.0 },
             model_loaded,
         })

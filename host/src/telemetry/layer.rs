@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tower::{Layer, Service};
 
 /// One request as an edge hands it over: parsed, or refused while parsing (still reported).
@@ -109,8 +109,7 @@ impl Shared {
             (Err(_), None) => None,
         };
         let cold = self.cold.lock().ok().and_then(|mut cold| cold.take());
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let invocation = Invocation { request_id, model: model.as_deref(), result: outcome.as_ref(), total };
-        self.metrics.emit(&self.metrics.invocation_line(&invocation, cold.as_ref(), now_ms));
+        self.metrics.emit(&self.metrics.invocation_line(&invocation, cold.as_ref(), super::emf::now_ms()));
     }
 }

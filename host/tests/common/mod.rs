@@ -59,6 +59,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         model_ttl: Duration::from_secs(60),
         s3: Default::default(),
         serve: qa_host::server::ServeLimits::for_deadline(Duration::from_secs(60)),
+        rollout: None,
     }
 }
 
@@ -264,3 +265,18 @@ pub fn sample_questions() -> Vec<String> {
 /// The codes `sample_questions` get, `None` for the answered ones.
 pub const SAMPLE_QUESTION_ERRORS: [Option<&str>; 6] =
     [None, None, Some("empty_question"), None, Some("question_too_long"), Some("invalid_input")];
+
+/// The metric lines (CloudWatch EMF) among `lines` that carry `metric`.
+pub fn metric_lines(lines: &[String], metric: &str) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("_aws").is_some() && v.get(metric).is_some())
+        .collect()
+}
+
+/// Which guest a `.wasm` is, as responses name it: the first 12 hex digits of its SHA-256.
+pub fn guest_version(wasm: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(std::fs::read(wasm).unwrap())[..6])
+}

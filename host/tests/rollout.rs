@@ -1,0 +1,148 @@
+//! A candidate guest beside the serving one through `qa-host serve`: a canary that traps on
+//! half its inputs is rolled back, and taken back only once its file changes; a shadow that
+//! answers differently shows disagreement while callers keep the serving guest's answers.
+//! (The same through the Lambda emulator is in `lambda.rs`.) The candidate is the
+//! misbehaving guest: it answers any question with the whole context and traps on "trap".
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn ask(host: &Serving, question: &str) -> (u16, Value) {
+    host.post(json!({"question": question, "context": benz_request()["context"]}).to_string())
+}
+
+fn health(host: &Serving) -> Value {
+    json_body(http().get(&format!("{}/health", host.base)).call().expect("health")).1
+}
+
+#[test]
+fn a_canary_that_traps_on_half_its_inputs_is_rolled_back_after_at_most_min_calls_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.wasm");
+    std::fs::copy(misbehaving_guest(), &candidate).unwrap();
+    let (serving, canary) = (guest_version(&qa_guest()), guest_version(&candidate));
+    let min_calls = 6;
+    let host = Serving::start(
+        &qa_guest(),
+        &[
+            ("QA_GUEST_CANARY", candidate.display().to_string()),
+            ("QA_GUEST_CANARY_PERCENT", "100".into()),
+            ("QA_ROLLOUT_MIN_CALLS", min_calls.to_string()),
+            ("QA_GUEST_TTL_SECS", "1".into()),
+        ],
+    );
+    assert_eq!(health(&host)["rollout"]["state"], "taking part");
+
+    let mut outcomes = Vec::new();
+    for i in 0..20 {
+        let question = if i % 2 == 0 { "trap" } else { "When was the car invented?" };
+        outcomes.push(ask(&host, question));
+    }
+    let failed: Vec<&(u16, Value)> = outcomes.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(!failed.is_empty() && failed.len() <= min_calls, "{} failed requests: {outcomes:?}", failed.len());
+    assert!(failed.iter().all(|(status, body)| *status == 500 && body["error"]["code"] == "guest_failed"), "{failed:?}");
+    let by = |version: &str| outcomes.iter().filter(|(_, body)| body["guest_version"] == version).count();
+    assert!(by(&canary) > 0, "the canary answered before its rollback: {outcomes:?}");
+    // After the rollback every request is the serving guest's, traps included.
+    let last = &outcomes[outcomes.len() - 10..];
+    assert!(last.iter().all(|(status, body)| *status == 200 && body["guest_version"] == serving.as_str()), "{last:?}");
+    assert_eq!(last[1].1["Answer"], "1886", "{:?}", last[1]);
+    assert_eq!(health(&host)["rollout"]["state"], "rolled back");
+
+    host.flush_log();
+    assert_eq!(host.process.count("candidate guest rolled back"), 1);
+    let lines = host.process.lines();
+    let rollbacks = metric_lines(&lines, "GuestRollbacks");
+    assert_eq!(rollbacks.len(), 1, "one rollback metric");
+    assert_eq!((&rollbacks[0]["guest"], &rollbacks[0]["guest_version"]), (&json!("candidate"), &json!(canary)));
+    let failures: f64 = metric_lines(&lines, "GuestFailures")
+        .iter()
+        .filter(|m| m["guest"] == "candidate")
+        .map(|m| m["GuestFailures"].as_f64().unwrap())
+        .sum();
+    assert_eq!(failures as usize, failed.len(), "every failed canary call is a metric");
+
+    // Not retried while the file is the same; a new file takes part afresh.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(ask(&host, "trap").1["guest_version"], serving.as_str());
+    std::fs::copy(qa_guest(), dir.path().join("next.wasm")).unwrap();
+    std::fs::rename(dir.path().join("next.wasm"), &candidate).unwrap();
+    wait_until("the new candidate to be swapped in", Duration::from_secs(120), || {
+        ask(&host, "When was the car invented?").1["guest_version"] == serving.as_str() && host.process.logged("its record starts afresh")
+    });
+    assert_eq!(health(&host)["rollout"]["state"], "taking part");
+}
+
+#[test]
+fn a_shadow_that_answers_differently_shows_disagreement_while_callers_get_the_serving_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.wasm");
+    std::fs::copy(misbehaving_guest(), &candidate).unwrap();
+    let serving = guest_version(&qa_guest());
+    let host = Serving::start(&qa_guest(), &[("QA_GUEST_SHADOW", candidate.display().to_string())]);
+
+    for _ in 0..4 {
+        let (status, body) = ask(&host, "When was the car invented?");
+        assert_eq!((status, &body["Answer"], &body["guest_version"]), (200, &json!("1886"), &json!(serving)), "{body}");
+    }
+    wait_until("four shadow comparisons", Duration::from_secs(60), || metric_lines(&host.process.lines(), "ShadowAgreement").len() == 4);
+    let compared = metric_lines(&host.process.lines(), "ShadowAgreement");
+    assert!(compared.iter().all(|m| m["ShadowAgreement"] == 0.0 && m["guest"] == "candidate"), "{compared:?}");
+    assert_eq!(health(&host)["rollout"]["shadow_agreement"], 0.0);
+
+    // The same guest as candidate agrees: agreement is measured, not assumed.
+    let same = Serving::start(&qa_guest(), &[("QA_GUEST_SHADOW", qa_guest().display().to_string())]);
+    for _ in 0..2 {
+        assert_eq!(ask(&same, "When was the car invented?").1["Answer"], "1886");
+    }
+    wait_until("two shadow comparisons", Duration::from_secs(60), || metric_lines(&same.process.lines(), "ShadowAgreement").len() == 2);
+    let compared = metric_lines(&same.process.lines(), "ShadowAgreement");
+    assert!(compared.iter().all(|m| m["ShadowAgreement"] == 1.0 && m["ShadowScoreDiff"] == 0.0), "{compared:?}");
+    assert_eq!(health(&same)["rollout"]["shadow_agreement"], 1.0);
+}
+
+#[test]
+fn a_shadow_share_and_a_clean_canary_promoted_after_the_documented_calls() {
+    // A 0% shadow share never runs the candidate.
+    let none = Serving::start(
+        &qa_guest(),
+        &[("QA_GUEST_SHADOW", misbehaving_guest().display().to_string()), ("QA_GUEST_SHADOW_PERCENT", "0".into())],
+    );
+    for _ in 0..3 {
+        assert_eq!(ask(&none, "When was the car invented?").0, 200);
+    }
+    none.flush_log();
+    assert!(metric_lines(&none.process.lines(), "ShadowAgreement").is_empty());
+
+    // A candidate that never fails is promoted after QA_ROLLOUT_PROMOTE_AFTER calls and then
+    // answers every request.
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.wasm");
+    std::fs::copy(misbehaving_guest(), &candidate).unwrap();
+    let host = Serving::start(
+        &qa_guest(),
+        &[
+            ("QA_GUEST_CANARY", candidate.display().to_string()),
+            ("QA_GUEST_CANARY_PERCENT", "50".into()),
+            ("QA_ROLLOUT_PROMOTE_AFTER", "3".into()),
+        ],
+    );
+    let canary = guest_version(&candidate);
+    for _ in 0..40 {
+        if health(&host)["rollout"]["state"] == "promoted" {
+            break;
+        }
+        assert_eq!(ask(&host, "hello").0, 200);
+    }
+    assert_eq!(health(&host)["rollout"]["state"], "promoted");
+    assert_eq!(health(&host)["guest_version"], canary.as_str());
+    for _ in 0..5 {
+        assert_eq!(ask(&host, "hello").1["guest_version"], canary.as_str(), "the promoted guest answers everything");
+    }
+    host.flush_log();
+    assert_eq!(host.process.count("candidate guest promoted"), 1);
+    assert_eq!(metric_lines(&host.process.lines(), "GuestPromotions").len(), 1);
+}
