@@ -146,3 +146,27 @@ fn a_shadow_share_and_a_clean_canary_promoted_after_the_documented_calls() {
     assert_eq!(host.process.count("candidate guest promoted"), 1);
     assert_eq!(metric_lines(&host.process.lines(), "GuestPromotions").len(), 1);
 }
+
+/// The latency rule end to end: the QA guest (tokenizer and inference, tens of ms) as the
+/// shadow of the misbehaving guest (which echoes the context in well under a millisecond) is
+/// far past the 2× ratio and is rolled back for it, not for failures (it fails none).
+#[test]
+fn a_shadow_much_slower_than_the_serving_guest_is_rolled_back_for_its_latency() {
+    let host = Serving::start(
+        &misbehaving_guest(),
+        &[("QA_GUEST_SHADOW", qa_guest().display().to_string()), ("QA_ROLLOUT_MIN_CALLS", "3".into())],
+    );
+    for _ in 0..30 {
+        if health(&host)["rollout"]["state"] == "rolled back" {
+            break;
+        }
+        let (status, body) = ask(&host, "When was the car invented?");
+        assert_eq!((status, &body["guest_version"]), (200, &json!(guest_version(&misbehaving_guest()))), "{body}");
+        host.flush_log();
+    }
+    assert_eq!(health(&host)["rollout"]["state"], "rolled back");
+    host.flush_log();
+    let rollback = host.process.wait_for_log("candidate guest rolled back", Duration::from_secs(10));
+    assert!(rollback.contains("median latency"), "{rollback}");
+    assert_eq!(health(&host)["rollout"]["failure_rate"], 0.0, "it failed no call");
+}
