@@ -179,6 +179,8 @@ impl Window {
 struct State {
     /// The candidate the windows are about (its `id`); a new file starts afresh.
     candidate: String,
+    /// The serving guest `serving` is about.
+    serving_id: String,
     serving: Window,
     calls: Window,
     /// Clean candidate calls in a row.
@@ -283,8 +285,12 @@ impl Rollout {
         state.ended.is_none().then_some(candidate)
     }
 
-    /// Records a call of `role`'s guest and acts on the verdict.
+    /// Records a call of `role`'s guest and acts on the verdict. A call refused because the
+    /// pool was full says nothing about the guest and is not recorded.
     pub fn record(&self, role: Role, guest: &GuestRuntime, answered: &Answered, latency: Duration) {
+        if matches!(answered, Err(GuestError::Busy(_))) {
+            return;
+        }
         let failed = faulted(answered);
         self.emit(role, guest, &[("GuestCalls", "Count", 1.0), ("GuestFailures", "Count", f64::from(u8::from(failed)))], latency);
         self.count(role, guest, failed, latency);
@@ -293,7 +299,14 @@ impl Rollout {
     fn count(&self, role: Role, guest: &GuestRuntime, failed: bool, latency: Duration) {
         let Ok(mut state) = self.state.lock() else { return };
         match role {
-            Role::Serving => state.serving.push(failed, latency, self.policy.window),
+            Role::Serving => {
+                // A serving guest swapped in since is judged afresh.
+                if state.serving_id != guest.id {
+                    state.serving_id = guest.id.clone();
+                    state.serving = Window::default();
+                }
+                state.serving.push(failed, latency, self.policy.window);
+            }
             // A call on a candidate that has since been replaced says nothing of the new one.
             Role::Candidate if guest.id != state.candidate || state.ended.is_some() => return,
             Role::Candidate => {
@@ -334,12 +347,15 @@ impl Rollout {
         shadow: Option<&Answered>,
         latency: Duration,
     ) {
-        let Some(shadow) = shadow else {
-            tracing::info!(request_id, candidate = %candidate.id, "shadow call cut by the response's wait bound; not counted");
+        let Some(shadow) = shadow.filter(|s| !matches!(s, Err(GuestError::Busy(_)))) else {
+            tracing::info!(request_id, candidate = %candidate.id, "shadow call cut by the response's wait bound (or no instance free); not counted");
             return;
         };
         // The served guest answered this very input: a refusal by the candidate is its fault.
-        let failed = faulted(shadow) || shadow.as_ref().map_or(true, |results| results.iter().any(|r| r.is_err()));
+        let failed = match shadow {
+            Err(_) => true,
+            Ok(results) => results.iter().zip(served).any(|(r, served)| r.as_ref().is_err_and(|e| served.is_some() || guest_fault(e))),
+        };
         let comparison = compare(served, shadow);
         let mut metrics = vec![("GuestCalls", "Count", 1.0), ("GuestFailures", "Count", f64::from(u8::from(failed)))];
         if let Some((agree, score_diff)) = comparison {

@@ -88,7 +88,11 @@ fn a_shadow_that_answers_differently_shows_disagreement_while_callers_get_the_se
         let (status, body) = ask(&host, "When was the car invented?");
         assert_eq!((status, &body["Answer"], &body["guest_version"]), (200, &json!("1886"), &json!(serving)), "{body}");
     }
-    wait_until("four shadow comparisons", Duration::from_secs(60), || metric_lines(&host.process.lines(), "ShadowAgreement").len() == 4);
+    // Several questions in one request are shadowed as one call.
+    let many = json!({"questions": ["When was the car invented?", "Who invented the car?"], "context": benz_request()["context"]});
+    let (status, body) = host.post(many.to_string());
+    assert_eq!((status, &body["results"][0]["Answer"], &body["guest_version"]), (200, &json!("1886"), &json!(serving)), "{body}");
+    wait_until("five shadow comparisons", Duration::from_secs(60), || metric_lines(&host.process.lines(), "ShadowAgreement").len() == 5);
     let compared = metric_lines(&host.process.lines(), "ShadowAgreement");
     assert!(compared.iter().all(|m| m["ShadowAgreement"] == 0.0 && m["guest"] == "candidate"), "{compared:?}");
     assert_eq!(health(&host)["rollout"]["shadow_agreement"], 0.0);
