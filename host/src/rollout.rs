@@ -21,6 +21,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Shadow calls that may run at once: more shadowed requests than this skip their shadow
+/// call, so a candidate that spins until its deadline cannot multiply the host's work.
+pub const MAX_SHADOW_CALLS: usize = 4;
+
 /// How the candidate takes part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -240,6 +244,7 @@ pub struct Rollout {
     policy: Policy,
     state: Mutex<State>,
     metrics: Metrics,
+    shadow_calls: Arc<tokio::sync::Semaphore>,
 }
 
 impl Rollout {
@@ -253,11 +258,21 @@ impl Rollout {
             policy: settings.policy,
             state: Mutex::new(state),
             metrics,
+            shadow_calls: Arc::new(tokio::sync::Semaphore::new(MAX_SHADOW_CALLS)),
         }
     }
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// A slot for one shadow call, if fewer than [`MAX_SHADOW_CALLS`] are running.
+    pub fn shadow_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slot = self.shadow_calls.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            tracing::debug!("shadow call skipped: {MAX_SHADOW_CALLS} are running");
+        }
+        slot
     }
 
     /// The guest `request_id` runs on. The same id always gets the same route while the

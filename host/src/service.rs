@@ -188,7 +188,9 @@ impl QaService {
         let started = Instant::now();
         let answered = questions.ask(&guest, &model, context, ready.options, ready.deadline).await;
         rollout.record(role, &guest, &answered, started.elapsed());
-        if let (Route::Shadow(candidate), Some(served)) = (route, best_answers(&answered)) {
+        if let (Route::Shadow(candidate), Some(served)) = (route, best_answers(&answered))
+            && let Some(slot) = rollout.shadow_slot()
+        {
             let context = context.to_string();
             let shadow = Shadow {
                 rollout,
@@ -199,6 +201,7 @@ impl QaService {
                 options: ready.options,
                 request_id: request_id.to_string(),
                 served,
+                _slot: slot,
             };
             match ready.budget {
                 // Under Lambda nothing runs between invocations: the shadow call runs now,
@@ -356,6 +359,8 @@ struct Shadow {
     request_id: String,
     /// The best answer the serving guest gave each question.
     served: Vec<Option<crate::guest::Answer>>,
+    /// Held while the shadow call runs (see [`crate::rollout::MAX_SHADOW_CALLS`]).
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Shadow {

@@ -174,3 +174,29 @@ fn a_shadow_much_slower_than_the_serving_guest_is_rolled_back_for_its_latency() 
     assert!(rollback.contains("median latency"), "{rollback}");
     assert_eq!(health(&host)["rollout"]["failure_rate"], 0.0, "it failed no call");
 }
+
+/// A shadow that spins until its deadline cannot multiply the host's work: at most
+/// `MAX_SHADOW_CALLS` shadow calls run at once, and the requests beyond them are answered
+/// without one.
+#[test]
+fn a_spinning_shadow_runs_at_most_max_shadow_calls_at_once() {
+    let host = Serving::start(
+        &qa_guest(),
+        &[("QA_GUEST_SHADOW", misbehaving_guest().display().to_string()), ("QA_GUEST_DEADLINE_MS", "15000".into())],
+    );
+    let max = qa_host::rollout::MAX_SHADOW_CALLS;
+    for _ in 0..2 * max {
+        let (status, body) = ask(&host, "spin");
+        assert_eq!(status, 200, "the serving guest answers: {body}");
+    }
+    let shadow_calls = || metric_lines(&host.process.lines(), "GuestCalls").iter().filter(|m| m["guest"] == "candidate").count();
+    wait_until("the spinning shadow calls to reach their deadline", Duration::from_secs(90), || shadow_calls() == max);
+    std::thread::sleep(Duration::from_secs(1));
+    host.flush_log();
+    assert_eq!(shadow_calls(), max, "the other requests ran no shadow call");
+    let failed = metric_lines(&host.process.lines(), "GuestFailures")
+        .iter()
+        .filter(|m| m["guest"] == "candidate" && m["GuestFailures"] == 1.0)
+        .count();
+    assert_eq!(failed, max, "each timed out, a failure of the candidate");
+}
