@@ -143,13 +143,12 @@ impl QaService {
             return Err(ApiError::Internal("a request with `questions` reached the one-question path".into()));
         }
         let ready = self.ready(&request, budget).await?;
-        let guest_started = Instant::now();
-        let (answered, guest_version) =
-            self.run_guest(&ready, Questions::One(request.question.clone()), &request.context, request_id).await;
-        let response = answered
+        let run = self.run_guest(&ready, Questions::One(request.question.clone()), &request.context, request_id).await;
+        let (guest_version, guest_time) = (run.guest_version, run.took);
+        let response = run
+            .answered
             .and_then(|mut results| results.pop().unwrap_or_else(|| Err(GuestError::BadAnswer("no result".into()))))
             .map_err(|e| guest_error(&ready.name, e))?;
-        let guest_time = guest_started.elapsed();
         let mut timings = GuestTimings::default();
         timings.add(&response.timings);
         let answers = spans(response.answers);
@@ -174,20 +173,22 @@ impl QaService {
     /// canary share; for a shadow share the candidate then runs them too (under Lambda
     /// within the response's wait bound, elsewhere in the background). Returns the answers
     /// and which guest gave them.
-    async fn run_guest(self: &Arc<Self>, ready: &Ready, questions: Questions, context: &str, request_id: &str) -> (Answered, String) {
+    async fn run_guest(self: &Arc<Self>, ready: &Ready, questions: Questions, context: &str, request_id: &str) -> GuestRun {
         let serving = self.guest.current();
         let model = ready.model.guest_model(&ready.name);
+        let started = Instant::now();
         let Some(rollout) = self.rollout.clone() else {
-            return (questions.ask(&serving, &model, context, ready.options, ready.deadline).await, serving.id.clone());
+            let answered = questions.ask(&serving, &model, context, ready.options, ready.deadline).await;
+            return GuestRun { answered, guest_version: serving.id.clone(), took: started.elapsed() };
         };
         let route = rollout.route(request_id);
         let (guest, role) = match &route {
             Route::Canary(candidate) => (candidate.clone(), Role::Candidate),
             _ => (serving, Role::Serving),
         };
-        let started = Instant::now();
         let answered = questions.ask(&guest, &model, context, ready.options, ready.deadline).await;
-        rollout.record(role, &guest, &answered, started.elapsed());
+        let took = started.elapsed();
+        rollout.record(role, &guest, &answered, took);
         if let (Route::Shadow(candidate), Some(served)) = (route, best_answers(&answered))
             && let Some(slot) = rollout.shadow_slot()
         {
@@ -217,7 +218,7 @@ impl QaService {
                 }
             }
         }
-        (answered, guest.id.clone())
+        GuestRun { answered, guest_version: guest.id.clone(), took }
     }
 
     /// Answers several questions over one context in one guest call (a 0.1 guest is asked
@@ -233,15 +234,13 @@ impl QaService {
         let questions = request.questions.unwrap_or_default();
         let checked: Vec<Result<(), ApiError>> = questions.iter().map(|q| check_question(q)).collect();
         let asked: Vec<String> = questions.iter().zip(&checked).filter(|(_, check)| check.is_ok()).map(|(q, _)| q.clone()).collect();
-        let guest_started = Instant::now();
-        let (answered, guest_version) = match asked.is_empty() {
-            true => (Vec::new(), self.guest_version()),
+        let (answered, guest_version, guest_time) = match asked.is_empty() {
+            true => (Vec::new(), self.guest_version(), Duration::ZERO),
             false => {
-                let (answered, guest_version) = self.run_guest(&ready, Questions::Many(asked), &request.context, request_id).await;
-                (answered.map_err(|e| guest_error(&ready.name, e))?, guest_version)
+                let run = self.run_guest(&ready, Questions::Many(asked), &request.context, request_id).await;
+                (run.answered.map_err(|e| guest_error(&ready.name, e))?, run.guest_version, run.took)
             }
         };
-        let guest_time = guest_started.elapsed();
         let mut timings = GuestTimings::default();
         let mut answered = answered.into_iter();
         let results = questions
@@ -329,6 +328,14 @@ struct Ready {
     budget: Option<Duration>,
     started: Instant,
     fetched: Duration,
+}
+
+/// What [`QaService::run_guest`] did: the answers, which guest gave them and how long its
+/// call took (a shadow call after it not included).
+struct GuestRun {
+    answered: Answered,
+    guest_version: String,
+    took: Duration,
 }
 
 /// The question or questions a guest is asked.
