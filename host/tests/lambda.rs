@@ -158,6 +158,12 @@ fn many_questions_are_answered_through_every_event_shape() {
         assert_eq!(results[0]["Answer"], "1886", "{name}");
         for (result, error) in results.iter().zip(SAMPLE_QUESTION_ERRORS) {
             assert_eq!(result["error"]["code"].as_str(), error, "{name}: {result}");
+            if let Some(code) = error {
+                // The entry's error is the whole-request error's body: a message and its status.
+                let status = if code == "question_too_long" { 413 } else { 400 };
+                assert!(result["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {result}");
+                assert_eq!(result["error"]["status"], status, "{name}: {result}");
+            }
         }
     };
     for (name, event) in [
@@ -257,6 +263,12 @@ fn preloaded_models_load_during_init_and_others_on_first_use() {
     assert!(!lazy.logged("model loaded"), "without QA_PRELOAD nothing is loaded at init");
     assert_eq!(lazy.invoke(&benz_request())["Answer"], "1886");
     lazy.wait_for_log("model loaded"); // the first request loaded the model
+    assert_eq!(lazy.invoke(&benz_request())["Answer"], "1886");
+    lazy.flush_log();
+    // The refused barrier request, the first load (a miss), the loaded model (a hit).
+    let answered: Vec<Value> = metric_lines(&lazy.function.lines(), "ModelCacheMiss");
+    let misses: Vec<&Value> = answered.iter().map(|m| &m["ModelCacheMiss"]).collect();
+    assert_eq!(misses, [&json!(1.0), &json!(0.0)], "{answered:?}");
 }
 
 #[test]
@@ -287,7 +299,8 @@ fn logs_are_json_lines_with_the_request_id_and_metrics_are_embedded_metric_forma
         &[("QA_PRELOAD", "nlp1"), ("POWERTOOLS_METRICS_NAMESPACE", "QaTests"), ("POWERTOOLS_SERVICE_NAME", "qa-under-test")],
     );
     let body = benz_request().to_string();
-    assert_eq!(envelope_body(&lambda.invoke(&http_v2(&body, false)), 200)["Answer"], "1886");
+    let first = envelope_body(&lambda.invoke(&http_v2(&body, false)), 200);
+    assert_eq!(first["Answer"], "1886");
     let refused = envelope_body(&lambda.invoke(&http_v2(r#"{"question": " ", "context": "c"}"#, false)), 400);
     let refused_id = refused["error"]["request_id"].as_str().unwrap().to_string();
     assert_eq!(envelope_body(&lambda.invoke(&http_v2(&body, false)), 200)["Answer"], "1886");
@@ -316,12 +329,19 @@ fn logs_are_json_lines_with_the_request_id_and_metrics_are_embedded_metric_forma
     assert!(metrics[0]["InferenceTime"].as_f64().unwrap() > 0.0);
     assert_eq!((&metrics[1]["Errors"], &metrics[1]["error_code"]), (&json!(1.0), &json!("empty_question")));
     assert_eq!(metrics[1]["request_id"], refused_id.as_str(), "metrics carry the request id the client saw");
+    assert_eq!(
+        (&metrics[0]["model_version"], &metrics[0]["windows"]),
+        (&first["model_version"], &first["windows"]),
+        "properties ride along"
+    );
 
     for log in &logs {
         assert!(log["timestamp"].is_string() && log["level"].is_string() && log["message"].is_string(), "{log}");
     }
     let per_request: Vec<&&Value> = logs.iter().filter(|l| l["message"] == "answered" || l["message"] == "request failed").collect();
     assert_eq!(per_request.len(), 3, "one log line per invocation");
+    assert_eq!(per_request[0]["model"], "nlp1");
+    assert_eq!((&per_request[1]["code"], &per_request[1]["status"]), (&json!("empty_question"), &json!(400)), "{}", per_request[1]);
     for (log, metric) in per_request.iter().zip(&metrics) {
         assert_eq!(log["request_id"], metric["request_id"]);
         assert_eq!(log["span"]["request_id"], metric["request_id"], "the invocation span carries the id to nested lines");
