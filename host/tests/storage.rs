@@ -342,6 +342,31 @@ fn efs_models_are_read_in_place_reloaded_when_changed_and_missing_ones_are_named
     wait_until("the log to name the path", Duration::from_secs(5), || host.process.logged("models/absent"));
 }
 
+/// Image models ship with the code: an `image:` manifest entry is served, and its files are
+/// never re-checked, however long ago the TTL passed.
+#[test]
+fn an_image_entry_is_served_and_image_models_are_never_rechecked() {
+    let image = tempfile::tempdir().unwrap();
+    let dir = image.path().join("pinned");
+    link_model(&models_dir().join("nlp1"), &dir);
+    let host = Host::start(&[("QA_MODELS", format!("pinned=image:{}", dir.display())), ("QA_MODEL_TTL_SECS", "1".into())]);
+    let (status, first) = host.ask("pinned");
+    assert_eq!((status, &first["Answer"]), (200, &json!("1886")), "{first}");
+
+    // Requests start from the snapshot (the tokenizer parsed into it); then a file goes away.
+    // A re-check would find the model incomplete and say so in the log.
+    host.process.wait_for_log("guest prepared for model", Duration::from_secs(120));
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        let (status, again) = host.ask("pinned");
+        assert_eq!((status, &again["model_version"]), (200, &first["model_version"]), "{again}");
+    }
+    log_barrier(&host.process, &host.base);
+    assert!(!host.process.logged("re-check"), "never re-checked: {:#?}", host.process.lines());
+    assert_eq!(host.process.count("model loaded"), 1);
+}
+
 #[test]
 fn a_model_that_would_not_fit_in_the_cache_is_refused_before_downloading() {
     let s3 = S3::start();
