@@ -84,7 +84,12 @@ impl QaService {
         for name in names {
             let started = Instant::now();
             let (model, _) = self.models.get(name, true).await?;
-            self.guest.current().prepare(&model.guest_model(name), self.compile_snapshots).await;
+            // Loading started the snapshot in the background when none was shipped or cached:
+            // the first request waits for it here, not on an unprepared instance.
+            let (guest, model) = (self.guest.current(), model.guest_model(name));
+            if !guest.prepare(&model, self.compile_snapshots).await {
+                guest.wait_prepared(&model).await;
+            }
             let warm = QaRequest { model_type: Some(name.clone()), ..QaRequest::new("What is warm?", "The guest is warm.") };
             self.answer(warm).await?;
             tracing::info!(model = %name, ms = started.elapsed().as_millis() as u64, "preloaded");

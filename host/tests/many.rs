@@ -91,3 +91,30 @@ fn questions_through_serve_and_the_ask_command() {
     assert_eq!(printed["results"][0]["Answer"], "1886", "{printed}");
     assert_eq!(printed["results"].as_array().map(Vec::len), Some(2));
 }
+
+/// A 0.1 guest has no `prepare`: it is never snapshotted, even preloaded, and reads its
+/// model's files in every request's fresh instance (a file removed after the first answer
+/// fails the next request), while the current guest, preloaded, is snapshotted before the
+/// first request (even with nothing shipped or cached) and answers from its snapshot.
+#[test]
+fn a_legacy_guest_runs_unprepared_and_reads_its_model_files_in_every_request() {
+    let models = tempfile::tempdir().unwrap();
+    let ask = |server: &Serving| server.post(benz_request().to_string());
+    for (guest, prepares) in [(legacy_guest(), false), (qa_guest(), true)] {
+        link_model(&models_dir().join("nlp1"), &models.path().join("nlp1"));
+        let server = Serving::start(&guest, &[("QA_PRELOAD", "nlp1".to_string()), ("QA_MODELS_DIR", models.path().display().to_string())]);
+        // Lines come through one pipe in order: all of start-up's are in once "listening" is.
+        assert_eq!(server.process.logged("guest prepared for model"), prepares, "before the first request: {}", guest.display());
+        let (status, body) = ask(&server);
+        assert_eq!((status, &body["Answer"]), (200, &serde_json::json!("1886")), "{body}");
+        std::fs::remove_file(models.path().join("nlp1/tokenizer.json")).unwrap();
+        let (status, body) = ask(&server);
+        if prepares {
+            assert_eq!(status, 200, "the snapshot holds the parsed tokenizer: {body}");
+        } else {
+            assert_eq!((status, &body["error"]["code"]), (500, &serde_json::json!("model_invalid")), "{body}");
+            assert!(body["error"]["message"].as_str().unwrap_or_default().contains("tokenizer.json"), "{body}");
+        }
+        std::fs::remove_dir_all(models.path().join("nlp1")).unwrap();
+    }
+}

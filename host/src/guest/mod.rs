@@ -290,6 +290,26 @@ impl GuestRuntime {
         }
     }
 
+    /// Whether `model`'s snapshot is ready, once any `prepare` making it (in the background,
+    /// say) has finished.
+    pub async fn wait_prepared(&self, model: &GuestModel) -> bool {
+        let key = (model.name.clone(), model.version.clone());
+        loop {
+            let ready = match self.prepared.lock() {
+                Ok(prepared) => match prepared.get(&key) {
+                    Some(Prepared::Running) => None,
+                    Some(Prepared::Ready(_)) => Some(true),
+                    Some(Prepared::Failed) | None => Some(false),
+                },
+                Err(_) => Some(false),
+            };
+            match ready {
+                Some(ready) => return ready,
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     /// Makes `model`'s snapshot in the background, when settings allow and it is not made or
     /// being made.
     pub fn prepare_in_background(self: &Arc<Self>, model: &GuestModel) {
