@@ -83,3 +83,18 @@ fn both_guests_answer_a_questions_fixture_under_wasmtime_run() {
     }
     assert_eq!(printed[0], printed[1], "both guests give the same results");
 }
+
+/// The converted model (float32 ids in, for the CLI's backend) under `qa-host serve` answers
+/// the sample as the shipped int64 model does: same span, same score.
+#[test]
+fn the_converted_model_answers_the_same_way_under_qa_host() {
+    let converted = required("QA_TEST_F32_MODELS", workspace().join(".cache/wasmtime-models/nlp1/model.onnx"));
+    let converted_dir = converted.parent().and_then(|p| p.parent()).unwrap().display().to_string();
+    let shipped = Serving::start(&qa_guest(), &[] as &[(&str, &str)]).post(benz_request().to_string());
+    let f32 = Serving::start(&qa_guest(), &[("QA_MODELS_DIR", converted_dir)]).post(benz_request().to_string());
+    assert_eq!((shipped.0, f32.0), (200, 200), "{shipped:?} {f32:?}");
+    let span = |body: &serde_json::Value| (body["Answer"].clone(), body["start"].clone(), body["end"].clone());
+    assert_eq!(span(&f32.1), span(&shipped.1));
+    let (a, b) = (f32.1["score"].as_f64().unwrap(), shipped.1["score"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-4, "scores {a} and {b}");
+}
