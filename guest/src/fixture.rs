@@ -43,8 +43,9 @@ pub fn parse(input: &str) -> Result<Fixture, String> {
     }
     let context = fixture.get("context").and_then(Value::as_str).ok_or("fixture needs a \"context\" string")?.to_string();
     let mut options = Options::default();
-    if let Some(k) = fixture.get("top_k").and_then(Value::as_u64) {
-        options.top_k = usize::try_from(k).map_err(|_| "top_k is out of range")?;
+    if let Some(k) = fixture.get("top_k") {
+        let k = k.as_u64().filter(|k| *k >= 1).ok_or("fixture's \"top_k\" must be a whole number of at least 1")?;
+        options.top_k = usize::try_from(k).map_err(|_| "fixture's \"top_k\" is out of range")?;
     }
     options.decoding = match fixture.get("decoding") {
         None => options.decoding,
@@ -162,6 +163,13 @@ mod tests {
     }
 
     #[test]
+    fn top_k_defaults_to_one_and_may_be_set() {
+        let top_k = |input: &str| parse(input).unwrap().options.top_k;
+        assert_eq!(top_k(r#"{"question": "q", "context": "c"}"#), 1);
+        assert_eq!(top_k(r#"{"question": "q", "context": "c", "top_k": 3}"#), 3);
+    }
+
+    #[test]
     fn malformed_fixtures_are_named() {
         for (input, needle) in [
             (r#"{"context": "c"}"#, "needs a \"question\""),
@@ -171,6 +179,8 @@ mod tests {
             (r#"{"questions": ["q", "r"], "context": "c", "expected": "x"}"#, "one entry per question"),
             (r#"{"question": "q"}"#, "needs a \"context\""),
             (r#"{"question": "q", "context": "c", "decoding": "global"}"#, "must be \"document\" or \"pipeline\""),
+            (r#"{"question": "q", "context": "c", "top_k": "3"}"#, "\"top_k\" must be a whole number"),
+            (r#"{"question": "q", "context": "c", "top_k": 0}"#, "\"top_k\" must be a whole number"),
         ] {
             let error = parse(input).unwrap_err();
             assert!(error.contains(needle), "{input}: {error}");

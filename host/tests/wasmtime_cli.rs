@@ -49,6 +49,13 @@ fn the_guest_answers_the_sample_fixture_under_wasmtime_run() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!((&printed["model_type"], &printed["answer"]), (&serde_json::json!("nlp1"), &serde_json::json!("1886")));
+    assert_eq!(printed["answers"].as_array().map(Vec::len), Some(1), "top_k defaults to 1");
+
+    // The fixture's top_k.
+    let fixture = serde_json::json!({"question": "When was the car invented?", "context": benz_request()["context"], "top_k": 3});
+    let output = run(fixture.to_string().as_bytes());
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["answers"].as_array().map(Vec::len), Some(3), "{printed}");
 
     // A wrong expectation is reported through the exit code.
     let fixture = serde_json::json!({"question": "When was the car invented?", "context": benz_request()["context"], "expected": "1908"});
