@@ -329,6 +329,21 @@ mod tests {
     }
 
     #[test]
+    fn odds_become_the_probability_odds_over_one_plus_odds_in_order() {
+        let answer = |score: f64| crate::Answer { text: String::new(), score, start: 0, end: 0 };
+        let mut answers: Vec<crate::Answer> = [3.0, 1.0, 0.25, 0.0].into_iter().map(answer).collect();
+        odds_to_probability(&mut answers);
+        let scores: Vec<f64> = answers.iter().map(|a| a.score).collect();
+        for (got, want) in scores.iter().zip([0.75, 0.5, 0.2, 0.0]) {
+            assert!((got - want).abs() < 1e-12, "{scores:?}");
+        }
+        // Huge neighbouring odds keep their order (and never pass 1).
+        let mut close: Vec<crate::Answer> = [1e15 + 2.0, 1e15].into_iter().map(answer).collect();
+        odds_to_probability(&mut close);
+        assert!(close[0].score >= close[1].score && close[0].score <= 1.0, "{close:?}");
+    }
+
+    #[test]
     fn windows_are_capped_by_the_model_s_position_embeddings() {
         let tok = tiny_tokenizer();
         let context = format!("{} 1886", "a b c d e f g h ".repeat(40));
