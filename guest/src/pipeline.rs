@@ -344,6 +344,19 @@ mod tests {
     }
 
     #[test]
+    fn short_paragraph_windows_share_an_inference_call() {
+        let tok = tiny_tokenizer();
+        // Six paragraphs of 72 tokens: each its own window (64 tokens or more does not join the next).
+        let paragraph = "a b c d e f g h ".repeat(9);
+        let context = vec![paragraph.trim(); 6].join("\n\n") + " 1886";
+        let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
+        let (answers, timings) = answer(&tok, &BERT_PROFILE, &mut model, "when", &context, &Options::default()).unwrap();
+        assert_eq!(answers[0].text, "1886");
+        assert_eq!(timings.windows, 6);
+        assert_eq!(model.rows_seen, [6], "six short windows fit the tokens of two full ones: one call");
+    }
+
+    #[test]
     fn windows_are_capped_by_the_model_s_position_embeddings() {
         let tok = tiny_tokenizer();
         let context = format!("{} 1886", "a b c d e f g h ".repeat(40));
