@@ -348,7 +348,7 @@ mod tests {
         let tok = tiny_tokenizer();
         // Six paragraphs of 72 tokens: each its own window (64 tokens or more does not join the next).
         let paragraph = "a b c d e f g h ".repeat(9);
-        let context = vec![paragraph.trim(); 6].join("\n\n") + " 1886";
+        let context = [paragraph.trim(); 6].join("\n\n") + " 1886";
         let mut model = Spotlight { token: 11, calls: 0, rows_seen: vec![] };
         let (answers, timings) = answer(&tok, &BERT_PROFILE, &mut model, "when", &context, &Options::default()).unwrap();
         assert_eq!(answers[0].text, "1886");
