@@ -235,3 +235,23 @@ fn inference_threads_set_onnx_runtime_s_thread_pool() {
     // tokio's blocking threads come and go by a thread or two.
     assert!(eight >= one + 5, "QA_INFERENCE_THREADS=1: {one} threads, =8: {eight}");
 }
+
+/// The header timeout also runs from a previous response: a kept-alive connection that sends
+/// nothing after its first answer is closed once `QA_SERVE_HEADER_TIMEOUT_MS` has passed.
+#[test]
+fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+    let server = Serving::start(&misbehaving_guest(), &[("QA_SERVE_HEADER_TIMEOUT_MS", "500")]);
+    let mut stream = TcpStream::connect(server.addr()).expect("connect");
+    let json = body("hello");
+    let request =
+        format!("POST / HTTP/1.1\r\nHost: idle\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}", json.len(), json);
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Read until the server closes: the response, then nothing, then the end of the stream.
+    let mut received = Vec::new();
+    let result = stream.read_to_end(&mut received);
+    let text = String::from_utf8_lossy(&received);
+    assert!(result.is_ok(), "the server closed the idle connection (read: {result:?}); got {text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "one response, then the close: {text}");
+}
