@@ -427,7 +427,31 @@ fn a_start_up_failure_is_reported_to_the_runtime_api() {
     let line = lambda.function.wait_for_log("reported the start-up failure", Duration::from_secs(60));
     assert!(line.contains("\"status\":200"), "the Runtime API took the report: {line}");
     assert!(lambda.logged("QA_GUEST_DEADLINE_MS=\\\"30s\\\""), "the reason names the setting: {:?}", lambda.function.lines());
+    assert!(line.contains("\"error_type\":\"QaHost.StartFailed\""), "{line}");
     assert_eq!(lambda.function.child.wait().expect("the bootstrap exits").code(), Some(2));
+
+    // No models, a bad manifest, a preload that fails: each reported with its reason.
+    let empty = tempfile::tempdir().unwrap();
+    let empty_dir = empty.path().display().to_string();
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("QA_MODELS_DIR", &empty_dir)], "no models found"),
+        (&[("QA_MODELS", "x=ftp://somewhere/")], "s3://, efs: or image:"),
+        (&[("QA_PRELOAD", "nope")], "nope"),
+    ];
+    for (env, reason) in cases {
+        let mut function = Command::new(env!("CARGO_BIN_EXE_qa-host"));
+        function
+            .env("ORT_DYLIB_PATH", onnxruntime())
+            .env("QA_GUEST", qa_guest())
+            .env("QA_MODELS_DIR", models_dir())
+            .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
+            .envs(env.iter().copied());
+        let mut lambda = Lambda::launch(function);
+        let line = lambda.function.wait_for_log("reported the start-up failure", Duration::from_secs(60));
+        assert!(line.contains("\"status\":200") && line.contains("QaHost.StartFailed"), "{env:?}: {line}");
+        assert!(lambda.logged(reason), "{env:?}: the reason ({reason}) is logged: {:#?}", lambda.function.lines());
+        assert_eq!(lambda.function.child.wait().expect("the bootstrap exits").code(), Some(2), "{env:?}");
+    }
 }
 
 /// The bootstrap with `env` added and `removed` taken away, compiling the guest into `cache`.
