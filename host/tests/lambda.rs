@@ -527,6 +527,16 @@ fn log_and_metric_variables_choose_format_level_names_and_whether_metrics_are_wr
     for line in lines.iter().filter(|l| !l.starts_with('<')) {
         assert!(serde_json::from_str::<Value>(line).is_ok(), "JSON under QA_LOG_FORMAT=json: {line}");
     }
+    drop(ours);
+
+    // QA_LOG_FORMAT=text wins over Lambda's JSON default; metric lines stay JSON.
+    let text = bootstrap(cache.path(), &[("QA_LOG_FORMAT", "text")], &[]);
+    assert_eq!(envelope_body(&text.invoke(&http_v2(&body, false)), 200)["Answer"], "1886");
+    text.flush_log();
+    let lines = text.function.lines();
+    let answered = lines.iter().find(|l| l.contains("answered")).expect("the answered line");
+    assert!(serde_json::from_str::<Value>(answered).is_err() && answered.contains("INFO"), "a text line: {answered}");
+    assert!(!metric_lines(&lines, "Requests").is_empty(), "metric lines are JSON: {lines:#?}");
 }
 
 /// Unpacks a zip package as Lambda does (into what becomes `/var/task`, modes kept).

@@ -255,3 +255,24 @@ fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert_eq!(text.matches("HTTP/1.1").count(), 1, "one response, then the close: {text}");
 }
+
+/// Outside Lambda, with no log settings, the log is text at `warn`: start-up's info lines are
+/// not written, a refused request's warning is, as text.
+#[test]
+fn outside_lambda_logs_are_text_at_warn_by_default() {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qa-host"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("ORT_DYLIB_PATH", onnxruntime())
+        .env("QA_GUEST", qa_guest())
+        .env("QA_MODELS_DIR", models_dir())
+        .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
+        .args(["serve", "--addr", "127.0.0.1:0"]);
+    let server = Serving::run(command);
+    let process = &server.process;
+    assert_eq!(server.post(body(" ")).0, 400);
+    let refused = process.wait_for_log("request failed", Duration::from_secs(10));
+    assert!(serde_json::from_str::<serde_json::Value>(&refused).is_err() && refused.contains("WARN"), "a text warning: {refused}");
+    assert!(!process.logged("guest ready") && !process.logged(" INFO "), "no info lines at warn: {:#?}", process.lines());
+}

@@ -204,6 +204,11 @@ impl Serving {
             .env("QA_LOG", "info")
             .envs(env.iter().map(|(key, value)| (key, value)))
             .args(["serve", "--addr", "127.0.0.1:0"]);
+        Self::run(command)
+    }
+
+    /// `command` (a `qa-host serve` on an ephemeral port), once it listens.
+    pub fn run(command: std::process::Command) -> Self {
         let process = Spawned::start(command);
         let line = process.wait_for_log("qa-host: listening on ", Duration::from_secs(120));
         let base = line.trim_start_matches("qa-host: listening on ").trim().to_string();
