@@ -411,6 +411,32 @@ fn a_guest_in_s3_is_fetched_at_start_and_a_new_one_is_swapped_in_after_the_ttl()
     let (status, body) = host.ask("nlp1");
     // The fixture guest answers with the whole context, which the real guest never does.
     assert_eq!((status, &body["Answer"]), (200, &benz_request()["context"]), "{body}");
+
+    // An object that is not a guest (a truncated upload, say) is rejected; the guest it would
+    // have replaced keeps serving.
+    let wasm = std::fs::read(qa_guest()).unwrap();
+    s3.put("guests", "qa/qa-guest.wasm", &wasm[..wasm.len() / 2]);
+    std::thread::sleep(Duration::from_millis(1100));
+    host.ask("nlp1");
+    host.process.wait_for_log("new guest rejected", Duration::from_secs(120));
+    let (status, body) = host.ask("nlp1");
+    assert_eq!((status, &body["Answer"]), (200, &benz_request()["context"]), "the previous guest serves: {body}");
+}
+
+/// A candidate guest in S3 is fetched at start like `QA_GUEST` and answers its canary share.
+#[test]
+fn a_candidate_guest_in_s3_answers_its_canary_share() {
+    let s3 = S3::start();
+    s3.create_bucket("guests");
+    s3.put("guests", "qa/candidate.wasm", &std::fs::read(misbehaving_guest()).unwrap());
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = s3_env(s3.port, cache.path(), "");
+    env.push(("QA_GUEST_CANARY", "s3://guests/qa/candidate.wasm".into()));
+    env.push(("QA_GUEST_CANARY_PERCENT", "100".into()));
+    let host = Host::start(&env);
+    let (status, body) = host.ask("nlp1");
+    assert_eq!((status, &body["guest_version"]), (200, &json!(guest_version(&misbehaving_guest()))), "{body}");
+    assert_eq!(body["Answer"], benz_request()["context"], "the candidate answered: {body}");
 }
 
 /// What the fault proxy does to S3 requests whose request line contains its filter.
