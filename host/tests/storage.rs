@@ -367,6 +367,41 @@ fn an_image_entry_is_served_and_image_models_are_never_rechecked() {
     assert_eq!(host.process.count("model loaded"), 1);
 }
 
+/// With nothing shipped or cached, a model loaded on demand is answered at once on
+/// unprepared instances while its snapshot compiles in the background; a new version of its
+/// files gets a snapshot of its own, never the old version's.
+#[test]
+fn an_unsnapshotted_model_is_served_at_once_and_a_new_version_gets_its_own_snapshot() {
+    let efs = tempfile::tempdir().unwrap();
+    let dir = efs.path().join("models/nlp2");
+    link_model(&models_dir().join("nlp1"), &dir);
+    let cache = tempfile::tempdir().unwrap();
+    let host = Host::start(&[
+        ("QA_MODELS", format!("efsnlp=efs:{}", dir.display())),
+        ("QA_MODEL_TTL_SECS", "1".into()),
+        ("QA_CACHE_DIR", cache.path().display().to_string()),
+    ]);
+    let (status, first) = host.ask("efsnlp");
+    assert_eq!((status, &first["Answer"]), (200, &json!("1886")), "{first}");
+    log_barrier(&host.process, &host.base);
+    assert!(!host.process.logged("guest prepared for model"), "answered before its snapshot was made");
+    wait_until("the background snapshot", Duration::from_secs(180), || host.process.count("guest prepared for model") == 1);
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut config: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    config["note"] = json!("a new version");
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    host.ask("efsnlp");
+    wait_until("the new version to serve", Duration::from_secs(60), || host.process.count("model serving") == 2);
+    wait_until("the new version's snapshot", Duration::from_secs(180), || host.process.count("guest prepared for model") == 2);
+    let prepared: Vec<String> = host.process.lines().into_iter().filter(|l| l.contains("guest prepared for model")).collect();
+    assert!(prepared.iter().all(|l| l.contains("Compiled")), "each version's snapshot was made for its files: {prepared:#?}");
+    let (status, second) = host.ask("efsnlp");
+    assert_eq!((status, &second["Answer"]), (200, &json!("1886")), "{second}");
+    assert_ne!(second["model_version"], first["model_version"]);
+}
+
 #[test]
 fn a_model_that_would_not_fit_in_the_cache_is_refused_before_downloading() {
     let s3 = S3::start();
