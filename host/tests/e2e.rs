@@ -369,6 +369,25 @@ fn path_settings_default_as_documented_and_a_flag_overrides_its_variable() {
     let models = work.join("models");
     let flag = run(&[("QA_MODELS_DIR", "/nonexistent/models")], &["--models-dir", models.to_str().unwrap()]);
     assert_eq!(flag["Answer"], "1886", "--models-dir wins over QA_MODELS_DIR");
+    // Every path flag wins over its variable: the variables point nowhere, the flags to the parts.
+    let flag_cache = root.path().join("flag-cache");
+    let flags = run(
+        &[
+            ("QA_GUEST", "/nonexistent/guest.wasm"),
+            ("QA_CACHE_DIR", "/nonexistent/cache"),
+            ("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so"),
+        ],
+        &[
+            "--guest",
+            bin.join("qa-guest.wasm").to_str().unwrap(),
+            "--cache-dir",
+            flag_cache.to_str().unwrap(),
+            "--onnxruntime",
+            onnxruntime().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(flags["Answer"], "1886", "--guest, --cache-dir and --onnxruntime win over their variables");
+    assert!(std::fs::read_dir(&flag_cache).is_ok_and(|mut d| d.next().is_some()), "the guest was compiled into --cache-dir");
 }
 
 #[test]
