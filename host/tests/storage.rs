@@ -789,6 +789,41 @@ fn a_stalled_source_never_holds_a_request_on_a_loaded_model() {
     wait_until("the re-check to reach the stalled listing", Duration::from_secs(10), || proxy.faulted() >= 1);
 }
 
+/// A re-check that fails leaves the loaded version serving, and the next TTL tries again: once
+/// the listing works, a replaced object is picked up.
+#[test]
+fn a_failed_re_check_keeps_the_loaded_version_and_the_next_one_picks_up_the_change() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "f/", &models_dir().join("nlp1"));
+    let proxy = FaultProxy::start(s3.port, "list-type=2");
+    let cache = tempfile::tempdir().unwrap();
+    let mut env = s3_env(proxy.port, cache.path(), "s3f=s3://models/f/");
+    env.push(("QA_MODEL_TTL_SECS", "1".into()));
+    env.push(("QA_S3_MAX_ATTEMPTS", "1".into()));
+    let host = Host::start(&env);
+    let (_, first) = host.ask("s3f");
+    assert_eq!(first["Answer"], "1886", "{first}");
+
+    let mut config: Value = serde_json::from_slice(&std::fs::read(models_dir().join("nlp1/config.json")).unwrap()).unwrap();
+    config["note"] = json!("replaced while the listing fails");
+    s3.put("models", "f/config.json", config.to_string().as_bytes());
+    proxy.set(Fault::CutAfter(0));
+    std::thread::sleep(Duration::from_millis(1100));
+    let (status, stale) = host.ask("s3f");
+    assert_eq!((status, &stale["model_version"]), (200, &first["model_version"]), "{stale}");
+    host.process.wait_for_log("model re-check failed", Duration::from_secs(60));
+    assert_eq!(host.ask("s3f").1["model_version"], first["model_version"], "the loaded version keeps serving");
+
+    proxy.set(Fault::Pass);
+    std::thread::sleep(Duration::from_millis(1100));
+    host.ask("s3f");
+    wait_until("the next re-check to load the new version", Duration::from_secs(60), || host.process.count("model serving") == 2);
+    let (status, fresh) = host.ask("s3f");
+    assert_eq!(status, 200, "{fresh}");
+    assert_ne!(fresh["model_version"], first["model_version"]);
+}
+
 #[test]
 fn the_s3_server_killed_mid_download_is_a_clean_503_and_the_model_loads_once_it_is_back() {
     let mut s3 = S3::start();
