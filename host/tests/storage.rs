@@ -824,6 +824,41 @@ fn a_failed_re_check_keeps_the_loaded_version_and_the_next_one_picks_up_the_chan
     assert_ne!(fresh["model_version"], first["model_version"]);
 }
 
+/// Parts are fetched pinned to the ETag the listing gave: an object replaced between the
+/// listing and its parts fails that download cleanly (503, nothing published) instead of
+/// mixing two versions, and the next request fetches the new object whole.
+#[test]
+fn an_object_replaced_between_the_listing_and_its_parts_is_never_mixed() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "p/", &models_dir().join("nlp1"));
+    let proxy = FaultProxy::start(s3.port, "model.onnx");
+    proxy.set(Fault::StallHeaders(Duration::from_secs(3)));
+    let cache = tempfile::tempdir().unwrap();
+    let host = Host::start(&s3_env(proxy.port, cache.path(), "s3p=s3://models/p/"));
+    // The same model with an unknown protobuf field appended (field 100, varint 1): another
+    // ETag, still a model ONNX Runtime loads.
+    let mut replaced = std::fs::read(models_dir().join("nlp1/model.onnx")).unwrap();
+    replaced.extend_from_slice(&[0xA0, 0x06, 0x01]);
+    let (status, body) = std::thread::scope(|scope| {
+        let asking = scope.spawn(|| host.ask("s3p"));
+        wait_until("a part request held by the proxy", Duration::from_secs(30), || proxy.faulted() >= 1);
+        s3.put("models", "p/model.onnx", &replaced);
+        asking.join().unwrap()
+    });
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("model_unavailable")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("changed during the download"), "{body}");
+    assert!(cached_versions(cache.path(), "s3p").is_empty(), "nothing published");
+
+    proxy.set(Fault::Pass);
+    let (status, body) = host.ask("s3p");
+    assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{body}");
+    let versions = cached_versions(cache.path(), "s3p");
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let published = cache.path().join("s3p").join(&versions[0]).join("model.onnx");
+    assert_eq!(std::fs::read(published).unwrap(), replaced, "the new object, whole");
+}
+
 #[test]
 fn the_s3_server_killed_mid_download_is_a_clean_503_and_the_model_loads_once_it_is_back() {
     let mut s3 = S3::start();
