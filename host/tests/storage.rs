@@ -672,10 +672,18 @@ fn s3_cut_stalled_and_throttled_downloads_fail_cleanly_leave_nothing_and_recover
         ("silent", Fault::StallBody(Duration::from_secs(4)), "not received within"),
         ("throttled", Fault::SlowDown(1000), "SlowDown"),
     ];
+    let parts = std::fs::metadata(models_dir().join("nlp1/model.onnx")).unwrap().len().div_ceil(8 << 20) as usize;
     for (name, fault, needle) in cases {
+        let before = proxy.faulted();
         proxy.set(fault);
         let (status, body) = host.ask(name);
         assert_eq!((status, &body["error"]["code"]), (503, &json!("model_unavailable")), "{name}: {body}");
+        if name == "cut" {
+            // Each part: the SDK's 2 attempts, and the part fetched again up to 2 times.
+            let requests = proxy.faulted() - before;
+            eprintln!("cut: {requests} requests for {parts} parts");
+            assert!((2..=parts * 2 * 2).contains(&requests), "{requests} requests for {parts} parts: retried, at most attempts² each");
+        }
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{name}: {message}");
         assert_eq!(cached_versions(cache.path(), name), Vec::<String>::new(), "{name}: nothing cached, no partial left");
