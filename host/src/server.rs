@@ -181,7 +181,7 @@ async fn answer(State(service): State<Arc<QaService>>, body: Body) -> Response {
 fn error_response(error: &ApiError, request_id: &str) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, &error.body(request_id));
-    if matches!(error, ApiError::Overloaded) {
+    if matches!(error.kind(), ApiError::Overloaded) {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     }
     response

@@ -153,7 +153,7 @@ impl QaService {
         let response = run
             .answered
             .and_then(|mut results| results.pop().unwrap_or_else(|| Err(GuestError::BadAnswer("no result".into()))))
-            .map_err(|e| guest_error(&ready.name, e))?;
+            .map_err(|e| ApiError::from_guest(&guest_version, guest_error(&ready.name, e)))?;
         let mut timings = GuestTimings::default();
         timings.add(&response.timings);
         let answers = spans(response.answers);
@@ -243,7 +243,8 @@ impl QaService {
             true => (Vec::new(), self.guest_version(), Duration::ZERO),
             false => {
                 let run = self.run_guest(&ready, Questions::Many(asked), &request.context, request_id).await;
-                (run.answered.map_err(|e| guest_error(&ready.name, e))?, run.guest_version, run.took)
+                let answered = run.answered.map_err(|e| ApiError::from_guest(&run.guest_version, guest_error(&ready.name, e)))?;
+                (answered, run.guest_version, run.took)
             }
         };
         let mut timings = GuestTimings::default();

@@ -228,8 +228,10 @@ fn a_canary_is_rolled_back_and_a_shadow_runs_within_its_bound_under_the_emulator
             canary.invoke(&http_v2(&body, false))
         })
         .collect();
-    let failed = outcomes.iter().filter(|r| r["statusCode"] != 200).count();
-    assert!((1..=4).contains(&failed), "{failed} failed: {outcomes:?}");
+    let failed: Vec<Value> = outcomes.iter().filter(|r| r["statusCode"] != 200).map(|r| envelope_body(r, 500)).collect();
+    assert!((1..=4).contains(&failed.len()), "{} failed: {outcomes:?}", failed.len());
+    let canary_version = guest_version(&misbehaving_guest());
+    assert!(failed.iter().all(|body| body["error"]["guest_version"] == canary_version.as_str()), "{failed:?}");
     for response in &outcomes[6..] {
         assert_eq!(envelope_body(response, 200)["guest_version"], serving.as_str(), "after the rollback the serving guest answers");
     }

@@ -43,7 +43,12 @@ fn a_canary_that_traps_on_half_its_inputs_is_rolled_back_after_at_most_min_calls
     }
     let failed: Vec<&(u16, Value)> = outcomes.iter().filter(|(status, _)| *status != 200).collect();
     assert!(!failed.is_empty() && failed.len() <= min_calls, "{} failed requests: {outcomes:?}", failed.len());
-    assert!(failed.iter().all(|(status, body)| *status == 500 && body["error"]["code"] == "guest_failed"), "{failed:?}");
+    assert!(
+        failed.iter().all(|(status, body)| *status == 500
+            && body["error"]["code"] == "guest_failed"
+            && body["error"]["guest_version"] == canary.as_str()),
+        "a failed answer names the guest that failed: {failed:?}"
+    );
     let by = |version: &str| outcomes.iter().filter(|(_, body)| body["guest_version"] == version).count();
     assert!(by(&canary) > 0, "the canary answered before its rollback: {outcomes:?}");
     // After the rollback every request is the serving guest's, traps included.

@@ -47,12 +47,30 @@ pub enum ApiError {
     RequestTimeout,
     #[error("internal error: {0}")]
     Internal(String),
+    /// An error the guest phase ended in, and which guest ran (a canary, or the serving
+    /// guest): its body names the guest, as an answer's does.
+    #[error("{error}")]
+    Guest { guest_version: String, error: Box<ApiError> },
 }
 
 impl ApiError {
+    /// `error` as the guest `guest_version` ended in it.
+    pub fn from_guest(guest_version: &str, error: ApiError) -> Self {
+        Self::Guest { guest_version: guest_version.to_string(), error: Box::new(error) }
+    }
+
+    /// What went wrong, whichever guest ran.
+    pub fn kind(&self) -> &ApiError {
+        match self {
+            Self::Guest { error, .. } => error.kind(),
+            other => other,
+        }
+    }
+
     /// Stable machine-readable code, part of the API.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Guest { error, .. } => error.code(),
             Self::BadJson(_) => "bad_json",
             Self::InvalidField(_) => "invalid_field",
             Self::EmptyQuestion => "empty_question",
@@ -78,6 +96,7 @@ impl ApiError {
 
     pub fn status(&self) -> u16 {
         match self {
+            Self::Guest { error, .. } => error.status(),
             Self::BadJson(_) | Self::InvalidField(_) | Self::EmptyQuestion | Self::EmptyContext | Self::GuestRejected(_) => 400,
             Self::UnknownModel { .. } | Self::ModelNotFound { .. } => 404,
             Self::BodyTooLarge { .. } | Self::QuestionTooLong { .. } | Self::ContextTooLarge { .. } | Self::TooManyWindows(_) => 413,
@@ -87,8 +106,12 @@ impl ApiError {
         }
     }
 
-    /// `{"error": {"code", "message", "request_id"}}`.
+    /// `{"error": {"code", "message", "request_id"}}`, and `guest_version` when a guest ran.
     pub fn body(&self, request_id: &str) -> serde_json::Value {
-        json!({"error": {"code": self.code(), "message": self.to_string(), "request_id": request_id}})
+        let mut body = json!({"error": {"code": self.code(), "message": self.to_string(), "request_id": request_id}});
+        if let Self::Guest { guest_version, .. } = self {
+            body["error"]["guest_version"] = json!(guest_version);
+        }
+        body
     }
 }
