@@ -100,4 +100,29 @@ mod tests {
         assert_eq!(store.data().memory_bytes(), 100 * page);
         assert_eq!(grow_a.call(&mut store, 1).unwrap(), -1);
     }
+
+    /// Two tables likewise: elements count over all tables, against [`MAX_TABLE_ELEMENTS`].
+    #[test]
+    fn tables_count_together() {
+        let engine = Engine::default();
+        let module = Module::new(
+            &engine,
+            r#"(module
+                (table $a 1 funcref) (table $b 1 funcref)
+                (func (export "grow_a") (param i32) (result i32) (table.grow $a (ref.null func) (local.get 0)))
+                (func (export "grow_b") (param i32) (result i32) (table.grow $b (ref.null func) (local.get 0))))"#,
+        )
+        .unwrap();
+        let mut store = Store::new(&engine, InstanceLimits::new(1 << 30));
+        store.limiter(|limits| limits);
+        let instance = Instance::new(&mut store, &module, &[]).unwrap();
+        let grow_a = instance.get_typed_func::<i32, i32>(&mut store, "grow_a").unwrap();
+        let grow_b = instance.get_typed_func::<i32, i32>(&mut store, "grow_b").unwrap();
+        let most = MAX_TABLE_ELEMENTS as i32;
+        assert_eq!(grow_a.call(&mut store, most / 2).unwrap(), 1, "a: half the elements");
+        assert_eq!(grow_b.call(&mut store, most / 2).unwrap(), -1, "b would pass the total");
+        assert!(store.data().refused, "a refusal is remembered, so the trap after it reads as the limit");
+        assert_eq!(grow_b.call(&mut store, most / 2 - 2).unwrap(), 1, "b: the rest, exactly the total");
+        assert_eq!(grow_a.call(&mut store, 1).unwrap(), -1);
+    }
 }
