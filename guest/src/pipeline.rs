@@ -357,6 +357,28 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_window_score_is_the_span_s_odds_against_its_window_s_no_answer_as_a_probability() {
+        /// Start and end logit 1 on one token id, 0 everywhere else (the classifier too).
+        struct Dim(i64);
+        impl QaModel for Dim {
+            fn infer(&mut self, batch: &Batch) -> Result<Logits, QaError> {
+                let logits: Vec<f32> = batch.input_ids.iter().map(|&id| if id == self.0 { 1.0 } else { 0.0 }).collect();
+                Ok(Logits { rows: batch.rows, seq_len: batch.seq_len, start: logits.clone(), end: logits })
+            }
+        }
+        let tok = tiny_tokenizer();
+        let paragraph = "a b c d e f g h ".repeat(9);
+        let context = format!("{}\n\n{paragraph}1886", paragraph.trim());
+        let (answers, timings) = answer(&tok, &BERT_PROFILE, &mut Dim(11), "when", &context, &Options::default()).unwrap();
+        assert_eq!(timings.windows, 2);
+        // Within its window the span "1886" has probability e^(1+1) / Z and "no answer" e^(0+0) / Z,
+        // so odds e^2, reported as e^2 / (1 + e^2), whatever the other window holds.
+        let odds = 2f64.exp();
+        assert_eq!(answers[0].text, "1886");
+        assert!((answers[0].score - odds / (1.0 + odds)).abs() < 1e-6, "{} against {}", answers[0].score, odds / (1.0 + odds));
+    }
+
+    #[test]
     fn short_paragraph_windows_share_an_inference_call() {
         let tok = tiny_tokenizer();
         // Six paragraphs of 72 tokens: each its own window (64 tokens or more does not join the next).

@@ -179,7 +179,7 @@ impl HostConfig {
         };
         let nn_defaults = NnLimits::default();
         Ok(Self {
-            models_dir: env.path("QA_MODELS_DIR").unwrap_or_else(default_models_dir),
+            models_dir: env.path("QA_MODELS_DIR").unwrap_or_else(|| default_models_dir(env.path("LAMBDA_TASK_ROOT"))),
             default_model: env.text("QA_DEFAULT_MODEL"),
             guest_wasm,
             guest_s3: None,
@@ -274,8 +274,8 @@ impl HostConfig {
 }
 
 /// `$LAMBDA_TASK_ROOT/models` inside Lambda (the image layout), else `./models`.
-fn default_models_dir() -> PathBuf {
-    std::env::var_os("LAMBDA_TASK_ROOT").map_or_else(|| PathBuf::from("models"), |root| PathBuf::from(root).join("models"))
+fn default_models_dir(task_root: Option<PathBuf>) -> PathBuf {
+    task_root.map_or_else(|| PathBuf::from("models"), |root| root.join("models"))
 }
 
 /// `qa-guest.wasm` beside the executable (the container image layout), else the cargo
@@ -330,6 +330,41 @@ mod tests {
         assert_eq!((c.serve.header_timeout, c.serve.request_timeout), (Duration::from_millis(10_000), Duration::from_millis(40_000)));
         assert_eq!((c.serve.max_requests, c.serve.max_connections), (64, 1024));
         assert_eq!((c.s3.attempt_timeout, c.s3.max_attempts), (Duration::from_millis(30_000), 4));
+    }
+
+    #[test]
+    fn guest_limits_are_read_from_their_variables() {
+        let c = config(&[
+            ("QA_GUEST_DEADLINE_MS", "1200"),
+            ("QA_GUEST_MEMORY_MB", "96"),
+            ("QA_GUEST_NN_ELEMENTS", "1000"),
+            ("QA_GUEST_NN_MB", "3"),
+            ("QA_GUEST_INSTANCES", "7"),
+        ])
+        .unwrap();
+        let guest = c.guest_settings();
+        assert_eq!((guest.deadline, guest.memory_bytes, guest.instances), (Duration::from_millis(1200), 96 << 20, 7));
+        assert_eq!((guest.nn.max_input_elements, guest.nn.max_tensor_bytes), (1000, 3 << 20));
+    }
+
+    /// Where models and the guest are found when no path is set: the image layout under
+    /// Lambda, the repository's build output when run from a checkout.
+    #[test]
+    fn default_paths_follow_the_lambda_task_root_and_the_executable() {
+        assert_eq!(config(&[]).unwrap().models_dir, PathBuf::from("models"));
+        assert_eq!(config(&[("LAMBDA_TASK_ROOT", "/var/task")]).unwrap().models_dir, PathBuf::from("/var/task/models"));
+        let root = tempfile::tempdir().unwrap();
+        let (exe_dir, build) = (root.path().join("release"), root.path().join("wasm32-wasip2/release"));
+        std::fs::create_dir_all(&exe_dir).unwrap();
+        std::fs::create_dir_all(&build).unwrap();
+        std::fs::write(build.join("qa-guest.wasm"), b"").unwrap();
+        assert_eq!(
+            default_guest(Some(&exe_dir)),
+            exe_dir.join("../wasm32-wasip2/release/qa-guest.wasm"),
+            "cargo's output beside target/release"
+        );
+        std::fs::write(exe_dir.join("qa-guest.wasm"), b"").unwrap();
+        assert_eq!(default_guest(Some(&exe_dir)), exe_dir.join("qa-guest.wasm"), "beside the executable first (the image)");
     }
 
     #[test]

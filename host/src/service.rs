@@ -91,8 +91,14 @@ impl QaService {
                 guest.wait_prepared(&model).await;
             }
             let warm = QaRequest { model_type: Some(name.clone()), ..QaRequest::new("What is warm?", "The guest is warm.") };
-            self.answer(warm).await?;
-            tracing::info!(model = %name, ms = started.elapsed().as_millis() as u64, "preloaded");
+            let warmed = self.answer(warm).await?;
+            tracing::info!(
+                model = %name,
+                ms = started.elapsed().as_millis() as u64,
+                warm_up_answer = %warmed.answer,
+                warm_up_guest_ms = warmed.timings_ms.guest,
+                "preloaded"
+            );
         }
         Ok(())
     }

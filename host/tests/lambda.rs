@@ -69,8 +69,8 @@ impl Lambda {
         Lambda { function: Spawned::start(function), _emulator: emulator, port }
     }
 
-    fn wait_for_log(&self, needle: &str) {
-        self.function.wait_for_log(needle, Duration::from_secs(120));
+    fn wait_for_log(&self, needle: &str) -> String {
+        self.function.wait_for_log(needle, Duration::from_secs(120))
     }
 
     fn logged(&self, needle: &str) -> bool {
@@ -256,8 +256,12 @@ fn a_canary_is_rolled_back_and_a_shadow_runs_within_its_bound_under_the_emulator
 #[test]
 fn preloaded_models_load_during_init_and_others_on_first_use() {
     let preloading = Lambda::start(qa_guest(), &[("QA_PRELOAD", "nlp1")]);
-    preloading.wait_for_log("preloaded");
+    let preloaded: Value = serde_json::from_str(&preloading.wait_for_log("preloaded")).unwrap();
     assert!(preloading.logged("model loaded"), "nlp1 was loaded before any invocation");
+    // The warm-up question went through the guest: its answer is a span of the warm-up context.
+    let warm_answer = preloaded["warm_up_answer"].as_str().unwrap_or_default();
+    assert!(!warm_answer.is_empty() && "The guest is warm.".contains(warm_answer), "{preloaded}");
+    assert!(preloaded["warm_up_guest_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{preloaded}");
     assert_eq!(preloading.invoke(&benz_request())["Answer"], "1886");
 
     let lazy = Lambda::start(qa_guest(), &[]);
@@ -271,6 +275,17 @@ fn preloaded_models_load_during_init_and_others_on_first_use() {
     let answered: Vec<Value> = metric_lines(&lazy.function.lines(), "ModelCacheMiss");
     let misses: Vec<&Value> = answered.iter().map(|m| &m["ModelCacheMiss"]).collect();
     assert_eq!(misses, [&json!(1.0), &json!(0.0)], "{answered:?}");
+    // The load happened inside the first answered invocation: its line carries that
+    // invocation's id through the span, as every line nested in a request does.
+    let loaded: Vec<Value> = lazy
+        .function
+        .lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "model loaded")
+        .collect();
+    assert_eq!(loaded.len(), 1, "{loaded:?}");
+    assert_eq!(loaded[0]["span"]["request_id"], answered[0]["request_id"], "{}", loaded[0]);
 }
 
 #[test]

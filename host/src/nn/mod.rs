@@ -43,17 +43,8 @@ impl NnError {
 /// executable, `/opt/lib` (Lambda layers) and `/usr/local/lib`.
 pub fn init_onnx_runtime(explicit: Option<&Path>) -> Result<PathBuf, NnError> {
     static INIT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    let candidates: Vec<PathBuf> = match explicit {
-        Some(path) => vec![path.to_path_buf()],
-        None => {
-            let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
-            exe_dir
-                .map(|d| d.join("libonnxruntime.so"))
-                .into_iter()
-                .chain(["/opt/lib/libonnxruntime.so", "/usr/local/lib/libonnxruntime.so"].map(PathBuf::from))
-                .collect()
-        }
-    };
+    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    let candidates = runtime_candidates(explicit, exe_dir.as_deref());
     let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
         let looked = candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
         return Err(NnError::RuntimeMissing { looked });
@@ -72,6 +63,18 @@ pub fn init_onnx_runtime(explicit: Option<&Path>) -> Result<PathBuf, NnError> {
         }
     });
     outcome.clone().map_err(|reason| NnError::RuntimeUnusable { path, reason })
+}
+
+/// Where [`init_onnx_runtime`] looks for the library, in order.
+fn runtime_candidates(explicit: Option<&Path>, exe_dir: Option<&Path>) -> Vec<PathBuf> {
+    match explicit {
+        Some(path) => vec![path.to_path_buf()],
+        None => exe_dir
+            .map(|d| d.join("libonnxruntime.so"))
+            .into_iter()
+            .chain(["/opt/lib/libonnxruntime.so", "/usr/local/lib/libonnxruntime.so"].map(PathBuf::from))
+            .collect(),
+    }
 }
 
 /// A tensor crossing wasi-nn: dimensions, element type and little-endian bytes.
@@ -130,5 +133,19 @@ impl RunControl {
 impl Default for RunControl {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onnx_runtime_is_looked_for_where_it_is_set_else_beside_the_executable_then_in_the_layer_paths() {
+        let set = Path::new("/somewhere/libonnxruntime.so");
+        assert_eq!(runtime_candidates(Some(set), Some(Path::new("/var/task"))), [set]);
+        let found = runtime_candidates(None, Some(Path::new("/var/task")));
+        let expected = ["/var/task/libonnxruntime.so", "/opt/lib/libonnxruntime.so", "/usr/local/lib/libonnxruntime.so"];
+        assert_eq!(found, expected.map(PathBuf::from));
     }
 }
