@@ -37,7 +37,9 @@ pub fn init_logging(under_lambda: bool) {
     let filter = EnvFilter::try_from_env("QA_LOG")
         .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL").map(|level| lambda_level_filter(&level)))
         .unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    // Colours only for a terminal: CloudWatch, files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter);
     match LogFormat::from_env(under_lambda) {
         // Event fields at the top level, the enclosing span (which holds `request_id`) as
         // `span`: one self-contained JSON object per line for CloudWatch Logs Insights.
