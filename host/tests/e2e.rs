@@ -321,45 +321,66 @@ fn host_bin() -> Command {
     command
 }
 
-/// `compile-guest` with `QA_GUEST_ARTIFACT_KEY` signs what it writes; a host with the same key
-/// loads the guest from the signed artifact in a directory it does not trust, a host with
-/// another key or none compiles the guest itself.
+/// `compile-guest` with `QA_GUEST_ARTIFACT_KEY` signs what it writes (the guest and a snapshot
+/// per model); a host with the same key loads both from the signed artifacts in a directory it
+/// does not trust, a host with another key or none compiles the guest itself. A snapshot is
+/// used only with the model files it was made from: after `config.json` changes, the model is
+/// served without it.
 #[test]
 fn compile_guest_signs_artifacts_that_only_a_host_with_the_key_uses() {
     let deploy = tempfile::tempdir().unwrap(); // neither beside the executable nor LAMBDA_TASK_ROOT
     let wasm = deploy.path().join("qa-guest.wasm");
     std::fs::copy(qa_guest(), &wasm).unwrap();
-    let no_models = deploy.path().join("models");
-    std::fs::create_dir(&no_models).unwrap();
+    let models = deploy.path().join("models");
+    link_model(&models_dir().join("nlp1"), &models.join("nlp1"));
     let compiled = host_bin()
         .env("QA_GUEST_ARTIFACT_KEY", "operator key")
         .args(["compile-guest", "--guest"])
         .arg(&wasm)
         .arg("--models-dir")
-        .arg(&no_models)
+        .arg(&models)
         .output()
         .unwrap();
     assert!(compiled.status.success(), "{}", String::from_utf8_lossy(&compiled.stderr));
-    let names: Vec<String> = std::fs::read_dir(deploy.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    assert!(names.iter().any(|n| n.ends_with(".cwasm.sig")), "a signature beside each artifact: {names:?}");
-    let origin = |key: Option<&str>| {
+    let names: Vec<String> =
+        std::fs::read_dir(deploy.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().any(|n| n.contains(".prepared-") && n.ends_with(".cwasm.sig")), "the snapshot is signed too: {names:?}");
+    // The guest's origin and the snapshot's ("" when the model was served without one).
+    let origins = |key: Option<&str>| {
         let cache = tempfile::tempdir().unwrap(); // nothing cached: the origin is the artifact's or a compile
         let mut ask = host_bin();
         ask.env("QA_CACHE_DIR", cache.path()).env("QA_LOG", "info").env("QA_LOG_FORMAT", "text").env_remove("QA_GUEST_ARTIFACT_KEY");
         if let Some(key) = key {
             ask.env("QA_GUEST_ARTIFACT_KEY", key);
         }
-        let output = ask.args(["ask", "--request"]).arg(workspace().join("fixtures/benz.json")).arg("--guest").arg(&wasm).output().unwrap();
+        let output = ask
+            .args(["ask", "--request"])
+            .arg(workspace().join("fixtures/benz.json"))
+            .arg("--guest")
+            .arg(&wasm)
+            .arg("--models-dir")
+            .arg(&models)
+            .output()
+            .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()["Answer"], "1886");
         let log = String::from_utf8_lossy(&output.stderr).into_owned();
-        let ready = log.lines().find(|l| l.contains("guest ready")).unwrap_or_else(|| panic!("no `guest ready` line:\n{log}"));
-        let origin = ready.split("origin=").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_default().to_string();
-        origin
+        let origin = |message: &str| {
+            let line = log.lines().find(|l| l.contains(message)).unwrap_or_default();
+            line.split("origin=").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_default().to_string()
+        };
+        (origin("guest ready"), origin("guest prepared for model"))
     };
-    assert_eq!(origin(Some("operator key")), "Signed");
-    assert_eq!(origin(Some("another key")), "Compiled", "a signature under another key is ignored");
-    assert_eq!(origin(None), "Compiled", "without a key an untrusted directory's artifact is ignored");
+    assert_eq!(origins(Some("operator key")), ("Signed".into(), "Signed".into()));
+    assert_eq!(origins(Some("another key")).0, "Compiled", "a signature under another key is ignored");
+    assert_eq!(origins(None).0, "Compiled", "without a key an untrusted directory's artifact is ignored");
+    // The same settings in other bytes: the shipped snapshot no longer matches by name.
+    let config = models.join("nlp1/config.json");
+    let mut changed = std::fs::read(&config).unwrap();
+    changed.push(b'\n');
+    std::fs::remove_file(&config).unwrap(); // a hard link to the repository's file: replace, never append
+    std::fs::write(&config, changed).unwrap();
+    assert_eq!(origins(Some("operator key")), ("Signed".into(), String::new()), "served without the stale snapshot");
 }
 
 #[test]
