@@ -74,3 +74,8 @@ echo "test: benchmark harness smoke run" >&2
 cargo build --quiet -p qa-bench
 python3 bench/compare.py --smoke --strict --rows 1,2,3,5 --python .cache/tools-venv/bin/python \
   --qa-host target/debug/qa-host --qa-bench target/debug/qa-bench --out target/bench-smoke.json
+
+# The README's first command, as a newcomer runs it: `scripts/run.sh` prints the sample's
+# answer and `scripts/run.sh serve` serves it (reuses the builds above).
+echo "test: the README's first command" >&2
+python3 scripts/test-run.py

@@ -1,0 +1,56 @@
+"""The README's first command, run as a newcomer runs it (called by scripts/test.sh after the
+cargo tests): `bash scripts/run.sh` must print the sample's answer, and `bash scripts/run.sh
+serve` must serve the same answer over HTTP. Exits non-zero, saying what differed, otherwise.
+
+    python3 scripts/test-run.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# The README's figures for the sample: "1886", characters 100-104, score 0.2027.
+EXPECTED = {"Model_Type": "nlp1", "Question": "When was the car invented?", "Answer": "1886", "start": 100, "end": 104}
+SCORE = 0.2027
+
+
+def check(where: str, reply: dict) -> None:
+    got = {key: reply.get(key) for key in EXPECTED}
+    if got != EXPECTED or round(reply.get("score", -1), 4) != SCORE:
+        sys.exit(f"test-run: {where} answered {json.dumps(reply)}; expected {EXPECTED} with score {SCORE}")
+    print(f"test-run: {where}: {reply['Answer']!r} at {reply['start']}-{reply['end']}, score {reply['score']:.4f}", file=sys.stderr)
+
+
+def main() -> None:
+    asked = subprocess.run(["bash", "scripts/run.sh"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if asked.returncode != 0:
+        sys.exit(f"test-run: `bash scripts/run.sh` exited {asked.returncode}:\n{asked.stderr}")
+    check("bash scripts/run.sh", json.loads(asked.stdout))
+
+    env = dict(os.environ, QA_ADDR="127.0.0.1:0")
+    server = subprocess.Popen(["bash", "scripts/run.sh", "serve"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        base = None
+        for line in server.stderr:
+            if "listening on " in line:
+                base = line.split("listening on ", 1)[1].strip()
+                break
+        if base is None:
+            sys.exit(f"test-run: `bash scripts/run.sh serve` exited {server.wait()} before listening")
+        body = (ROOT / "fixtures/benz.json").read_bytes()
+        request = urllib.request.Request(base + "/", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as response:
+            check("bash scripts/run.sh serve", json.loads(response.read()))
+    finally:
+        server.kill()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
