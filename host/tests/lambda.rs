@@ -181,7 +181,13 @@ fn many_questions_are_answered_through_every_event_shape() {
 fn each_error_class_has_its_status_and_code_and_the_runtime_keeps_serving() {
     let lambda = Lambda::start(qa_guest(), &[("QA_MODELS", "unmounted=efs:/mnt-not-mounted/lambda/models/x")]);
     let huge = json!({"question": "q", "context": "x".repeat(300_000)}).to_string();
+    // The documented maximum context, needing far more windows than the budget, and a body over
+    // the 1 MiB limit.
+    let flood = json!({"question": "q", "context": "a ".repeat(100_000)}).to_string();
+    let oversized = json!({"question": "q", "context": "x".repeat(2 << 20)}).to_string();
     let cases = [
+        (http_v2(&flood, false), 413, "too_many_windows"),
+        (http_v2(&oversized, false), 413, "body_too_large"),
         (http_v2("{oops", false), 400, "bad_json"),
         (http_v2(r#"{"question": 1, "context": "c"}"#, false), 400, "invalid_field"),
         (http_v2("%%%", true), 400, "bad_json"),
@@ -203,11 +209,16 @@ fn each_error_class_has_its_status_and_code_and_the_runtime_keeps_serving() {
 
 #[test]
 fn a_guest_trap_is_a_500_with_the_request_id_and_the_next_request_succeeds() {
-    let lambda = Lambda::start(misbehaving_guest(), &[]);
+    let lambda = Lambda::start(misbehaving_guest(), &[("QA_GUEST_DEADLINE_MS", "1000")]);
     let trap = envelope_body(&lambda.invoke(&http_v2(r#"{"question": "trap", "context": "c"}"#, false)), 500);
     assert_eq!(trap["error"]["code"], "guest_failed");
     let request_id = trap["error"]["request_id"].as_str().unwrap();
     assert!(!request_id.is_empty() && request_id != "req", "the Lambda request id, not the API's: {request_id}");
+    let ok = envelope_body(&lambda.invoke(&http_v2(r#"{"question": "hello", "context": "ok"}"#, false)), 200);
+    assert_eq!(ok["Answer"], "ok");
+    // A guest that never returns is cut at its deadline, and the runtime keeps serving.
+    let spun = envelope_body(&lambda.invoke(&http_v2(r#"{"question": "spin", "context": "c"}"#, false)), 500);
+    assert_eq!(spun["error"]["code"], "guest_timeout", "{spun}");
     let ok = envelope_body(&lambda.invoke(&http_v2(r#"{"question": "hello", "context": "ok"}"#, false)), 200);
     assert_eq!(ok["Answer"], "ok");
 }
