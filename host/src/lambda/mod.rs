@@ -133,4 +133,29 @@ mod tests {
         assert!(left <= Duration::from_secs(5) && left > Duration::from_secs(3), "{left:?}");
         assert_eq!(remaining(now - 1_000), Some(Duration::ZERO));
     }
+
+    /// Each request of an invocation gets what is left of it less [`DEADLINE_MARGIN`], the
+    /// budget the guest's deadline and a model's fetch are cut to.
+    #[tokio::test]
+    async fn an_invocation_s_requests_get_the_time_left_less_the_margin() {
+        let budgets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = budgets.clone();
+        let answer: Answer = BoxCloneSyncService::new(tower::service_fn(move |call: Call| {
+            seen.lock().unwrap().push(call.budget);
+            async { Ok::<Outcome, Infallible>(Err(crate::api::ApiError::EmptyQuestion)) }
+        }));
+        let invoke = |deadline: u64| {
+            let mut context = lambda_runtime::Context::default();
+            (context.request_id, context.deadline) = ("r".into(), deadline);
+            handle(answer.clone(), LambdaEvent::new(serde_json::json!({"question": "q", "context": "c"}), context))
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        invoke(now + 2_000).await;
+        invoke(600_000).await; // cargo-lambda's emulator: the timeout itself
+        invoke(0).await; // no deadline: the configured guest deadline alone
+        let budgets = budgets.lock().unwrap().clone();
+        let first = budgets[0].expect("a budget under a deadline");
+        assert!(first <= Duration::from_millis(1_500) && first > Duration::from_millis(1_300), "{first:?}");
+        assert_eq!(budgets[1..], [Some(Duration::from_millis(599_500)), None]);
+    }
 }
