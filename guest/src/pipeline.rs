@@ -14,6 +14,12 @@ use tokenizers::Tokenizer;
 /// rows × heads × seq² floats per layer).
 pub const MAX_BATCH_ROWS: usize = 2;
 
+/// Padded tokens per inference call under the `document` decoding. ONNX Runtime's arena grows
+/// to the largest call (attention alone is rows × heads × seq² floats a layer): 512 tokens
+/// against 768 (two full windows) took the peak RSS at 100 KB from 166 to 137 MiB at the same
+/// speed (`bench/guest_ab.py`, 12 rounds); 384 saved 25 MiB but was 1.5× slower.
+pub const DOCUMENT_BATCH_TOKENS: usize = 512;
+
 /// Largest values the guest accepts; the host enforces its own (smaller) request limits.
 pub const MAX_TOP_K: usize = 100;
 pub const MAX_ANSWER_LEN: usize = 512;
@@ -168,17 +174,17 @@ type Placed<'w> = (usize, usize, &'w Window);
 /// A question's windows cut into inference calls. `Pipeline`: [`MAX_BATCH_ROWS`] windows a
 /// call in context order, as always (with a dynamically quantized model the batch changes the
 /// scores, and the reference's must stay reproducible). `Document`: shortest first, as many
-/// windows as fit in the tokens of [`MAX_BATCH_ROWS`] full windows once padded to the longest.
-/// Paragraphs make windows of very different lengths; in context order a short one padded to
-/// its long neighbour wastes the difference, and a call has a fixed cost. Sorted, the 100 KB
-/// document of `bench/long_docs.py` pads 3 % instead of 31 % and takes 34 calls instead of 47.
+/// windows as fit in [`DOCUMENT_BATCH_TOKENS`] (or in [`MAX_BATCH_ROWS`] full windows, if
+/// fewer) once padded to the longest, a longer window alone. Paragraphs make windows of very different lengths; in context order a short one
+/// padded to its long neighbour wastes the difference, and a call has a fixed cost. Sorted,
+/// the 100 KB document of `bench/long_docs.py` pads 3 % instead of 31 % of its tokens.
 fn batches<'w>(mut windows: Vec<Placed<'w>>, options: &Options) -> Vec<Vec<Placed<'w>>> {
     if options.decoding == Decoding::Pipeline {
         return windows.chunks(MAX_BATCH_ROWS).map(<[_]>::to_vec).collect();
     }
     // Stable: windows of equal length keep context order, so the batches are reproducible.
     windows.sort_by_key(|&(_, _, w)| w.len());
-    let budget = MAX_BATCH_ROWS * options.max_seq_len;
+    let budget = DOCUMENT_BATCH_TOKENS.min(MAX_BATCH_ROWS * options.max_seq_len);
     let mut batches: Vec<Vec<Placed<'w>>> = Vec::new();
     for window in windows {
         match batches.last_mut() {
@@ -422,7 +428,7 @@ mod tests {
         assert_eq!(timings.windows, 6);
         // "when" and three special tokens: 76 and 77 tokens short, 284 and 285 long. In context
         // order each long window would pad a short one to its length: 3 calls of 2 rows.
-        assert_eq!(model.1, [(3, 77), (2, 284), (1, 285)], "the three short windows together, then the long ones");
+        assert_eq!(model.1, [(3, 77), (1, 284), (1, 284), (1, 285)], "the three short windows together, then each long one");
         assert_eq!(answers[0].text, "1886");
         assert_eq!(answers[0].start, context.find("1886").unwrap(), "a tie goes to the earlier window in the context");
     }
