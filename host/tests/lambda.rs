@@ -207,6 +207,45 @@ fn each_error_class_has_its_status_and_code_and_the_runtime_keeps_serving() {
     assert_eq!(answer["Answer"], "1886");
 }
 
+/// Broken model files get their codes through the emulator as through `serve`, and the good
+/// model keeps answering: a tokenizer that does not parse (`model_invalid`), a config that
+/// leaves out an input the graph needs (`inference_failed`), a missing `model.onnx`
+/// (`model_not_found`).
+#[test]
+fn broken_models_have_their_codes_through_the_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for name in ["nlp1", "badtokenizer", "mismatch", "missing"] {
+        link_model(&models_dir().join("nlp1"), &root.join(name));
+    }
+    // Each file replaced, never written through: they are hard links to the repository's.
+    let replace = |path: PathBuf, bytes: &[u8]| {
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    };
+    replace(root.join("badtokenizer/tokenizer.json"), b"{ this is not a tokenizer");
+    replace(root.join("mismatch/config.json"), br#"{"type_vocab_size": 1, "max_position_embeddings": 512}"#);
+    std::fs::remove_file(root.join("missing/model.onnx")).unwrap();
+    // A directory without `model.onnx` is no model of the models directory; named in the
+    // manifest (an EFS entry), it is one whose files are missing.
+    let manifest = format!("missing=efs:{}", root.join("missing").display());
+    let lambda = Lambda::start(qa_guest(), &[("QA_MODELS_DIR", root.to_str().unwrap()), ("QA_MODELS", &manifest)]);
+    let sample = benz_request();
+    let ask = |model: &str| {
+        let mut request = sample.clone();
+        request["model_type"] = json!(model);
+        http_v2(&request.to_string(), false)
+    };
+    for (model, status, code) in
+        [("badtokenizer", 500, "model_invalid"), ("mismatch", 500, "inference_failed"), ("missing", 404, "model_not_found")]
+    {
+        let body = envelope_body(&lambda.invoke(&ask(model)), status);
+        assert_eq!(body["error"]["code"], code, "{model}: {body}");
+        assert!(!body.to_string().contains(&*root.to_string_lossy()), "{model}: a host path reached the client: {body}");
+        assert_eq!(envelope_body(&lambda.invoke(&ask("nlp1")), 200)["Answer"], "1886", "after {model}");
+    }
+}
+
 #[test]
 fn a_guest_trap_is_a_500_with_the_request_id_and_the_next_request_succeeds() {
     let lambda = Lambda::start(misbehaving_guest(), &[("QA_GUEST_DEADLINE_MS", "1000")]);
