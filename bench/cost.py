@@ -60,14 +60,7 @@ def cost_per_million(latency_ms: float, cold_s: float, memory_mb: int, questions
 def project(host: Path, inputs: dict, runs: int) -> dict:
     env = dict(os.environ, QA_PRELOAD="nlp1", QA_MODELS_DIR=str(ROOT / "models"), QA_LOG="warn", QA_INFERENCE_THREADS="1")
     started = time.monotonic()
-    proc = subprocess.Popen(["taskset", "-c", "0", str(host), "serve", "--addr", "127.0.0.1:0"], env=env, stderr=subprocess.PIPE, text=True)
-    base = None
-    for line in proc.stderr:
-        if "listening on " in line:
-            base = line.split("listening on ", 1)[1].strip()
-            break
-    if base is None:
-        sys.exit(f"{host} exited before listening")
+    proc, base = long_docs.serve(["taskset", "-c", "0", str(host), "serve", "--addr", "127.0.0.1:0"], env)
     try:
         status, _, _ = long_docs.ask(base, {"question": inputs["question"], "context": inputs["context"]})
         cold = time.monotonic() - started

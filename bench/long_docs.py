@@ -46,11 +46,17 @@ def document(squad: Path, benz: str, size: int) -> str:
 
 
 def start(host: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([str(host), "serve", "--addr", "127.0.0.1:0"], env=env, stderr=subprocess.PIPE, text=True)
+    return serve([str(host), "serve", "--addr", "127.0.0.1:0"], env)
+
+
+def serve(command: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Starts `command` (a `qa-host serve` on port 0) and waits for its "listening on" line:
+    the process and its base URL."""
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if "listening on " in line:
             return proc, line.split("listening on ", 1)[1].strip()
-    raise SystemExit(f"{host} exited before listening")
+    raise SystemExit(f"`{' '.join(command)}` exited {proc.wait()} before listening")
 
 
 def ask(base: str, body: dict) -> tuple[int, dict, float]:

@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from long_docs import serve  # noqa: E402  (the one place that waits for "listening on")
 # The README's figures for the sample: "1886", characters 100-104, score 0.2027.
 EXPECTED = {"Model_Type": "nlp1", "Question": "When was the car invented?", "Answer": "1886", "start": 100, "end": 104}
 SCORE = 0.2027
@@ -33,16 +35,8 @@ def main() -> None:
         sys.exit(f"test-run: `bash scripts/run.sh` exited {asked.returncode}:\n{asked.stderr}")
     check("bash scripts/run.sh", json.loads(asked.stdout))
 
-    env = dict(os.environ, QA_ADDR="127.0.0.1:0")
-    server = subprocess.Popen(["bash", "scripts/run.sh", "serve"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    server, base = serve(["bash", "scripts/run.sh", "serve"], dict(os.environ, QA_ADDR="127.0.0.1:0"), ROOT)
     try:
-        base = None
-        for line in server.stderr:
-            if "listening on " in line:
-                base = line.split("listening on ", 1)[1].strip()
-                break
-        if base is None:
-            sys.exit(f"test-run: `bash scripts/run.sh serve` exited {server.wait()} before listening")
         body = (ROOT / "fixtures/benz.json").read_bytes()
         request = urllib.request.Request(base + "/", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=300) as response:

@@ -119,7 +119,10 @@ pub fn answer_many(
     // The reference keeps more candidates per window than it returns, since merging and
     // word alignment can fold several spans into one answer.
     let per_window = options.top_k * 2 + 10;
-    let mut scored_windows: Vec<Vec<(usize, &Window, WindowScores)>> = vec![Vec::new(); questions.len()];
+    // Each window's scores in its place in the context, whatever order the calls took: ties
+    // between equal scores go to the earlier window, as in the reference.
+    let mut scored_windows: Vec<Vec<Option<(&Window, WindowScores)>>> =
+        prepared.iter().map(|windows| windows.as_ref().map_or_else(|_| Vec::new(), |w| w.iter().map(|_| None).collect())).collect();
     let (mut inference_us, mut decode_us) = (vec![0u64; questions.len()], vec![0u64; questions.len()]);
     for chunk in &batches {
         let started = Instant::now();
@@ -133,14 +136,9 @@ pub fn answer_many(
             inference_us[q] += share;
             let (start, end) = logits.row(row);
             let scored = score_window(start, end, &window.in_context, window.cls_index, per_window, options.max_answer_len);
-            scored_windows[q].push((place, window, scored));
+            scored_windows[q][place] = Some((window, scored));
             decode_us[q] += micros(started);
         }
-    }
-    // Back in context order, whatever order the calls took them in: ties between equal
-    // scores go to the earlier window, as in the reference.
-    for scored in &mut scored_windows {
-        scored.sort_by_key(|&(place, _, _)| place);
     }
 
     let results = prepared
@@ -149,7 +147,7 @@ pub fn answer_many(
         .map(|(q, windows)| {
             let windows = windows.as_ref().map_err(Clone::clone)?;
             let started = Instant::now();
-            let scored = std::mem::take(&mut scored_windows[q]).into_iter().map(|(_, window, scores)| (window, scores)).collect();
+            let scored = std::mem::take(&mut scored_windows[q]).into_iter().flatten().collect();
             let Ranked { spans, null_score, as_odds } = rank(scored, options.decoding);
             let null_score = null_score.filter(|_| options.handle_impossible);
             let mut answers = collect_answers(context, spans, null_score, options.top_k);
@@ -175,9 +173,10 @@ type Placed<'w> = (usize, usize, &'w Window);
 /// call in context order, as always (with a dynamically quantized model the batch changes the
 /// scores, and the reference's must stay reproducible). `Document`: shortest first, as many
 /// windows as fit in [`DOCUMENT_BATCH_TOKENS`] (or in [`MAX_BATCH_ROWS`] full windows, if
-/// fewer) once padded to the longest, a longer window alone. Paragraphs make windows of very different lengths; in context order a short one
-/// padded to its long neighbour wastes the difference, and a call has a fixed cost. Sorted,
-/// the 100 KB document of `bench/long_docs.py` pads 3 % instead of 31 % of its tokens.
+/// fewer) once padded to the longest, a longer window alone. Paragraphs make windows of very
+/// different lengths; in context order a short one padded to its long neighbour wastes the
+/// difference, and a call has a fixed cost. Sorted, the 100 KB document of
+/// `bench/long_docs.py` pads 3 % instead of 31 % of its tokens.
 fn batches<'w>(mut windows: Vec<Placed<'w>>, options: &Options) -> Vec<Vec<Placed<'w>>> {
     if options.decoding == Decoding::Pipeline {
         return windows.chunks(MAX_BATCH_ROWS).map(<[_]>::to_vec).collect();

@@ -450,20 +450,10 @@ fn path_settings_default_as_documented_and_a_flag_overrides_its_variable() {
     );
     assert_eq!(flags["Answer"], "1886", "--guest, --cache-dir and --onnxruntime win over their variables");
     assert!(std::fs::read_dir(&flag_cache).is_ok_and(|mut d| d.next().is_some()), "the guest was compiled into --cache-dir");
-    // With neither ORT_DYLIB_PATH nor the flag, ONNX Runtime beside the executable is used
-    // (the zip package's layout).
+    // With neither ORT_DYLIB_PATH (empty is unset) nor the flag, ONNX Runtime beside the
+    // executable is used (the zip package's layout).
     std::os::unix::fs::symlink(onnxruntime(), bin.join("libonnxruntime.so")).unwrap();
-    let output = Command::new(&exe)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("TMPDIR", &tmp)
-        .args(["ask", "--request"])
-        .arg(workspace().join("fixtures/benz.json"))
-        .current_dir(&work)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()["Answer"], "1886");
+    assert_eq!(run(&[("ORT_DYLIB_PATH", "")], &[])["Answer"], "1886");
 }
 
 #[test]
