@@ -640,3 +640,44 @@ fn serve_answers_the_sample_and_refuses_bad_input_with_stable_codes() {
     let (status, json) = server.post(benz_request().to_string());
     assert_eq!((status, &json["Answer"]), (200, &serde_json::json!("1886")));
 }
+
+/// The session options ONNX Runtime actually got, read from its own `Session Options` log line
+/// (which reaches the host's log through `tracing` when the filter names `ort`): the arena on
+/// by default and off with `QA_ORT_ARENA=0`, memory patterns always off, full graph
+/// optimization. Without `ort` in the filter, `QA_LOG=info` carries none of ONNX Runtime's
+/// info lines.
+#[test]
+fn qa_ort_arena_reaches_onnx_runtime_s_session_options() {
+    let ask = |env: &[(&str, &str)]| {
+        let cache = tempfile::tempdir().unwrap(); // a fresh model load every time
+        let mut command = host_bin();
+        command.env("QA_CACHE_DIR", cache.path()).env("QA_LOG_FORMAT", "text").env_remove("QA_ORT_ARENA");
+        command.envs(env.iter().copied());
+        let output = command.args(["ask", "--request"]).arg(workspace().join("fixtures/benz.json")).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()["Answer"], "1886");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let session_options = |log: &str| {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("Session Options {")).collect();
+        assert_eq!(lines.len(), 1, "one model, one session: {log}");
+        lines[0].to_string()
+    };
+    let default = ask(&[("QA_LOG", "warn,ort=info")]);
+    let options = session_options(&default);
+    for setting in ["enable_cpu_mem_arena:1", "enable_mem_pattern:0", "graph_optimization_level:3"] {
+        assert!(options.contains(setting), "{setting} in {options}");
+    }
+    assert!(default.contains("Creating BFCArena for Cpu"), "{default}");
+
+    let off = ask(&[("QA_LOG", "warn,ort=info"), ("QA_ORT_ARENA", "0")]);
+    let options = session_options(&off);
+    for setting in ["enable_cpu_mem_arena:0", "enable_mem_pattern:0", "graph_optimization_level:3"] {
+        assert!(options.contains(setting), "{setting} in {options}");
+    }
+    assert!(!off.contains("BFCArena"), "no arena: {off}");
+
+    let quiet = ask(&[("QA_LOG", "info")]);
+    assert!(quiet.contains("INFO"), "the host's own info lines are there: {quiet}");
+    assert!(!quiet.contains("ort::logging"), "ONNX Runtime stays at warn unless named: {quiet}");
+}

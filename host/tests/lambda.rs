@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::s3::{S3, TEST_CREDENTIALS};
 use common::*;
 use serde_json::{Value, json};
 use std::net::TcpStream;
@@ -244,6 +245,35 @@ fn broken_models_have_their_codes_through_the_emulator() {
         assert!(!body.to_string().contains(&*root.to_string_lossy()), "{model}: a host path reached the client: {body}");
         assert_eq!(envelope_body(&lambda.invoke(&ask("nlp1")), 200)["Answer"], "1886", "after {model}");
     }
+}
+
+/// Model bytes that fail their check (the manifest's SHA-256 here) are `503 model_corrupt`
+/// through the emulator too, nothing is cached, and the function keeps serving.
+#[test]
+fn a_model_that_fails_its_checksum_is_model_corrupt_through_the_emulator() {
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "pinned/", &models_dir().join("nlp1"));
+    let manifest = tempfile::NamedTempFile::new().unwrap();
+    let wrong = "0".repeat(64);
+    std::fs::write(manifest.path(), json!({"pinned": {"source": "s3://models/pinned/", "sha256": {"model.onnx": wrong}}}).to_string())
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let (manifest_path, cache_path) = (manifest.path().display().to_string(), cache.path().display().to_string());
+    let mut env = vec![("AWS_ENDPOINT_URL", endpoint.as_str()), ("QA_MODELS_FILE", &manifest_path), ("QA_MODEL_CACHE_DIR", &cache_path)];
+    env.extend(TEST_CREDENTIALS);
+    let lambda = Lambda::start(qa_guest(), &env);
+    let mut request = benz_request();
+    request["model_type"] = json!("pinned");
+    for _ in 0..2 {
+        let body = envelope_body(&lambda.invoke(&http_v2(&request.to_string(), false)), 503);
+        assert_eq!(body["error"]["code"], "model_corrupt", "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("SHA-256"), "{body}");
+        let cached = std::fs::read_dir(cache.path().join("pinned")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(cached, 0, "nothing cached, no partial left");
+    }
+    assert_eq!(envelope_body(&lambda.invoke(&http_v2(&benz_request().to_string(), false)), 200)["Answer"], "1886");
 }
 
 #[test]

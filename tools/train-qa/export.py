@@ -1,7 +1,7 @@
 """Export a Hugging Face extractive-QA model to the layout qa-host serves.
 
     <out>/fp32/{model.onnx, tokenizer.json, config.json}   ONNX, int64 inputs, dynamic batch/sequence
-    <out>/int8/{...}                                        the same, weights dynamically quantized to int8
+    <out>/int8/{...}                                        the same, int8 weights per channel (quantize.SHIPPED)
     <out>/hf/                                               the PyTorch weights (for parity checks)
 
 Inputs are `input_ids`, `attention_mask` and, when the model has token types
@@ -25,7 +25,7 @@ from pathlib import Path
 
 def export(model, tokenizer, out: Path) -> None:
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from quantize import SHIPPED, quantize
 
     fp32, int8, hf = out / "fp32", out / "int8", out / "hf"
     for d in (fp32, int8, hf):
@@ -61,14 +61,13 @@ def export(model, tokenizer, out: Path) -> None:
         do_constant_folding=True,
         dynamo=False,
     )
-    quantize_dynamic(str(fp32 / "model.onnx"), str(int8 / "model.onnx"), weight_type=QuantType.QInt8)
-
     tok = json.loads(tokenizer.backend_tokenizer.to_str())
     tok["padding"] = None
     tok["truncation"] = None
     for d in (fp32, int8):
         (d / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
         model.config.to_json_file(str(d / "config.json"))
+    quantize(SHIPPED, fp32, int8 / "model.onnx")
     print(f"exported {fp32}, {int8} and {hf}", flush=True)
 
 

@@ -53,7 +53,10 @@ pub fn init_onnx_runtime(explicit: Option<&Path>) -> Result<PathBuf, NnError> {
         // `ort` panics when the library cannot be opened or is too old; turn that into an error.
         let committed = std::panic::catch_unwind(|| ort::init_from(path.display().to_string()).commit());
         match committed {
-            Ok(Ok(_)) => Ok(path.clone()),
+            Ok(Ok(_)) => {
+                set_onnx_runtime_log_level();
+                Ok(path.clone())
+            }
             Ok(Err(e)) => Err(e.to_string()),
             Err(panic) => Err(panic
                 .downcast_ref::<String>()
@@ -63,6 +66,29 @@ pub fn init_onnx_runtime(explicit: Option<&Path>) -> Result<PathBuf, NnError> {
         }
     });
     outcome.clone().map_err(|reason| NnError::RuntimeUnusable { path, reason })
+}
+
+/// ONNX Runtime logs through `tracing` under the target `ort` (ort's `tracing` feature), at
+/// whatever the log filter lets through for that target. Its environment starts at verbose, and
+/// ONNX Runtime formats every message at or above its level before the filter sees it: lowered
+/// to what the filter keeps, messages nobody reads cost nothing.
+fn set_onnx_runtime_log_level() {
+    use ort::logging::LogLevel;
+    use tracing::Level;
+    let level = if tracing::enabled!(target: "ort::logging", Level::TRACE) {
+        LogLevel::Verbose
+    } else if tracing::enabled!(target: "ort::logging", Level::INFO) {
+        LogLevel::Info
+    } else if tracing::enabled!(target: "ort::logging", Level::WARN) {
+        LogLevel::Warning
+    } else if tracing::enabled!(target: "ort::logging", Level::ERROR) {
+        LogLevel::Error
+    } else {
+        LogLevel::Fatal
+    };
+    if let Ok(environment) = ort::environment::get_environment() {
+        environment.set_log_level(level);
+    }
 }
 
 /// Where [`init_onnx_runtime`] looks for the library, in order.

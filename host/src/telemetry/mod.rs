@@ -31,12 +31,16 @@ impl LogFormat {
 
 /// Installs the global subscriber. The filter is `QA_LOG` (e.g. `info`, `qa_host=debug`), else
 /// Lambda's `AWS_LAMBDA_LOG_LEVEL`, else `info` under Lambda (one line per invocation) and
-/// `warn` elsewhere.
+/// `warn` elsewhere. ONNX Runtime's messages (target `ort`) stay at `warn` unless the filter
+/// names `ort` (`QA_LOG=info,ort=info`): at `info` it writes dozens of lines per model load.
 pub fn init_logging(under_lambda: bool) {
     let default = if under_lambda { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("QA_LOG")
-        .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL").map(|level| lambda_level_filter(&level)))
-        .unwrap_or_else(|_| EnvFilter::new(default));
+    let directives = std::env::var("QA_LOG")
+        .ok()
+        .filter(|v| EnvFilter::try_new(v).is_ok())
+        .or_else(|| std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().map(|level| lambda_level_directive(&level).to_string()))
+        .unwrap_or_else(|| default.to_string());
+    let filter = EnvFilter::new(with_onnx_runtime_capped(&directives));
     // Colours only for a terminal: CloudWatch, files and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter);
@@ -48,12 +52,52 @@ pub fn init_logging(under_lambda: bool) {
     }
 }
 
-/// Lambda's level names (`TRACE`..`FATAL`) as a filter.
-fn lambda_level_filter(level: &str) -> EnvFilter {
-    let level = level.to_ascii_lowercase();
-    EnvFilter::new(match level.as_str() {
-        "fatal" => "error",
-        "trace" | "debug" | "info" | "warn" | "error" => level.as_str(),
+/// Lambda's level names (`TRACE`..`FATAL`) as a filter directive.
+fn lambda_level_directive(level: &str) -> &'static str {
+    match level.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "warn" => "warn",
+        "error" | "fatal" => "error",
         _ => "info",
-    })
+    }
+}
+
+/// `directives` with `ort=warn` added, unless one of them already sets the `ort` target.
+fn with_onnx_runtime_capped(directives: &str) -> String {
+    let names_ort = directives.split(',').any(|d| {
+        let target = d.trim().split(['=', '[']).next().unwrap_or_default();
+        target == "ort" || target.starts_with("ort::")
+    });
+    if names_ort { directives.to_string() } else { format!("{directives},ort=warn") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onnx_runtime_stays_at_warn_unless_the_filter_names_it() {
+        assert_eq!(with_onnx_runtime_capped("info"), "info,ort=warn");
+        assert_eq!(with_onnx_runtime_capped("qa_host=debug,report=info"), "qa_host=debug,report=info,ort=warn");
+        assert_eq!(with_onnx_runtime_capped("info,ort=info"), "info,ort=info");
+        assert_eq!(with_onnx_runtime_capped("ort::logging=trace"), "ort::logging=trace");
+        assert_eq!(with_onnx_runtime_capped("ort[session]=debug"), "ort[session]=debug");
+    }
+
+    #[test]
+    fn lambda_level_names_become_directives() {
+        let cases = [
+            ("TRACE", "trace"),
+            ("DEBUG", "debug"),
+            ("INFO", "info"),
+            ("WARN", "warn"),
+            ("ERROR", "error"),
+            ("FATAL", "error"),
+            ("?", "info"),
+        ];
+        for (level, directive) in cases {
+            assert_eq!(lambda_level_directive(level), directive, "{level}");
+        }
+    }
 }

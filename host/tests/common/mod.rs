@@ -3,6 +3,8 @@
 //! test with instructions; nothing is skipped.
 #![allow(dead_code, reason = "each test file uses its own subset")]
 
+pub mod s3;
+
 use qa_host::config::HostConfig;
 use qa_host::service::QaService;
 use std::path::{Path, PathBuf};
