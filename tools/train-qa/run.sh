@@ -3,6 +3,9 @@
 #   bash tools/train-qa/run.sh            # fetch inputs, fine-tune, export fp32 + int8 ONNX
 #   bash tools/train-qa/run.sh --install  # ...then copy the shipped variant into models/nlp1
 #   bash tools/train-qa/run.sh [--install] --train-examples 87599 --epochs 2   # other settings
+#   QA_TRAIN_OUT=~/.cache/qa/train-warm bash tools/train-qa/run.sh --init-onnx models/nlp1/model.onnx \
+#     --skip-examples 26000 --train-examples 11500 --learning-rate 3e-5 --warmup-ratio 0.05
+#                                          # continue from the shipped model on questions it has not seen
 # Arguments after --install go to train.py (see `train.py --help`).
 # Everything heavy lives outside the repository, under $QA_TRAIN_HOME (default ~/.cache/qa):
 # the Python environment (torch pulls several GB), the downloaded wheels, the unpacked inputs

@@ -3,11 +3,15 @@
 Reproducible: fixed seed, deterministic example sample and batch order, every
 hyper-parameter written to the output directory. Resumable: a checkpoint is written every
 `--checkpoint-every` steps and a rerun with the same arguments continues from it.
+Incremental: `--init-onnx` starts from an exported model (the shipped int8 file, dequantized)
+and `--skip-examples` moves the sample past the questions that model was trained on, so CPU
+time spent in one session is not lost when the next one starts on a fresh machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -39,6 +43,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--doc-stride", type=int, default=128)
     p.add_argument("--train-examples", type=int, default=26000, help="questions sampled from the train set (CPU budget)")
+    p.add_argument(
+        "--skip-examples",
+        type=int,
+        default=0,
+        help="skip this many questions of the seeded shuffle first: with --init-onnx, the ones the earlier run already used",
+    )
+    p.add_argument(
+        "--init-onnx",
+        type=Path,
+        help="start from this exported QA model (fp32 or int8 ONNX, e.g. models/nlp1/model.onnx) instead of the base encoder's fresh head",
+    )
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-4)
@@ -168,6 +183,18 @@ def collate(features: list[dict], ids: list[int], pad_id: int) -> dict[str, torc
     }
 
 
+def load_onnx_init(model, path: Path) -> None:
+    """Loads an exported model's weights; every parameter must come from the file."""
+    from onnx_weights import state_dict_from_onnx
+
+    state = {k: torch.from_numpy(v) for k, v in state_dict_from_onnx(path).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k in dict(model.named_parameters())]
+    if missing or unexpected:
+        raise SystemExit(f"{path} does not match the base model: missing {missing}, unexpected {unexpected}")
+    print(f"initialized from {path} ({len(state)} tensors)", flush=True)
+
+
 def main() -> None:
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -177,6 +204,9 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(args.base_model))
     config = AutoConfig.from_pretrained(str(args.base_model))
     model = AutoModelForQuestionAnswering.from_pretrained(str(args.base_model), config=config)
+
+    if args.init_onnx:
+        load_onnx_init(model, args.init_onnx)
 
     ckpt_path = args.out / "checkpoint.pt"
     if args.export_only:
@@ -188,7 +218,7 @@ def main() -> None:
     examples = load_squad(args.train_file)
     rng = random.Random(args.seed)
     rng.shuffle(examples)
-    examples = examples[: args.train_examples]
+    examples = examples[args.skip_examples : args.skip_examples + args.train_examples]
     t0 = time.time()
     features = make_features(examples, tokenizer, args)
     print(f"{len(examples)} questions -> {len(features)} windows in {time.time() - t0:.1f}s", flush=True)
@@ -204,6 +234,9 @@ def main() -> None:
         onnxruntime=__import__("onnxruntime").__version__,
         python=sys.version.split()[0],
     )
+    if args.init_onnx:
+        # The path is reused as models improve (models/nlp1): the hash says which model it was.
+        hparams["init_onnx_sha256"] = hashlib.sha256(args.init_onnx.read_bytes()).hexdigest()
     previous = args.out / "hparams.json"
     if ckpt_path.exists() and previous.exists():
         before = json.loads(previous.read_text())
