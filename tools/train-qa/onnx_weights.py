@@ -30,12 +30,8 @@ def _dequantized(inits: dict[str, np.ndarray], name: str) -> np.ndarray:
     return (q - zero) * scale
 
 
-def _bias_after(graph: onnx.GraphProto, start: str, biases: set[str]) -> str:
+def _bias_after(consumers: dict[str, list[onnx.NodeProto]], start: str, biases: set[str]) -> str:
     """The `.bias` initializer added to what flows out of tensor `start` (breadth-first)."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
     frontier, seen = [start], set()
     while frontier:
         tensor = frontier.pop(0)
@@ -55,6 +51,10 @@ def state_dict_from_onnx(path: Path) -> dict[str, np.ndarray]:
     graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     biases = {n for n in inits if n.endswith(".bias")}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
     state: dict[str, np.ndarray] = {}
     for name, value in inits.items():
         base = name.removesuffix("_quantized")
@@ -62,7 +62,7 @@ def state_dict_from_onnx(path: Path) -> dict[str, np.ndarray]:
             continue
         weight = _dequantized(inits, base) if name.endswith("_quantized") else value.astype(np.float32)
         if base.startswith("onnx::MatMul"):
-            bias = _bias_after(graph, name, biases)
+            bias = _bias_after(consumers, name, biases)
             state[bias.removesuffix(".bias").removeprefix(PREFIX) + ".weight"] = weight.T.copy()
         elif base.startswith(PREFIX):
             state[base.removeprefix(PREFIX)] = weight

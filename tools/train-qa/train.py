@@ -189,7 +189,8 @@ def load_onnx_init(model, path: Path) -> None:
 
     state = {k: torch.from_numpy(v) for k, v in state_dict_from_onnx(path).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k in dict(model.named_parameters())]
+    parameters = {name for name, _ in model.named_parameters()}
+    missing = [k for k in missing if k in parameters]
     if missing or unexpected:
         raise SystemExit(f"{path} does not match the base model: missing {missing}, unexpected {unexpected}")
     print(f"initialized from {path} ({len(state)} tensors)", flush=True)
@@ -237,6 +238,10 @@ def main() -> None:
     if args.init_onnx:
         # The path is reused as models improve (models/nlp1): the hash says which model it was.
         hparams["init_onnx_sha256"] = hashlib.sha256(args.init_onnx.read_bytes()).hexdigest()
+        # The earlier stage's settings travel with the model (run.sh --install ships them beside it).
+        earlier = args.init_onnx.parent / "hparams.json"
+        if earlier.exists():
+            hparams["init_hparams"] = json.loads(earlier.read_text())
     previous = args.out / "hparams.json"
     if ckpt_path.exists() and previous.exists():
         before = json.loads(previous.read_text())
@@ -296,7 +301,9 @@ def main() -> None:
             # Weights at each epoch's end, to evaluate while the next epoch runs.
             torch.save(model.state_dict(), args.out / f"epoch{step // steps_per_epoch}.pt")
 
-    (args.out / "train_seconds.txt").write_text(f"{time.time() - started:.0f}\n")
+    seconds = round(time.time() - started)
+    (args.out / "train_seconds.txt").write_text(f"{seconds}\n")
+    previous.write_text(json.dumps(dict(hparams, train_seconds=seconds), indent=2) + "\n")
     export(model, tokenizer, args.out / "export")
 
 
