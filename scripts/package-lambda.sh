@@ -18,9 +18,11 @@
 #                                              come from S3 or EFS, deploy/*-zip.yaml)
 # It prints the zip's absolute path, then (on stderr) its size zipped and unzipped (Lambda
 # allows 250 MB unzipped).
-# Default output: target/lambda/qa-<arch>[-models].zip. `--profile debug` skips the
-# optimizations (a faster build for tests; never deploy it). `--bootstrap FILE` packages a
-# qa-host already built for that architecture instead of building one.
+# Default output: target/lambda/qa-<arch>[-models].zip. `--profile debug` builds with cargo's
+# `package-debug` profile, nothing optimized (a faster build for tests; never deploy it); it
+# has its own build directory, so it can build while other cargo commands run here.
+# `--bootstrap FILE` packages a qa-host already built for that architecture instead of
+# building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: $0 x86_64|arm64 [--with-models] [--profile release|debug] [--bootstrap FILE] [--out FILE]"
@@ -45,18 +47,13 @@ case "$arch" in
   *) echo "$usage" >&2; exit 2 ;;
 esac
 case "$profile" in
-  release) release=(--release) ;;
-  debug) release=() ;;
+  release) cargo_profile=(--release) ;;
+  debug) cargo_profile=(--profile package-debug) ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
 suffix=$arch$([ "$with_models" = true ] && echo -models || true)
 out=${out:-target/lambda/qa-$suffix.zip}
 ORT_VERSION=1.22.1
-
-# The guest, and a host for this machine that compiles the guest for the target (already
-# there when a bootstrap is given: the tests package their own build).
-[ -n "$bootstrap" ] || bash scripts/setup.sh
-source scripts/env.sh
 
 # cargo-lambda and zig (its cross-compiler) from PyPI, into the tools environment.
 TOOLS="cargo-lambda==1.9.2 ziglang==0.17.1"
@@ -73,10 +70,16 @@ fi
 if [ -z "$bootstrap" ]; then
   echo "package: building the bootstrap for $triple ($profile)" >&2
   # cargo-zigbuild finds zig as `python3 -m ziglang`: the tools environment's python first.
-  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/cargo-lambda" lambda build "${release[@]}" --target "$triple" -p qa-host \
+  PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/cargo-lambda" lambda build "${cargo_profile[@]}" --target "$triple" -p qa-host \
     --lambda-dir "target/lambda/$arch-$profile" --flatten qa-host >&2
   bootstrap=target/lambda/$arch-$profile/bootstrap
 fi
+
+# The guest, and a host for this machine that compiles the guest for the target (already
+# there when a bootstrap is given: the tests package their own build). After the cross
+# build, which does not need them, so that the two can be built at the same time.
+[ -n "$bootstrap" ] || bash scripts/setup.sh
+source scripts/env.sh
 
 wheels=.cache/wheels-$arch
 lib=.cache/onnxruntime-$arch/libonnxruntime.so

