@@ -51,6 +51,8 @@ case "$profile" in
   debug) cargo_profile=(--profile package-debug) ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
+# Whether this run builds the bootstrap (and so needs the tools, and a host and guest here).
+build_here=$([ -z "$bootstrap" ] && echo true || echo false)
 suffix=$arch$([ "$with_models" = true ] && echo -models || true)
 out=${out:-target/lambda/qa-$suffix.zip}
 ORT_VERSION=1.22.1
@@ -58,16 +60,16 @@ ORT_VERSION=1.22.1
 # cargo-lambda and zig (its cross-compiler) from PyPI, into the tools environment.
 TOOLS="cargo-lambda==1.9.2 ziglang==0.17.1"
 VENV=.cache/tools-venv
-if [ -z "$bootstrap" ] && [ "$(cat "$VENV/.installed-package" 2>/dev/null)" != "$TOOLS" ]; then
+if $build_here && [ "$(cat "$VENV/.installed-package" 2>/dev/null)" != "$TOOLS" ]; then
   echo "package: installing $TOOLS from PyPI" >&2
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   # shellcheck disable=SC2086
   "$VENV/bin/pip" install --quiet $TOOLS
   echo "$TOOLS" > "$VENV/.installed-package"
 fi
-[ -n "$bootstrap" ] || rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
+! $build_here || rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
 
-if [ -z "$bootstrap" ]; then
+if $build_here; then
   echo "package: building the bootstrap for $triple ($profile)" >&2
   # cargo-zigbuild finds zig as `python3 -m ziglang`: the tools environment's python first.
   PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/cargo-lambda" lambda build "${cargo_profile[@]}" --target "$triple" -p qa-host \
@@ -78,7 +80,7 @@ fi
 # The guest, and a host for this machine that compiles the guest for the target (already
 # there when a bootstrap is given: the tests package their own build). After the cross
 # build, which does not need them, so that the two can be built at the same time.
-[ -n "$bootstrap" ] || bash scripts/setup.sh
+! $build_here || bash scripts/setup.sh
 source scripts/env.sh
 
 wheels=.cache/wheels-$arch
