@@ -209,11 +209,17 @@ fn non_default_options_reach_the_guest_through_the_host() {
     let answers = one_token["answers"].as_array().unwrap();
     assert_eq!((one_token["Answer"].as_str(), answers.len()), (Some("Karl"), 5), "{one_token}");
     assert!(answers.iter().all(|a| !a["text"].as_str().unwrap().contains(' ')), "one-token answers: {one_token}");
-    // A question the context does not answer: the empty answer wins only when it is offered.
+    // A question the context does not answer: the empty answer (0-0) is a candidate only when
+    // it is offered. Where it ranks is the model's call (the stage-3 model puts "the US" first),
+    // so all 20 answers are asked for; that it wins when it ranks first is a guest unit test.
     let off_topic = "What is the capital of Peru?";
-    assert_ne!(ask(off_topic, serde_json::json!({}))["Answer"], "");
-    let impossible = ask(off_topic, serde_json::json!({"handle_impossible_answer": true}));
-    assert_eq!((&impossible["Answer"], &impossible["start"], &impossible["end"]), (&"".into(), &0.into(), &0.into()), "{impossible}");
+    let has_empty = |body: &serde_json::Value| {
+        body["answers"].as_array().unwrap().iter().any(|a| (&a["text"], &a["start"], &a["end"]) == (&"".into(), &0.into(), &0.into()))
+    };
+    let not_offered = ask(off_topic, serde_json::json!({"top_k": 20}));
+    assert!(!has_empty(&not_offered), "{not_offered}");
+    let offered = ask(off_topic, serde_json::json!({"top_k": 20, "handle_impossible_answer": true}));
+    assert!(has_empty(&offered), "{offered}");
 }
 
 /// A model's guest instances start from the snapshot taken after `prepare` parsed its files:
