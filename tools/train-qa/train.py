@@ -3,9 +3,10 @@
 Reproducible: fixed seed, deterministic example sample and batch order, every
 hyper-parameter written to the output directory. Resumable: a checkpoint is written every
 `--checkpoint-every` steps and a rerun with the same arguments continues from it.
-Incremental: `--init-onnx` starts from an exported model (the shipped int8 file, dequantized)
-and `--skip-examples` moves the sample past the questions that model was trained on, so CPU
-time spent in one session is not lost when the next one starts on a fresh machine.
+Incremental: `--init-onnx` starts from an exported model (the previous stage's fp32 export
+when the machine kept it, else the shipped int8 file, dequantized) and `--skip-examples` moves
+the sample past the questions that model was trained on, so CPU time spent in one session is
+not lost when the next one starts on a fresh machine.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -305,6 +307,10 @@ def main() -> None:
     (args.out / "train_seconds.txt").write_text(f"{seconds}\n")
     previous.write_text(json.dumps(dict(hparams, train_seconds=seconds), indent=2) + "\n")
     export(model, tokenizer, args.out / "export")
+    # Each exported model carries its settings, so a later stage started from it records them.
+    for variant in (args.out / "export").iterdir():
+        if (variant / "model.onnx").exists():
+            shutil.copy(previous, variant / "hparams.json")
 
 
 if __name__ == "__main__":
