@@ -198,6 +198,15 @@ def load_onnx_init(model, path: Path) -> None:
     print(f"initialized from {path} ({len(state)} tensors)", flush=True)
 
 
+def export_with_settings(model, tokenizer, out: Path, hparams: Path) -> None:
+    """Exports, then puts the run's settings beside each ONNX model, so a later stage started
+    from one (`--init-onnx`) records them under `init_hparams`."""
+    export(model, tokenizer, out)
+    for variant in out.iterdir():
+        if (variant / "model.onnx").exists() and hparams.exists():
+            shutil.copy(hparams, variant / "hparams.json")
+
+
 def main() -> None:
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +224,7 @@ def main() -> None:
     if args.export_only:
         state = torch.load(args.weights or ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state.get("model", state))
-        export(model, tokenizer, args.export_dir or args.out / "export")
+        export_with_settings(model, tokenizer, args.export_dir or args.out / "export", args.out / "hparams.json")
         return
 
     examples = load_squad(args.train_file)
@@ -306,11 +315,7 @@ def main() -> None:
     seconds = round(time.time() - started)
     (args.out / "train_seconds.txt").write_text(f"{seconds}\n")
     previous.write_text(json.dumps(dict(hparams, train_seconds=seconds), indent=2) + "\n")
-    export(model, tokenizer, args.out / "export")
-    # Each exported model carries its settings, so a later stage started from it records them.
-    for variant in (args.out / "export").iterdir():
-        if (variant / "model.onnx").exists():
-            shutil.copy(previous, variant / "hparams.json")
+    export_with_settings(model, tokenizer, args.out / "export", previous)
 
 
 if __name__ == "__main__":
