@@ -35,14 +35,10 @@ fi
 # Lambda test under qemu-aarch64 with Debian's arm64 C libraries. It builds in the background,
 # at the lowest CPU priority, in its own build directory (cargo profile package-debug): it
 # takes only the CPU the rest leaves idle (link steps, tests that wait), and its test runs last.
-# Its own process group, so that a failing run stops it too. A new session is also a new
-# scheduler autogroup where Linux has them (sched_autogroup_enabled), and autogroups share the
-# CPU by their own niceness, not their processes': without the write to /proc/self/autogroup
-# `nice` would not lower it against the tests at all.
+# Its own process group, so that a failing run stops it too.
 mkdir -p target
 package_log=target/package-arm64.log
-setsid bash -c 'echo 19 > /proc/self/autogroup 2> /dev/null; exec nice -n 19 bash scripts/package-lambda.sh "$@"' \
-  package-arm64 arm64 --with-models --profile debug \
+setsid nice -n 19 bash scripts/package-lambda.sh arm64 --with-models --profile debug \
   > target/package-arm64.path 2> "$package_log" < /dev/null &
 package_pid=$!
 trap 'kill -- "-$package_pid" 2> /dev/null || true' EXIT

@@ -623,7 +623,9 @@ fn s3_cut_stalled_and_throttled_downloads_fail_cleanly_leave_nothing_and_recover
 }
 
 /// While 8 clients ask in a loop, the model's objects are replaced twice: every request is
-/// answered (by the old version or the new), none fails.
+/// answered (by the old version or the new), none fails. Each replacement waits until some
+/// client has been answered by the version serving, so every version takes requests however
+/// slowly the machine runs them (a fixed pause once let a version go unanswered).
 #[test]
 fn an_object_replaced_while_eight_clients_loop_gives_no_errors() {
     let s3 = S3::start();
@@ -635,13 +637,19 @@ fn an_object_replaced_while_eight_clients_loop_gives_no_errors() {
     let host = Host::start(&env);
     assert_eq!(host.ask("s3l").0, 200);
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let answered_by = std::sync::Mutex::new(std::collections::BTreeSet::<String>::new());
+    let versions_answered = || answered_by.lock().unwrap().len();
     let outcomes: Vec<(u16, Value)> = std::thread::scope(|scope| {
         let clients: Vec<_> = (0..8)
             .map(|_| {
                 scope.spawn(|| {
                     let mut seen = Vec::new();
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        seen.push(host.ask("s3l"));
+                        let (status, body) = host.ask("s3l");
+                        if let Some(version) = body["model_version"].as_str() {
+                            answered_by.lock().unwrap().insert(version.to_owned());
+                        }
+                        seen.push((status, body));
                     }
                     seen
                 })
@@ -649,12 +657,14 @@ fn an_object_replaced_while_eight_clients_loop_gives_no_errors() {
             .collect();
         let config: Value = serde_json::from_slice(&std::fs::read(models_dir().join("nlp1/config.json")).unwrap()).unwrap();
         for replacement in 1..=2 {
+            wait_until("a client answered by the version serving", Duration::from_secs(60), || versions_answered() == replacement);
             std::thread::sleep(Duration::from_millis(1200));
             let mut replaced = config.clone();
             replaced["note"] = json!(format!("replacement {replacement}"));
             s3.put("models", "l/config.json", replaced.to_string().as_bytes());
             wait_until("the replacement to serve", Duration::from_secs(60), || host.process.count("model serving") == 1 + replacement);
         }
+        wait_until("a client answered by the second replacement", Duration::from_secs(60), || versions_answered() == 3);
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
