@@ -7,9 +7,9 @@ Dynamic int8 quantization gives each MatMul's input one uint8 range per call, fr
 minimum to its maximum. Where a few values are far larger than the rest, that range's step is
 coarse for all the others. For every MatMul that reads a weight, this prints the input's range,
 the 99.9th percentile of its magnitude, and the uint8 step over the range as a share of that
-percentile (the larger, the more that input loses). It is how `quantize.py`'s
-`per-channel-ffn-out` chose what to keep in fp32: the feed-forward outputs read the GELU output,
-which has the largest such share in the first layers.
+percentile (the larger, the more that input loses). It explains the sensitivity sweep that
+chose `quantize.py`'s `per-channel-ffn-out` (models/README.md): the feed-forward outputs read
+the GELU output, which has the largest such share in the first layers.
 """
 
 from __future__ import annotations
