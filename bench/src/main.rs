@@ -199,7 +199,7 @@ impl QaModel for OrtModel {
     }
 }
 
-fn load_model(dir: &Path, backend: &OnnxBackend) -> Result<(tokenizers::Tokenizer, OrtModel)> {
+fn load_model(dir: &Path, backend: &OnnxBackend) -> Result<(qa_guest::tokenize::QaTokenizer, OrtModel)> {
     let tokenizer = load_tokenizer(&std::fs::read(dir.join("tokenizer.json"))?)?;
     let profile = ModelProfile::from_config_json(&std::fs::read(dir.join("config.json"))?)?;
     if profile.f32_inputs {
@@ -212,7 +212,7 @@ fn load_model(dir: &Path, backend: &OnnxBackend) -> Result<(tokenizers::Tokenize
 
 /// Row 2: the guest's stages, natively.
 struct NativeRow {
-    tokenizer: tokenizers::Tokenizer,
+    tokenizer: qa_guest::tokenize::QaTokenizer,
     model: OrtModel,
 }
 

@@ -3,12 +3,12 @@
 
 use qa_guest::infer::{Logits, QaModel};
 use qa_guest::pipeline::{self, ModelProfile};
+use qa_guest::tokenize::QaTokenizer;
 use qa_guest::tokenize::load_tokenizer;
 use qa_guest::window::Batch;
 use qa_guest::{Decoding, Options, QaError};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use tokenizers::Tokenizer;
 
 wit_bindgen::generate!({
     world: "guest",
@@ -29,8 +29,7 @@ impl wit::Guest for Component {
                 let loaded = load_files(models, &model)?;
                 // Tokenize once, so what the tokenizer builds lazily on first use is built
                 // here, in the snapshot, instead of in every request.
-                qa_guest::tokenize::encode_windows(&mut loaded.tokenizer, "What is warm?", "The guest is warm.", &Options::default())
-                    .map(drop)
+                qa_guest::tokenize::encode_windows(&loaded.tokenizer, "What is warm?", "The guest is warm.", &Options::default()).map(drop)
             })
             .map_err(to_wit_error);
         // wasi-libc caches the preopened directories' handles on first use; those handles
@@ -111,7 +110,7 @@ fn to_wit_error(e: QaError) -> wit::QaError {
 /// A model's parsed files. The host runs each request in a fresh instance started from the
 /// snapshot `prepare` made, so these are parsed once per model, not per request.
 struct Loaded {
-    tokenizer: Tokenizer,
+    tokenizer: QaTokenizer,
     profile: ModelProfile,
 }
 
@@ -122,7 +121,7 @@ thread_local! {
 use qa_guest::Answered;
 
 fn answer(model: &str, question: &str, context: &str, options: &Options) -> Result<Answered, QaError> {
-    with_model(model, |loaded, nn| pipeline::answer(&mut loaded.tokenizer, &loaded.profile, nn, question, context, options))
+    with_model(model, |loaded, nn| pipeline::answer(&loaded.tokenizer, &loaded.profile, nn, question, context, options))
 }
 
 fn answer_many(model: &str, questions: &[String], context: &str, options: &Options) -> Result<Vec<Result<Answered, QaError>>, QaError> {

@@ -3,11 +3,11 @@
 use crate::extract::collect_answers;
 use crate::infer::QaModel;
 use crate::score::{TokenSpan, WindowScores, odds_against_no_answer, score_window};
+use crate::tokenize::QaTokenizer;
 use crate::tokenize::{Question, cut_windows, encode_context, encode_question, min_tokens, window_count, window_ranges};
 use crate::window::{Batch, Window};
 use crate::{Answered, Decoding, Options, QaError, Timings};
 use std::time::Instant;
-use tokenizers::Tokenizer;
 
 /// Windows per inference call: all windows of a short context go in one batch, long contexts
 /// in several, so activation memory stays bounded (attention alone is
@@ -75,7 +75,7 @@ impl ModelProfile {
 
 /// Answers `question` from `context`: up to `options.top_k` answers, best first.
 pub fn answer(
-    tokenizer: &Tokenizer,
+    tokenizer: &QaTokenizer,
     profile: &ModelProfile,
     model: &mut dyn QaModel,
     question: &str,
@@ -95,7 +95,7 @@ pub fn answer(
 /// (empty, too long, no room for the stride) fails only its entry; what fails them all (the
 /// options, the context, the window budget, inference) is the outer error.
 pub fn answer_many(
-    tokenizer: &Tokenizer,
+    tokenizer: &QaTokenizer,
     profile: &ModelProfile,
     model: &mut dyn QaModel,
     questions: &[&str],
@@ -232,7 +232,7 @@ fn odds_to_probability(answers: &mut [crate::Answer]) {
 /// Stages 1 and 2 for one question: checks the request, fits `options` to the model, and
 /// cuts the pair into windows. The benchmark's bare-inference row starts here.
 pub fn windows(
-    tokenizer: &Tokenizer,
+    tokenizer: &QaTokenizer,
     profile: &ModelProfile,
     question: &str,
     context: &str,
@@ -249,7 +249,7 @@ pub fn windows(
 /// is tokenized), then exactly, before any window is built.
 #[allow(clippy::type_complexity)]
 pub fn windows_many(
-    tokenizer: &Tokenizer,
+    tokenizer: &QaTokenizer,
     profile: &ModelProfile,
     questions: &[&str],
     context: &str,
@@ -394,6 +394,33 @@ mod tests {
         assert_eq!(answers[0].text, "1886");
         assert_eq!(timings.windows, 6);
         assert_eq!(model.rows_seen, [6], "six short windows fit the tokens of two full ones: one call");
+    }
+
+    /// Every family's answer is the whole word its token covers, in both decodings and over
+    /// windows of several lengths: byte-level BPE carries the word's leading space inside the
+    /// token ("Ġ1886"), and an offset trimmed twice once cut the answer to "886".
+    #[test]
+    fn every_tokenizer_family_answers_the_whole_word() {
+        let context = format!("{} benz patented it in 1886 .", "a b c d e f g h ".repeat(40));
+        for (name, tokenizer) in crate::tokenize::tests::families() {
+            let tok = crate::tokenize::QaTokenizer::new(tokenizer).unwrap();
+            let ids = tok.encode_sequence(" 1886").unwrap().get_ids().to_vec();
+            let token = i64::from(*ids.last().unwrap());
+            for (decoding, max_seq_len) in
+                [(Decoding::Pipeline, 384), (Decoding::Document, 384), (Decoding::Pipeline, 48), (Decoding::Pipeline, 4096)]
+            {
+                let mut model = Spotlight { token, calls: 0, rows_seen: vec![] };
+                let options = Options { decoding, max_seq_len, doc_stride: 16, ..Options::default() };
+                let (answers, timings) = answer(&tok, &BERT_PROFILE, &mut model, "when", &context, &options).unwrap();
+                let case = format!("{name}, {decoding:?}, {} window(s)", timings.windows);
+                // Metaspace without a whitespace split leaves the space inside the token's
+                // offsets (as `tokenizers` gives them, and so the reference pipeline's answer).
+                let word = if name.contains("metaspace only") { " 1886" } else { "1886" };
+                assert_eq!(answers[0].text, word, "{case}");
+                let start = context.find(word).unwrap();
+                assert_eq!((answers[0].start, answers[0].end), (start, start + word.len()), "{case}");
+            }
+        }
     }
 
     /// A model that records each call's shape, answering as [`Spotlight`].

@@ -12,24 +12,70 @@
 
 use crate::{Decoding, Options, QaError};
 use std::ops::Range;
+use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{Encoding, PostProcessor, Tokenizer};
 
-/// Parses a `tokenizer.json`, switching off padding and truncation the file may carry
-/// (windows are cut here, padding happens per batch).
-pub fn load_tokenizer(json: &[u8]) -> Result<Tokenizer, QaError> {
-    let mut tokenizer = Tokenizer::from_bytes(json).map_err(|e| QaError::ModelInvalid(format!("tokenizer.json does not parse: {e}")))?;
-    tokenizer.with_padding(None);
-    tokenizer.with_truncation(None).map_err(|e| QaError::ModelInvalid(format!("tokenizer.json: {e}")))?;
-    Ok(tokenizer)
+/// A model's tokenizer, split where windows are cut: `sequences` turns one text into tokens
+/// (normalizer, pre-tokenizer, model), `joiner` builds a window from a question and a piece of
+/// the context (special tokens, type ids, and, for byte-level BPE, offsets trimmed of the
+/// leading space a token carries).
+///
+/// Kept apart because the post-processor must run exactly once on each token, as it does when
+/// `tokenizers` encodes a pair: `Tokenizer::encode` of one sequence already post-processes it,
+/// and RoBERTa's post-processor trims offsets each time it runs, so running it again on the
+/// window moved every answer's start one character to the right.
+#[derive(Clone, Debug)]
+pub struct QaTokenizer {
+    sequences: Tokenizer,
+    joiner: Option<PostProcessorWrapper>,
+}
+
+impl QaTokenizer {
+    /// Splits `tokenizer`, switching off padding and truncation the file may carry (windows
+    /// are cut here, padding happens per batch).
+    pub fn new(mut tokenizer: Tokenizer) -> Result<Self, QaError> {
+        tokenizer.with_padding(None);
+        tokenizer.with_truncation(None).map_err(|e| QaError::ModelInvalid(format!("tokenizer.json: {e}")))?;
+        let joiner = tokenizer.get_post_processor().cloned();
+        tokenizer.with_post_processor(None::<PostProcessorWrapper>);
+        Ok(Self { sequences: tokenizer, joiner })
+    }
+
+    /// One text's tokens with byte offsets into it, before any post-processing.
+    pub fn encode_sequence(&self, text: &str) -> tokenizers::Result<Encoding> {
+        self.sequences.encode(text, false)
+    }
+
+    /// The window `[special] question [special] context [special]`, as the post-processor
+    /// builds a pair.
+    pub fn join(&self, question: Encoding, context: Encoding) -> tokenizers::Result<Encoding> {
+        match &self.joiner {
+            Some(joiner) => joiner.process(question, Some(context), true),
+            None => <dyn PostProcessor>::default_process(vec![question, context], true)?
+                .pop()
+                .ok_or_else(|| "the pair joined into no encoding".into()),
+        }
+    }
+
+    /// Special tokens a window of a pair holds.
+    pub fn pair_special_tokens(&self) -> usize {
+        self.joiner.as_ref().map_or(0, |joiner| joiner.added_tokens(true))
+    }
+}
+
+/// Parses a `tokenizer.json` into a [`QaTokenizer`].
+pub fn load_tokenizer(json: &[u8]) -> Result<QaTokenizer, QaError> {
+    let tokenizer = Tokenizer::from_bytes(json).map_err(|e| QaError::ModelInvalid(format!("tokenizer.json does not parse: {e}")))?;
+    QaTokenizer::new(tokenizer)
 }
 
 /// The context's tokens, as the second sequence of a pair (type id 1), before windows.
 ///
-/// Rebuilt without the sequence ids `encode` gives a single sequence (a template post-processor
-/// marks it sequence 0): left in, each window would mark its context as sequence 0 and 1 at
-/// once, and which one a token reports would depend on hash-map order.
-pub fn encode_context(tokenizer: &Tokenizer, context: &str) -> Result<Context, QaError> {
-    let encoding = tokenizer.encode(context, false).map_err(|e| QaError::InvalidInput(format!("context does not tokenize: {e}")))?;
+/// Rebuilt as the second sequence (type id 1) without sequence ids of its own: left in, each
+/// window would mark its context as sequence 0 and 1 at once, and which one a token reports
+/// would depend on hash-map order.
+pub fn encode_context(tokenizer: &QaTokenizer, context: &str) -> Result<Context, QaError> {
+    let encoding = tokenizer.encode_sequence(context).map_err(|e| QaError::InvalidInput(format!("context does not tokenize: {e}")))?;
     let offsets = encoding.get_offsets();
     // The text between each token and the one before it.
     let gaps: Vec<&str> = (1..offsets.len())
@@ -115,11 +161,11 @@ pub struct Question {
 
 /// Tokenizes `question` and checks it against `options`: not empty, within the question
 /// limit, leaving room for the context and for `doc_stride`.
-pub fn encode_question(tokenizer: &Tokenizer, question: &str, options: &Options) -> Result<Question, QaError> {
+pub fn encode_question(tokenizer: &QaTokenizer, question: &str, options: &Options) -> Result<Question, QaError> {
     if question.trim().is_empty() {
         return Err(QaError::InvalidInput("question is empty".into()));
     }
-    let encoding = tokenizer.encode(question, false).map_err(|e| QaError::InvalidInput(format!("question does not tokenize: {e}")))?;
+    let encoding = tokenizer.encode_sequence(question).map_err(|e| QaError::InvalidInput(format!("question does not tokenize: {e}")))?;
     let tokens = encoding.len();
     if tokens == 0 {
         return Err(QaError::InvalidInput("question has no tokens".into()));
@@ -127,7 +173,7 @@ pub fn encode_question(tokenizer: &Tokenizer, question: &str, options: &Options)
     if tokens > options.max_question_len {
         return Err(QaError::InvalidInput(format!("question is {tokens} tokens, the limit is {}", options.max_question_len)));
     }
-    let special = tokenizer.get_post_processor().map(|p| p.added_tokens(true)).unwrap_or(0);
+    let special = tokenizer.pair_special_tokens();
     let room = options.max_seq_len.checked_sub(tokens + special).filter(|room| *room >= 2).ok_or_else(|| {
         QaError::InvalidOption(format!(
             "max_seq_len {} leaves no room for the context after a {tokens}-token question",
@@ -161,12 +207,12 @@ pub fn min_tokens(context: &str) -> usize {
 /// The question's windows over the context: each is `[special] question [special] piece
 /// [special]` as the tokenizer's post-processor builds it, the pieces those of
 /// [`window_ranges`].
-pub fn cut_windows(tokenizer: &Tokenizer, question: &Question, context: &Context, options: &Options) -> Result<Vec<Encoding>, QaError> {
+pub fn cut_windows(tokenizer: &QaTokenizer, question: &Question, context: &Context, options: &Options) -> Result<Vec<Encoding>, QaError> {
     window_ranges(context, question.room, options)
         .into_iter()
         .map(|range| {
             tokenizer
-                .post_process(question.encoding.clone(), Some(slice(&context.encoding, range)), true)
+                .join(question.encoding.clone(), slice(&context.encoding, range))
                 .map_err(|e| QaError::InvalidInput(format!("windows cannot be built: {e}")))
         })
         .collect()
@@ -201,7 +247,7 @@ fn stride_ranges(span: Range<usize>, room: usize, stride: usize) -> Vec<Range<us
 
 /// Encodes the pair into windows of at most `options.max_seq_len` tokens that together cover
 /// the whole context, consecutive windows sharing `options.doc_stride` context tokens.
-pub fn encode_windows(tokenizer: &Tokenizer, question: &str, context: &str, options: &Options) -> Result<Vec<Encoding>, QaError> {
+pub fn encode_windows(tokenizer: &QaTokenizer, question: &str, context: &str, options: &Options) -> Result<Vec<Encoding>, QaError> {
     let question = encode_question(tokenizer, question, options)?;
     let context = encode_context(tokenizer, context)?;
     cut_windows(tokenizer, &question, &context, options)
@@ -213,7 +259,12 @@ pub(crate) mod tests {
 
     /// A tiny uncased BERT-style tokenizer.json: enough to exercise windows and offsets
     /// without shipping a vocabulary in the unit tests.
-    pub(crate) fn tiny_tokenizer() -> Tokenizer {
+    pub(crate) fn tiny_tokenizer() -> QaTokenizer {
+        QaTokenizer::new(tiny_bert()).unwrap()
+    }
+
+    /// [`tiny_tokenizer`] as `tokenizers` loads it, the reference for windows.
+    fn tiny_bert() -> Tokenizer {
         let words = [
             "[PAD]", "[UNK]", "[CLS]", "[SEP]", "when", "was", "the", "car", "invented", "?", "in", "1886", "benz", "patented", "it", ".",
             "cafe", "is", "open", "a", "b", "c", "d", "e", "f", "g", "h", "where", "answer", "here", "##s", "東", "京", "😀",
@@ -234,7 +285,7 @@ pub(crate) mod tests {
                       "max_input_chars_per_word": 100, "vocab": vocab}
         });
         // Padding and truncation in the file (as in many published tokenizers) are switched off.
-        load_tokenizer(json.to_string().as_bytes()).unwrap()
+        Tokenizer::from_bytes(json.to_string()).unwrap()
     }
 
     #[test]
@@ -263,8 +314,8 @@ pub(crate) mod tests {
     }
 
     /// The tiny tokenizer with a template post-processor, as published BERT tokenizers have.
-    pub(crate) fn tiny_template_tokenizer() -> Tokenizer {
-        let mut json: serde_json::Value = serde_json::from_str(&tiny_tokenizer().to_string(false).unwrap()).unwrap();
+    fn tiny_template_bert() -> Tokenizer {
+        let mut json: serde_json::Value = serde_json::from_str(&tiny_bert().to_string(false).unwrap()).unwrap();
         json["post_processor"] = serde_json::json!({
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
@@ -275,7 +326,7 @@ pub(crate) mod tests {
             "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
                                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}
         });
-        load_tokenizer(json.to_string().as_bytes()).unwrap()
+        Tokenizer::from_bytes(json.to_string()).unwrap()
     }
 
     /// Cutting windows from the context tokenized once gives exactly what `tokenizers` gives
@@ -284,21 +335,160 @@ pub(crate) mod tests {
     /// order, which changes from map to map.
     #[test]
     fn windows_cut_from_the_context_equal_the_tokenizers_pair_encoding() {
-        for tok in (0..12).flat_map(|_| [tiny_tokenizer(), tiny_template_tokenizer()]) {
+        for tok in (0..12).flat_map(|_| [tiny_bert(), tiny_template_bert()]) {
             // A context without line breaks: both decodings cut the reference's windows.
             windows_equal_pair_encoding(&tok, Decoding::Pipeline);
             windows_equal_pair_encoding(&tok, Decoding::Document);
         }
     }
 
-    fn windows_equal_pair_encoding(tok: &Tokenizer, decoding: Decoding) {
+    /// Every tokenizer family the Hub's QA models use cuts the same windows as `tokenizers`
+    /// encoding the pair: the same ids, type ids and, above all, offsets, which the
+    /// post-processor of byte-level BPE trims (RoBERTa lost each answer's first character when
+    /// it ran twice).
+    #[test]
+    fn every_tokenizer_family_cuts_the_windows_tokenizers_gives_the_pair() {
+        for (name, tok) in families() {
+            for decoding in [Decoding::Pipeline, Decoding::Document] {
+                eprintln!("{name} {decoding:?}");
+                windows_equal_pair_encoding(&tok, decoding);
+            }
+        }
+    }
+
+    /// Words the tiny BPE and Unigram vocabularies hold whole (with and without the
+    /// word-start marker), so their tokens carry a leading space as real vocabularies' do.
+    const WORDS: [&str; 16] =
+        ["when", "was", "the", "car", "invented", "in", "1886", "benz", "patented", "it", "cafe", "is", "open", "where", "answer", "here"];
+
+    /// One tokenizer of each family: WordPiece uncased and cased (BERT, DistilBERT), byte-level
+    /// BPE without and with a prefix space (RoBERTa), byte-level BPE with a byte-level
+    /// post-processor (GPT-2 style), and Unigram with Metaspace, with the XLM-RoBERTa template
+    /// and with the `[CLS]`/`[SEP]` template and type ids (ALBERT, DeBERTa-v3).
+    pub(crate) fn families() -> Vec<(&'static str, Tokenizer)> {
+        let mut cased: serde_json::Value = serde_json::from_str(&tiny_template_bert().to_string(false).unwrap()).unwrap();
+        cased["normalizer"]["lowercase"] = false.into();
+        vec![
+            ("wordpiece uncased", tiny_bert()),
+            ("wordpiece uncased, template", tiny_template_bert()),
+            ("wordpiece cased", Tokenizer::from_bytes(cased.to_string()).unwrap()),
+            ("byte-level bpe (roberta)", tiny_byte_level_bpe(false, roberta_processing(false))),
+            ("byte-level bpe, prefix space (roberta)", tiny_byte_level_bpe(true, roberta_processing(true))),
+            (
+                "byte-level bpe, byte-level post-processor",
+                tiny_byte_level_bpe(
+                    false,
+                    serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+                ),
+            ),
+            ("unigram, whitespace split + metaspace, xlm-roberta template", tiny_unigram(["<s>", "</s>"], true)),
+            ("unigram, metaspace only, [CLS]/[SEP] template (albert, deberta-v3)", tiny_unigram(["[CLS]", "[SEP]"], false)),
+        ]
+    }
+
+    fn roberta_processing(add_prefix_space: bool) -> serde_json::Value {
+        serde_json::json!({"type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0], "trim_offsets": true,
+                           "add_prefix_space": add_prefix_space})
+    }
+
+    fn special_tokens(tokens: &[&str]) -> serde_json::Value {
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(id, token)| {
+                serde_json::json!({"id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false,
+                                   "normalized": false, "special": true})
+            })
+            .collect()
+    }
+
+    /// Byte-level BPE as RoBERTa's: every byte a token, and merges that make each of [`WORDS`]
+    /// one token, with its leading space ("Ġcar") and without.
+    fn tiny_byte_level_bpe(add_prefix_space: bool, post_processor: serde_json::Value) -> Tokenizer {
+        let specials = ["<s>", "<pad>", "</s>", "<unk>"];
+        let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort_unstable();
+        let mut vocab: Vec<String> = specials.iter().map(|s| s.to_string()).chain(alphabet.iter().map(char::to_string)).collect();
+        let mut merges: Vec<String> = Vec::new();
+        // The words with their leading space first: merges apply in rank order, so "Ġthe" is one
+        // token only if its merges rank above those of "the".
+        for word in WORDS.iter().map(|w| format!("Ġ{w}")).chain(WORDS.iter().map(|w| w.to_string())) {
+            let mut chars = word.chars();
+            let mut piece = chars.next().unwrap().to_string();
+            for c in chars {
+                let merge = format!("{piece} {c}");
+                piece.push(c);
+                if !merges.contains(&merge) {
+                    merges.push(merge);
+                    vocab.push(piece.clone());
+                }
+            }
+        }
+        let vocab: serde_json::Map<String, serde_json::Value> = vocab.into_iter().enumerate().map(|(i, t)| (t, i.into())).collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": special_tokens(&specials),
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": true, "use_regex": true},
+            "post_processor": post_processor,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
+        });
+        Tokenizer::from_bytes(json.to_string()).unwrap()
+    }
+
+    /// Unigram with Metaspace (SentencePiece) as XLM-RoBERTa's on the Hub (white space split
+    /// first, `<s> A </s></s> B </s>`, no type ids) or as ALBERT's and DeBERTa-v3's converted
+    /// tokenizers (Metaspace alone, `[CLS] A [SEP] B [SEP]`, type ids 0 and 1).
+    fn tiny_unigram([cls, sep]: [&str; 2], xlm_roberta: bool) -> Tokenizer {
+        let specials = [cls, "<pad>", sep, "<unk>"];
+        let mut vocab: Vec<(String, f64)> = specials.iter().map(|s| (s.to_string(), 0.0)).collect();
+        vocab.push(("▁".into(), -3.0));
+        vocab.extend(WORDS.iter().flat_map(|w| [(format!("▁{w}"), -1.0), (w.to_string(), -2.0)]));
+        vocab.extend("abcdefghijklmnopqrstuvwxyz0123456789.?".chars().map(|c| (c.to_string(), -5.0)));
+        let special = |token: &str, type_id: u32| serde_json::json!({"SpecialToken": {"id": token, "type_id": type_id}});
+        let sequence = |id: &str, type_id: u32| serde_json::json!({"Sequence": {"id": id, "type_id": type_id}});
+        let second = u32::from(!xlm_roberta);
+        let mut pair = vec![special(cls, 0), sequence("A", 0), special(sep, 0)];
+        if xlm_roberta {
+            pair.push(special(sep, 0));
+        }
+        pair.extend([sequence("B", second), special(sep, second)]);
+        let metaspace = serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": special_tokens(&specials),
+            "normalizer": null,
+            "pre_tokenizer": if xlm_roberta {
+                serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"}, metaspace]})
+            } else {
+                metaspace.clone()
+            },
+            "post_processor": {"type": "TemplateProcessing",
+                "single": [special(cls, 0), sequence("A", 0), special(sep, 0)],
+                "pair": pair,
+                "special_tokens": {cls: {"id": cls, "ids": [0], "tokens": [cls]}, sep: {"id": sep, "ids": [2], "tokens": [sep]}}},
+            "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true},
+            "model": {"type": "Unigram", "unk_id": 3, "vocab": vocab, "byte_fallback": false}
+        });
+        Tokenizer::from_bytes(json.to_string()).unwrap()
+    }
+
+    fn windows_equal_pair_encoding(reference: &Tokenizer, decoding: Decoding) {
         use tokenizers::{EncodeInput, TruncationDirection, TruncationParams, TruncationStrategy};
+        let tok = &QaTokenizer::new(reference.clone()).unwrap();
+        let type_ids_only_on_the_first_window = reference.to_string(false).unwrap().contains(r#""B","type_id":0"#);
         let context = "benz patented it in 1886 . the car was invented in 1886 . a b c d e f g h cafe is open 東京 😀 ".repeat(5);
-        for (max_seq_len, doc_stride) in [(16, 4), (16, 6), (16, 0), (24, 1), (24, 14), (12, 2), (384, 128)] {
+        // Windows with room for this many context tokens, whatever the family makes of the question.
+        let question_tokens = tok.encode_sequence("when was the car invented ?").unwrap().len() + tok.pair_special_tokens();
+        for (room, doc_stride) in [(7, 4), (7, 6), (7, 0), (15, 1), (15, 14), (3, 2), (375, 128)] {
+            let max_seq_len = question_tokens + room;
             let options = Options { max_seq_len, doc_stride, decoding, ..Options::default() };
             let ours = encode_windows(tok, "when was the car invented ?", &context, &options).unwrap();
-            let mut reference = tok.clone();
+            let mut reference = reference.clone();
             reference
+                .with_padding(None)
                 .with_truncation(Some(TruncationParams {
                     direction: TruncationDirection::Right,
                     max_length: max_seq_len,
@@ -310,9 +500,15 @@ pub(crate) mod tests {
                 reference.encode(EncodeInput::Dual("when was the car invented ?".into(), context.as_str().into()), true).unwrap();
             let expected: Vec<Encoding> = std::iter::once(first.clone()).chain(first.take_overflowing()).collect();
             assert_eq!(ours.len(), expected.len(), "{max_seq_len}/{doc_stride}");
-            for (a, b) in ours.iter().zip(&expected) {
+            for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
                 assert_eq!(a.get_ids(), b.get_ids());
-                assert_eq!(a.get_type_ids(), b.get_type_ids());
+                // A template that gives the second sequence type id 0 (XLM-RoBERTa's) sets it on
+                // the first window only: `tokenizers` leaves the overflowing windows' context at
+                // the type id it was encoded with (1). Such models take no type ids
+                // (`type_vocab_size` 1), so only the windows the template reaches are compared.
+                if i == 0 || !type_ids_only_on_the_first_window {
+                    assert_eq!(a.get_type_ids(), b.get_type_ids(), "window {i}");
+                }
                 assert_eq!(a.get_offsets(), b.get_offsets());
                 assert_eq!(a.get_special_tokens_mask(), b.get_special_tokens_mask());
                 assert_eq!(a.get_attention_mask(), b.get_attention_mask());
