@@ -21,10 +21,12 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 # Real stand-ins for AWS, from PyPI: cargo-lambda's Lambda Runtime API emulator and moto's
-# S3-compatible server; onnx for the float32-input model; onnxruntime and tokenizers for the
-# benchmark's Python row. Installed into .cache/tools-venv once; reinstalled when the pinned
-# versions change. Before the package build below, which installs into the same environment.
-TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5 onnx==1.19.1 onnxruntime==1.22.1 tokenizers==0.22.2"
+# S3-compatible server, with awscrt (botocore[crt]'s pin), without which moto stores a CRC32
+# labelled CRC64NVME for uploads that ask for CRC64NVME; onnx for the float32-input model;
+# onnxruntime and tokenizers for the benchmark's Python row. Installed into .cache/tools-venv
+# once; reinstalled when the pinned versions change. Before the package build below, which
+# installs into the same environment.
+TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5 awscrt==0.38.0 onnx==1.19.1 onnxruntime==1.22.1 tokenizers==0.22.2"
 export CARGO_LAMBDA="$PWD/.cache/tools-venv/bin/cargo-lambda"
 export MOTO_SERVER="$PWD/.cache/tools-venv/bin/moto_server"
 if [ "$(cat .cache/tools-venv/.installed 2>/dev/null)" != "$TOOLS" ]; then

@@ -163,6 +163,12 @@ impl HostConfig {
         if let Some(attempts) = env.positive::<u32>("QA_S3_MAX_ATTEMPTS", "a whole number of attempts, at least 1")? {
             s3.max_attempts = attempts;
         }
+        if let Some(mb) = env.positive::<u64>("QA_S3_PART_MB", "a whole number of MiB, at least 1")? {
+            s3.part_bytes = mb.saturating_mul(1 << 20);
+        }
+        if let Some(parts) = env.positive::<usize>("QA_S3_CONCURRENCY", "a whole number of parts, at least 1")? {
+            s3.concurrency = parts;
+        }
         let guest_deadline = env.millis("QA_GUEST_DEADLINE_MS")?.unwrap_or(Duration::from_secs(30));
         let serve = {
             let defaults = ServeLimits::for_deadline(guest_deadline);
@@ -330,6 +336,16 @@ mod tests {
         assert_eq!((c.serve.header_timeout, c.serve.request_timeout), (Duration::from_millis(10_000), Duration::from_millis(40_000)));
         assert_eq!((c.serve.max_requests, c.serve.max_connections), (64, 1024));
         assert_eq!((c.s3.attempt_timeout, c.s3.max_attempts), (Duration::from_millis(30_000), 4));
+        assert_eq!((c.s3.part_bytes, c.s3.concurrency), (8 << 20, 4));
+    }
+
+    #[test]
+    fn the_ranged_download_s_part_size_and_concurrency_are_read_and_checked() {
+        let c = config(&[("QA_S3_PART_MB", "64"), ("QA_S3_CONCURRENCY", "16")]).unwrap();
+        assert_eq!((c.s3.part_bytes, c.s3.concurrency), (64 << 20, 16));
+        for bad in [("QA_S3_PART_MB", "0"), ("QA_S3_CONCURRENCY", "0"), ("QA_S3_PART_MB", "8M")] {
+            assert!(config(&[bad]).unwrap_err().to_string().contains(bad.0), "{bad:?}");
+        }
     }
 
     #[test]

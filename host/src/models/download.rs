@@ -6,9 +6,13 @@
 //! the last request using it lets go ([`VersionLease`]).
 //!
 //! A source brings the listing, the version fingerprint and the transfer of one file
-//! ([`DownloadCache::publish`]'s `download`); everything else is here.
+//! ([`DownloadCache::publish`]'s `download`), which says what the source vouches for about the
+//! content ([`Integrity`]); everything else is here, verification included: the file is checked
+//! whole, as assembled on disk, since sources fetch it in ranged parts.
 
 use super::{LocalModel, SourceError, VersionLease, local_failure};
+use aws_smithy_checksums::ChecksumAlgorithm;
+use base64::Engine as _;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -25,10 +29,22 @@ pub struct Expected {
     /// Where it comes from, for error messages (`s3://bucket/key`).
     pub url: String,
     pub size: u64,
-    /// Hex MD5 of the content, when the source knows it (an S3 single-part ETag).
-    pub md5: Option<String>,
-    /// Hex SHA-256 of the content, when a manifest gives it.
+    /// Hex SHA-256 of the content, when the operator pinned one in the manifest: checked
+    /// whatever the source vouches for.
     pub sha256: Option<String>,
+}
+
+/// What the source vouches for about a file's content beyond its size, the strongest it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Integrity {
+    /// A checksum of the whole content that the store keeps (S3's full-object
+    /// `x-amz-checksum-*`): the algorithm and the value as the store gives it (base64).
+    Stored { algorithm: ChecksumAlgorithm, base64: String },
+    /// The content's MD5 in hex (the ETag of an S3 single-part upload that is neither SSE-KMS
+    /// nor SSE-C encrypted).
+    Md5(String),
+    /// Nothing; why, for the operator's log.
+    Unknown(String),
 }
 
 /// One model's downloaded versions: `<root>/<version>/` each, published atomically.
@@ -61,13 +77,14 @@ impl DownloadCache {
         dir.join(COMPLETE).is_file().then(|| LocalModel { lease: Some(self.lease(version, &dir)), dir, version: version.to_string() })
     }
 
-    /// Downloads `files` (each by `download(file, destination)`), verifies each against its
-    /// [`Expected`], and publishes them as `version`. On any failure nothing is kept.
+    /// Downloads `files` (each by `download(file, destination)`, which answers what the source
+    /// vouches for), verifies each against its [`Expected`] and that [`Integrity`], and
+    /// publishes them as `version`. On any failure nothing is kept.
     pub async fn publish<T, F, Fut>(&self, version: &str, files: &[T], download: F) -> Result<LocalModel, SourceError>
     where
         T: AsRef<Expected>,
         F: Fn(&T, PathBuf) -> Fut,
-        Fut: Future<Output = Result<(), SourceError>>,
+        Fut: Future<Output = Result<Integrity, SourceError>>,
     {
         if let Some(published) = self.published(version) {
             return Ok(published);
@@ -95,10 +112,20 @@ impl DownloadCache {
             for file in files {
                 let expected = file.as_ref().clone();
                 let path = partial.join(&expected.file);
-                download(file, path.clone()).await?;
-                tokio::task::spawn_blocking(move || verify(&expected, &path))
+                let integrity = download(file, path.clone()).await?;
+                let (origin, file) = (self.origin, expected.file.clone());
+                let checks = tokio::task::spawn_blocking(move || verify(&expected, &integrity, origin, &path))
                     .await
                     .map_err(|e| SourceError::Unavailable(format!("verifying: {e}")))??;
+                match checks {
+                    Checked::By(checks) => tracing::info!(model = %self.name, %file, checks, "download verified"),
+                    Checked::SizeOnly(why) => tracing::warn!(
+                        model = %self.name,
+                        %file,
+                        why,
+                        "download verified by its size only: pin its SHA-256 in the manifest (QA_MODELS_FILE), or upload it with a checksum"
+                    ),
+                }
             }
             std::fs::write(partial.join(COMPLETE), version.as_bytes()).map_err(io)?;
             match std::fs::rename(&partial, &dir) {
@@ -148,12 +175,27 @@ impl DownloadCache {
     }
 }
 
-/// Size, MD5 and SHA-256 of the file at `path` against `expected`.
-fn verify(expected: &Expected, path: &Path) -> Result<(), SourceError> {
+/// What a verified file was checked against beyond its size, for the log.
+#[derive(Debug, PartialEq, Eq)]
+enum Checked {
+    /// The checks made ("S3's stored CRC64NVME and the manifest's SHA-256").
+    By(String),
+    /// Nothing but the size could be checked; why.
+    SizeOnly(String),
+}
+
+/// The file at `path` against its size, what the source vouches for (`integrity`, from
+/// `origin`) and the manifest's SHA-256, in one pass over the assembled file.
+fn verify(expected: &Expected, integrity: &Integrity, origin: &str, path: &Path) -> Result<Checked, SourceError> {
     let corrupt = |what: String| SourceError::Corrupt(format!("{}: {what}; the download was discarded", expected.url));
     let unreadable = |e: std::io::Error| local_failure("reading a downloaded file", path, e);
     let mut file = std::fs::File::open(path).map_err(unreadable)?;
-    let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+    let mut stored = match integrity {
+        Integrity::Stored { algorithm, .. } => Some(algorithm.into_impl()),
+        _ => None,
+    };
+    let mut md5 = matches!(integrity, Integrity::Md5(_)).then(Md5::new);
+    let mut sha = expected.sha256.as_ref().map(|_| Sha256::new());
     let mut buffer = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -161,26 +203,50 @@ fn verify(expected: &Expected, path: &Path) -> Result<(), SourceError> {
         if n == 0 {
             break;
         }
-        md5.update(&buffer[..n]);
-        sha.update(&buffer[..n]);
+        if let Some(stored) = stored.as_mut() {
+            stored.update(&buffer[..n]);
+        }
+        if let Some(md5) = md5.as_mut() {
+            md5.update(&buffer[..n]);
+        }
+        if let Some(sha) = sha.as_mut() {
+            sha.update(&buffer[..n]);
+        }
         total += n as u64;
     }
     if total != expected.size {
         return Err(corrupt(format!("{total} bytes, the listing says {}", expected.size)));
     }
-    if let Some(want) = &expected.md5 {
-        let got = hex::encode(md5.finalize());
-        if !got.eq_ignore_ascii_case(want) {
-            return Err(corrupt(format!("MD5 {got} does not match the ETag {want}")));
+    let mut checks = Vec::new();
+    match integrity {
+        Integrity::Stored { algorithm, base64 } => {
+            let name = algorithm.as_str().to_ascii_uppercase();
+            let got = stored.map(|s| base64::engine::general_purpose::STANDARD.encode(s.finalize())).unwrap_or_default();
+            if got != *base64 {
+                return Err(corrupt(format!("{name} {got} does not match the checksum {origin} stored, {base64}")));
+            }
+            checks.push(format!("{origin}'s stored {name}"));
         }
+        Integrity::Md5(want) => {
+            let got = md5.map(|m| hex::encode(m.finalize())).unwrap_or_default();
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(corrupt(format!("MD5 {got} does not match the ETag {want}")));
+            }
+            checks.push("the ETag's MD5".to_string());
+        }
+        Integrity::Unknown(_) => {}
     }
-    if let Some(want) = &expected.sha256 {
+    if let (Some(want), Some(sha)) = (&expected.sha256, sha) {
         let got = hex::encode(sha.finalize());
         if !got.eq_ignore_ascii_case(want) {
             return Err(corrupt(format!("SHA-256 {got} does not match the manifest's {want}")));
         }
+        checks.push("the manifest's SHA-256".to_string());
     }
-    Ok(())
+    Ok(match (checks.is_empty(), integrity) {
+        (true, Integrity::Unknown(why)) => Checked::SizeOnly(why.clone()),
+        _ => Checked::By(checks.join(" and ")),
+    })
 }
 
 /// Removes downloads interrupted by processes that died (they were never loaded) and, once
@@ -207,10 +273,11 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
-    /// A file to publish and the bytes its "download" writes.
+    /// A file to publish, the bytes its "download" writes and what the source vouches for.
     struct Remote {
         expected: Expected,
         bytes: Vec<u8>,
+        integrity: Integrity,
     }
 
     impl AsRef<Expected> for Remote {
@@ -219,20 +286,30 @@ mod tests {
         }
     }
 
+    /// A file whose ETag is its MD5 and whose SHA-256 the manifest pins.
     fn remote(file: &str, bytes: &[u8]) -> Remote {
         let expected = Expected {
             file: file.into(),
             url: format!("test://{file}"),
             size: bytes.len() as u64,
-            md5: Some(hex::encode(Md5::digest(bytes))),
             sha256: Some(hex::encode(Sha256::digest(bytes))),
         };
-        Remote { expected, bytes: bytes.to_vec() }
+        Remote { expected, bytes: bytes.to_vec(), integrity: Integrity::Md5(hex::encode(Md5::digest(bytes))) }
+    }
+
+    /// `algorithm`'s checksum of `bytes` as S3 gives it (base64).
+    fn stored(algorithm: &str, bytes: &[u8]) -> Integrity {
+        let algorithm: ChecksumAlgorithm = algorithm.parse().unwrap();
+        let mut checksum = algorithm.into_impl();
+        checksum.update(bytes);
+        Integrity::Stored { algorithm, base64: base64::engine::general_purpose::STANDARD.encode(checksum.finalize()) }
     }
 
     /// A transfer that writes the file's bytes at once.
-    fn write(file: &Remote, path: PathBuf) -> std::future::Ready<Result<(), SourceError>> {
-        std::future::ready(std::fs::write(path, &file.bytes).map_err(|e| SourceError::Unavailable(e.to_string())))
+    fn write(file: &Remote, path: PathBuf) -> std::future::Ready<Result<Integrity, SourceError>> {
+        std::future::ready(
+            std::fs::write(path, &file.bytes).map(|()| file.integrity.clone()).map_err(|e| SourceError::Unavailable(e.to_string())),
+        )
     }
 
     /// Everything under `root` but directories.
@@ -259,19 +336,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_size_md5_or_sha256_mismatch_is_corrupt_and_leaves_nothing() {
+    async fn a_size_stored_checksum_md5_or_sha256_mismatch_is_corrupt_and_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0);
-        let tampered = |edit: fn(&mut Expected)| {
+        let tampered = |edit: fn(&mut Remote)| {
             let mut file = remote("model.onnx", b"weights");
-            edit(&mut file.expected);
+            edit(&mut file);
             [remote("config.json", b"{}"), file]
         };
-        type Tamper = fn(&mut Expected);
-        let cases: [(&str, Tamper); 3] = [
-            ("bytes, the listing says", |e| e.size += 1),
-            ("does not match the ETag", |e| e.md5 = Some(hex::encode(Md5::digest(b"other")))),
-            ("does not match the manifest", |e| e.sha256 = Some(hex::encode(Sha256::digest(b"other")))),
+        type Tamper = fn(&mut Remote);
+        let cases: [(&str, Tamper); 5] = [
+            ("bytes, the listing says", |r| r.expected.size += 1),
+            ("CRC64NVME", |r| r.integrity = stored("crc64nvme", b"other")),
+            ("SHA256", |r| r.integrity = stored("sha256", b"other")),
+            ("does not match the ETag", |r| r.integrity = Integrity::Md5(hex::encode(Md5::digest(b"other")))),
+            ("does not match the manifest", |r| r.expected.sha256 = Some(hex::encode(Sha256::digest(b"other")))),
         ];
         for (message, edit) in cases {
             let error = cache.publish("v1", &tampered(edit), write).await.unwrap_err();
@@ -284,6 +363,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn each_check_is_made_and_named_and_a_file_with_none_passes_on_its_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        std::fs::write(&path, b"weights").unwrap();
+        let mut expected = remote("f", b"weights").expected;
+        for algorithm in ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"] {
+            let checked = verify(&expected, &stored(algorithm, b"weights"), "S3", &path).unwrap();
+            let name = algorithm.to_ascii_uppercase();
+            assert_eq!(checked, Checked::By(format!("S3's stored {name} and the manifest's SHA-256")));
+            let error = verify(&expected, &stored(algorithm, b"weightz"), "S3", &path).unwrap_err();
+            assert!(
+                matches!(&error, SourceError::Corrupt(text) if text.contains(&format!("{name} ")) && text.contains("S3 stored")),
+                "{error}"
+            );
+        }
+        let md5 = Integrity::Md5(hex::encode(Md5::digest(b"weights")));
+        assert_eq!(verify(&expected, &md5, "S3", &path).unwrap(), Checked::By("the ETag's MD5 and the manifest's SHA-256".into()));
+        let none = Integrity::Unknown("no checksum".into());
+        assert_eq!(verify(&expected, &none, "S3", &path).unwrap(), Checked::By("the manifest's SHA-256".into()));
+        expected.sha256 = None;
+        assert_eq!(verify(&expected, &none, "S3", &path).unwrap(), Checked::SizeOnly("no checksum".into()));
+        expected.size += 1;
+        assert!(matches!(verify(&expected, &none, "S3", &path), Err(SourceError::Corrupt(_))), "the size is always checked");
+    }
+
     #[tokio::test]
     async fn a_failed_transfer_leaves_nothing_and_too_little_space_downloads_nothing() {
         let tmp = tempfile::tempdir().unwrap();
@@ -294,7 +399,7 @@ mod tests {
             let (bytes, fail) = (file.bytes.clone(), file.expected.file == "b");
             async move {
                 std::fs::write(path, if fail { &b"partial"[..] } else { &bytes }).unwrap();
-                if fail { Err(SourceError::Unavailable("connection reset".into())) } else { Ok(()) }
+                if fail { Err(SourceError::Unavailable("connection reset".into())) } else { Ok(Integrity::Unknown("test".into())) }
             }
         };
         assert!(matches!(cache.publish("v1", &files, cut).await, Err(SourceError::Unavailable(_))));

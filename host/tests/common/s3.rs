@@ -2,6 +2,7 @@
 //! aws-sdk-s3 client, for the tests that keep models in S3.
 
 use super::{Spawned, free_port, required, wait_until, workspace};
+use aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -55,10 +56,80 @@ impl S3 {
     }
 
     pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        self.put_with(bucket, key, bytes, |put| put);
+    }
+
+    /// A single-part upload, the request first shaped by `shape` (encryption, a checksum).
+    pub fn put_with(&self, bucket: &str, key: &str, bytes: &[u8], shape: impl FnOnce(PutObjectFluentBuilder) -> PutObjectFluentBuilder) {
         let body = aws_sdk_s3::primitives::ByteStream::from(bytes.to_vec());
         self.runtime
-            .block_on(self.client.put_object().bucket(bucket).key(key).body(body).send())
+            .block_on(shape(self.client.put_object().bucket(bucket).key(key).body(body)).send())
             .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+
+    /// A multipart upload in `part_bytes` parts, as `aws s3 cp` makes above its threshold. With
+    /// `full_object_crc64nvme`, each part carries its CRC64NVME and the upload completes with
+    /// the whole object's (the CLI's default since 2025); without, no checksum at all (an
+    /// older client). Returns the whole object's CRC64NVME (base64), what S3 should store.
+    pub fn put_multipart(&self, bucket: &str, key: &str, bytes: &[u8], part_bytes: usize, full_object_crc64nvme: bool) -> String {
+        use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart};
+        let whole = crc64nvme(bytes);
+        let client = &self.client;
+        self.runtime.block_on(async {
+            let mut create = client.create_multipart_upload().bucket(bucket).key(key);
+            if full_object_crc64nvme {
+                create = create.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme).checksum_type(ChecksumType::FullObject);
+            }
+            let upload = create.send().await.unwrap_or_else(|e| panic!("create upload {key}: {e:?}"));
+            let id = upload.upload_id().expect("an upload id");
+            let mut parts = Vec::new();
+            for (i, chunk) in bytes.chunks(part_bytes).enumerate() {
+                let number = i as i32 + 1;
+                let mut part = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .part_number(number)
+                    .body(aws_sdk_s3::primitives::ByteStream::from(chunk.to_vec()));
+                if full_object_crc64nvme {
+                    part = part.checksum_algorithm(ChecksumAlgorithm::Crc64Nvme);
+                }
+                let sent = part.send().await.unwrap_or_else(|e| panic!("upload part {number} of {key}: {e:?}"));
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .e_tag(sent.e_tag().unwrap_or_default())
+                        .set_checksum_crc64_nvme(sent.checksum_crc64_nvme().map(str::to_string))
+                        .build(),
+                );
+            }
+            let mut complete = client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+            if full_object_crc64nvme {
+                complete = complete.checksum_crc64_nvme(&whole).checksum_type(ChecksumType::FullObject);
+            }
+            complete.send().await.unwrap_or_else(|e| panic!("complete upload {key}: {e:?}"));
+        });
+        whole
+    }
+
+    /// The object's metadata with the checksum the server stored.
+    pub fn head(&self, bucket: &str, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+        let head = self.client.head_object().bucket(bucket).key(key).checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
+        self.runtime.block_on(head.send()).unwrap_or_else(|e| panic!("head {key}: {e:?}"))
+    }
+
+    pub fn enable_versioning(&self, bucket: &str) {
+        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+        let versioning = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
+        self.runtime
+            .block_on(self.client.put_bucket_versioning().bucket(bucket).versioning_configuration(versioning).send())
+            .expect("enable versioning");
     }
 
     pub fn upload_model(&self, bucket: &str, prefix: &str, from: &Path) {
@@ -80,4 +151,12 @@ pub fn s3_env(endpoint: u16, cache: &Path, models: &str) -> Vec<(&'static str, S
         ("QA_MODELS", models.to_string()),
         ("QA_MODEL_CACHE_DIR", cache.display().to_string()),
     ]
+}
+
+/// The CRC64NVME of `bytes` as S3 gives it (base64), by the SDK's own implementation.
+pub fn crc64nvme(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut checksum = aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme.into_impl();
+    checksum.update(bytes);
+    base64::engine::general_purpose::STANDARD.encode(checksum.finalize())
 }
