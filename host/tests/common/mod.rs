@@ -3,6 +3,7 @@
 //! test with instructions; nothing is skipped.
 #![allow(dead_code, reason = "each test file uses its own subset")]
 
+pub mod runtime_api;
 pub mod s3;
 
 use qa_host::config::HostConfig;
