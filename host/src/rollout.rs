@@ -134,7 +134,7 @@ pub type Answered = Result<Vec<Result<Response, GuestError>>, GuestError>;
 pub fn guest_fault(error: &GuestError) -> bool {
     match error {
         GuestError::Qa(qa) => matches!(qa, GuestQaError::Inference(_) | GuestQaError::ModelInvalid(_) | GuestQaError::ModelNotFound(_)),
-        GuestError::Busy(_) => false,
+        GuestError::Busy(_) | GuestError::Crowded { .. } => false,
         _ => true,
     }
 }
@@ -266,6 +266,11 @@ impl Rollout {
         &self.policy
     }
 
+    /// The candidate guest, as its file or object is tracked.
+    pub fn candidate(&self) -> &Arc<SwappableGuest> {
+        &self.candidate
+    }
+
     /// A slot for one shadow call, if fewer than [`MAX_SHADOW_CALLS`] are running.
     pub fn shadow_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let slot = self.shadow_calls.clone().try_acquire_owned().ok();
@@ -301,9 +306,9 @@ impl Rollout {
     }
 
     /// Records a call of `role`'s guest and acts on the verdict. A call refused because the
-    /// pool was full says nothing about the guest and is not recorded.
+    /// pool or the memory budget was full says nothing about the guest and is not recorded.
     pub fn record(&self, role: Role, guest: &GuestRuntime, answered: &Answered, latency: Duration) {
-        if matches!(answered, Err(GuestError::Busy(_))) {
+        if matches!(answered, Err(GuestError::Busy(_) | GuestError::Crowded { .. })) {
             return;
         }
         let failed = faulted(answered);
@@ -362,7 +367,7 @@ impl Rollout {
         shadow: Option<&Answered>,
         latency: Duration,
     ) {
-        let Some(shadow) = shadow.filter(|s| !matches!(s, Err(GuestError::Busy(_)))) else {
+        let Some(shadow) = shadow.filter(|s| !matches!(s, Err(GuestError::Busy(_) | GuestError::Crowded { .. }))) else {
             tracing::info!(request_id, candidate = %candidate.id, "shadow call cut by the response's wait bound (or no instance free); not counted");
             return;
         };

@@ -47,6 +47,45 @@ pub enum Integrity {
     Unknown(String),
 }
 
+/// What the downloads of one execution environment may take together: how many run at once
+/// (`QA_MODEL_DOWNLOADS`), and the cache space the running ones have claimed and not yet
+/// published, so two downloads never both count on the same free space.
+#[derive(Debug)]
+pub struct DownloadBudget {
+    running: tokio::sync::Semaphore,
+    claimed: Mutex<u64>,
+}
+
+impl DownloadBudget {
+    pub fn new(downloads: usize) -> Arc<Self> {
+        Arc::new(Self { running: tokio::sync::Semaphore::new(downloads.max(1)), claimed: Mutex::new(0) })
+    }
+
+    /// Claims `needed` bytes of the `free` ones, leaving `reserve` free; `None` when they do
+    /// not fit beside what running downloads claimed.
+    fn claim(&self, needed: u64, free: u64, reserve: u64) -> Option<Claim<'_>> {
+        let mut claimed = self.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if free.saturating_sub(*claimed) < needed.saturating_add(reserve) {
+            return None;
+        }
+        *claimed += needed;
+        Some(Claim { budget: self, bytes: needed })
+    }
+}
+
+/// Cache space a running download counts on; given back when it ends, published or not.
+struct Claim<'a> {
+    budget: &'a DownloadBudget,
+    bytes: u64,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut claimed = self.budget.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *claimed = claimed.saturating_sub(self.bytes);
+    }
+}
+
 /// One model's downloaded versions: `<root>/<version>/` each, published atomically.
 #[derive(Debug)]
 pub struct DownloadCache {
@@ -59,6 +98,8 @@ pub struct DownloadCache {
     reserve_bytes: u64,
     /// The versions handed out by this process, kept on disk while they are in use.
     leases: Mutex<HashMap<String, Weak<VersionLease>>>,
+    /// Shared with the environment's other downloads.
+    budget: Arc<DownloadBudget>,
 }
 
 /// Marker written last into a version directory: only complete downloads have it.
@@ -67,8 +108,8 @@ const COMPLETE: &str = ".complete";
 const PARTIAL: &str = ".partial-";
 
 impl DownloadCache {
-    pub fn new(name: &str, origin: &'static str, root: PathBuf, reserve_bytes: u64) -> Self {
-        Self { name: name.to_string(), origin, root, reserve_bytes, leases: Mutex::default() }
+    pub fn new(name: &str, origin: &'static str, root: PathBuf, reserve_bytes: u64, budget: Arc<DownloadBudget>) -> Self {
+        Self { name: name.to_string(), origin, root, reserve_bytes, leases: Mutex::default(), budget }
     }
 
     /// `version`, if a complete download of it is already on disk.
@@ -79,7 +120,8 @@ impl DownloadCache {
 
     /// Downloads `files` (each by `download(file, destination)`, which answers what the source
     /// vouches for), verifies each against its [`Expected`] and that [`Integrity`], and
-    /// publishes them as `version`. On any failure nothing is kept.
+    /// publishes them as `version`. On any failure nothing is kept. Waits for a turn of the
+    /// environment's [`DownloadBudget`] first.
     pub async fn publish<T, F, Fut>(&self, version: &str, files: &[T], download: F) -> Result<LocalModel, SourceError>
     where
         T: AsRef<Expected>,
@@ -89,21 +131,26 @@ impl DownloadCache {
         if let Some(published) = self.published(version) {
             return Ok(published);
         }
+        let _turn = self.budget.running.acquire().await.map_err(|_| SourceError::Unavailable("downloads are shut down".into()))?;
+        // Another request may have published it while this one waited for its turn.
+        if let Some(published) = self.published(version) {
+            return Ok(published);
+        }
         let root = &self.root;
         let io = |e: std::io::Error| local_failure("the model cache", root, e);
         std::fs::create_dir_all(root).map_err(io)?;
         remove_leftovers(root, None, &[]);
         let needed: u64 = files.iter().map(|f| f.as_ref().size).sum();
         let free = free_bytes(root).map_err(io)?;
-        if free < needed.saturating_add(self.reserve_bytes) {
+        let Some(_claim) = self.budget.claim(needed, free, self.reserve_bytes) else {
             return Err(SourceError::Unavailable(format!(
-                "model {} needs {} MiB in the model cache (plus {} MiB kept free), only {} MiB are free; raise the function's ephemeral storage",
+                "model {} needs {} MiB in the model cache (plus {} MiB kept free), only {} MiB are free besides what running downloads need; raise the function's ephemeral storage",
                 self.name,
                 needed.div_ceil(1 << 20),
                 self.reserve_bytes >> 20,
                 free >> 20
             )));
-        }
+        };
         let dir = root.join(version);
         let partial = root.join(format!("{PARTIAL}{}-{version}", std::process::id()));
         let _ = std::fs::remove_dir_all(&partial);
@@ -323,7 +370,7 @@ mod tests {
     #[tokio::test]
     async fn a_verified_download_is_published_whole_and_found_again() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0);
+        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0, DownloadBudget::new(1));
         let files = [remote("model.onnx", b"weights"), remote("config.json", b"{}")];
         let model = cache.publish("v1", &files, write).await.unwrap();
         assert_eq!(model.dir, tmp.path().join("m/v1"));
@@ -338,7 +385,7 @@ mod tests {
     #[tokio::test]
     async fn a_size_stored_checksum_md5_or_sha256_mismatch_is_corrupt_and_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0);
+        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0, DownloadBudget::new(1));
         let tampered = |edit: fn(&mut Remote)| {
             let mut file = remote("model.onnx", b"weights");
             edit(&mut file);
@@ -392,7 +439,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_transfer_leaves_nothing_and_too_little_space_downloads_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0);
+        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0, DownloadBudget::new(1));
         let files = [remote("a", b"1"), remote("b", b"2")];
         // "a" arrives whole, "b" is cut off after some bytes.
         let cut = |file: &Remote, path: PathBuf| {
@@ -404,7 +451,7 @@ mod tests {
         };
         assert!(matches!(cache.publish("v1", &files, cut).await, Err(SourceError::Unavailable(_))));
         assert!(entries(&tmp.path().join("m")).is_empty());
-        let greedy = DownloadCache::new("m", "test", tmp.path().join("m"), u64::MAX / 2);
+        let greedy = DownloadCache::new("m", "test", tmp.path().join("m"), u64::MAX / 2, DownloadBudget::new(1));
         let called = std::sync::atomic::AtomicBool::new(false);
         let error = greedy
             .publish("v1", &files, |file, path| {
@@ -421,7 +468,7 @@ mod tests {
     async fn a_replaced_version_stays_while_in_use_and_a_dead_process_s_partial_is_swept() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("m");
-        let cache = DownloadCache::new("m", "test", root.clone(), 0);
+        let cache = DownloadCache::new("m", "test", root.clone(), 0, DownloadBudget::new(1));
         let old = cache.publish("v1", &[remote("f", b"1")], write).await.unwrap();
         // A download interrupted by a process that no longer exists (pid beyond pid_max).
         std::fs::create_dir_all(root.join(format!("{PARTIAL}4294967295-v0"))).unwrap();
@@ -431,5 +478,52 @@ mod tests {
         drop(old);
         assert_eq!(entries(&root), ["v2"], "the last user of v1 let go");
         assert_eq!(std::fs::read(new.dir.join("f")).unwrap(), b"2");
+    }
+
+    /// Two models downloading into one environment's budget of one download at a time: the
+    /// second starts only once the first is published; and space claimed by a running
+    /// download is not counted as free by another.
+    #[tokio::test]
+    async fn downloads_take_turns_and_never_count_on_the_same_free_space() {
+        let tmp = tempfile::tempdir().unwrap();
+        let budget = DownloadBudget::new(1);
+        let first = DownloadCache::new("a", "test", tmp.path().join("a"), 0, budget.clone());
+        let second = DownloadCache::new("b", "test", tmp.path().join("b"), 0, budget.clone());
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Mutex::new(Some(released));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (a_files, b_files) = ([remote("f", b"1")], [remote("g", b"2")]);
+        let a = first.publish("v1", &a_files, |file, path| {
+            let (gate, bytes, order) = (released.lock().unwrap().take(), file.bytes.clone(), order.clone());
+            async move {
+                order.lock().unwrap().push("a started");
+                if let Some(gate) = gate {
+                    let _ = gate.await;
+                }
+                std::fs::write(path, bytes).map_err(|e| SourceError::Unavailable(e.to_string()))?;
+                order.lock().unwrap().push("a written");
+                Ok(Integrity::Unknown("test".into()))
+            }
+        });
+        let b = second.publish("v1", &b_files, |file, path| {
+            order.lock().unwrap().push("b started");
+            write(file, path)
+        });
+        let referee = async {
+            while order.lock().unwrap().is_empty() {
+                tokio::task::yield_now().await;
+            }
+            // The first download holds the only turn: the second cannot have started.
+            assert_eq!(*order.lock().unwrap(), ["a started"]);
+            release.send(()).unwrap();
+        };
+        let (a, b, ()) = tokio::join!(a, b, referee);
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(*order.lock().unwrap(), ["a started", "a written", "b started"]);
+        let free = free_bytes(tmp.path()).unwrap();
+        let claim = budget.claim(free / 2 + 1, free, 0).expect("half the space fits");
+        assert!(budget.claim(free / 2 + 1, free, 0).is_none(), "the same space is not claimed twice");
+        drop(claim);
+        assert!(budget.claim(free / 2 + 1, free, 0).is_some(), "given back when the download ends");
     }
 }

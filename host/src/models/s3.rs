@@ -11,7 +11,7 @@
 //! Throttling, 5xx answers and timeouts are retried with backoff by the SDK's standard retry
 //! policy; a server that stays down becomes [`SourceError::Unavailable`].
 
-use super::download::{DownloadCache, Expected, Integrity};
+use super::download::{DownloadBudget, DownloadCache, Expected, Integrity};
 use super::{LocalModel, MODEL_FILES, ModelSource, SourceError, SourceFuture, local_failure};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -26,7 +26,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
 
 /// How S3 is reached and how downloads are cut up.
 #[derive(Clone, Debug)]
@@ -44,6 +43,8 @@ pub struct S3Settings {
     pub attempt_timeout: Duration,
     /// Free space a download must leave in the cache's file system.
     pub reserve_bytes: u64,
+    /// Models downloaded at once by one connector's sources (`QA_MODEL_DOWNLOADS`).
+    pub downloads: usize,
 }
 
 impl Default for S3Settings {
@@ -55,63 +56,84 @@ impl Default for S3Settings {
             max_attempts: 4,
             attempt_timeout: Duration::from_secs(30),
             reserve_bytes: 16 << 20,
+            downloads: 2,
         }
     }
 }
 
 /// One S3 client for all S3 models, built from the standard AWS configuration chain on first
 /// use. `AWS_ENDPOINT_URL` points it at an S3-compatible server, with path-style addressing.
+/// The client holds what a SnapStart snapshot must not carry (the credentials it resolved,
+/// its open connections): [`S3Connector::forget`] drops it, and the next use builds a new one.
 #[derive(Debug)]
 pub struct S3Connector {
     settings: S3Settings,
-    client: OnceCell<Client>,
+    client: tokio::sync::Mutex<Option<Client>>,
+    downloads: Arc<DownloadBudget>,
 }
 
 impl S3Connector {
     pub fn new(settings: S3Settings) -> Arc<Self> {
-        Arc::new(Self { settings, client: OnceCell::new() })
+        let downloads = DownloadBudget::new(settings.downloads);
+        Arc::new(Self { settings, client: tokio::sync::Mutex::new(None), downloads })
     }
 
-    async fn client(&self) -> &Client {
-        self.client
-            .get_or_init(|| async {
-                use aws_config::retry::RetryConfig;
-                use aws_config::timeout::TimeoutConfig;
-                use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-                use aws_smithy_http_client::tls;
-                let http = aws_smithy_http_client::Builder::new()
-                    .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-                    .build_https();
-                let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .http_client(http)
-                    .retry_config(
-                        RetryConfig::standard()
-                            .with_max_attempts(self.settings.max_attempts)
-                            .with_initial_backoff(Duration::from_millis(100)),
-                    )
-                    .timeout_config(
-                        TimeoutConfig::builder()
-                            .connect_timeout(Duration::from_secs(5))
-                            .operation_attempt_timeout(self.settings.attempt_timeout)
-                            .build(),
-                    )
-                    .load()
-                    .await;
-                let mut config = aws_sdk_s3::config::Builder::from(&shared);
-                // AWS endpoints keep the SDK's checksum defaults. A custom endpoint is an
-                // S3-compatible server (moto in the tests): path-style addressing, and the SDK's
-                // own checksums only where an operation requires them, since some such servers
-                // reject the ones newer SDKs send by default. The host's check of the checksum
-                // the store keeps (`integrity`) does not depend on these settings.
-                if shared.endpoint_url().is_some() {
-                    config = config
-                        .force_path_style(true)
-                        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-                }
-                Client::from_conf(config.build())
-            })
-            .await
+    /// Drops the client, and with it the credentials it cached and its pooled connections;
+    /// requests already running keep the clone they hold until they end.
+    pub async fn forget(&self) {
+        self.client.lock().await.take();
+    }
+
+    /// Builds the client now (after [`S3Connector::forget`]), so the first request does not:
+    /// its credentials are still resolved on its first call.
+    pub async fn reconnect(&self) {
+        self.forget().await;
+        self.client().await;
+    }
+
+    /// The client, built on first use (an `Arc` inside: clones are cheap and share it).
+    async fn client(&self) -> Client {
+        let mut client = self.client.lock().await;
+        if let Some(client) = client.as_ref() {
+            return client.clone();
+        }
+        let built = {
+            use aws_config::retry::RetryConfig;
+            use aws_config::timeout::TimeoutConfig;
+            use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+            use aws_smithy_http_client::tls;
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+                .build_https();
+            let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .http_client(http)
+                .retry_config(
+                    RetryConfig::standard().with_max_attempts(self.settings.max_attempts).with_initial_backoff(Duration::from_millis(100)),
+                )
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_secs(5))
+                        .operation_attempt_timeout(self.settings.attempt_timeout)
+                        .build(),
+                )
+                .load()
+                .await;
+            let mut config = aws_sdk_s3::config::Builder::from(&shared);
+            // AWS endpoints keep the SDK's checksum defaults. A custom endpoint is an
+            // S3-compatible server (moto in the tests): path-style addressing, and the SDK's
+            // own checksums only where an operation requires them, since some such servers
+            // reject the ones newer SDKs send by default. The host's check of the checksum
+            // the store keeps (`integrity`) does not depend on these settings.
+            if shared.endpoint_url().is_some() {
+                config = config
+                    .force_path_style(true)
+                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                    .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            }
+            Client::from_conf(config.build())
+        };
+        *client = Some(built.clone());
+        built
     }
 }
 
@@ -147,7 +169,9 @@ impl AsRef<Expected> for Listed {
 impl S3Source {
     /// A model: every object directly under `prefix`, which must include [`MODEL_FILES`].
     pub fn new(connector: Arc<S3Connector>, name: &str, bucket: &str, prefix: &str, sha256: BTreeMap<String, String>) -> Self {
-        let cache = Arc::new(DownloadCache::new(name, "S3", connector.settings.cache_root.join(name), connector.settings.reserve_bytes));
+        let settings = &connector.settings;
+        let cache =
+            Arc::new(DownloadCache::new(name, "S3", settings.cache_root.join(name), settings.reserve_bytes, connector.downloads.clone()));
         Self {
             connector,
             name: name.to_string(),
@@ -169,6 +193,11 @@ impl S3Source {
         };
         let source = Self::new(connector, name, bucket, &prefix, BTreeMap::new());
         Self { required: vec![file.clone()], only: Some(file), ..source }
+    }
+
+    /// The connector this source's requests go through.
+    pub fn connector(&self) -> &Arc<S3Connector> {
+        &self.connector
     }
 
     fn url(&self, file: &str) -> String {
@@ -229,7 +258,7 @@ impl S3Source {
 
     /// Downloads `object` into `dest`; answers what S3 vouches for about its content.
     async fn download(&self, object: &Listed, dest: &Path) -> Result<Integrity, SourceError> {
-        let client = self.connector.client().await;
+        let client = &self.connector.client().await;
         let head = self.head(client, object).await?;
         let version = head.version_id();
         let io = |e: std::io::Error| local_failure("writing the model cache", dest, e);

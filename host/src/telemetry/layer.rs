@@ -43,6 +43,16 @@ impl TelemetryLayer {
     pub fn new(metrics: Metrics, cold: ColdStart, catalog: ModelCatalog) -> Self {
         Self { shared: Arc::new(Shared { metrics, cold: Mutex::new(Some(cold)), catalog }) }
     }
+
+    /// The environment was restored from a SnapStart snapshot, ready `restore` after the
+    /// restore call returned: its first invocation reports that instead of the init.
+    pub fn restored(&self, restore: Duration) {
+        if let Ok(mut cold) = self.shared.cold.lock()
+            && let Some(cold) = cold.as_mut()
+        {
+            cold.restore = Some(restore);
+        }
+    }
 }
 
 impl<S> Layer<S> for TelemetryLayer {

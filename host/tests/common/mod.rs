@@ -3,6 +3,7 @@
 //! test with instructions; nothing is skipped.
 #![allow(dead_code, reason = "each test file uses its own subset")]
 
+pub mod runtime_api;
 pub mod s3;
 
 use qa_host::config::HostConfig;
@@ -52,6 +53,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         guest_memory_bytes: 512 << 20,
         guest_nn: Default::default(),
         guest_instances: qa_host::guest::DEFAULT_INSTANCES,
+        guest_memory_total_bytes: None,
         compile_snapshots: true,
         max_windows: qa_host::config::DEFAULT_MAX_WINDOWS,
         session: Default::default(),
@@ -62,6 +64,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         s3: Default::default(),
         serve: qa_host::server::ServeLimits::for_deadline(Duration::from_secs(60)),
         rollout: None,
+        lambda: None,
     }
 }
 
