@@ -330,6 +330,19 @@ mod tests {
         assert_eq!((c.serve.header_timeout, c.serve.request_timeout), (Duration::from_millis(10_000), Duration::from_millis(40_000)));
         assert_eq!((c.serve.max_requests, c.serve.max_connections), (64, 1024));
         assert_eq!((c.s3.attempt_timeout, c.s3.max_attempts), (Duration::from_millis(30_000), 4));
+        // A candidate guest named and nothing else: its share and the rollout rule.
+        let shadow = config(&[("QA_GUEST_SHADOW", "a.wasm")]).unwrap().rollout.unwrap();
+        let canary = config(&[("QA_GUEST_CANARY", "a.wasm")]).unwrap().rollout.unwrap();
+        assert_eq!((shadow.percent, canary.percent), (100.0, 10.0));
+        let documented = Policy {
+            window: 50,
+            min_calls: 10,
+            failure_margin: 0.10,
+            latency_ratio: 2.0,
+            promote_after: None,
+            shadow_max_delay: Duration::from_millis(1000),
+        };
+        assert_eq!((shadow.policy, canary.policy), (documented, documented));
     }
 
     #[test]
