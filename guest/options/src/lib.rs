@@ -85,8 +85,7 @@ mod tests {
         assert_eq!(DOC_STRIDE, 128);
         assert_eq!(doc_stride_for(384), 128, "half the window up to 128");
         assert_eq!(MAX_QUESTION_LEN, 64);
-        assert!(!HANDLE_IMPOSSIBLE_ANSWER);
-        assert_eq!(DECODING, Decoding::Document);
+        assert_eq!((HANDLE_IMPOSSIBLE_ANSWER, DECODING), (false, Decoding::Document));
     }
 
     #[test]
