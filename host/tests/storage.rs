@@ -126,7 +126,9 @@ fn a_replaced_version_stays_until_the_requests_on_it_finish() {
 
     std::thread::scope(|scope| {
         let calls = host.process.count(GUEST_STARTED);
-        let slow = scope.spawn(|| ask("read-after:4"));
+        // Long enough for the replacement to be fetched, loaded and serving before it reads,
+        // on a loaded machine too (with 4 s it once finished before the checks below).
+        let slow = scope.spawn(|| ask("read-after:15"));
         host.process.wait_for_count(GUEST_STARTED, calls + 1, Duration::from_secs(60)); // running on the old version
         s3.put("models", "r/config.json", br#"{"note": "replaced"}"#.as_slice());
         let_the_ttl_pass();
@@ -134,6 +136,7 @@ fn a_replaced_version_stays_until_the_requests_on_it_finish() {
         wait_until("the new version to serve", Duration::from_secs(60), || host.process.count("model serving") == 2);
         let (_, fresh) = ask("hello");
         assert_ne!(fresh["model_version"].as_str(), Some(old.as_str()), "{fresh}");
+        assert!(!slow.is_finished(), "the slow request is still on the old version (else the next check proves nothing)");
         assert!(cached_versions(cache.path(), "s3r").contains(&old), "the old version's files stay while a request uses them");
         let (_, finding) = slow.join().unwrap();
         let message = finding["error"]["message"].as_str().unwrap_or_default();
