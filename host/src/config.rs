@@ -429,6 +429,19 @@ mod tests {
         assert_eq!((c.s3.part_bytes, c.s3.concurrency), (8 << 20, 4));
         assert_eq!((c.guest_memory_total_bytes, c.session.sessions, c.s3.downloads), (None, 1, 2));
         assert_eq!(c.lambda, None);
+        // A candidate guest named and nothing else: its share and the rollout rule.
+        let shadow = config(&[("QA_GUEST_SHADOW", "a.wasm")]).unwrap().rollout.unwrap();
+        let canary = config(&[("QA_GUEST_CANARY", "a.wasm")]).unwrap().rollout.unwrap();
+        assert_eq!((shadow.percent, canary.percent), (100.0, 10.0));
+        let documented = Policy {
+            window: 50,
+            min_calls: 10,
+            failure_margin: 0.10,
+            latency_ratio: 2.0,
+            promote_after: None,
+            shadow_max_delay: Duration::from_millis(1000),
+        };
+        assert_eq!((shadow.policy, canary.policy), (documented, documented));
     }
 
     #[test]

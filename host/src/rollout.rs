@@ -468,6 +468,17 @@ mod tests {
         Ok(vec![Ok(Response { answers: vec![answer], timings: Timings::default() })])
     }
 
+    /// The rule as the README's "Rolling out a guest" states it, in its numbers: a default
+    /// changed here fails until the README and this test follow.
+    #[test]
+    fn the_policy_is_the_documented_one() {
+        let policy = Policy::default();
+        assert_eq!((policy.window, policy.min_calls, policy.promote_after), (50, 10, None));
+        assert_eq!((policy.failure_margin, policy.latency_ratio), (0.10, 2.0));
+        assert_eq!(policy.shadow_max_delay, Duration::from_millis(1000));
+        assert_eq!(MAX_SHADOW_CALLS, 4, "at most 4 shadow calls run at once");
+    }
+
     #[test]
     fn the_share_is_a_stable_hash_of_the_request_id() {
         let ids: Vec<String> = (0..10_000).map(|i| format!("req-{i}")).collect();

@@ -670,8 +670,9 @@ fn serve_answers_the_sample_and_refuses_bad_input_with_stable_codes() {
         let started = std::time::Instant::now();
         let (status, json) = server.post(body.clone());
         // Refusals are decided before inference: well under a second even in a debug build
-        // (the README's 100 ms is for release builds, measured by bench/long_docs.py).
-        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{name}: refused after {:?}", started.elapsed());
+        // (the README's 100 ms is for release builds, measured by bench/long_docs.py); 2 s holds
+        // on a loaded 2-core machine, and the windows refused here would take seconds to run.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{name}: refused after {:?}", started.elapsed());
         assert_eq!(status, *want_status, "{name}: {json}");
         assert_eq!(json["error"]["code"], want_code.as_str(), "{name}");
         assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}");

@@ -329,9 +329,19 @@ fn a_canary_is_rolled_back_and_a_shadow_runs_within_its_bound_under_the_emulator
     let shadow = Lambda::start(qa_guest(), &[("QA_GUEST_SHADOW", &candidate), ("QA_GUEST_SHADOW_MAX_DELAY_MS", "300")]);
     let answered = envelope_body(&shadow.invoke(&http_v2(&benz_request().to_string(), false)), 200);
     assert_eq!((&answered["Answer"], &answered["guest_version"]), (&json!("1886"), &json!(serving)));
-    // The candidate spins on "spin": its call is cut at the bound, the response is the serving guest's.
+    // The candidate spins on "spin": its call is cut at the bound, the response is the serving
+    // guest's. The response waits for the shadow call up to the bound, not past it (uncut, the
+    // spin would run to the guest's 30 s deadline); 3 s is the slack for the serving guest's
+    // answer and the emulator's round trip on a loaded 2-core machine.
+    let bound = Duration::from_millis(300);
+    let started = std::time::Instant::now();
     let spun = envelope_body(&shadow.invoke(&http_v2(&json!({"question": "spin", "context": "a spinning top"}).to_string(), false)), 200);
+    let took = started.elapsed();
     assert_eq!(spun["guest_version"], serving.as_str());
+    assert!(
+        took >= bound && took < bound + Duration::from_secs(3),
+        "the response came {took:?} after the invocation, for a {bound:?} bound"
+    );
     shadow.flush_log();
     let compared = metric_lines(&shadow.function.lines(), "ShadowAgreement");
     assert_eq!(compared.len(), 1, "{compared:?}");

@@ -434,6 +434,9 @@ impl GuestRuntime {
         let mut store = self.store(Some((&model.name, &model.dir)), nn, deadline)?;
         let run = async {
             let runner = template.instantiate(&mut store).await?;
+            // From here the call holds a pool slot: the line tests wait on (instead of a pause)
+            // before they count on a guest being busy, and that shows which guest ran a call.
+            tracing::debug!(guest = %self.id, model = %model.name, "guest instance started");
             work(&runner, &mut store).await
         };
         let outcome = match tokio::time::timeout(deadline, run).await {
