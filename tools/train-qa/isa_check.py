@@ -13,13 +13,19 @@ logit). It records the SIMD extensions the process sees, so a run under
 int8 with VPMADDUBSW (pairs of products summed with int16 saturation), while a CPU with AVX-512
 VNNI (VPDPBUSD) or arm64 (SDOT) sums them exactly.
 
+    python isa_check.py trace --squad FILE --out native-trace.npz DIR     (and under qemu, then)
+    python isa_check.py compare-trace native-trace.npz haswell-trace.npz
+
 `run` also multiplies each of the model's integer weight matrices alone (a one-node
 MatMulInteger graph) by uint8 activations: a row of 255s (the worst case for saturation) and 63
 random rows, and keeps the int32 products. `compare` says, per model, how many of those
 products are bit for bit the same in both runs, how many windows have the same best span, and
 how far apart the logits are. Dynamic quantization rounds activations at run time, so where the
 floating-point parts of two CPUs round differently by one ulp, a uint8 code can change and the
-logits move by more than fp32 rounding, with the integer arithmetic exact on both.
+logits move by more than fp32 rounding, with the integer arithmetic exact on both. `trace`
+keeps, for the first window, every DynamicQuantizeLinear's float input and uint8 codes (graph
+optimizations off, so each runs as its own node) and `compare-trace` shows where, layer by
+layer, the two CPUs' codes part.
 """
 
 from __future__ import annotations
@@ -113,6 +119,15 @@ def best_span(start: np.ndarray, end: np.ndarray, context: np.ndarray) -> tuple[
     return flat // n, flat % n
 
 
+def pipeline_score(start: np.ndarray, end: np.ndarray, context: np.ndarray, span: tuple[int, int]) -> float:
+    """The span's score as the transformers pipeline (and the guest) gives it: start and end
+    soft-maxed separately over the context and the classifier token, multiplied."""
+    keep = context.copy()
+    keep[0] = True
+    p = [np.exp(x - x[keep].max()) * keep for x in (start.astype(np.float32), end.astype(np.float32))]
+    return float(p[0][span[0]] / p[0].sum() * p[1][span[1]] / p[1].sum())
+
+
 def run(args: argparse.Namespace) -> None:
     import onnxruntime as ort
 
@@ -127,19 +142,21 @@ def run(args: argparse.Namespace) -> None:
         names = {i.name for i in session.get_inputs()}
         key = d.name
         meta["models"].append(key)
-        spans, starts, ends, ids = [], [], [], []
+        spans, scores, starts, ends, ids = [], [], [], [], []
         wins = windows(d / "tokenizer.json", args.squad, args.limit)
         for qid, w, feed, context in wins:
             start, end = session.run(["start_logits", "end_logits"], {k: v for k, v in feed.items() if k in names})
             starts.append(start[0])
             ends.append(end[0])
             spans.append(best_span(start[0], end[0], context))
+            scores.append(pipeline_score(start[0], end[0], context, spans[-1]))
             ids.append(feed["input_ids"][0])
         lengths = np.array([len(s) for s in starts])
         results[f"{key}/lengths"] = lengths
         results[f"{key}/start"] = np.concatenate(starts)
         results[f"{key}/end"] = np.concatenate(ends)
         results[f"{key}/spans"] = np.array(spans)
+        results[f"{key}/scores"] = np.array(scores)
         results[f"{key}/input_ids"] = np.concatenate(ids)
         results[f"{key}/questions"] = np.array([f"{qid}/{w}" for qid, w, _, _ in wins])
         products, exact = integer_products(d / "model.onnx")
@@ -149,6 +166,36 @@ def run(args: argparse.Namespace) -> None:
         results[f"{key}/int_exact"] = np.array(exact)
         print(f"{key}: {len(wins)} windows; {exact} of {len(products)} integer MatMuls give the exact products", flush=True)
     np.savez_compressed(args.out, meta=np.array(json.dumps(meta)), **results)
+
+
+def trace(args: argparse.Namespace) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(args.model / "model.onnx"))
+    quantizers = [n for n in model.graph.node if n.op_type == "DynamicQuantizeLinear"]
+    names = [n.input[0] for n in quantizers] + [n.output[0] for n in quantizers]
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    _, _, feed, _ = windows(args.model / "tokenizer.json", args.squad, 1)[0]
+    inputs = {i.name for i in session.get_inputs()}
+    values = session.run(names, {k: v for k, v in feed.items() if k in inputs})
+    n = len(quantizers)
+    print(f"SIMD seen by this process: {' '.join(cpu_features())}; {n} DynamicQuantizeLinear nodes", flush=True)
+    np.savez_compressed(args.out, **{f"input/{i}": values[i] for i in range(n)}, **{f"codes/{i}": values[n + i] for i in range(n)})
+
+
+def compare_trace(args: argparse.Namespace) -> None:
+    a, b = np.load(args.a), np.load(args.b)
+    n = len([k for k in a.files if k.startswith("codes/")])
+    print("DynamicQuantizeLinear | float inputs differing (largest difference) | uint8 codes differing")
+    for i in range(n):
+        x, y = a[f"input/{i}"], b[f"input/{i}"]
+        moved = int(np.count_nonzero(a[f"codes/{i}"] != b[f"codes/{i}"]))
+        print(f"{i:>2} | {int(np.count_nonzero(x != y))} of {x.size} ({float(np.abs(x - y).max()):.2e}) | {moved} of {x.size}")
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -179,6 +226,11 @@ def compare(args: argparse.Namespace) -> None:
             f"{int((per_window == 0).sum())} of {n}; largest logit difference {diff.max():.6f} "
             f"(logits reach {spread:.1f}); windows differing by more than 0.01: {int((per_window > 0.01).sum())}"
         )
+        if f"{key}/scores" in a and f"{key}/scores" in b:
+            sa, sb = a[f"{key}/scores"], b[f"{key}/scores"]
+            i = int(np.argmax(np.abs(sa - sb)))
+            print(f"    best-span scores (the pipeline's): {sa[0]:.4f} here, {sb[0]:.4f} there in the first window; "
+                  f"largest difference {abs(sa[i] - sb[i]):.4f} ({a[f'{key}/questions'][i]})")
         for q in a[f"{key}/questions"][~same_span][: args.show]:
             i = list(a[f"{key}/questions"]).index(q)
             print(f"    {q}: span {tuple(a[f'{key}/spans'][i])} here, {tuple(b[f'{key}/spans'][i])} there")
@@ -192,12 +244,19 @@ def main() -> None:
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--limit", type=int, help="only the first N questions (an emulated CPU is slow)")
     r.add_argument("models", nargs="+", type=Path, help="model directories (model.onnx, tokenizer.json)")
+    t = sub.add_parser("trace")
+    t.add_argument("--squad", required=True, type=Path)
+    t.add_argument("--out", required=True, type=Path)
+    t.add_argument("model", type=Path)
+    ct = sub.add_parser("compare-trace")
+    ct.add_argument("a", type=Path)
+    ct.add_argument("b", type=Path)
     c = sub.add_parser("compare")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
     c.add_argument("--show", type=int, default=5, help="list this many windows whose best span differs")
     args = p.parse_args()
-    run(args) if args.cmd == "run" else compare(args)
+    {"run": run, "compare": compare, "trace": trace, "compare-trace": compare_trace}[args.cmd](args)
 
 
 if __name__ == "__main__":
