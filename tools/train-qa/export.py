@@ -1,7 +1,7 @@
 """Export a Hugging Face extractive-QA model to the layout qa-host serves.
 
     <out>/fp32/{model.onnx, tokenizer.json, config.json}   ONNX, int64 inputs, dynamic batch/sequence
-    <out>/int8/{...}                                        the same, int8 (quantize.SHIPPED: per channel, feed-forward outputs fp32)
+    <out>/int8/{...}                                        the same, int8 (quantize.SHIPPED: 7-bit per channel, feed-forward outputs fp32)
     <out>/hf/                                               the PyTorch weights (for parity checks)
 
 Inputs are `input_ids`, `attention_mask` and, when the model has token types

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 PREFIX = "inner."
 
 
-def _dequantized(inits: dict[str, np.ndarray], name: str) -> np.ndarray:
+def dequantized(inits: dict[str, np.ndarray], name: str) -> np.ndarray:
     q = inits[name + "_quantized"].astype(np.float32)
     zero = inits[name + "_zero_point"].astype(np.float32)
     scale = inits[name + "_scale"].astype(np.float32)
@@ -60,7 +60,7 @@ def state_dict_from_onnx(path: Path) -> dict[str, np.ndarray]:
         base = name.removesuffix("_quantized")
         if name.endswith(("_scale", "_zero_point")):
             continue
-        weight = _dequantized(inits, base) if name.endswith("_quantized") else value.astype(np.float32)
+        weight = dequantized(inits, base) if name.endswith("_quantized") else value.astype(np.float32)
         if base.startswith("onnx::MatMul"):
             bias = _bias_after(consumers, name, biases)
             state[bias.removesuffix(".bias").removeprefix(PREFIX) + ".weight"] = weight.T.copy()

@@ -15,10 +15,23 @@ Variants (all weights int8, symmetric):
                       wrote from 2026-12-04 to 2026-12-06)
   per-channel-head    per-channel, with the QA head and the last encoder layer left in fp32
   per-channel-ffn-out per-channel, with each layer's feed-forward output projection left in
-                      fp32 (what export.py writes now, SHIPPED below). That MatMul reads the
+                      fp32 (stage 9's recipe, shipped 2026-12-06 to 2026-12-07). That MatMul reads the
                       GELU output, whose rare large values (up to 24 in layer 0, where 99.9 %
                       are under 3.1, on SQuAD train windows: activation_ranges.py) stretch the
                       one uint8 range per tensor that dynamic quantization gives activations
+  per-channel-ffn-out-7bit
+                      per-channel-ffn-out with 7-bit weights (quantize_dynamic's reduce_range:
+                      int8 in [-64, 64]; SHIPPED below). ONNX Runtime multiplies uint8
+                      activations by int8 weights with VPMADDUBSW on AVX2 (and AVX-512 without
+                      VNNI), which saturates the sum of each pair of products at 32767: with
+                      8-bit weights (255 * 127 * 2 = 64770) the same file gives other logits
+                      there than on AVX-512 VNNI or arm64, where the products are summed
+                      exactly. With 7-bit weights a pair is at most 255 * 64 * 2 = 32640, so
+                      every CPU computes the same integers (isa_check.py)
+  per-channel-ffn-out-u8
+                      per-channel-ffn-out with uint8 weights (asymmetric, zero point per
+                      column): ONNX Runtime's u8u8 kernels widen to 16 bits before
+                      multiplying, so they are exact on every CPU too; measured beside -7bit
   per-channel-words   per-channel, with the word-embedding table left in fp32 (over 40 MB: measured
                       only, to see what the table's quantization costs)
   static              QDQ: weights per channel, activations with fixed ranges calibrated on
@@ -51,7 +64,18 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-VARIANTS = ("dynamic", "per-channel", "per-channel-head", "per-channel-ffn-out", "per-channel-words", "static", "fused", "blockwise")
+VARIANTS = (
+    "dynamic",
+    "per-channel",
+    "per-channel-head",
+    "per-channel-ffn-out",
+    "per-channel-ffn-out-7bit",
+    "per-channel-ffn-out-u8",
+    "per-channel-words",
+    "static",
+    "fused",
+    "blockwise",
+)
 
 
 def matmul_nodes(model: onnx.ModelProto, needle: str) -> list[str]:
@@ -145,11 +169,13 @@ def fuse(src: Path, dst: Path, config: dict) -> None:
     opt.save_model_to_file(str(dst))
 
 
-# The variant export.py writes to <out>/int8 and run.sh --install ships: 0.36 F1 under fp32 on
-# the full dev set where per-channel was 0.72 under it (stage 9), for 10.6 MB more (33.6 MB,
-# under the 40 MB a shipped model may take) and 1.18x per-channel's latency (models/README.md,
-# "Quantization").
-SHIPPED = "per-channel-ffn-out"
+# The variant export.py writes to <out>/int8 and run.sh --install ships: stage 9's recipe
+# (per-channel-ffn-out: 0.36 F1 under fp32 on the full dev set where per-channel was 0.72 under
+# it, for 10.6 MB more, 33.6 MB, and 1.18x per-channel's latency) with 7-bit weights, so that
+# its integer products are exact on every CPU; on a 2,000-question dev sample 0.16 F1 under
+# 8-bit weights and level with uint8 weights, which were about 1.5x slower a question
+# (models/README.md, "Quantization").
+SHIPPED = "per-channel-ffn-out-7bit"
 
 
 def quantize(variant: str, fp32: Path, target: Path, train_file: Path | None = None, calibration_questions: int = 100) -> None:
@@ -168,6 +194,14 @@ def quantize(variant: str, fp32: Path, target: Path, train_file: Path | None = N
         quantize_dynamic(src, str(target), per_channel=True, nodes_to_exclude=keep, **weights)
     elif variant == "per-channel-ffn-out":
         quantize_dynamic(src, str(target), per_channel=True, nodes_to_exclude=feed_forward_outputs(model, config), **weights)
+    elif variant == "per-channel-ffn-out-7bit":
+        # reduce_range narrows only the MatMul weights; the embedding Gathers stay 8-bit (exact
+        # on every CPU: they are only dequantized, never multiplied as integers).
+        keep = feed_forward_outputs(model, config)
+        quantize_dynamic(src, str(target), per_channel=True, reduce_range=True, nodes_to_exclude=keep, **weights)
+    elif variant == "per-channel-ffn-out-u8":
+        keep = feed_forward_outputs(model, config)
+        quantize_dynamic(src, str(target), per_channel=True, nodes_to_exclude=keep, weight_type=QuantType.QUInt8)
     elif variant == "per-channel-words":
         quantize_dynamic(src, str(target), per_channel=True, nodes_to_exclude=word_embedding_gather(model), **weights)
     elif variant == "static":
