@@ -163,5 +163,5 @@ include!("wasi_nn_model.rs");
 /// `wasmtime run` entry: a fixture on stdin ([`qa_guest::fixture`]), the answers on stdout;
 /// the exit code says whether every expected answer matched (2: the run failed).
 pub fn run_fixture() -> i32 {
-    run_fixture_with(|model, questions, context, options| answer_many(model, questions, context, options))
+    run_fixture_with(answer_many)
 }

@@ -2,7 +2,7 @@
 
 use crate::extract::collect_answers;
 use crate::infer::QaModel;
-use crate::score::{TokenSpan, WindowScores, odds_against_no_answer, score_window};
+use crate::score::{TokenSpan, WindowScores, log_odds_against_no_answer, score_window};
 use crate::tokenize::QaTokenizer;
 use crate::tokenize::{Question, cut_windows, encode_context, encode_question, min_tokens, window_count, window_ranges};
 use crate::window::{Batch, Window};
@@ -148,11 +148,13 @@ pub fn answer_many(
             let windows = windows.as_ref().map_err(Clone::clone)?;
             let started = Instant::now();
             let scored = std::mem::take(&mut scored_windows[q]).into_iter().flatten().collect();
-            let Ranked { spans, null_score, as_odds } = rank(scored, options.decoding);
+            let Ranked { spans, null_score, shares_of } = rank(scored, options.decoding);
             let null_score = null_score.filter(|_| options.handle_impossible);
             let mut answers = collect_answers(context, spans, null_score, options.top_k);
-            if as_odds {
-                odds_to_probability(&mut answers);
+            if let Some(total) = shares_of {
+                for answer in &mut answers {
+                    answer.score /= total;
+                }
             }
             let timings = Timings {
                 tokenize_us,
@@ -197,36 +199,37 @@ fn batches<'w>(mut windows: Vec<Placed<'w>>, options: &Options) -> Vec<Vec<Place
 
 /// A question's spans from all its windows, scored as `decoding` says, and its "no answer"
 /// score. `Pipeline`, and any context of one window: the reference's probabilities, "no
-/// answer" the least over windows. `Document` over several windows: each span's odds against
-/// its window's "no answer" ([`odds_against_no_answer`]), "no answer" at even odds (it wins
-/// when no span is likelier than its own window's "no answer"); [`odds_to_probability`] turns
-/// the merged odds into scores.
+/// answer" the least over windows. `Document` over several windows: each span by its log-odds
+/// against its window's "no answer" ([`log_odds_against_no_answer`]), "no answer" itself at
+/// log-odds 0 (it wins when no span is likelier than its own window's "no answer"); the
+/// answers' scores are then their shares of all the odds, "no answer" included: a distribution
+/// over the candidates that does not saturate at the top (as `odds / (1 + odds)` did, giving
+/// 1.0 to every confident answer of a long document) and keeps the log-odds' order.
 fn rank(scored: Vec<(&Window, WindowScores)>, decoding: Decoding) -> Ranked<'_> {
     if decoding == Decoding::Pipeline || scored.len() == 1 {
         let null_score = scored.iter().filter_map(|(_, s)| s.null_score.map(f64::from)).reduce(f64::min);
         let spans = scored.into_iter().flat_map(|(window, s)| s.spans.into_iter().map(move |span| (window, span))).collect();
-        return Ranked { spans, null_score, as_odds: false };
+        return Ranked { spans, null_score, shares_of: None };
     }
-    let null_score = scored.iter().any(|(_, s)| s.null_score.is_some()).then_some(1.0);
-    let spans = scored.into_iter().flat_map(|(window, s)| odds_against_no_answer(s).into_iter().map(move |span| (window, span))).collect();
-    Ranked { spans, null_score, as_odds: true }
+    let has_no_answer = scored.iter().any(|(_, s)| s.null_logit.is_some());
+    let mut spans: Vec<(&Window, TokenSpan)> =
+        scored.into_iter().flat_map(|(window, s)| log_odds_against_no_answer(s).into_iter().map(move |span| (window, span))).collect();
+    // Odds relative to the best (log-odds `top`), so that none overflows and the best are near 1.
+    let top = spans.iter().map(|(_, span)| span.score).chain(has_no_answer.then_some(0.0)).fold(f64::NEG_INFINITY, f64::max);
+    for (_, span) in &mut spans {
+        span.score = (span.score - top).exp();
+    }
+    let null_score = has_no_answer.then(|| (-top).exp());
+    let total = spans.iter().map(|(_, span)| span.score).sum::<f64>() + null_score.unwrap_or(0.0);
+    Ranked { spans, null_score, shares_of: (total > 0.0).then_some(total) }
 }
 
-/// What [`rank`] gives: the spans, the "no answer" score, and whether both are odds.
+/// What [`rank`] gives: the spans, the "no answer" score, and, where the scores are relative
+/// odds, their total, which turns each into its share.
 struct Ranked<'w> {
     spans: Vec<(&'w Window, TokenSpan)>,
     null_score: Option<f64>,
-    as_odds: bool,
-}
-
-/// Odds `o` as the probability `o / (1 + o)`: a span's chance against its window's "no answer"
-/// alone, in [0, 1]. Computed as `1 - 1 / (1 + o)`, each step of which rounds monotonically,
-/// so the answers stay in the odds' order (`o / (1 + o)` rounds two values apart and can swap
-/// neighbours near 1).
-fn odds_to_probability(answers: &mut [crate::Answer]) {
-    for answer in answers {
-        answer.score = 1.0 - 1.0 / (1.0 + answer.score);
-    }
+    shares_of: Option<f64>,
 }
 
 /// Stages 1 and 2 for one question: checks the request, fits `options` to the model, and
@@ -346,41 +349,62 @@ mod tests {
         assert_eq!(model.calls, (timings.windows as usize).div_ceil(MAX_BATCH_ROWS));
     }
 
-    #[test]
-    fn odds_become_the_probability_odds_over_one_plus_odds_in_order() {
-        let answer = |score: f64| crate::Answer { text: String::new(), score, start: 0, end: 0 };
-        let mut answers: Vec<crate::Answer> = [3.0, 1.0, 0.25, 0.0].into_iter().map(answer).collect();
-        odds_to_probability(&mut answers);
-        let scores: Vec<f64> = answers.iter().map(|a| a.score).collect();
-        for (got, want) in scores.iter().zip([0.75, 0.5, 0.2, 0.0]) {
-            assert!((got - want).abs() < 1e-12, "{scores:?}");
+    /// A model with a logit for each of a few token ids, the classifier token's logit, and
+    /// -100 everywhere else (so that spans of other tokens weigh nothing).
+    struct Logit(Vec<(i64, f32)>, f32);
+
+    impl QaModel for Logit {
+        fn infer(&mut self, batch: &Batch) -> Result<Logits, QaError> {
+            let logit = |(i, &id): (usize, &i64)| match self.0.iter().find(|(wanted, _)| *wanted == id) {
+                Some(&(_, logit)) => logit,
+                None if i % batch.seq_len == 0 => self.1,
+                None => -100.0,
+            };
+            let logits: Vec<f32> = batch.input_ids.iter().enumerate().map(logit).collect();
+            Ok(Logits { rows: batch.rows, seq_len: batch.seq_len, start: logits.clone(), end: logits })
         }
-        // Huge neighbouring odds keep their order (and never pass 1).
-        let mut close: Vec<crate::Answer> = [1e15 + 2.0, 1e15].into_iter().map(answer).collect();
-        odds_to_probability(&mut close);
-        assert!(close[0].score >= close[1].score && close[0].score <= 1.0, "{close:?}");
     }
 
+    /// Over a long document, confident answers in different paragraphs keep distinct scores in
+    /// the order of their log-odds: each is its share of all the odds ("no answer" included).
+    /// As `odds / (1 + odds)`, all three scored 1.0: their windows' "no answer" probability
+    /// underflows.
     #[test]
-    fn a_multi_window_score_is_the_span_s_odds_against_its_window_s_no_answer_as_a_probability() {
-        /// Start and end logit 1 on one token id, 0 everywhere else (the classifier too).
-        struct Dim(i64);
-        impl QaModel for Dim {
-            fn infer(&mut self, batch: &Batch) -> Result<Logits, QaError> {
-                let logits: Vec<f32> = batch.input_ids.iter().map(|&id| if id == self.0 { 1.0 } else { 0.0 }).collect();
-                Ok(Logits { rows: batch.rows, seq_len: batch.seq_len, start: logits.clone(), end: logits })
-            }
-        }
+    fn distinct_answers_of_a_long_document_get_distinct_scores_in_order() {
         let tok = tiny_tokenizer();
-        let paragraph = "a b c d e f g h ".repeat(9);
-        let context = format!("{}\n\n{paragraph}1886", paragraph.trim());
-        let (answers, timings) = answer(&tok, &BERT_PROFILE, &mut Dim(11), "when", &context, &Options::default()).unwrap();
-        assert_eq!(timings.windows, 2);
-        // Within its window the span "1886" has probability e^(1+1) / Z and "no answer" e^(0+0) / Z,
-        // so odds e^2, reported as e^2 / (1 + e^2), whatever the other window holds.
-        let odds = 2f64.exp();
-        assert_eq!(answers[0].text, "1886");
-        assert!((answers[0].score - odds / (1.0 + odds)).abs() < 1e-6, "{} against {}", answers[0].score, odds / (1.0 + odds));
+        let filler = "a b c d e f g h ".repeat(9);
+        let context = format!("{filler}1886\n\n{filler}benz\n\n{filler}cafe");
+        // "1886" (id 11) 30, "benz" (12) 25, "cafe" (16) 20, the classifier token -60.
+        let mut model = Logit(vec![(11, 30.0), (12, 25.0), (16, 20.0)], -60.0);
+        let options = Options { top_k: 3, ..Options::default() };
+        let (answers, timings) = answer(&tok, &BERT_PROFILE, &mut model, "when", &context, &options).unwrap();
+        assert_eq!(timings.windows, 3);
+        let texts: Vec<&str> = answers.iter().map(|a| a.text.as_str()).collect();
+        assert_eq!(texts, ["1886", "benz", "cafe"]);
+        // Log-odds 30 + 30 + 120 = 180, 170, 160 and "no answer" 0: shares of e^180 + e^170 + e^160.
+        let total = 1.0 + (-10f64).exp() + (-20f64).exp();
+        for (answer, log_odds) in answers.iter().zip([0.0, -10.0, -20.0]) {
+            let share = f64::exp(log_odds) / total;
+            assert!((answer.score - share).abs() <= 1e-9 * share, "{answer:?}: want {share}");
+        }
+        assert!(answers[0].score < 1.0 && answers[0].score > answers[1].score && answers[1].score > answers[2].score);
+    }
+
+    /// "No answer" is a candidate at log-odds 0: offered (`handle_impossible`) it wins a document
+    /// whose every span is less likely than its own window's "no answer", with its share.
+    #[test]
+    fn no_answer_wins_a_document_whose_spans_are_all_unlikely() {
+        let tok = tiny_tokenizer();
+        let filler = "a b c d e f g h ".repeat(9);
+        let context = format!("{filler}1886\n\n{filler}benz");
+        // Log-odds of "1886": 2 - 2 * 3 = -4; of "benz": -6; "no answer": 0.
+        let mut model = Logit(vec![(11, 1.0), (12, 0.0)], 3.0);
+        let options = Options { top_k: 3, handle_impossible: true, ..Options::default() };
+        let (answers, _) = answer(&tok, &BERT_PROFILE, &mut model, "when", &context, &options).unwrap();
+        let texts: Vec<&str> = answers.iter().map(|a| a.text.as_str()).collect();
+        assert_eq!(texts, ["", "1886", "benz"]);
+        let total = 1.0 + (-4f64).exp() + (-6f64).exp();
+        assert!((answers[0].score - 1.0 / total).abs() < 1e-9, "{answers:?}");
     }
 
     #[test]

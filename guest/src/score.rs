@@ -7,10 +7,11 @@
 //! `p_start[s] * p_end[e]` when both ends are context tokens and `e - s < max_answer_len`.
 //!
 //! Scores of different windows do not compare: every window's best span scores high, even in a
-//! window without the answer. [`odds_against_no_answer`] makes them compare: a span's
-//! probability over its window's "no answer" probability, `exp(s + e - cls_s - cls_e)` in
-//! logits, the span's score relative to the classifier token as the original BERT SQuAD code
-//! ranks spans of different windows.
+//! window without the answer. [`log_odds_against_no_answer`] makes them compare: a span's
+//! probability over its window's "no answer" probability, `s + e - cls_s - cls_e` in logits
+//! (the span's score relative to the classifier token, as the original BERT SQuAD code ranks
+//! spans of different windows), taken from the logits themselves: as a ratio of probabilities
+//! it saturated, since a confident window's "no answer" probability underflows.
 
 /// A span of token positions inside one window, `end` inclusive.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,7 +27,11 @@ pub struct TokenSpan {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WindowScores {
     pub spans: Vec<TokenSpan>,
+    /// Each span's start logit plus end logit, in the order of `spans`.
+    pub span_logits: Vec<f64>,
     pub null_score: Option<f32>,
+    /// The classifier token's start logit plus end logit.
+    pub null_logit: Option<f64>,
 }
 
 const MASKED_LOGIT: f32 = -10_000.0;
@@ -43,6 +48,7 @@ pub fn score_window(
 ) -> WindowScores {
     let n = in_context.len().min(start_logits.len()).min(end_logits.len());
     let keep = |i: usize| in_context[i] || cls_index == Some(i);
+    let logit = |s: usize, e: usize| f64::from(start_logits[s]) + f64::from(end_logits[e]);
     let mut p_start = softmax((0..n).map(|i| if keep(i) { start_logits[i] } else { MASKED_LOGIT }));
     let mut p_end = softmax((0..n).map(|i| if keep(i) { end_logits[i] } else { MASKED_LOGIT }));
     let null_score = cls_index.filter(|&c| c < n).map(|c| {
@@ -62,20 +68,23 @@ pub fn score_window(
     // Stable: equal scores keep start-major order, as the reference's argmax does.
     spans.sort_by(|a, b| b.score.total_cmp(&a.score));
     spans.truncate(top_k);
-    WindowScores { spans, null_score }
+    let span_logits = spans.iter().map(|span| logit(span.start, span.end)).collect();
+    let null_logit = cls_index.filter(|&c| c < n).map(|c| logit(c, c));
+    WindowScores { spans, span_logits, null_score, null_logit }
 }
 
-/// Smallest "no answer" probability divided by: one that underflowed to zero would make every
-/// span of its window infinitely likely.
-const MIN_NULL: f64 = 1e-30;
-
-/// A window's spans scored by their odds against the window's "no answer": each span's
-/// probability over the classifier token's. A window whose model puts its mass on "no answer"
-/// (the answer is elsewhere) gives small odds to its best span; a window without a classifier
-/// token keeps its probabilities.
-pub fn odds_against_no_answer(scored: WindowScores) -> Vec<TokenSpan> {
-    let null = scored.null_score.map_or(1.0, |null| f64::from(null).max(MIN_NULL));
-    scored.spans.into_iter().map(|span| TokenSpan { score: span.score / null, ..span }).collect()
+/// A window's spans scored by their log-odds against the window's "no answer": the log of each
+/// span's probability over the classifier token's, which is `s + e - cls_s - cls_e` in logits
+/// (the soft-maxes' normalizers cancel). A window whose model puts its mass on "no answer" (the
+/// answer is elsewhere) gives its best span low log-odds; a window without a classifier token
+/// keeps the log of its probabilities.
+pub fn log_odds_against_no_answer(scored: WindowScores) -> Vec<TokenSpan> {
+    let WindowScores { spans, span_logits, null_logit, .. } = scored;
+    spans
+        .into_iter()
+        .zip(span_logits)
+        .map(|(span, logit)| TokenSpan { score: null_logit.map_or_else(|| span.score.ln(), |null| logit - null), ..span })
+        .collect()
 }
 
 /// The softmax, in f32 as the reference computes it.
@@ -144,23 +153,32 @@ mod tests {
     }
 
     #[test]
-    fn odds_against_no_answer_compare_windows() {
+    fn log_odds_against_no_answer_compare_windows() {
         // Two windows whose best spans have the same probability within their window; the
         // second's model puts its remaining mass on "no answer", the first's elsewhere.
         let answer_here = [0.0, 0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 5.0, 0.0];
         let answer_elsewhere = [6.0, 0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 0.0, 0.0];
         let here = score_window(&answer_here, &answer_here, &CTX, Some(0), 1, 15);
         let elsewhere = score_window(&answer_elsewhere, &answer_elsewhere, &CTX, Some(0), 1, 15);
-        let (here, elsewhere) = (odds_against_no_answer(here)[0], odds_against_no_answer(elsewhere)[0]);
-        assert!(here.score > 100.0 * elsewhere.score, "{here:?} {elsewhere:?}");
-        // In logits: exp(s + e - cls_s - cls_e).
-        assert!((elsewhere.score - 1.0).abs() < 1e-5, "equal logits, even odds: {elsewhere:?}");
-        assert!((here.score - (12f64).exp()).abs() / (12f64).exp() < 1e-4, "{here:?}");
-        // No classifier token: the probabilities stay; a vanished one does not divide by zero.
+        let (here, elsewhere) = (log_odds_against_no_answer(here)[0], log_odds_against_no_answer(elsewhere)[0]);
+        // In logits: s + e - cls_s - cls_e.
+        assert_eq!(elsewhere.score, 0.0, "equal logits, even odds: {elsewhere:?}");
+        assert_eq!(here.score, 12.0, "{here:?}");
+        // No classifier token: the log of the probabilities.
         let plain = score_window(&answer_here, &answer_here, &CTX, None, 1, 15);
-        assert_eq!(odds_against_no_answer(plain.clone())[0].score, plain.spans[0].score);
-        let tiny = WindowScores { null_score: Some(0.0), ..plain };
-        assert!(odds_against_no_answer(tiny)[0].score.is_finite());
+        assert_eq!(log_odds_against_no_answer(plain.clone())[0].score, plain.spans[0].score.ln());
+    }
+
+    /// Confident windows do not saturate: with "no answer" logits far below every span's (its
+    /// probability underflows f32), spans of different strength keep distinct log-odds, in order.
+    #[test]
+    fn log_odds_of_confident_windows_stay_distinct_and_ordered() {
+        let window = |span_logit: f32| {
+            let logits = [-60.0, 0.0, 0.0, 0.0, span_logit, 0.0, 0.0, 0.0, 0.0];
+            log_odds_against_no_answer(score_window(&logits, &logits, &CTX, Some(0), 1, 15))[0].score
+        };
+        let (strong, middling, weak) = (window(30.0), window(25.0), window(20.0));
+        assert_eq!((strong, middling, weak), (180.0, 170.0, 160.0));
     }
 
     #[test]

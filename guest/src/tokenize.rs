@@ -356,6 +356,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// The shipped model's tokenizer, on a real paragraph, cuts the windows `tokenizers` gives
+    /// the pair.
+    #[test]
+    fn the_shipped_tokenizer_cuts_the_windows_tokenizers_gives_the_pair() {
+        let json = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/nlp1/tokenizer.json")).unwrap();
+        let shipped = Tokenizer::from_bytes(json).unwrap();
+        for decoding in [Decoding::Pipeline, Decoding::Document] {
+            windows_equal_pair_encoding(&shipped, decoding);
+        }
+    }
+
     /// Words the tiny BPE and Unigram vocabularies hold whole (with and without the
     /// word-start marker), so their tokens carry a leading space as real vocabularies' do.
     const WORDS: [&str; 16] =

@@ -67,10 +67,10 @@ impl QaModel for WasiNnModel {
         let id_tensor = |values: &[i64]| {
             if f32_inputs {
                 let bytes: Vec<u8> = values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
-                tensor::Tensor::new(&dims.to_vec(), tensor::TensorType::Fp32, &bytes)
+                tensor::Tensor::new(&dims, tensor::TensorType::Fp32, &bytes)
             } else {
                 let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                tensor::Tensor::new(&dims.to_vec(), tensor::TensorType::I64, &bytes)
+                tensor::Tensor::new(&dims, tensor::TensorType::I64, &bytes)
             }
         };
         let mut inputs =

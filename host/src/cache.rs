@@ -31,7 +31,7 @@ pub struct LoadedModel {
     pub dir: PathBuf,
     /// The source's content version when it was loaded.
     pub version: String,
-    /// Size of `model.onnx`: the measure of the model cache's budget.
+    /// Size of `model.onnx` times its sessions: the measure of the model cache's budget.
     bytes: u64,
     /// Loaded at start-up (`QA_PRELOAD`): never evicted.
     preloaded: bool,
@@ -41,6 +41,8 @@ pub struct LoadedModel {
     checked: Mutex<Instant>,
     /// A re-check is running in the background.
     rechecking: std::sync::atomic::AtomicBool,
+    /// Re-check on the next use, whatever the TTL says ([`ModelCache::expire`]).
+    stale: std::sync::atomic::AtomicBool,
     /// Keeps a downloaded version's files while this model (and so any request on it) lives.
     _files: Option<Arc<VersionLease>>,
 }
@@ -50,10 +52,11 @@ impl LoadedModel {
     /// re-check is running. The caller that gets `true` owns the re-check.
     fn claim_recheck(&self, ttl: Duration) -> bool {
         let Ok(mut checked) = self.checked.lock() else { return false };
-        if checked.elapsed() < ttl || self.rechecking.swap(true, Ordering::AcqRel) {
+        if (checked.elapsed() < ttl && !self.stale.load(Ordering::Acquire)) || self.rechecking.swap(true, Ordering::AcqRel) {
             return false;
         }
         *checked = Instant::now();
+        self.stale.store(false, Ordering::Release);
         true
     }
 
@@ -74,7 +77,8 @@ pub struct ModelCache {
     catalog: ModelCatalog,
     backend: OnnxBackend,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
-    /// Budget for models loaded on demand (sum of `model.onnx` sizes); `None` is unbounded.
+    /// Budget for models loaded on demand (sum of `model.onnx` sizes, once per session);
+    /// `None` is unbounded.
     budget: Option<u64>,
     model_ttl: Duration,
     clock: AtomicU64,
@@ -97,6 +101,21 @@ impl ModelCache {
             slots.iter().filter(|(_, slot)| slot.current.try_lock().is_ok_and(|c| c.is_some())).map(|(n, _)| n.clone()).collect();
         names.sort();
         names
+    }
+
+    /// Makes every loaded model whose source can change due for a re-check on its next use,
+    /// whatever its TTL says: after a SnapStart restore, the loaded versions are as old as the
+    /// snapshot, which may be older than any TTL.
+    pub fn expire(&self) {
+        let Ok(slots) = self.slots.lock() else { return };
+        for (name, slot) in slots.iter() {
+            let remote = self.catalog.get(name).is_some_and(|source| source.can_change());
+            if let (true, Ok(current)) = (remote, slot.current.try_lock())
+                && let Some(model) = current.as_ref()
+            {
+                model.stale.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// The model `name`, fetched and loaded on first use (concurrent first requests wait for
@@ -183,7 +202,9 @@ impl ModelCache {
             tracing::warn!(model = name, dir = %local.dir.display(), error = %e, "model directory unreadable");
             ApiError::ModelUnavailable { name: name.to_string(), reason: format!("the model's directory: {e}") }
         })?;
-        let bytes = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0);
+        // Each session holds its own copy of the weights.
+        let sessions = self.backend.settings.sessions.max(1) as u64;
+        let bytes = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0).saturating_mul(sessions);
         let backend = self.backend;
         let load_dir = dir.clone();
         let graph: Arc<dyn Model> = tokio::task::spawn_blocking(move || backend.load_model_dir(&load_dir))
@@ -203,6 +224,7 @@ impl ModelCache {
             last_used: AtomicU64::new(0),
             checked: Mutex::new(Instant::now()),
             rechecking: std::sync::atomic::AtomicBool::new(false),
+            stale: std::sync::atomic::AtomicBool::new(false),
             _files: local.lease,
         })))
     }

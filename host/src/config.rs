@@ -41,6 +41,9 @@ pub struct HostConfig {
     pub guest_nn: NnLimits,
     /// Guest instances that can exist at once (`QA_GUEST_INSTANCES`).
     pub guest_instances: u32,
+    /// Linear memory all guest instances may hold together (`QA_GUEST_MEMORY_TOTAL_MB`);
+    /// `None`: only each instance's own limit.
+    pub guest_memory_total_bytes: Option<usize>,
     /// Windows one request may run inference on, all its questions together
     /// (`QA_MAX_WINDOWS`): a context that needs more is refused (413 `too_many_windows`).
     pub max_windows: u32,
@@ -63,6 +66,70 @@ pub struct HostConfig {
     pub serve: ServeLimits,
     /// A candidate guest in shadow or canary mode (`QA_GUEST_SHADOW`, `QA_GUEST_CANARY`).
     pub rollout: Option<RolloutSettings>,
+    /// What Lambda says about the execution environment, when running under it.
+    pub lambda: Option<LambdaEnvironment>,
+}
+
+/// The execution environment as Lambda describes it in the bootstrap's environment
+/// (present when `AWS_LAMBDA_RUNTIME_API` is set). The per-environment budgets' defaults are
+/// sized from it ([`Budgets::for_environment`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LambdaEnvironment {
+    /// Invocations Lambda sends this environment at once (`AWS_LAMBDA_MAX_CONCURRENCY`, set
+    /// under Lambda Managed Instances; 1 otherwise).
+    pub max_concurrency: u32,
+    /// The init phase runs before a SnapStart snapshot (`AWS_LAMBDA_INITIALIZATION_TYPE` is
+    /// `snap-start`): environments are restored from it later.
+    pub snap_start: bool,
+    /// The function's memory in MB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
+    pub memory_mb: Option<u64>,
+}
+
+/// The budgets of one execution environment that depend on how many invocations it serves
+/// at once: each is the default of its setting ([`HostConfig`] documents which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budgets {
+    pub guest_instances: u32,
+    pub guest_memory_total_mb: Option<u64>,
+    /// ONNX Runtime sessions per model: inference runs on one model at once.
+    pub inference_concurrency: usize,
+    /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's choice).
+    pub inference_threads: usize,
+    pub model_downloads: usize,
+}
+
+impl Budgets {
+    /// The defaults for `lambda` (`None`: not under Lambda) on a machine with `cpus` CPUs.
+    ///
+    /// With N invocations at once: N guest instances for the requests, up to N more for their
+    /// shadow calls ([`crate::rollout::MAX_SHADOW_CALLS`] at most) and 2 for snapshots being
+    /// made; guest memory in total half the function's memory (the other half holds the
+    /// models' sessions, ONNX Runtime's buffers and the host); one inference session per
+    /// request up to one per CPU, each with an equal share of the CPUs as threads (one run
+    /// on all threads serializes the requests behind it); 2 model downloads at once, up to 4
+    /// with 4 or more invocations (each already runs 4 ranged GETs, so more only splits the
+    /// bandwidth while holding 32 MiB of parts each).
+    pub fn for_environment(lambda: Option<&LambdaEnvironment>, cpus: usize) -> Self {
+        let Some(lambda) = lambda else {
+            return Self {
+                guest_instances: crate::guest::DEFAULT_INSTANCES,
+                guest_memory_total_mb: None,
+                inference_concurrency: 1,
+                inference_threads: 0,
+                model_downloads: 2,
+            };
+        };
+        let n = lambda.max_concurrency.max(1);
+        let shadows = u32::try_from(crate::rollout::MAX_SHADOW_CALLS).unwrap_or(u32::MAX).min(n);
+        let sessions = (n as usize).min(cpus.max(1));
+        Self {
+            guest_instances: n.saturating_add(shadows).saturating_add(2),
+            guest_memory_total_mb: lambda.memory_mb.map(|mb| (mb / 2).max(1)),
+            inference_concurrency: sessions,
+            inference_threads: if sessions > 1 { (cpus / sessions).max(1) } else { 0 },
+            model_downloads: (n as usize).clamp(2, 4),
+        }
+    }
 }
 
 /// Why the configuration is unusable: start-up stops and says which setting.
@@ -163,6 +230,12 @@ impl HostConfig {
         if let Some(attempts) = env.positive::<u32>("QA_S3_MAX_ATTEMPTS", "a whole number of attempts, at least 1")? {
             s3.max_attempts = attempts;
         }
+        if let Some(mb) = env.positive::<u64>("QA_S3_PART_MB", "a whole number of MiB, at least 1")? {
+            s3.part_bytes = mb.saturating_mul(1 << 20);
+        }
+        if let Some(parts) = env.positive::<usize>("QA_S3_CONCURRENCY", "a whole number of parts, at least 1")? {
+            s3.concurrency = parts;
+        }
         let guest_deadline = env.millis("QA_GUEST_DEADLINE_MS")?.unwrap_or(Duration::from_secs(30));
         let serve = {
             let defaults = ServeLimits::for_deadline(guest_deadline);
@@ -177,6 +250,17 @@ impl HostConfig {
                     .unwrap_or(defaults.max_connections),
             }
         };
+        let lambda = match env.text("AWS_LAMBDA_RUNTIME_API") {
+            None => None,
+            Some(_) => Some(LambdaEnvironment {
+                max_concurrency: env.positive("AWS_LAMBDA_MAX_CONCURRENCY", "a whole number of invocations, at least 1")?.unwrap_or(1),
+                snap_start: env.text("AWS_LAMBDA_INITIALIZATION_TYPE").as_deref() == Some("snap-start"),
+                memory_mb: env.positive("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "a whole number of MB, at least 1")?,
+            }),
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let budgets = Budgets::for_environment(lambda.as_ref(), cpus);
+        s3.downloads = env.positive("QA_MODEL_DOWNLOADS", "a whole number of downloads, at least 1")?.unwrap_or(budgets.model_downloads);
         let nn_defaults = NnLimits::default();
         Ok(Self {
             models_dir: env.path("QA_MODELS_DIR").unwrap_or_else(|| default_models_dir(env.path("LAMBDA_TASK_ROOT"))),
@@ -192,7 +276,11 @@ impl HostConfig {
             max_windows: env.positive("QA_MAX_WINDOWS", "a whole number of windows, at least 1")?.unwrap_or(DEFAULT_MAX_WINDOWS),
             guest_instances: env
                 .positive("QA_GUEST_INSTANCES", "a whole number of instances, at least 1")?
-                .unwrap_or(crate::guest::DEFAULT_INSTANCES),
+                .unwrap_or(budgets.guest_instances),
+            guest_memory_total_bytes: env
+                .positive::<u64>("QA_GUEST_MEMORY_TOTAL_MB", "a whole number of MiB, at least 1")?
+                .or(budgets.guest_memory_total_mb)
+                .map(|mb| usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)),
             guest_nn: NnLimits {
                 max_input_elements: env
                     .positive("QA_GUEST_NN_ELEMENTS", "a whole number of elements, at least 1")?
@@ -203,8 +291,13 @@ impl HostConfig {
                 ..nn_defaults
             },
             session: SessionSettings {
-                intra_threads: env.parsed("QA_INFERENCE_THREADS", "a whole number of threads (0: ONNX Runtime's choice)")?.unwrap_or(0),
+                intra_threads: env
+                    .parsed("QA_INFERENCE_THREADS", "a whole number of threads (0: ONNX Runtime's choice)")?
+                    .unwrap_or(budgets.inference_threads),
                 memory_arena: env.switch("QA_ORT_ARENA")?.unwrap_or(true),
+                sessions: env
+                    .positive("QA_INFERENCE_CONCURRENCY", "a whole number of inference runs, at least 1")?
+                    .unwrap_or(budgets.inference_concurrency),
             },
             preload: env
                 .text("QA_PRELOAD")
@@ -220,6 +313,7 @@ impl HostConfig {
             s3,
             serve,
             rollout: rollout(&env)?,
+            lambda,
         })
     }
 }
@@ -261,7 +355,8 @@ fn rollout<F: Fn(&str) -> Option<String>>(env: &Settings<F>) -> Result<Option<Ro
 }
 
 impl HostConfig {
-    /// How guests run, from these settings.
+    /// How guests run, from these settings, with a fresh [`crate::guest::MemoryBudget`]: the
+    /// guests that share one call's settings share one budget.
     pub fn guest_settings(&self) -> crate::guest::GuestSettings {
         crate::guest::GuestSettings {
             deadline: self.guest_deadline,
@@ -269,6 +364,7 @@ impl HostConfig {
             nn: self.guest_nn,
             instances: self.guest_instances,
             compile_snapshots: self.compile_snapshots,
+            memory_total: crate::guest::MemoryBudget::new(self.guest_memory_total_bytes),
         }
     }
 }
@@ -330,6 +426,31 @@ mod tests {
         assert_eq!((c.serve.header_timeout, c.serve.request_timeout), (Duration::from_millis(10_000), Duration::from_millis(40_000)));
         assert_eq!((c.serve.max_requests, c.serve.max_connections), (64, 1024));
         assert_eq!((c.s3.attempt_timeout, c.s3.max_attempts), (Duration::from_millis(30_000), 4));
+        assert_eq!((c.s3.part_bytes, c.s3.concurrency), (8 << 20, 4));
+        assert_eq!((c.guest_memory_total_bytes, c.session.sessions, c.s3.downloads), (None, 1, 2));
+        assert_eq!(c.lambda, None);
+        // A candidate guest named and nothing else: its share and the rollout rule.
+        let shadow = config(&[("QA_GUEST_SHADOW", "a.wasm")]).unwrap().rollout.unwrap();
+        let canary = config(&[("QA_GUEST_CANARY", "a.wasm")]).unwrap().rollout.unwrap();
+        assert_eq!((shadow.percent, canary.percent), (100.0, 10.0));
+        let documented = Policy {
+            window: 50,
+            min_calls: 10,
+            failure_margin: 0.10,
+            latency_ratio: 2.0,
+            promote_after: None,
+            shadow_max_delay: Duration::from_millis(1000),
+        };
+        assert_eq!((shadow.policy, canary.policy), (documented, documented));
+    }
+
+    #[test]
+    fn the_ranged_download_s_part_size_and_concurrency_are_read_and_checked() {
+        let c = config(&[("QA_S3_PART_MB", "64"), ("QA_S3_CONCURRENCY", "16")]).unwrap();
+        assert_eq!((c.s3.part_bytes, c.s3.concurrency), (64 << 20, 16));
+        for bad in [("QA_S3_PART_MB", "0"), ("QA_S3_CONCURRENCY", "0"), ("QA_S3_PART_MB", "8M")] {
+            assert!(config(&[bad]).unwrap_err().to_string().contains(bad.0), "{bad:?}");
+        }
     }
 
     #[test]
@@ -345,6 +466,72 @@ mod tests {
         let guest = c.guest_settings();
         assert_eq!((guest.deadline, guest.memory_bytes, guest.instances), (Duration::from_millis(1200), 96 << 20, 7));
         assert_eq!((guest.nn.max_input_elements, guest.nn.max_tensor_bytes), (1000, 3 << 20));
+    }
+
+    /// The per-environment budgets follow the invocations Lambda sends at once: enough guest
+    /// instances for each and its shadow call, half the function's memory for guests, a
+    /// session per invocation up to one per CPU, 2 to 4 downloads.
+    #[test]
+    fn budgets_are_sized_from_the_environment_s_concurrency() {
+        let outside = Budgets::for_environment(None, 8);
+        assert_eq!(
+            outside,
+            Budgets {
+                guest_instances: 256,
+                guest_memory_total_mb: None,
+                inference_concurrency: 1,
+                inference_threads: 0,
+                model_downloads: 2
+            }
+        );
+        let lambda = |max_concurrency, memory_mb| LambdaEnvironment { max_concurrency, snap_start: false, memory_mb };
+        let classic = Budgets::for_environment(Some(&lambda(1, Some(2048))), 2);
+        assert_eq!(
+            classic,
+            Budgets {
+                guest_instances: 4,
+                guest_memory_total_mb: Some(1024),
+                inference_concurrency: 1,
+                inference_threads: 0,
+                model_downloads: 2
+            }
+        );
+        let managed = Budgets::for_environment(Some(&lambda(8, Some(4096))), 2);
+        assert_eq!((managed.guest_instances, managed.inference_concurrency, managed.inference_threads), (8 + 4 + 2, 2, 1));
+        assert_eq!((managed.guest_memory_total_mb, managed.model_downloads), (Some(2048), 4));
+        let wide = Budgets::for_environment(Some(&lambda(4, None)), 16);
+        assert_eq!((wide.inference_concurrency, wide.inference_threads, wide.guest_memory_total_mb), (4, 4, None));
+        assert_eq!(Budgets::for_environment(Some(&lambda(64, None)), 4).guest_instances, 64 + 4 + 2, "shadow calls are capped");
+    }
+
+    /// Lambda's own variables are read once, with the rest; a `QA_*` setting overrides the
+    /// budget it sizes.
+    #[test]
+    fn lambda_s_variables_size_the_defaults_and_settings_override_them() {
+        assert_eq!(config(&[("AWS_LAMBDA_MAX_CONCURRENCY", "8")]).unwrap().lambda, None, "not under Lambda");
+        let runtime = ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001");
+        let c = config(&[runtime, ("AWS_LAMBDA_MAX_CONCURRENCY", "8"), ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096")]).unwrap();
+        let lambda = c.lambda.expect("under Lambda");
+        assert_eq!((lambda.max_concurrency, lambda.snap_start, lambda.memory_mb), (8, false, Some(4096)));
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!((c.guest_instances, c.guest_memory_total_bytes, c.s3.downloads), (14, Some(2048 << 20), 4));
+        assert_eq!(c.session.sessions, 8.min(cpus));
+        let set = config(&[
+            runtime,
+            ("AWS_LAMBDA_MAX_CONCURRENCY", "8"),
+            ("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start"),
+            ("QA_GUEST_INSTANCES", "3"),
+            ("QA_GUEST_MEMORY_TOTAL_MB", "100"),
+            ("QA_INFERENCE_CONCURRENCY", "1"),
+            ("QA_INFERENCE_THREADS", "2"),
+            ("QA_MODEL_DOWNLOADS", "1"),
+        ])
+        .unwrap();
+        assert!(set.lambda.unwrap().snap_start);
+        assert_eq!((set.guest_instances, set.guest_memory_total_bytes, set.s3.downloads), (3, Some(100 << 20), 1));
+        assert_eq!((set.session.sessions, set.session.intra_threads), (1, 2));
+        let error = config(&[runtime, ("AWS_LAMBDA_MAX_CONCURRENCY", "many")]).map(drop).unwrap_err().to_string();
+        assert!(error.starts_with("AWS_LAMBDA_MAX_CONCURRENCY=\"many\""), "{error}");
     }
 
     /// Where models and the guest are found when no path is set: the image layout under
@@ -397,6 +584,9 @@ mod tests {
             ("QA_ORT_ARENA", "maybe"),
             ("QA_MODEL_TTL_SECS", "1.5"),
             ("QA_MODEL_CACHE_MB", "0"),
+            ("QA_GUEST_MEMORY_TOTAL_MB", "0"),
+            ("QA_INFERENCE_CONCURRENCY", "0"),
+            ("QA_MODEL_DOWNLOADS", "none"),
         ] {
             let error = config(&[(name, value)]).map(drop).unwrap_err().to_string();
             assert!(error.starts_with(&format!("{name}={value:?} is not ")), "{name}={value}: {error}");

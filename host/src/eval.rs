@@ -109,6 +109,10 @@ pub fn in_haystack(questions: &[Question], pool: &[Question], bytes: usize, seed
 pub struct EvalReport {
     pub exact_match: f64,
     pub f1: f64,
+    /// Standard errors of the two means (sample standard deviation over the square root of the
+    /// questions asked): how far a sample's figure may stray from the whole set's by chance.
+    pub exact_match_stderr: f64,
+    pub f1_stderr: f64,
     pub total: usize,
     pub failed: usize,
     pub seconds: f64,
@@ -134,7 +138,7 @@ pub async fn evaluate(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    let (mut em, mut f1, mut failed) = (0.0, 0.0, 0);
+    let (mut em, mut f1, mut failed) = (Vec::with_capacity(questions.len()), Vec::with_capacity(questions.len()), 0);
     let mut latencies = Vec::with_capacity(questions.len());
     let mut model_used = model.clone().unwrap_or_default();
     for q in questions {
@@ -152,17 +156,19 @@ pub async fn evaluate(
             }
         };
         latencies.push(asked.elapsed().as_secs_f64() * 1e3);
-        em += best_over(&q.gold, |g| exact_match(&prediction, g));
-        f1 += best_over(&q.gold, |g| f1_score(&prediction, g));
+        em.push(100.0 * best_over(&q.gold, |g| exact_match(&prediction, g)));
+        f1.push(100.0 * best_over(&q.gold, |g| f1_score(&prediction, g)));
         predictions.insert(q.id.clone(), prediction);
         progress.inc(1);
     }
     progress.finish_and_clear();
     latencies.sort_by(f64::total_cmp);
-    let n = questions.len().max(1) as f64;
+    let ((exact_match, exact_match_stderr), (f1, f1_stderr)) = (mean_and_standard_error(&em), mean_and_standard_error(&f1));
     EvalReport {
-        exact_match: 100.0 * em / n,
-        f1: 100.0 * f1 / n,
+        exact_match,
+        f1,
+        exact_match_stderr,
+        f1_stderr,
         total: questions.len(),
         failed,
         seconds: started.elapsed().as_secs_f64(),
@@ -171,6 +177,21 @@ pub async fn evaluate(
         haystack_bytes: 0,
         decoding: decoding.unwrap_or_default(),
     }
+}
+
+/// The mean of `scores` and its standard error (sample standard deviation, n - 1, over √n);
+/// 0 and 0 for no scores, a standard error of 0 for one.
+pub fn mean_and_standard_error(scores: &[f64]) -> (f64, f64) {
+    let n = scores.len() as f64;
+    if scores.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mean = scores.iter().sum::<f64>() / n;
+    if scores.len() == 1 {
+        return (mean, 0.0);
+    }
+    let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (variance / n).sqrt())
 }
 
 fn best_over(gold: &[String], score: impl Fn(&str) -> f64) -> f64 {
@@ -252,6 +273,17 @@ mod tests {
         assert_eq!(normalize_answer("Theater"), "theater");
         assert_eq!(normalize_answer("“the” end"), "“ ” end");
         assert_eq!(normalize_answer("Ångström_a a_b"), "ångströma ab");
+    }
+
+    #[test]
+    fn the_standard_error_is_the_sample_deviation_over_the_root_of_n() {
+        assert_eq!(mean_and_standard_error(&[]), (0.0, 0.0));
+        assert_eq!(mean_and_standard_error(&[40.0]), (40.0, 0.0));
+        // Half right: mean 50, sample deviation sqrt(4 * 2500 / 3), over sqrt(4).
+        let (mean, se) = mean_and_standard_error(&[100.0, 0.0, 100.0, 0.0]);
+        assert_eq!(mean, 50.0);
+        assert!((se - (10_000.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-9, "{se}");
+        assert_eq!(mean_and_standard_error(&[70.0; 5]), (70.0, 0.0));
     }
 
     #[test]

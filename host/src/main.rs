@@ -197,7 +197,13 @@ async fn start(config: &mut HostConfig, compile_snapshots: bool) -> Result<Arc<Q
     config.compile_snapshots = compile_snapshots;
     qa_host::guest::resolve_guest(config).await.map_err(|e| Failure::Start(anyhow!(e)))?;
     let service = Arc::new(QaService::start(config).await.map_err(|e| Failure::Start(e.into()))?);
-    service.preload(&config.preload).await.map_err(|e| Failure::Start(anyhow!(e).context(format!("preloading {:?}", config.preload))))?;
+    // Before a SnapStart snapshot no request is waiting: every model of the image is loaded
+    // (and its guest prepared) unless QA_PRELOAD names which.
+    let preload = match &config.lambda {
+        Some(lambda) if lambda.snap_start && config.preload.is_empty() => service.unchanging_models(),
+        _ => config.preload.clone(),
+    };
+    service.preload(&preload).await.map_err(|e| Failure::Start(anyhow!(e).context(format!("preloading {preload:?}"))))?;
     Ok(service)
 }
 

@@ -136,7 +136,7 @@ pub type Answered = Result<Vec<Result<Response, GuestError>>, GuestError>;
 pub fn guest_fault(error: &GuestError) -> bool {
     match error {
         GuestError::Qa(qa) => matches!(qa, GuestQaError::Inference(_) | GuestQaError::ModelInvalid(_) | GuestQaError::ModelNotFound(_)),
-        GuestError::Busy(_) => false,
+        GuestError::Busy(_) | GuestError::Crowded { .. } => false,
         _ => true,
     }
 }
@@ -295,6 +295,11 @@ impl Rollout {
         &self.policy
     }
 
+    /// The candidate guest, as its file or object is tracked.
+    pub fn candidate(&self) -> &Arc<SwappableGuest> {
+        &self.candidate
+    }
+
     /// A slot for one shadow call, if fewer than [`MAX_SHADOW_CALLS`] are running.
     pub fn shadow_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let slot = self.shadow_calls.clone().try_acquire_owned().ok();
@@ -330,9 +335,9 @@ impl Rollout {
     }
 
     /// Records a call of `role`'s guest and acts on the verdict. A call refused because the
-    /// pool was full says nothing about the guest and is not recorded.
+    /// pool or the memory budget was full says nothing about the guest and is not recorded.
     pub fn record(&self, role: Role, guest: &GuestRuntime, answered: &Answered, latency: Duration) {
-        if matches!(answered, Err(GuestError::Busy(_))) {
+        if matches!(answered, Err(GuestError::Busy(_) | GuestError::Crowded { .. })) {
             return;
         }
         let failed = faulted(answered);
@@ -392,7 +397,7 @@ impl Rollout {
         shadow: Option<&Answered>,
         latency: Duration,
     ) {
-        let Some(shadow) = shadow.filter(|s| !matches!(s, Err(GuestError::Busy(_)))) else {
+        let Some(shadow) = shadow.filter(|s| !matches!(s, Err(GuestError::Busy(_) | GuestError::Crowded { .. }))) else {
             tracing::info!(request_id, candidate = %candidate.id, "shadow call cut by the response's wait bound (or no instance free); not counted");
             return;
         };
@@ -494,6 +499,17 @@ mod tests {
     fn answered(text: &str, start: u32, score: f64) -> Answered {
         let answer = Answer { text: text.into(), score, start, end: start + text.len() as u32 };
         Ok(vec![Ok(Response { answers: vec![answer], timings: Timings::default() })])
+    }
+
+    /// The rule as the README's "Rolling out a guest" states it, in its numbers: a default
+    /// changed here fails until the README and this test follow.
+    #[test]
+    fn the_policy_is_the_documented_one() {
+        let policy = Policy::default();
+        assert_eq!((policy.window, policy.min_calls, policy.promote_after), (50, 10, None));
+        assert_eq!((policy.failure_margin, policy.latency_ratio), (0.10, 2.0));
+        assert_eq!(policy.shadow_max_delay, Duration::from_millis(1000));
+        assert_eq!(MAX_SHADOW_CALLS, 4, "at most 4 shadow calls run at once");
     }
 
     #[test]

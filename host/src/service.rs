@@ -6,7 +6,7 @@ use crate::api::{AnswerSpan, ApiError, PhaseTimings, QaBatchResponse, QaReply, Q
 use crate::cache::{LoadedModel, ModelCache, OnLoad};
 use crate::config::HostConfig;
 use crate::guest::{Artifacts, GuestError, GuestModel, GuestQaError, GuestRuntime, Options, SwappableGuest};
-use crate::models::{ModelCatalog, is_valid_name};
+use crate::models::{ModelCatalog, S3Connector, is_valid_name};
 use crate::nn::onnx::OnnxBackend;
 use crate::nn::{NnError, init_onnx_runtime};
 use crate::rollout::{Answered, Role, Rollout, RolloutStatus, Route, best_answers};
@@ -40,6 +40,8 @@ pub struct QaService {
     rollout: Option<Arc<Rollout>>,
     /// What `GET /metrics` reports (fed by the telemetry layer and the rollout).
     prom: Arc<PromMetrics>,
+    /// Every S3 client the service uses: its models', its guest's and its candidate's.
+    s3: Vec<Arc<S3Connector>>,
 }
 
 impl QaService {
@@ -50,16 +52,26 @@ impl QaService {
         if catalog.names().next().is_none() {
             return Err(StartError::NoModels(config.models_dir.display().to_string()));
         }
+        // One set of guest settings, so every guest of this service (serving, swapped in,
+        // candidate) takes from one memory budget.
         let settings = config.guest_settings();
         let artifacts = Artifacts::from_env(&config.cache_dir);
-        let guest = GuestRuntime::load(&config.guest_wasm, artifacts.clone(), settings).await?;
+        let guest = GuestRuntime::load(&config.guest_wasm, artifacts.clone(), settings.clone()).await?;
         tracing::info!(origin = ?guest.origin, ms = guest.load_time.as_millis() as u64, guest = %config.guest_wasm.display(), "guest ready");
-        let guest = SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), artifacts.clone(), settings, config.guest_ttl);
+        let guest =
+            SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), artifacts.clone(), settings.clone(), config.guest_ttl);
         let prom = Arc::new(PromMetrics::new()?);
         let rollout = match &config.rollout {
             Some(rollout) => start_rollout(rollout, &guest, artifacts, settings, config.guest_ttl, prom.clone()).await,
             None => None,
         };
+        let guests_s3 = [config.guest_s3.as_ref(), config.rollout.as_ref().and_then(|r| r.candidate_s3.as_ref())];
+        let s3 = catalog
+            .s3_connector()
+            .into_iter()
+            .chain(guests_s3.into_iter().flatten().map(|(source, _)| source.connector()))
+            .cloned()
+            .collect();
         let backend = OnnxBackend { settings: config.session };
         let budget = config.model_cache_mb.map(|mb| mb << 20);
         let models = ModelCache::new(catalog, backend, budget, config.model_ttl, Box::new(PrepareGuest(guest.clone())));
@@ -71,7 +83,38 @@ impl QaService {
             max_windows: config.max_windows,
             rollout,
             prom,
+            s3,
         })
+    }
+
+    /// Before a SnapStart snapshot: drops what no restored environment may share with its
+    /// siblings (the S3 clients, with the credentials they cached and their open connections).
+    pub async fn before_snapshot(&self) {
+        for connector in &self.s3 {
+            connector.forget().await;
+        }
+        tracing::info!(s3_clients = self.s3.len(), "dropped before the snapshot: S3 clients (credentials, connections)");
+    }
+
+    /// After a SnapStart restore, before the first invocation: new S3 clients (each resolves
+    /// its credentials on its first request, in this environment), and the models and guests
+    /// that can change are re-checked on their next use, since they are as old as the snapshot.
+    pub async fn after_restore(&self) {
+        for connector in &self.s3 {
+            connector.reconnect().await;
+        }
+        self.models.expire();
+        self.guest.expire();
+        if let Some(rollout) = &self.rollout {
+            rollout.candidate().expire();
+        }
+        tracing::info!(s3_clients = self.s3.len(), "restored: S3 clients rebuilt, models and guests due for a re-check");
+    }
+
+    /// The models whose content cannot change while the process runs (those in the image):
+    /// what a SnapStart snapshot preloads when `QA_PRELOAD` names none.
+    pub fn unchanging_models(&self) -> Vec<String> {
+        self.catalog().unchanging().map(str::to_string).collect()
     }
 
     /// Where the candidate guest stands, if one is configured (for `/health`).
@@ -426,7 +469,7 @@ async fn start_rollout(
     ttl: Duration,
     prom: Arc<PromMetrics>,
 ) -> Option<Arc<Rollout>> {
-    match GuestRuntime::load(&settings.candidate, artifacts.clone(), guest).await {
+    match GuestRuntime::load(&settings.candidate, artifacts.clone(), guest.clone()).await {
         Ok(runtime) => {
             tracing::info!(candidate = %runtime.id, serving = %serving.current().id, percent = settings.percent, setting = settings.setting(), "candidate guest ready");
             let candidate = SwappableGuest::new(runtime, &settings.candidate, settings.candidate_s3.clone(), artifacts, guest, ttl);
@@ -484,8 +527,8 @@ fn guest_error(model: &str, error: GuestError) -> ApiError {
         GuestError::Qa(GuestQaError::Inference(m)) => ApiError::Inference(m),
         GuestError::Prepare { model, reason } => ApiError::ModelInvalid { name: model, reason },
         GuestError::Timeout(_) => ApiError::GuestTimeout(error.to_string()),
-        // Retryable: an instance comes free as soon as a request in flight ends.
-        GuestError::Busy(_) => ApiError::Overloaded,
+        // Retryable: an instance, or its memory, comes free as soon as a request in flight ends.
+        GuestError::Busy(_) | GuestError::Crowded { .. } => ApiError::Overloaded,
         other => ApiError::GuestFailed(other.to_string()),
     }
 }

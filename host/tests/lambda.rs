@@ -4,13 +4,14 @@
 
 mod common;
 
+use common::runtime_api::RuntimeApi;
 use common::s3::{S3, TEST_CREDENTIALS};
 use common::*;
 use serde_json::{Value, json};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn cargo_lambda() -> PathBuf {
     required("CARGO_LAMBDA", workspace().join(".cache/tools-venv/bin/cargo-lambda"))
@@ -43,30 +44,14 @@ impl Lambda {
         lambda
     }
 
-    /// The emulator plus `function` as the bootstrap, with only PATH, the runtime's variables
-    /// and what `function` already sets in its environment.
+    /// The emulator plus `function` as the bootstrap (see [`as_bootstrap`]).
     fn launch(mut function: Command) -> Self {
         let port = free_port();
         let mut emulator = Command::new(cargo_lambda());
         emulator.args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()]).current_dir(workspace());
         let emulator = Spawned::start(emulator);
         wait_until("the emulator to listen", Duration::from_secs(60), || TcpStream::connect(("127.0.0.1", port)).is_ok());
-        let given: Vec<(std::ffi::OsString, std::ffi::OsString)> =
-            function.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))).collect();
-        // Variables `function` removes stay removed (`QA_LOG`, to test Lambda's own log level).
-        let removed: Vec<std::ffi::OsString> = function.get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_owned()).collect();
-        function
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
-            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("QA_LOG", "info")
-            .envs(given);
-        for key in removed {
-            function.env_remove(key);
-        }
+        as_bootstrap(&mut function, &format!("http://127.0.0.1:{port}/.rt"));
         Lambda { function: Spawned::start(function), _emulator: emulator, port }
     }
 
@@ -93,6 +78,27 @@ impl Lambda {
             .send(event.to_string())
             .expect("invoke through the emulator");
         json_body(response).1
+    }
+}
+
+/// Makes `function` a bootstrap of the Runtime API at `api`: its environment becomes PATH,
+/// the variables Lambda sets and what `function` already sets itself.
+fn as_bootstrap(function: &mut Command, api: &str) {
+    let given: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+        function.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))).collect();
+    // Variables `function` removes stay removed (`QA_LOG`, to test Lambda's own log level).
+    let removed: Vec<std::ffi::OsString> = function.get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_owned()).collect();
+    function
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_LAMBDA_RUNTIME_API", api)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("QA_LOG", "info")
+        .envs(given);
+    for key in removed {
+        function.env_remove(key);
     }
 }
 
@@ -323,9 +329,19 @@ fn a_canary_is_rolled_back_and_a_shadow_runs_within_its_bound_under_the_emulator
     let shadow = Lambda::start(qa_guest(), &[("QA_GUEST_SHADOW", &candidate), ("QA_GUEST_SHADOW_MAX_DELAY_MS", "300")]);
     let answered = envelope_body(&shadow.invoke(&http_v2(&benz_request().to_string(), false)), 200);
     assert_eq!((&answered["Answer"], &answered["guest_version"]), (&json!("1886"), &json!(serving)));
-    // The candidate spins on "spin": its call is cut at the bound, the response is the serving guest's.
+    // The candidate spins on "spin": its call is cut at the bound, the response is the serving
+    // guest's. The response waits for the shadow call up to the bound, not past it (uncut, the
+    // spin would run to the guest's 30 s deadline); 3 s is the slack for the serving guest's
+    // answer and the emulator's round trip on a loaded 2-core machine.
+    let bound = Duration::from_millis(300);
+    let started = std::time::Instant::now();
     let spun = envelope_body(&shadow.invoke(&http_v2(&json!({"question": "spin", "context": "a spinning top"}).to_string(), false)), 200);
+    let took = started.elapsed();
     assert_eq!(spun["guest_version"], serving.as_str());
+    assert!(
+        took >= bound && took < bound + Duration::from_secs(3),
+        "the response came {took:?} after the invocation, for a {bound:?} bound"
+    );
     shadow.flush_log();
     let compared = metric_lines(&shadow.function.lines(), "ShadowAgreement");
     assert_eq!(compared.len(), 1, "{compared:?}");
@@ -720,4 +736,220 @@ fn the_arm64_zip_package_answers_under_qemu() {
     let runner = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"];
     let lambda = zip_bootstrap(&task_root, Some(&runner), &dir.path().join("cache"));
     answers_from_the_package(&lambda, Duration::from_secs(300));
+}
+
+/// The test build of `qa-host` with the shipped models and `guest`, `env` added, as the
+/// bootstrap of the tests' own Runtime API server (`common::runtime_api`: several invocations
+/// at once, SnapStart's restore call), with the compiled-guest cache of the other tests.
+fn bootstrap_of(api: &RuntimeApi, guest: PathBuf, env: &[(&str, &str)]) -> Spawned {
+    let mut function = Command::new(env!("CARGO_BIN_EXE_qa-host"));
+    function
+        .env("ORT_DYLIB_PATH", onnxruntime())
+        .env("QA_GUEST", guest)
+        .env("QA_MODELS_DIR", models_dir())
+        .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
+        .envs(env.iter().copied());
+    as_bootstrap(&mut function, &api.address());
+    Spawned::start(function)
+}
+
+/// The JSON lines among `lines`.
+fn json_lines(lines: &[String]) -> Vec<Value> {
+    lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Lambda Managed Instances: with `AWS_LAMBDA_MAX_CONCURRENCY=4` the environment polls for 4
+/// invocations at once and answers them side by side. Six questions over six documents are
+/// asked one at a time, then all at once: at least 3 are in flight together, each gets the
+/// answer it got alone (nothing crosses between invocations), and each invocation's log and
+/// metric lines carry its own request id.
+#[test]
+fn managed_instances_answer_several_invocations_at_once_each_as_alone() {
+    let api = RuntimeApi::start();
+    let host = bootstrap_of(&api, qa_guest(), &[("AWS_LAMBDA_MAX_CONCURRENCY", "4"), ("QA_PRELOAD", "nlp1")]);
+    let pollers = || api.wait_for("4 pollers waiting", Duration::from_secs(180), |r| (r.polling == 4).then_some(()));
+    pollers();
+    let squad: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace().join("fixtures/squad-dev-v1.1-sample.json")).unwrap()).unwrap();
+    let mut asked: Vec<Value> = squad["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|article| {
+            let paragraph = &article["paragraphs"][0];
+            json!({"question": paragraph["qas"][0]["question"], "context": paragraph["context"]})
+        })
+        .collect();
+    asked.push(benz_request());
+    let event = |request: &Value| http_v2(&request.to_string(), false);
+    let answer_of = |id: &str| envelope_body(&api.answer(id, Duration::from_secs(180)).body, 200)["Answer"].as_str().unwrap().to_string();
+    let alone: Vec<String> = asked.iter().map(|request| answer_of(&api.invoke(event(request), Duration::from_secs(300)))).collect();
+    let distinct: std::collections::HashSet<&String> = alone.iter().collect();
+    assert_eq!(distinct.len(), asked.len(), "each question has its own answer, so a mix-up would show: {alone:?}");
+
+    pollers();
+    let ids: Vec<String> = asked.iter().map(|request| api.invoke(event(request), Duration::from_secs(300))).collect();
+    for (id, expected) in ids.iter().zip(&alone) {
+        assert_eq!(&answer_of(id), expected, "{id}");
+    }
+    let most = api.record().most_in_flight;
+    assert!(most >= 3, "at most {most} invocations were in flight at once");
+
+    // One metric line and one `answered` line per invocation, each with its own id, and the
+    // invocation's span on every line logged while serving it.
+    let mut every: Vec<String> = api.record().answers.iter().map(|a| a.request_id.clone()).collect();
+    every.sort();
+    wait_until("a metric line per invocation", Duration::from_secs(10), || host.count("\"_aws\"") >= every.len());
+    let lines = json_lines(&host.lines());
+    let metric_ids: Vec<&str> = lines.iter().filter(|l| l.get("_aws").is_some()).map(|l| l["request_id"].as_str().unwrap()).collect();
+    let answered: Vec<&Value> = lines.iter().filter(|l| l["message"] == "answered").collect();
+    let mut sorted = metric_ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, every, "one metric line per invocation, with its id");
+    assert_eq!(answered.len(), every.len());
+    for line in answered {
+        assert_eq!(line["request_id"], line["span"]["request_id"], "{line}");
+    }
+    for line in lines.iter().filter(|l| l["span"]["request_id"].is_string()) {
+        assert!(every.iter().any(|id| line["span"]["request_id"] == id.as_str()), "{line}");
+    }
+}
+
+/// Each of several invocations in flight together keeps its own deadline: one whose guest
+/// would sleep 30 s with 2.5 s left is cut and answered `guest_timeout` before its deadline,
+/// while one beside it with minutes left sleeps its whole 4 s (past the first one's deadline),
+/// and a third is answered at once. (The misbehaving guest: its sleeps take the same time on
+/// any machine.)
+#[test]
+fn managed_instances_keep_each_invocation_s_own_deadline() {
+    let api = RuntimeApi::start();
+    let host = bootstrap_of(&api, misbehaving_guest(), &[("AWS_LAMBDA_MAX_CONCURRENCY", "3")]);
+    api.wait_for("3 pollers waiting", Duration::from_secs(180), |r| (r.polling == 3).then_some(()));
+    let ask = |question: &str, context: &str| http_v2(&json!({"question": question, "context": context}).to_string(), false);
+    let short = api.invoke(ask("sleep:30", "cut short"), Duration::from_millis(2_500));
+    let long = api.invoke(ask("sleep:4", "slept"), Duration::from_secs(120));
+    let quick = api.invoke(ask("hello", "quick"), Duration::from_secs(120));
+    let (short, long, quick) = (
+        api.answer(&short, Duration::from_secs(60)),
+        api.answer(&long, Duration::from_secs(60)),
+        api.answer(&quick, Duration::from_secs(60)),
+    );
+    assert!(api.record().most_in_flight >= 3, "the three were in flight together");
+
+    let cut = envelope_body(&short.body, 500);
+    assert_eq!((&cut["error"]["code"], &cut["error"]["request_id"]), (&json!("guest_timeout"), &json!(short.request_id)), "{cut}");
+    assert!(short.at <= short.deadline, "answered {:?} after its deadline", short.at - short.deadline);
+    let slept = envelope_body(&long.body, 500);
+    assert!(slept["error"]["message"].as_str().is_some_and(|m| m.contains("woke up")), "the long one slept its 4 s: {slept}");
+    assert!(long.at > short.deadline, "the long one ran past the short one's deadline without being cut");
+    assert!(long.at <= long.deadline);
+    assert_eq!(envelope_body(&quick.body, 200)["Answer"], "quick");
+
+    wait_until("a metric line per invocation", Duration::from_secs(10), || host.count("\"_aws\"") >= 3);
+    let metrics: Vec<Value> = json_lines(&host.lines()).into_iter().filter(|l| l.get("_aws").is_some()).collect();
+    let timed_out: Vec<&Value> = metrics.iter().filter(|m| m["error_code"] == "guest_timeout").collect();
+    assert_eq!(timed_out.len(), 1, "{metrics:?}");
+    assert_eq!(timed_out[0]["request_id"], short.request_id.as_str());
+}
+
+/// SnapStart: the bootstrap initializes (its guest from S3, the image's model preloaded by
+/// default), drops its S3 clients and calls `/runtime/restore/next` before asking for any
+/// invocation. The credentials it used and the connections it opened before the snapshot are
+/// not reused after the restore: every S3 request after it is signed with the credentials the
+/// restored environment is given, on a connection opened after it; the guest (in S3) is
+/// re-checked on the first request; and the first invocation reports the restore, not the
+/// publish-time init.
+#[test]
+fn a_snapstart_restore_gets_new_credentials_and_connections_before_its_first_invocation() {
+    use common::runtime_api::CREDENTIALS_TOKEN;
+    use common::s3::RecordingProxy;
+    let s3 = S3::start();
+    s3.create_bucket("models");
+    s3.upload_model("models", "remote/", &models_dir().join("nlp1"));
+    s3.put("models", "guests/qa-guest.wasm", &std::fs::read(qa_guest()).unwrap());
+    let proxy = RecordingProxy::start(s3.port);
+    let api = RuntimeApi::start();
+    let cache = tempfile::tempdir().unwrap();
+    let (credentials, endpoint, models_cache) =
+        (api.credentials_uri(), format!("http://127.0.0.1:{}", proxy.port), cache.path().display().to_string());
+    let host = bootstrap_of(
+        &api,
+        qa_guest(),
+        &[
+            ("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start"),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &credentials),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", CREDENTIALS_TOKEN),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("QA_GUEST", "s3://models/guests/qa-guest.wasm"),
+            ("QA_MODELS", "remote=s3://models/remote/"),
+            ("QA_MODEL_CACHE_DIR", &models_cache),
+        ],
+    );
+    let snapshot = api.wait_for("the restore call", Duration::from_secs(240), |r| r.restore_calls.first().copied());
+
+    // Before the snapshot: no invocation asked for, the image's model preloaded without
+    // QA_PRELOAD, the guest fetched with the init's credentials, every S3 connection closed.
+    let before = &api.record().credential_fetches.clone();
+    assert!(api.record().next_calls.is_empty(), "no /next before the snapshot");
+    assert!(!before.is_empty() && before.iter().all(|(_, key)| key == "KEY-BEFORE-SNAPSHOT"), "{before:?}");
+    let preloaded = host.wait_for_log("preloaded", Duration::from_secs(10));
+    assert!(preloaded.contains("nlp1"), "{preloaded}");
+    wait_until("the S3 connections of the init to close", Duration::from_secs(20), || {
+        proxy.connections().iter().all(|c| c.closed.is_some_and(|closed| closed <= Instant::now()))
+    });
+    let init = proxy.connections();
+    assert!(init.iter().any(|c| !c.requests.is_empty()), "the guest came from S3");
+    assert!(init.iter().flat_map(|c| &c.requests).all(|(_, _, key)| key == "KEY-BEFORE-SNAPSHOT"), "{init:?}");
+    // Dropping the clients drops their connection pools; the sockets are then closed by their
+    // own tasks, which on a loaded machine can run just after the restore call. What matters
+    // after a restore, that none of them is reused, is checked below; here, that the drop closed
+    // them promptly.
+    assert!(
+        init.iter().all(|c| c.closed.is_some_and(|closed| closed <= snapshot + Duration::from_secs(5))),
+        "closed by the dropped clients: {init:?}"
+    );
+
+    // The restore: the environment's credentials are new now.
+    api.set_access_key("KEY-AFTER-RESTORE");
+    let restored = Instant::now();
+    api.release_restore();
+    let local = api.invoke(http_v2(&benz_request().to_string(), false), Duration::from_secs(120));
+    assert_eq!(envelope_body(&api.answer(&local, Duration::from_secs(120)).body, 200)["Answer"], "1886");
+    let mut request = benz_request();
+    request["model_type"] = json!("remote");
+    let remote = api.invoke(http_v2(&request.to_string(), false), Duration::from_secs(120));
+    assert_eq!(envelope_body(&api.answer(&remote, Duration::from_secs(120)).body, 200)["Answer"], "1886");
+    let after = |connections: &[common::s3::Connection]| -> Vec<(Instant, String, String)> {
+        connections.iter().flat_map(|c| c.requests.iter().filter(|(at, ..)| *at > restored).cloned()).collect()
+    };
+    wait_until("the guest's re-check in S3", Duration::from_secs(30), || {
+        after(&proxy.connections()).iter().any(|(_, line, _)| line.contains("prefix=guests"))
+    });
+
+    let connections = proxy.connections();
+    let requests = after(&connections);
+    assert!(requests.iter().any(|(_, line, _)| line.contains("prefix=remote")), "the remote model was fetched: {requests:?}");
+    for (_, line, key) in &requests {
+        assert_eq!(key, "KEY-AFTER-RESTORE", "{line}: signed with credentials from before the snapshot");
+    }
+    for connection in connections.iter().filter(|c| c.requests.iter().any(|(at, ..)| *at > restored)) {
+        assert!(connection.opened > restored, "a connection from before the snapshot was reused: {connection:?}");
+    }
+    let record = api.record();
+    assert!(
+        record.credential_fetches.iter().any(|(at, key)| *at > restored && key == "KEY-AFTER-RESTORE"),
+        "{:?}",
+        record.credential_fetches
+    );
+    assert!(record.next_calls.iter().all(|at| *at > snapshot), "every /next came after the restore call");
+    assert!(record.restore_errors.is_empty() && record.init_errors.is_empty(), "{:?} {:?}", record.restore_errors, record.init_errors);
+    drop(record);
+
+    wait_until("the metric lines", Duration::from_secs(10), || host.count("\"_aws\"") >= 2);
+    let first = json_lines(&host.lines()).into_iter().find(|l| l.get("_aws").is_some()).unwrap();
+    qa_host::telemetry::emf::validate(&first).unwrap();
+    assert_eq!(first["init_type"], "snap-start", "{first}");
+    assert!(first["RestoreTime"].as_f64().is_some() && first.get("InitTime").is_none(), "{first}");
 }

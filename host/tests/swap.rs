@@ -29,14 +29,14 @@ fn a_new_guest_is_picked_up_after_the_ttl_and_a_broken_one_is_rejected() {
 
     // A broken guest: rejected, and the old one keeps answering.
     replace(&wasm, b"\0asm this is not a component");
-    std::thread::sleep(Duration::from_millis(1100));
+    let_the_ttl_pass();
     assert_eq!(ask().1["Answer"], "1886");
     host.wait_for_log("new guest rejected", Duration::from_secs(60));
     assert_eq!(ask().1["Answer"], "1886", "the previous guest still serves");
 
     // A different guest build: swapped in with no restart; the next requests show it.
     replace(&wasm, &std::fs::read(misbehaving_guest()).unwrap());
-    std::thread::sleep(Duration::from_millis(1100));
+    let_the_ttl_pass();
     ask();
     host.wait_for_log("guest swapped", Duration::from_secs(120));
     let (status, body) = ask();
@@ -60,7 +60,7 @@ fn a_new_guest_is_picked_up_after_the_ttl_and_a_broken_one_is_rejected() {
     for (what, bytes, reason) in cases {
         let rejected_before = host.count("new guest rejected");
         replace(&wasm, &bytes);
-        std::thread::sleep(Duration::from_millis(1100));
+        let_the_ttl_pass();
         ask();
         wait_until(&format!("the {what} guest to be rejected"), Duration::from_secs(120), || {
             host.count("new guest rejected") > rejected_before
@@ -74,14 +74,15 @@ fn a_new_guest_is_picked_up_after_the_ttl_and_a_broken_one_is_rejected() {
     // A request running when the guest is swapped finishes on the guest it started with.
     let swapped_before = host.count("guest swapped");
     std::thread::scope(|scope| {
+        let calls = server.guest_calls();
         let in_flight = scope.spawn(|| {
             let mut request = benz_request();
             request["question"] = serde_json::json!("sleep:6");
             json_body(http().post(&format!("{base}/")).send(request.to_string()).unwrap())
         });
-        std::thread::sleep(Duration::from_millis(300));
+        server.wait_for_guest_calls(calls, 1); // asleep in the fixture guest
         replace(&wasm, &std::fs::read(qa_guest()).unwrap());
-        std::thread::sleep(Duration::from_millis(1100));
+        let_the_ttl_pass();
         ask();
         wait_until("the QA guest to be swapped in", Duration::from_secs(120), || host.count("guest swapped") > swapped_before);
         assert_eq!(ask().1["Answer"], "1886", "new requests get the new guest");

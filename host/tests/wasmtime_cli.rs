@@ -1,5 +1,5 @@
-//! The guest on its own under the wasmtime command-line tool (built with ONNX support by
-//! `scripts/wasmtime.sh`), with a JSON fixture on standard input, exactly as a guest author
+//! The guest on its own under the wasmtime command-line tool (the workspace's
+//! `tools/wasmtime-onnx`, at `target/debug/wasmtime`, with ONNX support), with a JSON fixture on standard input, exactly as a guest author
 //! runs it locally. The model is the shipped one with float32 inputs
 //! (`tools/train-qa/f32_inputs.py`), because the CLI's ONNX backend accepts only f32 tensors.
 
@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 /// Runs `guest` under `wasmtime run` with the f32 model mounted and `fixture` on stdin.
 fn run(guest: &std::path::Path, fixture: &[u8]) -> std::process::Output {
-    let wasmtime = required("WASMTIME_CLI", std::path::PathBuf::from("wasmtime"));
+    let wasmtime = required("WASMTIME_CLI", workspace().join("target/debug/wasmtime"));
     let models = required("QA_TEST_F32_MODELS", workspace().join(".cache/wasmtime-models/nlp1/model.onnx"));
     let models = models.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
     {

@@ -74,6 +74,20 @@ mod tests {
         }
     }
 
+    /// The numbers the README documents (the request table's default column, the limits
+    /// table's 64-token question), written here as the README writes them: a default changed
+    /// in `defaults.json` fails here until the README and this test follow.
+    #[test]
+    fn the_defaults_are_the_documented_numbers() {
+        assert_eq!(TOP_K, 1);
+        assert_eq!(MAX_ANSWER_LEN, 15);
+        assert_eq!(MAX_SEQ_LEN, 384);
+        assert_eq!(DOC_STRIDE, 128);
+        assert_eq!(doc_stride_for(384), 128, "half the window up to 128");
+        assert_eq!(MAX_QUESTION_LEN, 64);
+        assert_eq!((HANDLE_IMPOSSIBLE_ANSWER, DECODING), (false, Decoding::Document));
+    }
+
     #[test]
     fn a_short_window_gets_at_most_half_of_it_as_stride() {
         assert_eq!(doc_stride_for(MAX_SEQ_LEN), DOC_STRIDE.min(MAX_SEQ_LEN / 2));

@@ -519,6 +519,13 @@ mod tests {
     fn options_a_request_leaves_out_are_the_defaults_file_and_the_rest_pass_through() {
         let parse = |body: &str| QaRequest::from_json(body.as_bytes());
         let defaults = QaRequest::new("q", "c").options(7);
+        // The README's request table, default column (and its limits table's 64-token question).
+        assert_eq!(
+            (defaults.top_k, defaults.max_answer_len, defaults.max_seq_len, defaults.doc_stride, defaults.max_question_len),
+            (1, 15, 384, 128, 64)
+        );
+        assert_eq!((defaults.handle_impossible, defaults.decoding), (false, Decoding::Document));
+        // Read from the defaults file, not written again here.
         assert_eq!(defaults.top_k as usize, qa_options::TOP_K);
         assert_eq!(defaults.max_answer_len as usize, qa_options::MAX_ANSWER_LEN);
         assert_eq!(defaults.max_seq_len as usize, qa_options::MAX_SEQ_LEN);

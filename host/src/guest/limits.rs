@@ -1,8 +1,48 @@
 //! What one guest instance may grow to: the sum of all its linear memories and of all its
 //! tables, not each alone (a component may hold several core instances, each with its own
-//! memory), and how many instances, memories and tables it may create.
+//! memory), and how many instances, memories and tables it may create; and what all instances
+//! of the host may hold together ([`MemoryBudget`]), which matters once one environment serves
+//! several invocations at once.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::ResourceLimiter;
+
+/// Linear memory all guest instances of one host hold together (`QA_GUEST_MEMORY_TOTAL_MB`).
+/// Each instance takes its growth from it and gives it all back when its store is dropped.
+#[derive(Clone, Debug)]
+pub struct MemoryBudget(Arc<Pool>);
+
+#[derive(Debug)]
+struct Pool {
+    /// `None`: unbounded (each instance's own limit still applies).
+    limit: Option<usize>,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: Option<usize>) -> Self {
+        Self(Arc::new(Pool { limit, used: AtomicUsize::new(0) }))
+    }
+
+    pub fn limit(&self) -> Option<usize> {
+        self.0.limit
+    }
+
+    /// Bytes the live instances hold now.
+    pub fn in_use(&self) -> usize {
+        self.0.used.load(Ordering::Acquire)
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        let limit = self.0.limit.unwrap_or(usize::MAX);
+        self.0.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(bytes).filter(|&next| next <= limit)).is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        let _ = self.0.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(bytes)));
+    }
+}
 
 /// Counts of things a component instance may create; generous for what `wasm-component-ld`
 /// produces (a handful of core instances, one or two memories and tables).
@@ -13,18 +53,23 @@ const MAX_TABLES: usize = 64;
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// Accounts an instance's memories and tables in total, and remembers a refusal so a trap
-/// that follows it is reported as the memory limit.
+/// that follows it is reported as the memory limit: the instance's own (`refused`), or the
+/// host's budget taken by other instances (`crowded`: the request may succeed later).
 #[derive(Debug)]
 pub struct InstanceLimits {
     max_memory_bytes: usize,
     memory_bytes: usize,
     table_elements: usize,
+    budget: MemoryBudget,
     pub refused: bool,
+    pub crowded: bool,
 }
 
 impl InstanceLimits {
-    pub fn new(max_memory_bytes: usize) -> Self {
-        Self { max_memory_bytes, memory_bytes: 0, table_elements: 0, refused: false }
+    pub fn new(max_memory_bytes: usize, budget: MemoryBudget) -> Self {
+        // An instance may never hold more than the whole budget: past that it is its own fault.
+        let max_memory_bytes = max_memory_bytes.min(budget.limit().unwrap_or(usize::MAX));
+        Self { max_memory_bytes, memory_bytes: 0, table_elements: 0, budget, refused: false, crowded: false }
     }
 
     /// Bytes of linear memory the instance holds now, all memories together.
@@ -44,9 +89,24 @@ impl InstanceLimits {
     }
 }
 
+impl Drop for InstanceLimits {
+    fn drop(&mut self) {
+        self.budget.give_back(self.memory_bytes);
+    }
+}
+
 impl ResourceLimiter for InstanceLimits {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(Self::grow(&mut self.memory_bytes, current, desired, self.max_memory_bytes, &mut self.refused))
+        let before = self.memory_bytes;
+        if !Self::grow(&mut self.memory_bytes, current, desired, self.max_memory_bytes, &mut self.refused) {
+            return Ok(false);
+        }
+        if !self.budget.take(self.memory_bytes - before) {
+            self.memory_bytes = before;
+            self.crowded = true;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
@@ -87,7 +147,7 @@ mod tests {
         )
         .unwrap();
         let page = 64 << 10;
-        let mut store = Store::new(&engine, InstanceLimits::new(100 * page));
+        let mut store = Store::new(&engine, InstanceLimits::new(100 * page, MemoryBudget::new(None)));
         store.limiter(|limits| limits);
         let instance = Instance::new(&mut store, &module, &[]).unwrap();
         let grow_a = instance.get_typed_func::<i32, i32>(&mut store, "grow_a").unwrap();
@@ -113,7 +173,7 @@ mod tests {
                 (func (export "grow_b") (param i32) (result i32) (table.grow $b (ref.null func) (local.get 0))))"#,
         )
         .unwrap();
-        let mut store = Store::new(&engine, InstanceLimits::new(1 << 30));
+        let mut store = Store::new(&engine, InstanceLimits::new(1 << 30, MemoryBudget::new(None)));
         store.limiter(|limits| limits);
         let instance = Instance::new(&mut store, &module, &[]).unwrap();
         let grow_a = instance.get_typed_func::<i32, i32>(&mut store, "grow_a").unwrap();
@@ -124,5 +184,44 @@ mod tests {
         assert!(store.data().refused, "a refusal is remembered, so the trap after it reads as the limit");
         assert_eq!(grow_b.call(&mut store, most / 2 - 2).unwrap(), 1, "b: the rest, exactly the total");
         assert_eq!(grow_a.call(&mut store, 1).unwrap(), -1);
+    }
+
+    /// Two instances sharing a budget of 100 pages, each allowed 80: the second cannot take
+    /// what the first holds (crowded, not its own limit), and gets it once the first's store
+    /// is dropped.
+    #[test]
+    fn instances_share_the_host_s_budget_and_give_it_back() {
+        let engine = Engine::default();
+        let module =
+            Module::new(&engine, r#"(module (memory 1) (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#)
+                .unwrap();
+        let page = 64 << 10;
+        let budget = MemoryBudget::new(Some(100 * page));
+        let instance = |budget: &MemoryBudget| {
+            let mut store = Store::new(&engine, InstanceLimits::new(80 * page, budget.clone()));
+            store.limiter(|limits| limits);
+            let instance = Instance::new(&mut store, &module, &[]).unwrap();
+            let grow = instance.get_typed_func::<i32, i32>(&mut store, "grow").unwrap();
+            (store, grow)
+        };
+        let (mut first, grow_first) = instance(&budget);
+        assert_eq!(grow_first.call(&mut first, 59).unwrap(), 1, "first: 60 pages");
+        assert_eq!(budget.in_use(), 60 * page);
+        let (mut second, grow_second) = instance(&budget);
+        assert_eq!(grow_second.call(&mut second, 59).unwrap(), -1, "60 + 60 pages pass the budget");
+        assert!(second.data().crowded && !second.data().refused, "not its own limit: {:?}", second.data());
+        assert_eq!(budget.in_use(), 61 * page, "the refused growth took nothing");
+        drop(first);
+        assert_eq!(budget.in_use(), page, "the first instance gave its pages back");
+        assert_eq!(grow_second.call(&mut second, 59).unwrap(), 1, "now it fits");
+        assert_eq!(grow_second.call(&mut second, 30).unwrap(), -1, "90 pages pass its own 80");
+        assert!(second.data().refused);
+        drop(second);
+        assert_eq!(budget.in_use(), 0);
+        // An instance alone may not hold more than the whole budget: that is its own limit.
+        let small = MemoryBudget::new(Some(10 * page));
+        let (mut alone, grow_alone) = instance(&small);
+        assert_eq!(grow_alone.call(&mut alone, 20).unwrap(), -1);
+        assert!(alone.data().refused && !alone.data().crowded);
     }
 }

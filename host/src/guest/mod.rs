@@ -15,6 +15,9 @@
 //!   `/models/<its model>` read-only, its own resource table and a wasi-nn registry holding only
 //!   its model's graph. Memory, globals, tables, tensors and handles die with the store.
 //! - **Native code**: compiled artifacts only from trusted places ([`cache`]).
+//! - **Randomness**: each store's WASI random sources are seeded from the kernel when the store
+//!   is made, never from a generator the process holds: a SnapStart snapshot would give every
+//!   environment restored from it that generator's state, and so the same "random" bytes.
 
 mod answers;
 mod cache;
@@ -25,6 +28,7 @@ mod swap;
 
 pub use cache::{Artifacts, CacheError, Origin, SIGNING_KEY_VAR, artifact_path, shipped_artifact_path, write_shipped_artifact};
 pub use contract::{Answer, Decoding, Options, QaError as GuestQaError, Response, Timings, Version, bound_text};
+pub use limits::MemoryBudget;
 pub use swap::{SwappableGuest, resolve_guest};
 
 use crate::nn::{Model, NnLimits, NnState, NnView};
@@ -72,6 +76,10 @@ pub enum GuestError {
     /// Every instance of the pool (`QA_GUEST_INSTANCES`) is running a request.
     #[error("all {0} guest instances are in use")]
     Busy(u32),
+    /// The instance needed memory that other instances hold (`QA_GUEST_MEMORY_TOTAL_MB`):
+    /// it would have fit alone, so it may succeed once they finish.
+    #[error("the guest instances running together hold all {limit_mb} MiB of their memory budget")]
+    Crowded { limit_mb: usize },
     /// The guest answered outside the contract (spans must be slices of the context, at most
     /// `top_k` of them); the answer is dropped, never forwarded.
     #[error("guest broke the answer contract: {0}")]
@@ -82,7 +90,7 @@ pub enum GuestError {
 }
 
 /// How guests run: the limits every call runs under, and whether snapshots are made.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct GuestSettings {
     pub deadline: Duration,
     /// All linear memories of one instance together.
@@ -93,6 +101,8 @@ pub struct GuestSettings {
     /// Whether a model's snapshot that was neither shipped nor cached is made (in the
     /// background for requests, at once for preloaded models). Off for one-shot commands.
     pub compile_snapshots: bool,
+    /// Linear memory all instances of guests sharing these settings hold together.
+    pub memory_total: MemoryBudget,
 }
 
 /// A model as one request's guest sees it.
@@ -191,7 +201,7 @@ impl GuestRuntime {
             load_time: Duration::ZERO,
         };
         // Instantiate once now: a guest that cannot start is refused at load, not per request.
-        let mut store = runtime.store(None, NnState::new(None, settings.nn), settings.deadline)?;
+        let mut store = runtime.store(None, NnState::new(None, runtime.settings.nn), runtime.settings.deadline)?;
         runtime.base.instantiate(&mut store).await.map_err(|e| GuestError::Instantiate(format!("{e:#}")))?;
         drop(store);
         runtime.load_time = started.elapsed();
@@ -222,13 +232,16 @@ impl GuestRuntime {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        kernel_seeded_random(&mut wasi)
+            .map_err(|e| GuestError::Instantiate(format!("no randomness from the kernel for the guest: {e}")))?;
         if let Some((name, dir)) = mount {
             wasi.preopened_dir(dir, format!("{MODELS_MOUNT}/{name}"), FsPerms::ReadOnly)
                 .map_err(|e| GuestError::Mount { path: dir.to_path_buf(), reason: format!("{e:#}") })?;
         }
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HANDLES);
-        let state = HostState { wasi: wasi.build(), table, nn, limits: InstanceLimits::new(self.settings.memory_bytes), stderr };
+        let limits = InstanceLimits::new(self.settings.memory_bytes, self.settings.memory_total.clone());
+        let state = HostState { wasi: wasi.build(), table, nn, limits, stderr };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Guest code yields to the executor every tick (so the call's timeout can fire) and
@@ -421,6 +434,9 @@ impl GuestRuntime {
         let mut store = self.store(Some((&model.name, &model.dir)), nn, deadline)?;
         let run = async {
             let runner = template.instantiate(&mut store).await?;
+            // From here the call holds a pool slot: the line tests wait on (instead of a pause)
+            // before they count on a guest being busy, and that shows which guest ran a call.
+            tracing::debug!(guest = %self.id, model = %model.name, "guest instance started");
             work(&runner, &mut store).await
         };
         let outcome = match tokio::time::timeout(deadline, run).await {
@@ -445,7 +461,11 @@ impl GuestRuntime {
             return GuestError::Busy(self.settings.instances);
         }
         if state.limits.refused {
-            return GuestError::MemoryLimit { limit_mb: self.settings.memory_bytes >> 20 };
+            let own = self.settings.memory_bytes.min(self.settings.memory_total.limit().unwrap_or(usize::MAX));
+            return GuestError::MemoryLimit { limit_mb: own >> 20 };
+        }
+        if state.limits.crowded {
+            return GuestError::Crowded { limit_mb: self.settings.memory_total.limit().unwrap_or(usize::MAX) >> 20 };
         }
         let stderr = state.stderr.contents();
         let stderr = String::from_utf8_lossy(&stderr);
@@ -523,6 +543,20 @@ fn runtime_config(settings: &GuestSettings) -> Config {
     let mut config = engine_config();
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
+}
+
+/// Gives a store's WASI context random sources seeded from the kernel now (one `getrandom` each),
+/// in place of wasmtime-wasi's default, which derives them from the thread's `ThreadRng`: a
+/// generator a SnapStart snapshot freezes, whose state every restored environment would share
+/// (rand documents that it is not reseeded on restore and recommends `SysRng`).
+fn kernel_seeded_random(wasi: &mut WasiCtxBuilder) -> Result<(), rand::rngs::SysError> {
+    use rand::{SeedableRng, TryRng};
+    let kernel = &mut rand::rngs::SysRng;
+    let seed = u128::from(kernel.try_next_u64()?) << 64 | u128::from(kernel.try_next_u64()?);
+    wasi.secure_random(rand::rngs::StdRng::try_from_rng(kernel)?)
+        .insecure_random(rand::rngs::SmallRng::try_from_rng(kernel)?)
+        .insecure_random_seed(seed);
+    Ok(())
 }
 
 /// Advances the engine's epoch every [`TICK`] until `stop` is set (when the runtime drops).

@@ -32,6 +32,8 @@ pub struct SwappableGuest {
     /// The file's stamp when it was last tried, and when it was last checked.
     seen: Mutex<(Stamp, Instant)>,
     swapping: AtomicBool,
+    /// Check on the next request, whatever the TTL says ([`SwappableGuest::expire`]).
+    stale: AtomicBool,
 }
 
 impl SwappableGuest {
@@ -54,13 +56,15 @@ impl SwappableGuest {
             ttl,
             seen: Mutex::new((stamp(path), Instant::now())),
             swapping: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
         })
     }
 
     /// The guest to run a request on. Starts a background swap when the file changed.
     pub fn current(self: &Arc<Self>) -> Arc<GuestRuntime> {
+        let stale = self.stale.swap(false, Ordering::AcqRel);
         if let Ok(mut seen) = self.seen.lock()
-            && seen.1.elapsed() >= self.ttl
+            && (stale || seen.1.elapsed() >= self.ttl)
         {
             seen.1 = Instant::now();
             if self.s3.is_some() {
@@ -81,6 +85,17 @@ impl SwappableGuest {
             Ok(current) => current.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Makes the next request check the guest's file or S3 object, whatever the TTL says
+    /// (after a SnapStart restore: the guest is as old as the snapshot).
+    pub fn expire(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// The client the guest is fetched with, when it lives in S3.
+    pub fn s3_connector(&self) -> Option<&Arc<crate::models::S3Connector>> {
+        self.s3.as_ref().map(|source| source.connector())
     }
 
     /// Makes `runtime` (a promoted candidate) serve every request from now on. It serves
@@ -112,7 +127,7 @@ impl SwappableGuest {
 
     async fn swap(&self, path: PathBuf) {
         let started = Instant::now();
-        match GuestRuntime::load(&path, self.artifacts.clone(), self.settings).await {
+        match GuestRuntime::load(&path, self.artifacts.clone(), self.settings.clone()).await {
             Ok(runtime) => {
                 if let Ok(mut current) = self.current.write() {
                     *current = runtime;

@@ -3,9 +3,15 @@
 //! into requests, the one service answers each through the telemetry layer (log and metric
 //! lines), and the trigger turns the results into the response. A bad event gets an error
 //! response; the runtime loop never ends because of one.
+//!
+//! Under Lambda Managed Instances one environment takes `AWS_LAMBDA_MAX_CONCURRENCY`
+//! invocations at once (one Runtime API poller each); every invocation keeps its own deadline
+//! and request id, in its span, its log lines and its metric line. With SnapStart the
+//! [`snapstart`] hooks run around the snapshot.
 
 mod direct;
 pub mod http;
+mod snapstart;
 pub mod trigger;
 
 use crate::service::QaService;
@@ -22,21 +28,28 @@ use tracing::Instrument;
 /// response instead of a Lambda timeout.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
-/// Serves invocations until the runtime API goes away. `process_started` is when the
+/// Serves invocations until the runtime API goes away: as many at once as Lambda sends the
+/// environment (`AWS_LAMBDA_MAX_CONCURRENCY`, one at a time when unset), after the SnapStart
+/// lifecycle when the environment is made from a snapshot. `process_started` is when the
 /// process began, for the cold-start metrics of the first invocation.
 pub async fn run(service: Arc<QaService>, process_started: Instant) -> Result<(), lambda_runtime::Error> {
     let (guest_origin, guest_load) = service.guest_load();
-    let cold = ColdStart { init: process_started.elapsed(), guest_load, guest_origin };
+    let cold = ColdStart { init: process_started.elapsed(), guest_load, guest_origin, restore: None };
     let telemetry = TelemetryLayer::new(service.catalog().clone(), service.prom().clone(), Some((Metrics::from_env(), cold)));
+    let snapshot = Arc::new(snapstart::Snapshot { service: service.clone(), telemetry: telemetry.clone() });
     let answer = answering(service, telemetry);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+    let handler = service_fn(move |event: LambdaEvent<Value>| {
         let answer = answer.clone();
         async move {
             let span = tracing::info_span!("invoke", request_id = %event.context.request_id);
             Ok::<Value, lambda_runtime::Error>(handle(answer, event).instrument(span).await)
         }
-    }))
-    .await
+    });
+    lambda_runtime::Runtime::new(handler)
+        .layer(lambda_runtime::layers::TracingLayer::new())
+        .register_snapstart_resource(snapshot)
+        .run_concurrent()
+        .await
 }
 
 /// One invocation: its trigger's requests answered in order, each within what is left of

@@ -6,9 +6,13 @@
 //! the last request using it lets go ([`VersionLease`]).
 //!
 //! A source brings the listing, the version fingerprint and the transfer of one file
-//! ([`DownloadCache::publish`]'s `download`); everything else is here.
+//! ([`DownloadCache::publish`]'s `download`), which says what the source vouches for about the
+//! content ([`Integrity`]); everything else is here, verification included: the file is checked
+//! whole, as assembled on disk, since sources fetch it in ranged parts.
 
 use super::{LocalModel, SourceError, VersionLease, local_failure};
+use aws_smithy_checksums::ChecksumAlgorithm;
+use base64::Engine as _;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -25,10 +29,61 @@ pub struct Expected {
     /// Where it comes from, for error messages (`s3://bucket/key`).
     pub url: String,
     pub size: u64,
-    /// Hex MD5 of the content, when the source knows it (an S3 single-part ETag).
-    pub md5: Option<String>,
-    /// Hex SHA-256 of the content, when a manifest gives it.
+    /// Hex SHA-256 of the content, when the operator pinned one in the manifest: checked
+    /// whatever the source vouches for.
     pub sha256: Option<String>,
+}
+
+/// What the source vouches for about a file's content beyond its size, the strongest it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Integrity {
+    /// A checksum of the whole content that the store keeps (S3's full-object
+    /// `x-amz-checksum-*`): the algorithm and the value as the store gives it (base64).
+    Stored { algorithm: ChecksumAlgorithm, base64: String },
+    /// The content's MD5 in hex (the ETag of an S3 single-part upload that is neither SSE-KMS
+    /// nor SSE-C encrypted).
+    Md5(String),
+    /// Nothing; why, for the operator's log.
+    Unknown(String),
+}
+
+/// What the downloads of one execution environment may take together: how many run at once
+/// (`QA_MODEL_DOWNLOADS`), and the cache space the running ones have claimed and not yet
+/// published, so two downloads never both count on the same free space.
+#[derive(Debug)]
+pub struct DownloadBudget {
+    running: tokio::sync::Semaphore,
+    claimed: Mutex<u64>,
+}
+
+impl DownloadBudget {
+    pub fn new(downloads: usize) -> Arc<Self> {
+        Arc::new(Self { running: tokio::sync::Semaphore::new(downloads.max(1)), claimed: Mutex::new(0) })
+    }
+
+    /// Claims `needed` bytes of the `free` ones, leaving `reserve` free; `None` when they do
+    /// not fit beside what running downloads claimed.
+    fn claim(&self, needed: u64, free: u64, reserve: u64) -> Option<Claim<'_>> {
+        let mut claimed = self.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if free.saturating_sub(*claimed) < needed.saturating_add(reserve) {
+            return None;
+        }
+        *claimed += needed;
+        Some(Claim { budget: self, bytes: needed })
+    }
+}
+
+/// Cache space a running download counts on; given back when it ends, published or not.
+struct Claim<'a> {
+    budget: &'a DownloadBudget,
+    bytes: u64,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut claimed = self.budget.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *claimed = claimed.saturating_sub(self.bytes);
+    }
 }
 
 /// One model's downloaded versions: `<root>/<version>/` each, published atomically.
@@ -43,6 +98,8 @@ pub struct DownloadCache {
     reserve_bytes: u64,
     /// The versions handed out by this process, kept on disk while they are in use.
     leases: Mutex<HashMap<String, Weak<VersionLease>>>,
+    /// Shared with the environment's other downloads.
+    budget: Arc<DownloadBudget>,
 }
 
 /// Marker written last into a version directory: only complete downloads have it.
@@ -51,8 +108,8 @@ const COMPLETE: &str = ".complete";
 const PARTIAL: &str = ".partial-";
 
 impl DownloadCache {
-    pub fn new(name: &str, origin: &'static str, root: PathBuf, reserve_bytes: u64) -> Self {
-        Self { name: name.to_string(), origin, root, reserve_bytes, leases: Mutex::default() }
+    pub fn new(name: &str, origin: &'static str, root: PathBuf, reserve_bytes: u64, budget: Arc<DownloadBudget>) -> Self {
+        Self { name: name.to_string(), origin, root, reserve_bytes, leases: Mutex::default(), budget }
     }
 
     /// `version`, if a complete download of it is already on disk.
@@ -61,14 +118,21 @@ impl DownloadCache {
         dir.join(COMPLETE).is_file().then(|| LocalModel { lease: Some(self.lease(version, &dir)), dir, version: version.to_string() })
     }
 
-    /// Downloads `files` (each by `download(file, destination)`), verifies each against its
-    /// [`Expected`], and publishes them as `version`. On any failure nothing is kept.
+    /// Downloads `files` (each by `download(file, destination)`, which answers what the source
+    /// vouches for), verifies each against its [`Expected`] and that [`Integrity`], and
+    /// publishes them as `version`. On any failure nothing is kept. Waits for a turn of the
+    /// environment's [`DownloadBudget`] first.
     pub async fn publish<T, F, Fut>(&self, version: &str, files: &[T], download: F) -> Result<LocalModel, SourceError>
     where
         T: AsRef<Expected>,
         F: Fn(&T, PathBuf) -> Fut,
-        Fut: Future<Output = Result<(), SourceError>>,
+        Fut: Future<Output = Result<Integrity, SourceError>>,
     {
+        if let Some(published) = self.published(version) {
+            return Ok(published);
+        }
+        let _turn = self.budget.running.acquire().await.map_err(|_| SourceError::Unavailable("downloads are shut down".into()))?;
+        // Another request may have published it while this one waited for its turn.
         if let Some(published) = self.published(version) {
             return Ok(published);
         }
@@ -78,15 +142,15 @@ impl DownloadCache {
         remove_leftovers(root, None, &[]);
         let needed: u64 = files.iter().map(|f| f.as_ref().size).sum();
         let free = free_bytes(root).map_err(io)?;
-        if free < needed.saturating_add(self.reserve_bytes) {
+        let Some(_claim) = self.budget.claim(needed, free, self.reserve_bytes) else {
             return Err(SourceError::Unavailable(format!(
-                "model {} needs {} MiB in the model cache (plus {} MiB kept free), only {} MiB are free; raise the function's ephemeral storage",
+                "model {} needs {} MiB in the model cache (plus {} MiB kept free), only {} MiB are free besides what running downloads need; raise the function's ephemeral storage",
                 self.name,
                 needed.div_ceil(1 << 20),
                 self.reserve_bytes >> 20,
                 free >> 20
             )));
-        }
+        };
         let dir = root.join(version);
         let partial = root.join(format!("{PARTIAL}{}-{version}", std::process::id()));
         let _ = std::fs::remove_dir_all(&partial);
@@ -95,10 +159,20 @@ impl DownloadCache {
             for file in files {
                 let expected = file.as_ref().clone();
                 let path = partial.join(&expected.file);
-                download(file, path.clone()).await?;
-                tokio::task::spawn_blocking(move || verify(&expected, &path))
+                let integrity = download(file, path.clone()).await?;
+                let (origin, file) = (self.origin, expected.file.clone());
+                let checks = tokio::task::spawn_blocking(move || verify(&expected, &integrity, origin, &path))
                     .await
                     .map_err(|e| SourceError::Unavailable(format!("verifying: {e}")))??;
+                match checks {
+                    Checked::By(checks) => tracing::info!(model = %self.name, %file, checks, "download verified"),
+                    Checked::SizeOnly(why) => tracing::warn!(
+                        model = %self.name,
+                        %file,
+                        why,
+                        "download verified by its size only: pin its SHA-256 in the manifest (QA_MODELS_FILE), or upload it with a checksum"
+                    ),
+                }
             }
             std::fs::write(partial.join(COMPLETE), version.as_bytes()).map_err(io)?;
             match std::fs::rename(&partial, &dir) {
@@ -148,12 +222,27 @@ impl DownloadCache {
     }
 }
 
-/// Size, MD5 and SHA-256 of the file at `path` against `expected`.
-fn verify(expected: &Expected, path: &Path) -> Result<(), SourceError> {
+/// What a verified file was checked against beyond its size, for the log.
+#[derive(Debug, PartialEq, Eq)]
+enum Checked {
+    /// The checks made ("S3's stored CRC64NVME and the manifest's SHA-256").
+    By(String),
+    /// Nothing but the size could be checked; why.
+    SizeOnly(String),
+}
+
+/// The file at `path` against its size, what the source vouches for (`integrity`, from
+/// `origin`) and the manifest's SHA-256, in one pass over the assembled file.
+fn verify(expected: &Expected, integrity: &Integrity, origin: &str, path: &Path) -> Result<Checked, SourceError> {
     let corrupt = |what: String| SourceError::Corrupt(format!("{}: {what}; the download was discarded", expected.url));
     let unreadable = |e: std::io::Error| local_failure("reading a downloaded file", path, e);
     let mut file = std::fs::File::open(path).map_err(unreadable)?;
-    let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+    let mut stored = match integrity {
+        Integrity::Stored { algorithm, .. } => Some(algorithm.into_impl()),
+        _ => None,
+    };
+    let mut md5 = matches!(integrity, Integrity::Md5(_)).then(Md5::new);
+    let mut sha = expected.sha256.as_ref().map(|_| Sha256::new());
     let mut buffer = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -161,26 +250,50 @@ fn verify(expected: &Expected, path: &Path) -> Result<(), SourceError> {
         if n == 0 {
             break;
         }
-        md5.update(&buffer[..n]);
-        sha.update(&buffer[..n]);
+        if let Some(stored) = stored.as_mut() {
+            stored.update(&buffer[..n]);
+        }
+        if let Some(md5) = md5.as_mut() {
+            md5.update(&buffer[..n]);
+        }
+        if let Some(sha) = sha.as_mut() {
+            sha.update(&buffer[..n]);
+        }
         total += n as u64;
     }
     if total != expected.size {
         return Err(corrupt(format!("{total} bytes, the listing says {}", expected.size)));
     }
-    if let Some(want) = &expected.md5 {
-        let got = hex::encode(md5.finalize());
-        if !got.eq_ignore_ascii_case(want) {
-            return Err(corrupt(format!("MD5 {got} does not match the ETag {want}")));
+    let mut checks = Vec::new();
+    match integrity {
+        Integrity::Stored { algorithm, base64 } => {
+            let name = algorithm.as_str().to_ascii_uppercase();
+            let got = stored.map(|s| base64::engine::general_purpose::STANDARD.encode(s.finalize())).unwrap_or_default();
+            if got != *base64 {
+                return Err(corrupt(format!("{name} {got} does not match the checksum {origin} stored, {base64}")));
+            }
+            checks.push(format!("{origin}'s stored {name}"));
         }
+        Integrity::Md5(want) => {
+            let got = md5.map(|m| hex::encode(m.finalize())).unwrap_or_default();
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(corrupt(format!("MD5 {got} does not match the ETag {want}")));
+            }
+            checks.push("the ETag's MD5".to_string());
+        }
+        Integrity::Unknown(_) => {}
     }
-    if let Some(want) = &expected.sha256 {
+    if let (Some(want), Some(sha)) = (&expected.sha256, sha) {
         let got = hex::encode(sha.finalize());
         if !got.eq_ignore_ascii_case(want) {
             return Err(corrupt(format!("SHA-256 {got} does not match the manifest's {want}")));
         }
+        checks.push("the manifest's SHA-256".to_string());
     }
-    Ok(())
+    Ok(match (checks.is_empty(), integrity) {
+        (true, Integrity::Unknown(why)) => Checked::SizeOnly(why.clone()),
+        _ => Checked::By(checks.join(" and ")),
+    })
 }
 
 /// Removes downloads interrupted by processes that died (they were never loaded) and, once
@@ -207,10 +320,11 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
-    /// A file to publish and the bytes its "download" writes.
+    /// A file to publish, the bytes its "download" writes and what the source vouches for.
     struct Remote {
         expected: Expected,
         bytes: Vec<u8>,
+        integrity: Integrity,
     }
 
     impl AsRef<Expected> for Remote {
@@ -219,20 +333,30 @@ mod tests {
         }
     }
 
+    /// A file whose ETag is its MD5 and whose SHA-256 the manifest pins.
     fn remote(file: &str, bytes: &[u8]) -> Remote {
         let expected = Expected {
             file: file.into(),
             url: format!("test://{file}"),
             size: bytes.len() as u64,
-            md5: Some(hex::encode(Md5::digest(bytes))),
             sha256: Some(hex::encode(Sha256::digest(bytes))),
         };
-        Remote { expected, bytes: bytes.to_vec() }
+        Remote { expected, bytes: bytes.to_vec(), integrity: Integrity::Md5(hex::encode(Md5::digest(bytes))) }
+    }
+
+    /// `algorithm`'s checksum of `bytes` as S3 gives it (base64).
+    fn stored(algorithm: &str, bytes: &[u8]) -> Integrity {
+        let algorithm: ChecksumAlgorithm = algorithm.parse().unwrap();
+        let mut checksum = algorithm.into_impl();
+        checksum.update(bytes);
+        Integrity::Stored { algorithm, base64: base64::engine::general_purpose::STANDARD.encode(checksum.finalize()) }
     }
 
     /// A transfer that writes the file's bytes at once.
-    fn write(file: &Remote, path: PathBuf) -> std::future::Ready<Result<(), SourceError>> {
-        std::future::ready(std::fs::write(path, &file.bytes).map_err(|e| SourceError::Unavailable(e.to_string())))
+    fn write(file: &Remote, path: PathBuf) -> std::future::Ready<Result<Integrity, SourceError>> {
+        std::future::ready(
+            std::fs::write(path, &file.bytes).map(|()| file.integrity.clone()).map_err(|e| SourceError::Unavailable(e.to_string())),
+        )
     }
 
     /// Everything under `root` but directories.
@@ -246,7 +370,7 @@ mod tests {
     #[tokio::test]
     async fn a_verified_download_is_published_whole_and_found_again() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0);
+        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0, DownloadBudget::new(1));
         let files = [remote("model.onnx", b"weights"), remote("config.json", b"{}")];
         let model = cache.publish("v1", &files, write).await.unwrap();
         assert_eq!(model.dir, tmp.path().join("m/v1"));
@@ -259,19 +383,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_size_md5_or_sha256_mismatch_is_corrupt_and_leaves_nothing() {
+    async fn a_size_stored_checksum_md5_or_sha256_mismatch_is_corrupt_and_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0);
-        let tampered = |edit: fn(&mut Expected)| {
+        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0, DownloadBudget::new(1));
+        let tampered = |edit: fn(&mut Remote)| {
             let mut file = remote("model.onnx", b"weights");
-            edit(&mut file.expected);
+            edit(&mut file);
             [remote("config.json", b"{}"), file]
         };
-        type Tamper = fn(&mut Expected);
-        let cases: [(&str, Tamper); 3] = [
-            ("bytes, the listing says", |e| e.size += 1),
-            ("does not match the ETag", |e| e.md5 = Some(hex::encode(Md5::digest(b"other")))),
-            ("does not match the manifest", |e| e.sha256 = Some(hex::encode(Sha256::digest(b"other")))),
+        type Tamper = fn(&mut Remote);
+        let cases: [(&str, Tamper); 5] = [
+            ("bytes, the listing says", |r| r.expected.size += 1),
+            ("CRC64NVME", |r| r.integrity = stored("crc64nvme", b"other")),
+            ("SHA256", |r| r.integrity = stored("sha256", b"other")),
+            ("does not match the ETag", |r| r.integrity = Integrity::Md5(hex::encode(Md5::digest(b"other")))),
+            ("does not match the manifest", |r| r.expected.sha256 = Some(hex::encode(Sha256::digest(b"other")))),
         ];
         for (message, edit) in cases {
             let error = cache.publish("v1", &tampered(edit), write).await.unwrap_err();
@@ -284,22 +410,48 @@ mod tests {
         }
     }
 
+    #[test]
+    fn each_check_is_made_and_named_and_a_file_with_none_passes_on_its_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        std::fs::write(&path, b"weights").unwrap();
+        let mut expected = remote("f", b"weights").expected;
+        for algorithm in ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"] {
+            let checked = verify(&expected, &stored(algorithm, b"weights"), "S3", &path).unwrap();
+            let name = algorithm.to_ascii_uppercase();
+            assert_eq!(checked, Checked::By(format!("S3's stored {name} and the manifest's SHA-256")));
+            let error = verify(&expected, &stored(algorithm, b"weightz"), "S3", &path).unwrap_err();
+            assert!(
+                matches!(&error, SourceError::Corrupt(text) if text.contains(&format!("{name} ")) && text.contains("S3 stored")),
+                "{error}"
+            );
+        }
+        let md5 = Integrity::Md5(hex::encode(Md5::digest(b"weights")));
+        assert_eq!(verify(&expected, &md5, "S3", &path).unwrap(), Checked::By("the ETag's MD5 and the manifest's SHA-256".into()));
+        let none = Integrity::Unknown("no checksum".into());
+        assert_eq!(verify(&expected, &none, "S3", &path).unwrap(), Checked::By("the manifest's SHA-256".into()));
+        expected.sha256 = None;
+        assert_eq!(verify(&expected, &none, "S3", &path).unwrap(), Checked::SizeOnly("no checksum".into()));
+        expected.size += 1;
+        assert!(matches!(verify(&expected, &none, "S3", &path), Err(SourceError::Corrupt(_))), "the size is always checked");
+    }
+
     #[tokio::test]
     async fn a_failed_transfer_leaves_nothing_and_too_little_space_downloads_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0);
+        let cache = DownloadCache::new("m", "test", tmp.path().join("m"), 0, DownloadBudget::new(1));
         let files = [remote("a", b"1"), remote("b", b"2")];
         // "a" arrives whole, "b" is cut off after some bytes.
         let cut = |file: &Remote, path: PathBuf| {
             let (bytes, fail) = (file.bytes.clone(), file.expected.file == "b");
             async move {
                 std::fs::write(path, if fail { &b"partial"[..] } else { &bytes }).unwrap();
-                if fail { Err(SourceError::Unavailable("connection reset".into())) } else { Ok(()) }
+                if fail { Err(SourceError::Unavailable("connection reset".into())) } else { Ok(Integrity::Unknown("test".into())) }
             }
         };
         assert!(matches!(cache.publish("v1", &files, cut).await, Err(SourceError::Unavailable(_))));
         assert!(entries(&tmp.path().join("m")).is_empty());
-        let greedy = DownloadCache::new("m", "test", tmp.path().join("m"), u64::MAX / 2);
+        let greedy = DownloadCache::new("m", "test", tmp.path().join("m"), u64::MAX / 2, DownloadBudget::new(1));
         let called = std::sync::atomic::AtomicBool::new(false);
         let error = greedy
             .publish("v1", &files, |file, path| {
@@ -316,7 +468,7 @@ mod tests {
     async fn a_replaced_version_stays_while_in_use_and_a_dead_process_s_partial_is_swept() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("m");
-        let cache = DownloadCache::new("m", "test", root.clone(), 0);
+        let cache = DownloadCache::new("m", "test", root.clone(), 0, DownloadBudget::new(1));
         let old = cache.publish("v1", &[remote("f", b"1")], write).await.unwrap();
         // A download interrupted by a process that no longer exists (pid beyond pid_max).
         std::fs::create_dir_all(root.join(format!("{PARTIAL}4294967295-v0"))).unwrap();
@@ -326,5 +478,52 @@ mod tests {
         drop(old);
         assert_eq!(entries(&root), ["v2"], "the last user of v1 let go");
         assert_eq!(std::fs::read(new.dir.join("f")).unwrap(), b"2");
+    }
+
+    /// Two models downloading into one environment's budget of one download at a time: the
+    /// second starts only once the first is published; and space claimed by a running
+    /// download is not counted as free by another.
+    #[tokio::test]
+    async fn downloads_take_turns_and_never_count_on_the_same_free_space() {
+        let tmp = tempfile::tempdir().unwrap();
+        let budget = DownloadBudget::new(1);
+        let first = DownloadCache::new("a", "test", tmp.path().join("a"), 0, budget.clone());
+        let second = DownloadCache::new("b", "test", tmp.path().join("b"), 0, budget.clone());
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Mutex::new(Some(released));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (a_files, b_files) = ([remote("f", b"1")], [remote("g", b"2")]);
+        let a = first.publish("v1", &a_files, |file, path| {
+            let (gate, bytes, order) = (released.lock().unwrap().take(), file.bytes.clone(), order.clone());
+            async move {
+                order.lock().unwrap().push("a started");
+                if let Some(gate) = gate {
+                    let _ = gate.await;
+                }
+                std::fs::write(path, bytes).map_err(|e| SourceError::Unavailable(e.to_string()))?;
+                order.lock().unwrap().push("a written");
+                Ok(Integrity::Unknown("test".into()))
+            }
+        });
+        let b = second.publish("v1", &b_files, |file, path| {
+            order.lock().unwrap().push("b started");
+            write(file, path)
+        });
+        let referee = async {
+            while order.lock().unwrap().is_empty() {
+                tokio::task::yield_now().await;
+            }
+            // The first download holds the only turn: the second cannot have started.
+            assert_eq!(*order.lock().unwrap(), ["a started"]);
+            release.send(()).unwrap();
+        };
+        let (a, b, ()) = tokio::join!(a, b, referee);
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(*order.lock().unwrap(), ["a started", "a written", "b started"]);
+        let free = free_bytes(tmp.path()).unwrap();
+        let claim = budget.claim(free / 2 + 1, free, 0).expect("half the space fits");
+        assert!(budget.claim(free / 2 + 1, free, 0).is_none(), "the same space is not claimed twice");
+        drop(claim);
+        assert!(budget.claim(free / 2 + 1, free, 0).is_some(), "given back when the download ends");
     }
 }

@@ -96,6 +96,8 @@ pub trait ModelSource: Send + Sync + std::fmt::Debug {
 pub struct ModelCatalog {
     sources: BTreeMap<String, Arc<dyn ModelSource>>,
     default: Option<String>,
+    /// The client the S3 models share, when there are any.
+    s3: Option<Arc<S3Connector>>,
 }
 
 impl ModelCatalog {
@@ -122,6 +124,7 @@ impl ModelCatalog {
         for entry in manifest {
             let source: Arc<dyn ModelSource> = match &entry.location {
                 manifest::Location::S3 { bucket, prefix } => {
+                    catalog.s3 = Some(connector.clone());
                     Arc::new(S3Source::new(connector.clone(), &entry.name, bucket, prefix, entry.sha256.clone()))
                 }
                 manifest::Location::Efs(dir) => Arc::new(EfsSource::new(dir.clone())),
@@ -130,6 +133,16 @@ impl ModelCatalog {
             catalog.insert(entry.name.clone(), source);
         }
         catalog
+    }
+
+    /// The S3 client of the catalog's S3 models, if it has any.
+    pub fn s3_connector(&self) -> Option<&Arc<S3Connector>> {
+        self.s3.as_ref()
+    }
+
+    /// The models whose content cannot change while the process runs (those in the image).
+    pub fn unchanging(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().filter(|(_, source)| !source.can_change()).map(|(name, _)| name.as_str())
     }
 
     pub fn insert(&mut self, name: String, source: Arc<dyn ModelSource>) {

@@ -13,21 +13,25 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::tensor::{PrimitiveTensorElementType, TensorElementType};
 use ort::value::{DynValue, Tensor as OrtTensor, ValueType};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-/// How sessions are built. One ONNX Runtime session per model, shared by all requests.
+/// How sessions are built, and how many per model: each runs one inference at a time, so
+/// `sessions` is how many requests' inference runs on one model at once.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionSettings {
-    /// Intra-op threads; 0 lets ONNX Runtime pick (one per core).
+    /// Intra-op threads of each session; 0 lets ONNX Runtime pick (one per core).
     pub intra_threads: usize,
     /// ONNX Runtime's CPU memory arena: buffers kept between runs (faster repeated shapes) at
     /// the cost of resident memory that grows to the largest batch seen.
     pub memory_arena: bool,
+    /// Sessions per model (`QA_INFERENCE_CONCURRENCY`), each holding its own copy of the
+    /// weights and its own arena.
+    pub sessions: usize,
 }
 
 impl Default for SessionSettings {
     fn default() -> Self {
-        Self { intra_threads: 0, memory_arena: true }
+        Self { intra_threads: 0, memory_arena: true, sessions: 1 }
     }
 }
 
@@ -38,12 +42,12 @@ pub struct OnnxBackend {
 }
 
 impl OnnxBackend {
-    /// Checks and loads `dir/model.onnx`.
+    /// Checks and loads `dir/model.onnx`, with [`SessionSettings::sessions`] sessions.
     pub fn load_model_dir(&self, dir: &Path) -> Result<Arc<OnnxModel>, NnError> {
         let path = dir.join("model.onnx");
         model_file::check(&path).map_err(|reason| NnError::ModelUnloadable { path: path.clone(), reason })?;
-        let session = self.session(&path)?;
-        OnnxModel::new(session).map(Arc::new).map_err(|reason| NnError::ModelUnloadable { path, reason })
+        let sessions = (0..self.settings.sessions.max(1)).map(|_| self.session(&path)).collect::<Result<Vec<_>, _>>()?;
+        OnnxModel::new(sessions).map(Arc::new).map_err(|reason| NnError::ModelUnloadable { path, reason })
     }
 
     /// An ONNX Runtime session for `path` with exactly the settings the guest's graphs get
@@ -196,19 +200,55 @@ impl Port {
     }
 }
 
-/// A loaded ONNX model: its session and its ports. `Session::run` takes `&mut self`, so runs
-/// on one model take turns.
+/// A loaded ONNX model: its sessions and its ports. `Session::run` takes `&mut self`, so a
+/// run takes a session for itself; runs beyond the number of sessions wait for one.
 pub struct OnnxModel {
-    session: Mutex<Session>,
+    sessions: SessionPool,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
 }
 
 impl OnnxModel {
-    fn new(session: Session) -> Result<Self, String> {
-        let inputs = session.inputs.iter().map(|i| Port::new(&i.name, &i.input_type)).collect::<Result<_, _>>()?;
-        let outputs = session.outputs.iter().map(|o| Port::new(&o.name, &o.output_type)).collect::<Result<_, _>>()?;
-        Ok(Self { session: Mutex::new(session), inputs, outputs })
+    fn new(sessions: Vec<Session>) -> Result<Self, String> {
+        let first = sessions.first().ok_or("no session")?;
+        let inputs = first.inputs.iter().map(|i| Port::new(&i.name, &i.input_type)).collect::<Result<_, _>>()?;
+        let outputs = first.outputs.iter().map(|o| Port::new(&o.name, &o.output_type)).collect::<Result<_, _>>()?;
+        Ok(Self { sessions: SessionPool { idle: Mutex::new(sessions), returned: Condvar::new() }, inputs, outputs })
+    }
+}
+
+/// A model's sessions not running now; a run takes one and gives it back when it ends.
+struct SessionPool {
+    idle: Mutex<Vec<Session>>,
+    returned: Condvar,
+}
+
+impl SessionPool {
+    /// A session for one run, once one is idle (blocking: runs are on blocking threads).
+    fn take(&self) -> Result<Taken<'_>, String> {
+        let poisoned = |_| "the model's sessions were poisoned by an earlier failure".to_string();
+        let mut idle = self.idle.lock().map_err(poisoned)?;
+        loop {
+            if let Some(session) = idle.pop() {
+                return Ok(Taken { pool: self, session: Some(session) });
+            }
+            idle = self.returned.wait(idle).map_err(poisoned)?;
+        }
+    }
+}
+
+/// A session taken for one run: given back to its pool when dropped, even by a panic.
+struct Taken<'a> {
+    pool: &'a SessionPool,
+    session: Option<Session>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let (Some(session), Ok(mut idle)) = (self.session.take(), self.pool.idle.lock()) {
+            idle.push(session);
+            self.pool.returned.notify_one();
+        }
     }
 }
 
@@ -229,7 +269,8 @@ impl Model for OnnxModel {
             return Err(format!("input {:?} was not given", missing.name));
         }
         drop(inputs);
-        let mut session = self.session.lock().map_err(|_| "the model's session was poisoned by an earlier failure".to_string())?;
+        let mut taken = self.sessions.take()?;
+        let session = taken.session.as_mut().ok_or("no session taken")?;
         let outputs = match run.options() {
             Some(options) => session.run_with_options(values, options),
             None => session.run(values),

@@ -24,13 +24,16 @@ pub struct Metrics {
     pub enabled: bool,
 }
 
-/// What the process did before its first invocation, reported once, with that invocation.
+/// What the environment did before its first invocation, reported once, with that invocation.
 #[derive(Clone, Copy, Debug)]
 pub struct ColdStart {
     /// Process start to ready for the first event (guest loaded, preloads done).
     pub init: Duration,
     pub guest_load: Duration,
     pub guest_origin: Origin,
+    /// Restored from a SnapStart snapshot: the restore call's return to ready (the init
+    /// phase ran when the version was published, so `init` is not this environment's).
+    pub restore: Option<Duration>,
 }
 
 /// One invocation's outcome.
@@ -96,7 +99,11 @@ impl Metrics {
         if let Some(cold) = cold {
             let mut cold_metrics = Vec::new();
             metric(&mut fields, &mut cold_metrics, "ColdStart", "Count", 1.0);
-            metric(&mut fields, &mut cold_metrics, "InitTime", "Milliseconds", ms(cold.init));
+            match cold.restore {
+                Some(restore) => metric(&mut fields, &mut cold_metrics, "RestoreTime", "Milliseconds", ms(restore)),
+                None => metric(&mut fields, &mut cold_metrics, "InitTime", "Milliseconds", ms(cold.init)),
+            }
+            fields.insert("init_type".into(), json!(if cold.restore.is_some() { "snap-start" } else { "on-demand" }));
             metric(&mut fields, &mut cold_metrics, "GuestLoadTime", "Milliseconds", ms(cold.guest_load));
             let compiled = matches!(cold.guest_origin, Origin::Compiled);
             metric(&mut fields, &mut cold_metrics, "GuestCacheHit", "Count", if compiled { 0.0 } else { 1.0 });
@@ -244,7 +251,12 @@ mod tests {
     #[test]
     fn a_cold_start_adds_its_own_directive() {
         let r = response(true);
-        let cold = ColdStart { init: Duration::from_millis(140), guest_load: Duration::from_millis(6), guest_origin: Origin::Shipped };
+        let cold = ColdStart {
+            init: Duration::from_millis(140),
+            guest_load: Duration::from_millis(6),
+            guest_origin: Origin::Shipped,
+            restore: None,
+        };
         let line = metrics().invocation_line(
             &Invocation { request_id: "id", model: Some("nlp1"), result: Ok(&r), total: Duration::from_millis(30) },
             Some(&cold),
@@ -255,7 +267,18 @@ mod tests {
         assert_eq!(line["GuestCacheHit"], 1.0);
         assert_eq!(line["ModelCacheMiss"], 1.0);
         assert_eq!(line["guest_origin"], "shipped");
+        assert_eq!((&line["InitTime"], &line["init_type"]), (&json!(140.0), &json!("on-demand")));
         assert_eq!(line["_aws"]["CloudWatchMetrics"][1]["Dimensions"], json!([["service", "function_name"]]));
+        // Restored from a snapshot: the restore's time, not the publish-time init.
+        let restored = ColdStart { restore: Some(Duration::from_millis(12)), ..cold };
+        let line = metrics().invocation_line(
+            &Invocation { request_id: "id", model: Some("nlp1"), result: Ok(&r), total: Duration::from_millis(30) },
+            Some(&restored),
+            1,
+        );
+        validate(&line).unwrap();
+        assert_eq!((&line["RestoreTime"], &line["init_type"]), (&json!(12.0), &json!("snap-start")));
+        assert!(line.get("InitTime").is_none(), "{line}");
     }
 
     #[test]

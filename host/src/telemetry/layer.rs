@@ -79,6 +79,17 @@ impl TelemetryLayer {
     pub fn refused(&self, request_id: &str, error: &ApiError, total: Duration) {
         self.shared.report(request_id, None, Err(error), total);
     }
+
+    /// The environment was restored from a SnapStart snapshot, ready `restore` after the
+    /// restore call returned: its first invocation reports that instead of the init.
+    pub fn restored(&self, restore: Duration) {
+        if let Some(emf) = &self.shared.emf
+            && let Ok(mut cold) = emf.cold.lock()
+            && let Some(cold) = cold.as_mut()
+        {
+            cold.restore = Some(restore);
+        }
+    }
 }
 
 impl<S> Layer<S> for TelemetryLayer {

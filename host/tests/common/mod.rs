@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test file uses its own subset")]
 
 pub mod openapi;
+pub mod runtime_api;
 pub mod s3;
 
 use qa_host::config::HostConfig;
@@ -53,6 +54,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         guest_memory_bytes: 512 << 20,
         guest_nn: Default::default(),
         guest_instances: qa_host::guest::DEFAULT_INSTANCES,
+        guest_memory_total_bytes: None,
         compile_snapshots: true,
         max_windows: qa_host::config::DEFAULT_MAX_WINDOWS,
         session: Default::default(),
@@ -63,6 +65,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         s3: Default::default(),
         serve: qa_host::server::ServeLimits::for_deadline(Duration::from_secs(60)),
         rollout: None,
+        lambda: None,
     }
 }
 
@@ -120,6 +123,22 @@ impl Spawned {
         self.count(needle) > 0
     }
 
+    /// Waits until `count` lines contain `needle`; panics with the log after `timeout`.
+    pub fn wait_for_count(&self, needle: &str, count: usize, timeout: Duration) {
+        let started = std::time::Instant::now();
+        while self.count(needle) < count {
+            if started.elapsed() > timeout || self.logged(STDERR_CLOSED) {
+                panic!(
+                    "{} of {count} log lines with {needle:?} (waited {:?}); log:\n{}",
+                    self.count(needle),
+                    started.elapsed(),
+                    self.lines().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
@@ -160,6 +179,12 @@ pub fn log_barrier(process: &Spawned, base: &str) {
     assert_eq!(status, 400, "{body}");
     let request_id = body["error"]["request_id"].as_str().expect("a refused request has an id");
     process.wait_for_log(request_id, Duration::from_secs(10));
+}
+
+/// Lets a 1 s TTL (`QA_MODEL_TTL_SECS` or `QA_GUEST_TTL_SECS` set to 1) run out. Time passing
+/// is what this waits for, not an event some part could signal.
+pub fn let_the_ttl_pass() {
+    std::thread::sleep(Duration::from_millis(1200));
 }
 
 pub fn free_port() -> u16 {
@@ -228,7 +253,8 @@ impl Serving {
             .env("QA_GUEST", guest)
             .env("QA_MODELS_DIR", models_dir())
             .env("QA_CACHE_DIR", workspace().join("target/qa-cache"))
-            .env("QA_LOG", "info")
+            // `qa_host`'s debug lines are the events tests wait on (`guest instance started`).
+            .env("QA_LOG", "info,qa_host=debug")
             .envs(env.iter().map(|(key, value)| (key, value)))
             .args(["serve", "--addr", "127.0.0.1:0"]);
         Self::run(command)
@@ -273,6 +299,32 @@ impl Serving {
         log_barrier(&self.process, &self.base);
     }
 
+    /// Connections the kernel holds for the server that it has not accepted yet: its listening
+    /// socket's accept queue (`rx_queue` of a listening socket in `/proc/net/tcp`).
+    pub fn waiting_to_be_accepted(&self) -> usize {
+        let port = self.addr().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("the server's port");
+        let local = format!("0100007F:{port:04X}");
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+            .and_then(|fields| usize::from_str_radix(fields[4].split(':').nth(1)?, 16).ok())
+            .expect("the server's listening socket in /proc/net/tcp")
+    }
+
+    /// Waits until `count` more guest calls than `before` have their instance (the host's
+    /// `guest instance started` line): the event behind "the guest is busy now".
+    pub fn wait_for_guest_calls(&self, before: usize, count: usize) {
+        self.process.wait_for_count(GUEST_STARTED, before + count, Duration::from_secs(60));
+    }
+
+    /// Guest calls that have had their instance so far.
+    pub fn guest_calls(&self) -> usize {
+        self.process.count(GUEST_STARTED)
+    }
+
     /// A line of `/proc/<pid>/status` as a number (`Threads`, `VmRSS` in kB).
     pub fn proc_status(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id())).expect("the server's /proc status");
@@ -281,6 +333,53 @@ impl Serving {
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+}
+
+/// What the host logs (at debug) once a guest call has its instance.
+pub const GUEST_STARTED: &str = "guest instance started";
+
+/// The host's log lines, for in-process tests: futures run with its dispatcher
+/// (`tracing::instrument::WithSubscriber`) log here, so a test waits on an event the host
+/// logs (such as [`GUEST_STARTED`]) instead of pausing. Each test has its own.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// A capture and the dispatcher that writes to it (clone it for each future).
+    pub fn new() -> (Self, tracing::Dispatch) {
+        let capture = Self::default();
+        let sink = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,qa_host=debug"))
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        (capture, tracing::Dispatch::new(subscriber))
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `count` lines contain `needle`; panics after `timeout`.
+    pub async fn wait_for_count(&self, needle: &str, count: usize, timeout: Duration) {
+        let started = std::time::Instant::now();
+        while self.count(needle) < count {
+            assert!(started.elapsed() < timeout, "{} of {count} log lines with {needle:?} after {timeout:?}", self.count(needle));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
