@@ -14,7 +14,9 @@
 
 use crate::guest::{Answer, GuestError, GuestQaError, GuestRuntime, Response, SwappableGuest};
 use crate::telemetry::emf::{Metrics, now_ms};
-use serde_json::{Map, Value, json};
+use crate::telemetry::prom::PromMetrics;
+use serde::Serialize;
+use serde_json::{Map, json};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -195,6 +197,24 @@ struct State {
     ended: Option<&'static str>,
 }
 
+/// Where the rollout stands (`/health`'s `rollout`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RolloutStatus {
+    /// `shadow` or `canary`.
+    pub mode: &'static str,
+    /// The candidate's version.
+    pub candidate: String,
+    /// `taking part`, `rolled back` or `promoted`.
+    pub state: &'static str,
+    /// The candidate's share of requests.
+    pub percent: f64,
+    /// Candidate calls in the judging window.
+    pub calls: usize,
+    pub failure_rate: f64,
+    /// Share of shadow calls that agreed; `None` before the first.
+    pub shadow_agreement: Option<f64>,
+}
+
 /// What recording a call decided.
 #[derive(Debug, PartialEq)]
 enum Verdict {
@@ -244,11 +264,19 @@ pub struct Rollout {
     policy: Policy,
     state: Mutex<State>,
     metrics: Metrics,
+    /// The same calls, counted for `GET /metrics`.
+    prom: Arc<PromMetrics>,
     shadow_calls: Arc<tokio::sync::Semaphore>,
 }
 
 impl Rollout {
-    pub fn new(serving: Arc<SwappableGuest>, candidate: Arc<SwappableGuest>, settings: &RolloutSettings, metrics: Metrics) -> Self {
+    pub fn new(
+        serving: Arc<SwappableGuest>,
+        candidate: Arc<SwappableGuest>,
+        settings: &RolloutSettings,
+        metrics: Metrics,
+        prom: Arc<PromMetrics>,
+    ) -> Self {
         let state = State { candidate: candidate.current().id.clone(), ..State::default() };
         Self {
             serving,
@@ -258,6 +286,7 @@ impl Rollout {
             policy: settings.policy,
             state: Mutex::new(state),
             metrics,
+            prom,
             shadow_calls: Arc::new(tokio::sync::Semaphore::new(MAX_SHADOW_CALLS)),
         }
     }
@@ -313,6 +342,7 @@ impl Rollout {
         }
         let failed = faulted(answered);
         self.emit(role, guest, &[("GuestCalls", "Count", 1.0), ("GuestFailures", "Count", f64::from(u8::from(failed)))], latency);
+        self.prom.guest_call(role.name(), failed);
         self.count(role, guest, failed, latency);
     }
 
@@ -376,11 +406,14 @@ impl Rollout {
             Err(_) => true,
             Ok(results) => results.iter().zip(served).any(|(r, served)| r.as_ref().is_err_and(|e| served.is_some() || guest_fault(e))),
         };
+        // Counted before the log line, so a reader of that line finds it in `/metrics`.
+        self.prom.guest_call(Role::Candidate.name(), failed);
         let comparison = compare(served, shadow);
         let mut metrics = vec![("GuestCalls", "Count", 1.0), ("GuestFailures", "Count", f64::from(u8::from(failed)))];
         if let Some((agree, score_diff)) = comparison {
             metrics.push(("ShadowAgreement", "Count", f64::from(u8::from(agree))));
             metrics.push(("ShadowScoreDiff", "None", score_diff));
+            self.prom.shadow_compared(agree);
             let rate = self.state.lock().ok().filter(|s| s.candidate == candidate.id).map(|mut s| {
                 s.shadowed += 1;
                 s.agreed += u64::from(agree);
@@ -394,18 +427,18 @@ impl Rollout {
         self.count(Role::Candidate, candidate, failed, latency);
     }
 
-    /// Where the rollout stands, for `/health`.
-    pub fn status(&self) -> Value {
-        let Ok(state) = self.state.lock() else { return Value::Null };
-        json!({
-            "mode": self.mode.name(),
-            "candidate": state.candidate,
-            "state": state.ended.unwrap_or("taking part"),
-            "percent": self.share as f64 / 100.0,
-            "calls": state.calls.calls.len(),
-            "failure_rate": state.calls.failure_rate(),
-            "shadow_agreement": (state.shadowed > 0).then(|| state.agreed as f64 / state.shadowed as f64),
-        })
+    /// Where the rollout stands, for `/health` and `/metrics`.
+    pub fn status(&self) -> RolloutStatus {
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        RolloutStatus {
+            mode: self.mode.name(),
+            candidate: state.candidate.clone(),
+            state: state.ended.unwrap_or("taking part"),
+            percent: self.share as f64 / 100.0,
+            calls: state.calls.calls.len(),
+            failure_rate: state.calls.failure_rate(),
+            shadow_agreement: (state.shadowed > 0).then(|| state.agreed as f64 / state.shadowed as f64),
+        }
     }
 
     fn emit(&self, role: Role, guest: &GuestRuntime, metrics: &[(&str, &str, f64)], latency: Duration) {

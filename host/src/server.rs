@@ -1,5 +1,7 @@
-//! `qa-host serve`: the service over local HTTP, speaking the API Gateway sample's body.
-//! `POST /` answers; `GET /health` lists the models.
+//! `qa-host serve`: the service over local HTTP, speaking the API Gateway sample's body
+//! (`docs/openapi.yaml`). `POST /` answers; `GET /` is the playground page; `GET /health` lists
+//! the models; `GET /metrics` is Prometheus's. Every request `POST /` gets, answered or refused,
+//! is reported by the telemetry layer, as under Lambda.
 //!
 //! What a client can make the server hold is bounded ([`ServeLimits`]): connections (further
 //! ones wait in the kernel's backlog), time to send the headers (hyper) and the whole request
@@ -9,6 +11,7 @@
 
 use crate::api::{ApiError, QaRequest, limits};
 use crate::service::QaService;
+use crate::telemetry::layer::{Answering, Call, TelemetryLayer, answering};
 use axum::Router;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
@@ -19,10 +22,10 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 
 /// Bounds on what clients can make `serve` hold.
 #[derive(Clone, Copy, Debug)]
@@ -56,28 +59,43 @@ impl ServeLimits {
 /// Seconds a client refused with `overloaded` is asked to wait.
 const RETRY_AFTER_SECS: u32 = 1;
 
+/// What the routes share.
+#[derive(Clone)]
+struct App {
+    service: Arc<QaService>,
+    /// The service's answers behind the telemetry layer.
+    answering: Answering,
+}
+
 pub fn router(service: Arc<QaService>, limits: &ServeLimits) -> Router {
-    let answer_route = post(answer).layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(refused))
-            .load_shed()
-            .concurrency_limit(limits.max_requests.max(1))
-            .timeout(limits.request_timeout),
-    );
-    Router::new().route("/", answer_route).route("/health", get(health)).with_state(service)
+    // Prometheus series and log lines; no EMF lines outside Lambda.
+    let telemetry = TelemetryLayer::new(service.catalog().clone(), service.prom().clone(), None);
+    let app = App { answering: answering(service.clone(), telemetry.clone()), service };
+    let request_timeout = limits.request_timeout;
+    let refusal = move |error: tower::BoxError| refused(telemetry.clone(), request_timeout, error);
+    let root = post(answer)
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(refusal))
+                .load_shed()
+                .concurrency_limit(limits.max_requests.max(1))
+                .timeout(request_timeout),
+        )
+        .get(playground);
+    Router::new().route("/", root).route("/health", get(health)).route("/metrics", get(metrics)).with_state(app)
 }
 
 /// The answer route's refusals: over the concurrency limit, or past the request timeout.
-async fn refused(error: tower::BoxError) -> Response {
+async fn refused(telemetry: TelemetryLayer, request_timeout: Duration, error: tower::BoxError) -> Response {
     let request_id = next_request_id();
-    let error = if error.is::<tower::timeout::error::Elapsed>() {
-        ApiError::RequestTimeout
+    let (error, took) = if error.is::<tower::timeout::error::Elapsed>() {
+        (ApiError::RequestTimeout, request_timeout)
     } else if error.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::Overloaded
+        (ApiError::Overloaded, Duration::ZERO)
     } else {
-        ApiError::Internal(error.to_string())
+        (ApiError::Internal(error.to_string()), Duration::ZERO)
     };
-    tracing::warn!(request_id, code = error.code(), %error, "request refused");
+    telemetry.refused(&request_id, &error, took);
     error_response(&error, &request_id)
 }
 
@@ -157,22 +175,19 @@ impl Drop for Unanswered<'_> {
     }
 }
 
-async fn answer(State(service): State<Arc<QaService>>, body: Body) -> Response {
+async fn answer(State(app): State<App>, body: Body) -> Response {
     let request_id = next_request_id();
     let mut unanswered = Unanswered { request_id: &request_id, answered: false };
-    let outcome = async {
-        let bytes = read_body(body).await?;
-        let request = QaRequest::from_json(&bytes)?;
-        service.reply_within(request, None, &request_id).await
-    }
-    .await;
+    let request = match read_body(body).await {
+        Ok(bytes) => QaRequest::from_json(&bytes),
+        Err(error) => Err(error),
+    };
+    let call = Call { request_id: request_id.clone(), request, budget: None };
+    let Ok(outcome) = app.answering.oneshot(call).await;
     unanswered.answered = true;
     match outcome {
-        Ok(response) => json_response(StatusCode::OK, &response),
-        Err(error) => {
-            tracing::warn!(request_id, code = error.code(), %error, "request failed");
-            error_response(&error, &request_id)
-        }
+        Ok(reply) => json_response(StatusCode::OK, &reply),
+        Err(error) => error_response(&error, &request_id),
     }
 }
 
@@ -187,7 +202,7 @@ fn error_response(error: &ApiError, request_id: &str) -> Response {
     response
 }
 
-async fn health(State(service): State<Arc<QaService>>) -> Response {
+async fn health(State(App { service, .. }): State<App>) -> Response {
     let models: Vec<&str> = service.catalog().names().collect();
     json_response(
         StatusCode::OK,
@@ -199,6 +214,56 @@ async fn health(State(service): State<Arc<QaService>>) -> Response {
             "rollout": service.rollout_status(),
         }),
     )
+}
+
+async fn metrics(State(App { service, .. }): State<App>) -> Response {
+    match service.prom_text() {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::telemetry::prom::CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "the Prometheus metrics could not be written");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("the metrics could not be written: {error}")).into_response()
+        }
+    }
+}
+
+/// The playground: one page, compiled in, that only talks to this server (its own
+/// `Content-Security-Policy` says so to the browser).
+const PLAYGROUND: &str = include_str!("playground.html");
+
+async fn playground() -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CONTENT_SECURITY_POLICY, playground_policy()),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    (headers, PLAYGROUND).into_response()
+}
+
+/// The page's policy: nothing but this server's own routes, and no script or style but the
+/// page's own (by hash, so nothing injected into the page could run).
+fn playground_policy() -> &'static str {
+    static POLICY: OnceLock<String> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        let hash = |tag: &str| {
+            use base64::Engine as _;
+            use sha2::Digest as _;
+            let inline = element_text(PLAYGROUND, tag);
+            format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(inline.as_bytes())))
+        };
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash("script"),
+            hash("style")
+        )
+    })
+}
+
+/// The text of the first `<tag>` element of `html` (empty if there is none).
+fn element_text<'a>(html: &'a str, tag: &str) -> &'a str {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    html.split_once(&open).and_then(|(_, rest)| rest.split_once(&close)).map_or("", |(text, _)| text)
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {

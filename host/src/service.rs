@@ -9,7 +9,8 @@ use crate::guest::{Artifacts, GuestError, GuestModel, GuestQaError, GuestRuntime
 use crate::models::{ModelCatalog, S3Connector, is_valid_name};
 use crate::nn::onnx::OnnxBackend;
 use crate::nn::{NnError, init_onnx_runtime};
-use crate::rollout::{Answered, Role, Rollout, Route, best_answers};
+use crate::rollout::{Answered, Role, Rollout, RolloutStatus, Route, best_answers};
+use crate::telemetry::prom::{PromMetrics, Snapshot};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub enum StartError {
     Guest(#[from] GuestError),
     #[error("no models found in {0} (each model is a directory with model.onnx, tokenizer.json, config.json)")]
     NoModels(String),
+    #[error("the Prometheus metrics could not be set up: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 pub struct QaService {
@@ -35,6 +38,8 @@ pub struct QaService {
     max_windows: u32,
     /// A candidate guest in shadow or canary mode, if one is configured and loaded.
     rollout: Option<Arc<Rollout>>,
+    /// What `GET /metrics` reports (fed by the telemetry layer and the rollout).
+    prom: Arc<PromMetrics>,
     /// Every S3 client the service uses: its models', its guest's and its candidate's.
     s3: Vec<Arc<S3Connector>>,
 }
@@ -55,8 +60,9 @@ impl QaService {
         tracing::info!(origin = ?guest.origin, ms = guest.load_time.as_millis() as u64, guest = %config.guest_wasm.display(), "guest ready");
         let guest =
             SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), artifacts.clone(), settings.clone(), config.guest_ttl);
+        let prom = Arc::new(PromMetrics::new()?);
         let rollout = match &config.rollout {
-            Some(rollout) => start_rollout(rollout, &guest, artifacts, settings, config.guest_ttl).await,
+            Some(rollout) => start_rollout(rollout, &guest, artifacts, settings, config.guest_ttl, prom.clone()).await,
             None => None,
         };
         let guests_s3 = [config.guest_s3.as_ref(), config.rollout.as_ref().and_then(|r| r.candidate_s3.as_ref())];
@@ -76,6 +82,7 @@ impl QaService {
             compile_snapshots: config.compile_snapshots,
             max_windows: config.max_windows,
             rollout,
+            prom,
             s3,
         })
     }
@@ -111,8 +118,23 @@ impl QaService {
     }
 
     /// Where the candidate guest stands, if one is configured (for `/health`).
-    pub fn rollout_status(&self) -> Option<serde_json::Value> {
+    pub fn rollout_status(&self) -> Option<RolloutStatus> {
         self.rollout.as_ref().map(|r| r.status())
+    }
+
+    /// The Prometheus metrics the edges feed (through the telemetry layer).
+    pub fn prom(&self) -> &Arc<PromMetrics> {
+        &self.prom
+    }
+
+    /// Every metric in the Prometheus text format, with the state they report as it is now.
+    pub fn prom_text(&self) -> Result<String, prometheus::Error> {
+        self.prom.render(&Snapshot {
+            models_available: self.catalog().names().count(),
+            models_loaded: self.models.loaded().len(),
+            guest_version: self.guest_version(),
+            rollout: self.rollout_status(),
+        })
     }
 
     /// Which guest serves (the first 12 hex digits of its SHA-256).
@@ -445,12 +467,13 @@ async fn start_rollout(
     artifacts: Artifacts,
     guest: crate::guest::GuestSettings,
     ttl: Duration,
+    prom: Arc<PromMetrics>,
 ) -> Option<Arc<Rollout>> {
     match GuestRuntime::load(&settings.candidate, artifacts.clone(), guest.clone()).await {
         Ok(runtime) => {
             tracing::info!(candidate = %runtime.id, serving = %serving.current().id, percent = settings.percent, setting = settings.setting(), "candidate guest ready");
             let candidate = SwappableGuest::new(runtime, &settings.candidate, settings.candidate_s3.clone(), artifacts, guest, ttl);
-            Some(Arc::new(Rollout::new(serving.clone(), candidate, settings, crate::telemetry::emf::Metrics::from_env())))
+            Some(Arc::new(Rollout::new(serving.clone(), candidate, settings, crate::telemetry::emf::Metrics::from_env(), prom)))
         }
         Err(error) => {
             tracing::error!(setting = settings.setting(), guest = %settings.candidate.display(), %error, "candidate guest rejected; the serving guest takes every request");

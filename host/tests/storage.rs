@@ -32,7 +32,7 @@ impl Host {
     fn ask(&self, model: &str) -> (u16, Value) {
         let mut body = benz_request();
         body["model_type"] = json!(model);
-        json_body(http().post(&format!("{}/", self.base)).send(body.to_string()).expect("HTTP round trip"))
+        api_json("POST", "/", http().post(&format!("{}/", self.base)).send(body.to_string()).expect("HTTP round trip"))
     }
 }
 
@@ -118,7 +118,7 @@ fn a_replaced_version_stays_until_the_requests_on_it_finish() {
     let host = Host::start_with_guest(&misbehaving_guest(), &env);
     let ask = |question: &str| {
         let body = json!({"model_type": "s3r", "question": question, "context": "ok"});
-        json_body(http().post(&format!("{}/", host.base)).send(body.to_string()).expect("HTTP round trip"))
+        api_json("POST", "/", http().post(&format!("{}/", host.base)).send(body.to_string()).expect("HTTP round trip"))
     };
     let (status, first) = ask("hello");
     assert_eq!(status, 200, "{first}");

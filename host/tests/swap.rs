@@ -23,7 +23,7 @@ fn a_new_guest_is_picked_up_after_the_ttl_and_a_broken_one_is_rejected() {
     let cache = deploy.path().join("cache").into_os_string();
     let server = Serving::start(&wasm, &[("QA_GUEST_TTL_SECS", "1".into()), ("QA_CACHE_DIR", cache)]);
     let (host, base) = (&server.process, &server.base);
-    let ask = || json_body(http().post(&format!("{base}/")).send(benz_request().to_string()).unwrap());
+    let ask = || api_json("POST", "/", http().post(&format!("{base}/")).send(benz_request().to_string()).unwrap());
 
     assert_eq!(ask().1["Answer"], "1886");
 
@@ -78,7 +78,7 @@ fn a_new_guest_is_picked_up_after_the_ttl_and_a_broken_one_is_rejected() {
         let in_flight = scope.spawn(|| {
             let mut request = benz_request();
             request["question"] = serde_json::json!("sleep:6");
-            json_body(http().post(&format!("{base}/")).send(request.to_string()).unwrap())
+            api_json("POST", "/", http().post(&format!("{base}/")).send(request.to_string()).unwrap())
         });
         server.wait_for_guest_calls(calls, 1); // asleep in the fixture guest
         replace(&wasm, &std::fs::read(qa_guest()).unwrap());

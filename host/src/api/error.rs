@@ -106,6 +106,35 @@ impl ApiError {
         }
     }
 
+    /// One error of each kind (every code once), for what must list them all: the OpenAPI
+    /// document and the playground's messages are checked against it (and a new kind fails
+    /// to compile in this file's tests until it is added here).
+    pub fn examples() -> Vec<ApiError> {
+        let examples = vec![
+            Self::BadJson("expected value at line 1 column 1".into()),
+            Self::InvalidField("top_k must be between 1 and 20, got 0".into()),
+            Self::EmptyQuestion,
+            Self::EmptyContext,
+            Self::BodyTooLarge { len: 2 << 20, limit: super::limits::MAX_BODY_BYTES },
+            Self::QuestionTooLong { len: 2_001, limit: super::limits::MAX_QUESTION_BYTES },
+            Self::ContextTooLarge { len: 200_001, limit: super::limits::MAX_CONTEXT_BYTES },
+            Self::UnknownModel { name: "nlp9".into(), available: "nlp1".into() },
+            Self::GuestRejected("the question has 70 tokens; the limit is 64".into()),
+            Self::TooManyWindows("the context needs 300 windows; the limit is 256".into()),
+            Self::ModelNotFound { name: "nlp1".into(), reason: "no model.onnx in its storage".into() },
+            Self::ModelCorrupt { name: "nlp1".into(), reason: "its SHA-256 is not the manifest's".into() },
+            Self::ModelInvalid { name: "nlp1".into(), reason: "tokenizer.json does not load".into() },
+            Self::ModelUnavailable { name: "nlp1".into(), reason: "S3 could not be reached".into() },
+            Self::Inference("an input the model requires was not sent".into()),
+            Self::GuestTimeout("30 s".into()),
+            Self::GuestFailed("trapped".into()),
+            Self::Overloaded,
+            Self::RequestTimeout,
+            Self::Internal("an example".into()),
+        ];
+        examples
+    }
+
     /// `{"error": {"code", "message", "request_id"}}`, and `guest_version` when a guest ran.
     pub fn body(&self, request_id: &str) -> serde_json::Value {
         let mut body = json!({"error": {"code": self.code(), "message": self.to_string(), "request_id": request_id}});
@@ -113,5 +142,52 @@ impl ApiError {
             body["error"]["guest_version"] = json!(guest_version);
         }
         body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kinds of error, each with its own code.
+    const KINDS: usize = 20;
+
+    /// Each kind's place among the examples: a new variant does not compile until it has one
+    /// (and then `examples_hold_every_kind_once` wants its example).
+    fn kind_index(error: &ApiError) -> Option<usize> {
+        Some(match error {
+            ApiError::Guest { .. } => return None,
+            ApiError::BadJson(_) => 0,
+            ApiError::InvalidField(_) => 1,
+            ApiError::EmptyQuestion => 2,
+            ApiError::EmptyContext => 3,
+            ApiError::BodyTooLarge { .. } => 4,
+            ApiError::QuestionTooLong { .. } => 5,
+            ApiError::ContextTooLarge { .. } => 6,
+            ApiError::UnknownModel { .. } => 7,
+            ApiError::GuestRejected(_) => 8,
+            ApiError::TooManyWindows(_) => 9,
+            ApiError::ModelNotFound { .. } => 10,
+            ApiError::ModelCorrupt { .. } => 11,
+            ApiError::ModelInvalid { .. } => 12,
+            ApiError::ModelUnavailable { .. } => 13,
+            ApiError::Inference(_) => 14,
+            ApiError::GuestTimeout(_) => 15,
+            ApiError::GuestFailed(_) => 16,
+            ApiError::Overloaded => 17,
+            ApiError::RequestTimeout => 18,
+            ApiError::Internal(_) => 19,
+        })
+    }
+
+    #[test]
+    fn examples_hold_every_kind_once() {
+        let mut seen: Vec<usize> = ApiError::examples().iter().map(|e| kind_index(e).expect("no wrapper among the examples")).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..KINDS).collect::<Vec<_>>());
+        let mut codes: Vec<&str> = ApiError::examples().iter().map(ApiError::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), KINDS, "every kind has a code of its own");
     }
 }

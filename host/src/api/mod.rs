@@ -55,30 +55,56 @@ pub struct QaRequest {
     pub decoding: Option<Decoding>,
 }
 
-/// The body as written: `question` or `questions`, one of the two.
+/// The body as written: `question` or `questions`, one of the two. An option given as `null`
+/// is left out (`docs/openapi.yaml` says so); `question` and `questions` must be what they say.
 #[derive(Deserialize, Serialize)]
 struct RawRequest {
     #[serde(default)]
     model_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "given", skip_serializing_if = "Option::is_none")]
     question: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "given", skip_serializing_if = "Option::is_none")]
     questions: Option<Vec<String>>,
     context: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     top_k: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     max_answer_len: Option<u32>,
     #[serde(default)]
     handle_impossible_answer: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     max_seq_len: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     doc_stride: Option<u32>,
     /// A string here, parsed in `try_from`: serde_json reports a non-string where an enum is
     /// expected as a syntax error, which would make `"decoding": true` a `bad_json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     decoding: Option<String>,
+}
+
+/// A field that, when present, must be a `T` (not `null`); absent, it is `None`.
+fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+/// A count: JSON has one number type, so `3.0` is 3 (as JSON Schema's `integer` has it), while
+/// `1.5`, negative numbers and numbers past `u32` are refused.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::{Error, Unexpected};
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else { return Ok(None) };
+    let expected = &"a whole number from 0 to 4294967295";
+    if let Some(n) = number.as_u64() {
+        return u32::try_from(n).map(Some).map_err(|_| D::Error::invalid_value(Unexpected::Unsigned(n), expected));
+    }
+    if let Some(n) = number.as_i64() {
+        return Err(D::Error::invalid_value(Unexpected::Signed(n), expected));
+    }
+    let n = number.as_f64().unwrap_or(f64::NAN);
+    if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n) {
+        // Whole and in range: the conversion is exact.
+        return Ok(Some(n as u32));
+    }
+    Err(D::Error::invalid_value(Unexpected::Float(n), expected))
 }
 
 impl From<QaRequest> for RawRequest {
@@ -455,6 +481,38 @@ mod tests {
     fn negative_numbers_are_field_errors() {
         let err = QaRequest::from_json(br#"{"question":"q","context":"c","top_k":-1}"#).unwrap_err();
         assert_eq!(err.code(), "invalid_field");
+    }
+
+    /// JSON has one number type: `3.0` is the count 3 (JSON Schema's `integer` takes it too);
+    /// a fraction, a negative number or one past `u32` is not a count.
+    #[test]
+    fn counts_are_whole_numbers_written_either_way() {
+        let top_k = |value: &str| QaRequest::from_json(format!(r#"{{"question":"q","context":"c","top_k":{value}}}"#).as_bytes());
+        for (written, count) in [("3", 3), ("3.0", 3), ("3e0", 3), ("0.0", 0), ("4294967295", u32::MAX), ("4294967295.0", u32::MAX)] {
+            assert_eq!(top_k(written).unwrap().top_k, Some(count), "{written}");
+        }
+        for written in ["1.5", "-1", "-1.0", "4294967296", "1e30", "\"3\"", "true"] {
+            let error = top_k(written).unwrap_err();
+            assert_eq!(error.code(), "invalid_field", "{written}: {error}");
+        }
+        assert!(top_k("1.5").unwrap_err().to_string().contains("expected a whole number"));
+    }
+
+    /// An option given as `null` is left out; the question itself never is.
+    #[test]
+    fn null_options_are_left_out_and_a_null_question_is_refused() {
+        let parse = |body: &str| QaRequest::from_json(body.as_bytes());
+        let options = r#""model_type":null,"top_k":null,"max_answer_len":null,"handle_impossible_answer":null,"max_seq_len":null,"doc_stride":null,"decoding":null"#;
+        let request = parse(&format!(r#"{{"question":"q","context":"c",{options}}}"#)).unwrap();
+        assert_eq!(request, QaRequest::new("q", "c"));
+        for body in [
+            r#"{"question":null,"context":"c"}"#,
+            r#"{"question":null,"questions":["q"],"context":"c"}"#,
+            r#"{"questions":null,"question":"q","context":"c"}"#,
+            r#"{"question":"q","context":null}"#,
+        ] {
+            assert_eq!(parse(body).unwrap_err().code(), "invalid_field", "{body}");
+        }
     }
 
     #[test]

@@ -16,22 +16,17 @@ pub mod trigger;
 
 use crate::service::QaService;
 use crate::telemetry::emf::{ColdStart, Metrics};
-use crate::telemetry::layer::{Call, Outcome, TelemetryLayer};
+use crate::telemetry::layer::{Answering, Call, TelemetryLayer, answering};
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
 use tracing::Instrument;
 
 /// Time kept back from the invocation's deadline so a slow request ends with a clean error
 /// response instead of a Lambda timeout.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
-
-/// The service that answers one request, telemetry included.
-type Answer = BoxCloneSyncService<Call, Outcome, Infallible>;
 
 /// Serves invocations until the runtime API goes away: as many at once as Lambda sends the
 /// environment (`AWS_LAMBDA_MAX_CONCURRENCY`, one at a time when unset), after the SnapStart
@@ -40,17 +35,9 @@ type Answer = BoxCloneSyncService<Call, Outcome, Infallible>;
 pub async fn run(service: Arc<QaService>, process_started: Instant) -> Result<(), lambda_runtime::Error> {
     let (guest_origin, guest_load) = service.guest_load();
     let cold = ColdStart { init: process_started.elapsed(), guest_load, guest_origin, restore: None };
-    let telemetry = TelemetryLayer::new(Metrics::from_env(), cold, service.catalog().clone());
+    let telemetry = TelemetryLayer::new(service.catalog().clone(), service.prom().clone(), Some((Metrics::from_env(), cold)));
     let snapshot = Arc::new(snapstart::Snapshot { service: service.clone(), telemetry: telemetry.clone() });
-    let answer: Answer = BoxCloneSyncService::new(ServiceBuilder::new().layer(telemetry).service_fn(move |call: Call| {
-        let service = service.clone();
-        async move {
-            Ok::<Outcome, Infallible>(match call.request {
-                Ok(request) => service.reply_within(request, call.budget, &call.request_id).await,
-                Err(error) => Err(error),
-            })
-        }
-    }));
+    let answer = answering(service, telemetry);
     let handler = service_fn(move |event: LambdaEvent<Value>| {
         let answer = answer.clone();
         async move {
@@ -67,7 +54,7 @@ pub async fn run(service: Arc<QaService>, process_started: Instant) -> Result<()
 
 /// One invocation: its trigger's requests answered in order, each within what is left of
 /// the invocation's time.
-async fn handle(answer: Answer, event: LambdaEvent<Value>) -> Value {
+async fn handle(answer: Answering, event: LambdaEvent<Value>) -> Value {
     let request_id = event.context.request_id;
     let trigger = trigger::recognize(&event.payload);
     let mut results = Vec::new();
@@ -153,9 +140,9 @@ mod tests {
     async fn an_invocation_s_requests_get_the_time_left_less_the_margin() {
         let budgets = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = budgets.clone();
-        let answer: Answer = BoxCloneSyncService::new(tower::service_fn(move |call: Call| {
+        let answer: Answering = tower::util::BoxCloneSyncService::new(tower::service_fn(move |call: Call| {
             seen.lock().unwrap().push(call.budget);
-            async { Ok::<Outcome, Infallible>(Err(crate::api::ApiError::EmptyQuestion)) }
+            async { Ok::<crate::telemetry::layer::Outcome, std::convert::Infallible>(Err(crate::api::ApiError::EmptyQuestion)) }
         }));
         let invoke = |deadline: u64| {
             let mut context = lambda_runtime::Context::default();

@@ -1,17 +1,21 @@
 //! What every answered request reports, as one tower layer around the service that answers it:
-//! a log line (answered, or failed with its code) and an EMF metric line ([`super::emf`]), the
-//! process's cold start on the first. Edges stay free of telemetry: they build [`Call`]s and
+//! a log line (answered, or failed with its code), its Prometheus series ([`super::prom`]) and,
+//! under Lambda, an EMF metric line ([`super::emf`]), the process's cold start on the first. All
+//! three come from one [`Invocation`]. Edges stay free of telemetry: they build [`Call`]s and
 //! read [`Outcome`]s.
 
 use super::emf::{ColdStart, Invocation, Metrics};
+use super::prom::PromMetrics;
 use crate::api::{ApiError, QaReply, QaRequest};
 use crate::models::ModelCatalog;
+use crate::service::QaService;
 use futures_util::future::BoxFuture;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tower::{Layer, Service};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceBuilder};
 
 /// One request as an edge hands it over: parsed, or refused while parsing (still reported).
 pub struct Call {
@@ -24,6 +28,23 @@ pub struct Call {
 /// A call's answer, or why there is none.
 pub type Outcome = Result<QaReply, ApiError>;
 
+/// The service an edge answers through: [`QaService::reply_within`] behind a [`TelemetryLayer`].
+pub type Answering = BoxCloneSyncService<Call, Outcome, Infallible>;
+
+/// `service`'s answers, each reported by `telemetry`; a call that did not parse is reported
+/// and handed back.
+pub fn answering(service: Arc<QaService>, telemetry: TelemetryLayer) -> Answering {
+    BoxCloneSyncService::new(ServiceBuilder::new().layer(telemetry).service_fn(move |call: Call| {
+        let service = service.clone();
+        async move {
+            Ok::<Outcome, Infallible>(match call.request {
+                Ok(request) => service.reply_within(request, call.budget, &call.request_id).await,
+                Err(error) => Err(error),
+            })
+        }
+    }))
+}
+
 /// Reports every call through the inner service.
 #[derive(Clone)]
 pub struct TelemetryLayer {
@@ -31,23 +52,39 @@ pub struct TelemetryLayer {
 }
 
 struct Shared {
-    metrics: Metrics,
-    /// Taken by the first call.
-    cold: Mutex<Option<ColdStart>>,
+    /// EMF lines (under Lambda); `None` writes none.
+    emf: Option<Emf>,
+    prom: Arc<PromMetrics>,
     /// The models that exist, so metric dimensions never name made-up models: each name from
-    /// a request would make a new CloudWatch metric series.
+    /// a request would make a new metric series.
     catalog: ModelCatalog,
 }
 
+struct Emf {
+    metrics: Metrics,
+    /// Taken by the first call.
+    cold: Mutex<Option<ColdStart>>,
+}
+
 impl TelemetryLayer {
-    pub fn new(metrics: Metrics, cold: ColdStart, catalog: ModelCatalog) -> Self {
-        Self { shared: Arc::new(Shared { metrics, cold: Mutex::new(Some(cold)), catalog }) }
+    /// Logs every call and counts it in `prom`; with `emf`, also writes its EMF line, the
+    /// process's cold start on the first.
+    pub fn new(catalog: ModelCatalog, prom: Arc<PromMetrics>, emf: Option<(Metrics, ColdStart)>) -> Self {
+        let emf = emf.map(|(metrics, cold)| Emf { metrics, cold: Mutex::new(Some(cold)) });
+        Self { shared: Arc::new(Shared { emf, prom, catalog }) }
+    }
+
+    /// Reports a request the edge refused before it reached the service (over a concurrency
+    /// limit, past a timeout).
+    pub fn refused(&self, request_id: &str, error: &ApiError, total: Duration) {
+        self.shared.report(request_id, None, Err(error), total);
     }
 
     /// The environment was restored from a SnapStart snapshot, ready `restore` after the
     /// restore call returned: its first invocation reports that instead of the init.
     pub fn restored(&self, restore: Duration) {
-        if let Ok(mut cold) = self.shared.cold.lock()
+        if let Some(emf) = &self.shared.emf
+            && let Ok(mut cold) = emf.cold.lock()
             && let Some(cold) = cold.as_mut()
         {
             cold.restore = Some(restore);
@@ -91,7 +128,7 @@ where
         let shared = self.shared.clone();
         Box::pin(async move {
             let outcome = answering.await?;
-            shared.report(&request_id, named, &outcome, started.elapsed());
+            shared.report(&request_id, named, outcome.as_ref(), started.elapsed());
             Ok(outcome)
         })
     }
@@ -100,7 +137,7 @@ where
 impl Shared {
     /// `named`: the model the request named (`Some(None)`: the default), `None` when it did
     /// not parse.
-    fn report(&self, request_id: &str, named: Option<Option<String>>, outcome: &Outcome, total: Duration) {
+    fn report(&self, request_id: &str, named: Option<Option<String>>, outcome: Result<&QaReply, &ApiError>, total: Duration) {
         match outcome {
             Ok(reply) => tracing::info!(
                 request_id,
@@ -118,8 +155,11 @@ impl Shared {
             (Err(_), Some(None)) => self.catalog.default_name().map(str::to_string),
             (Err(_), None) => None,
         };
-        let cold = self.cold.lock().ok().and_then(|mut cold| cold.take());
-        let invocation = Invocation { request_id, model: model.as_deref(), result: outcome.as_ref(), total };
-        self.metrics.emit(&self.metrics.invocation_line(&invocation, cold.as_ref(), super::emf::now_ms()));
+        let invocation = Invocation { request_id, model: model.as_deref(), result: outcome, total };
+        self.prom.observe(&invocation);
+        if let Some(emf) = &self.emf {
+            let cold = emf.cold.lock().ok().and_then(|mut cold| cold.take());
+            emf.metrics.emit(&emf.metrics.invocation_line(&invocation, cold.as_ref(), super::emf::now_ms()));
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! What the host tells its operators: logs (text on a terminal, JSON lines on Lambda, each
 //! carrying the invocation's request id) and CloudWatch metrics as Embedded Metric Format
 //! lines ([`emf`]). Both go to stderr, which Lambda sends to CloudWatch Logs; stdout stays
-//! free for `qa-host ask`'s answer.
+//! free for `qa-host ask`'s answer. Under `qa-host serve`, the same measurements are
+//! Prometheus metrics ([`prom`], `GET /metrics`).
 
 pub mod emf;
 pub mod layer;
+pub mod prom;
 
 use tracing_subscriber::EnvFilter;
 

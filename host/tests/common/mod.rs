@@ -3,6 +3,7 @@
 //! test with instructions; nothing is skipped.
 #![allow(dead_code, reason = "each test file uses its own subset")]
 
+pub mod openapi;
 pub mod runtime_api;
 pub mod s3;
 
@@ -174,7 +175,7 @@ impl Drop for Spawned {
 /// line. The server writes its log in order, so every earlier line has arrived by then.
 pub fn log_barrier(process: &Spawned, base: &str) {
     let response = http().post(&format!("{base}/")).send(r#"{"question": " ", "context": "log barrier"}"#).expect("HTTP round trip");
-    let (status, body) = json_body(response);
+    let (status, body) = api_json("POST", "/", response);
     assert_eq!(status, 400, "{body}");
     let request_id = body["error"]["request_id"].as_str().expect("a refused request has an id");
     process.wait_for_log(request_id, Duration::from_secs(10));
@@ -208,6 +209,30 @@ pub fn json_body(mut response: ureq::http::Response<ureq::Body>) -> (u16, serde_
     let status = response.status().as_u16();
     let text = response.body_mut().with_config().limit(10 << 20).read_to_string().expect("response body");
     (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+}
+
+/// A response of `qa-host serve` to `method path`, checked against `docs/openapi.yaml`: its
+/// status and body.
+pub fn api_response(method: &str, path: &str, mut response: ureq::http::Response<ureq::Body>) -> (u16, String) {
+    let status = response.status().as_u16();
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let text = response.body_mut().with_config().limit(10 << 20).read_to_string().expect("response body");
+    openapi::contract().check(method, path, status, content_type.as_deref(), text.as_bytes());
+    (status, text)
+}
+
+/// [`api_response`] with a JSON body.
+pub fn api_json(method: &str, path: &str, response: ureq::http::Response<ureq::Body>) -> (u16, serde_json::Value) {
+    let (status, text) = api_response(method, path, response);
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+}
+
+/// A raw HTTP/1.1 response of `qa-host serve` to `method path` (as read off a socket), checked
+/// against `docs/openapi.yaml`. An empty read (a connection closed unanswered) passes.
+pub fn check_raw(method: &str, path: &str, raw: &str) {
+    if let Some((status, content_type, body)) = openapi::parse_raw(raw) {
+        openapi::contract().check(method, path, status, content_type.as_deref(), body.as_bytes());
+    }
 }
 
 /// `qa-host serve` on an ephemeral loopback port, started with a clean environment holding
@@ -248,11 +273,24 @@ impl Serving {
         self.base.trim_start_matches("http://")
     }
 
-    /// POSTs a body to `/`; the status and JSON body.
+    /// POSTs a body to `/`; the status and JSON body (checked against `docs/openapi.yaml`).
     pub fn post(&self, body: impl Into<Vec<u8>>) -> (u16, serde_json::Value) {
         let response =
             http().post(&format!("{}/", self.base)).header("Content-Type", "application/json").send(body.into()).expect("HTTP round trip");
-        json_body(response)
+        api_json("POST", "/", response)
+    }
+
+    /// GETs `path`; the status and body (checked against `docs/openapi.yaml`).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let response = http().get(&format!("{}{path}", self.base)).call().expect("HTTP round trip");
+        api_response("GET", path, response)
+    }
+
+    /// GETs `/health`, checked against `docs/openapi.yaml`.
+    pub fn health(&self) -> serde_json::Value {
+        let (status, text) = self.get("/health");
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).expect("/health is JSON")
     }
 
     /// Returns once every line the server logged before this call has reached the test: see
