@@ -30,8 +30,9 @@ mkdir -p "$out"
 
 if ! command -v chromium > /dev/null || ! command -v chromedriver > /dev/null; then
   step "installing Debian's chromium and chromium-driver"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver > /dev/null
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver > /dev/null
 fi
 
 venv=.cache/api-venv

@@ -150,6 +150,11 @@ python3 bench/compare.py --smoke --strict --rows 1,2,3,5 --python .cache/tools-v
 step "the README's first command"
 python3 scripts/test-run.py
 
+# The API beyond cargo test: the OpenAPI document, the API Gateway model, Schemathesis against
+# serve, the playground in headless Chromium (docs/testing.md, "The API").
+step "the API checks (scripts/test-api.sh)"
+bash scripts/test-api.sh
+
 wait_for_package
 step "cargo test: $arm64_test"
 cargo test "${HOST_PACKAGES[@]}" --test lambda -- --exact "$arm64_test"
