@@ -28,6 +28,9 @@ pub struct HostConfig {
     pub guest_s3: Option<(std::sync::Arc<crate::models::S3Source>, String)>,
     /// Where compiled guests are cached (must be writable; `/tmp` on Lambda).
     pub cache_dir: PathBuf,
+    /// Bytes the compiled-guest cache may hold (`QA_CACHE_MB`); the least recently used
+    /// artifacts not in use are removed past it.
+    pub cache_bytes: u64,
     /// `libonnxruntime.so`; `None` searches the documented places.
     pub onnxruntime: Option<PathBuf>,
     /// How long the guest file is trusted before it is checked for a replacement.
@@ -36,9 +39,11 @@ pub struct HostConfig {
     pub guest_deadline: Duration,
     /// Cap on all linear memories of one guest instance together.
     pub guest_memory_bytes: usize,
-    /// What a guest may make the host hold through wasi-nn (`QA_GUEST_NN_ELEMENTS`,
-    /// `QA_GUEST_NN_MB`).
+    /// What a guest may make the host hold (`QA_GUEST_NN_ELEMENTS`, `QA_GUEST_NN_MB`,
+    /// `QA_GUEST_HOST_MB`).
     pub guest_nn: NnLimits,
+    /// Largest guest memory a per-model snapshot is made of (`QA_GUEST_SNAPSHOT_MB`).
+    pub guest_snapshot_bytes: usize,
     /// Guest instances that can exist at once (`QA_GUEST_INSTANCES`).
     pub guest_instances: u32,
     /// Linear memory all guest instances may hold together (`QA_GUEST_MEMORY_TOTAL_MB`);
@@ -268,6 +273,9 @@ impl HostConfig {
             guest_wasm,
             guest_s3: None,
             cache_dir: env.path("QA_CACHE_DIR").unwrap_or_else(|| std::env::temp_dir().join("qa-host")),
+            cache_bytes: env
+                .positive::<u64>("QA_CACHE_MB", "a whole number of MiB, at least 1")?
+                .map_or(crate::guest::DEFAULT_CACHE_BYTES, |mb| mb.saturating_mul(1 << 20)),
             onnxruntime: env.path("ORT_DYLIB_PATH"),
             guest_deadline,
             guest_ttl: Duration::from_secs(env.parsed("QA_GUEST_TTL_SECS", "a whole number of seconds")?.unwrap_or(60)),
@@ -288,8 +296,14 @@ impl HostConfig {
                 max_tensor_bytes: env
                     .positive::<u64>("QA_GUEST_NN_MB", "a whole number of MiB, at least 1")?
                     .map_or(nn_defaults.max_tensor_bytes, |mb| mb << 20),
+                max_host_bytes: env
+                    .positive::<u64>("QA_GUEST_HOST_MB", "a whole number of MiB, at least 1")?
+                    .map_or(nn_defaults.max_host_bytes, |mb| mb.saturating_mul(1 << 20)),
                 ..nn_defaults
             },
+            guest_snapshot_bytes: env
+                .positive::<usize>("QA_GUEST_SNAPSHOT_MB", "a whole number of MiB, at least 1")?
+                .map_or(crate::guest::DEFAULT_SNAPSHOT_BYTES, |mb| mb.saturating_mul(1 << 20)),
             session: SessionSettings {
                 intra_threads: env
                     .parsed("QA_INFERENCE_THREADS", "a whole number of threads (0: ONNX Runtime's choice)")?
@@ -365,6 +379,7 @@ impl HostConfig {
             instances: self.guest_instances,
             compile_snapshots: self.compile_snapshots,
             memory_total: crate::guest::MemoryBudget::new(self.guest_memory_total_bytes),
+            snapshot_bytes: self.guest_snapshot_bytes,
         }
     }
 }
@@ -422,6 +437,7 @@ mod tests {
         assert_eq!(c.model_cache_mb, None, "unbounded");
         assert_eq!((c.guest_deadline, c.guest_memory_bytes), (Duration::from_millis(30_000), 512 << 20));
         assert_eq!((c.guest_nn.max_input_elements, c.guest_nn.max_tensor_bytes), (4096, 64 << 20));
+        assert_eq!((c.guest_nn.max_host_bytes, c.guest_snapshot_bytes, c.cache_bytes), (96 << 20, 128 << 20, 256 << 20));
         assert_eq!((c.guest_instances, c.max_windows), (256, 256));
         assert_eq!((c.serve.header_timeout, c.serve.request_timeout), (Duration::from_millis(10_000), Duration::from_millis(40_000)));
         assert_eq!((c.serve.max_requests, c.serve.max_connections), (64, 1024));
@@ -460,12 +476,19 @@ mod tests {
             ("QA_GUEST_MEMORY_MB", "96"),
             ("QA_GUEST_NN_ELEMENTS", "1000"),
             ("QA_GUEST_NN_MB", "3"),
+            ("QA_GUEST_HOST_MB", "5"),
+            ("QA_GUEST_SNAPSHOT_MB", "40"),
             ("QA_GUEST_INSTANCES", "7"),
+            ("QA_CACHE_MB", "300"),
         ])
         .unwrap();
         let guest = c.guest_settings();
         assert_eq!((guest.deadline, guest.memory_bytes, guest.instances), (Duration::from_millis(1200), 96 << 20, 7));
-        assert_eq!((guest.nn.max_input_elements, guest.nn.max_tensor_bytes), (1000, 3 << 20));
+        assert_eq!((guest.nn.max_input_elements, guest.nn.max_tensor_bytes, guest.nn.max_host_bytes), (1000, 3 << 20, 5 << 20));
+        assert_eq!((guest.snapshot_bytes, c.cache_bytes), (40 << 20, 300 << 20));
+        for bad in ["QA_GUEST_HOST_MB", "QA_GUEST_SNAPSHOT_MB", "QA_CACHE_MB"] {
+            assert!(config(&[(bad, "0")]).map(drop).unwrap_err().to_string().contains(bad), "{bad}");
+        }
     }
 
     /// The per-environment budgets follow the invocations Lambda sends at once: enough guest

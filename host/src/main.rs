@@ -296,7 +296,12 @@ async fn compile_guest(config: &HostConfig, target: Option<&str>) -> anyhow::Res
             models.push((name.to_string(), local.dir));
         }
     }
-    let runtime = GuestRuntime::load(&config.guest_wasm, Artifacts::from_env(&config.cache_dir), config.guest_settings()).await?;
+    let runtime = GuestRuntime::load(
+        &config.guest_wasm,
+        Artifacts::from_env(&config.cache_dir).with_cache_limit(config.cache_bytes),
+        config.guest_settings(),
+    )
+    .await?;
     for path in runtime.ship_snapshots(&models, key.as_deref(), &engine).await? {
         println!("{}", path.display());
     }

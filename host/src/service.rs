@@ -55,7 +55,7 @@ impl QaService {
         // One set of guest settings, so every guest of this service (serving, swapped in,
         // candidate) takes from one memory budget.
         let settings = config.guest_settings();
-        let artifacts = Artifacts::from_env(&config.cache_dir);
+        let artifacts = Artifacts::from_env(&config.cache_dir).with_cache_limit(config.cache_bytes);
         let guest = GuestRuntime::load(&config.guest_wasm, artifacts.clone(), settings.clone()).await?;
         tracing::info!(origin = ?guest.origin, ms = guest.load_time.as_millis() as u64, guest = %config.guest_wasm.display(), "guest ready");
         let guest =

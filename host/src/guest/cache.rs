@@ -3,11 +3,17 @@
 //! writes:
 //! - beside the `.wasm` when that directory is where the operator ships code: the
 //!   executable's directory or `LAMBDA_TASK_ROOT` (the image), as `qa-host compile-guest`
-//!   writes it (`<name>.wasm.<sha256-16>.cwasm`);
+//!   writes it (`<name>.wasm.<sha256-16>.cwasm`), provided that directory, every directory
+//!   above it and the artifact are owned by root or this host's user and no one else can
+//!   write them (a directory above may be writable by others if it is sticky, as `/tmp` is);
 //! - anywhere beside the `.wasm` (EFS, say) when it carries a valid signature
-//!   (`<artifact>.sig`, HMAC-SHA256 under `QA_GUEST_ARTIFACT_KEY`, over the wasm's and the
-//!   artifact's SHA-256): proof that it was compiled from that wasm by someone holding the key;
-//! - the compile cache, a directory this host created or owns that no one else can write.
+//!   (`<artifact>.sig`, HMAC-SHA256 under `QA_GUEST_ARTIFACT_KEY`, over the wasm's SHA-256,
+//!   the artifact's kind and the artifact's SHA-256): proof that it was compiled from that
+//!   wasm, as that kind, by someone holding the key (a signed snapshot cannot pass as the
+//!   plain guest);
+//! - the compile cache, a directory this host created or owns that no one else can write,
+//!   bounded in bytes (`QA_CACHE_MB`): after each write the least recently used artifacts are
+//!   removed until it fits, never one this process has loaded.
 //!
 //! Anything else (a `.cwasm` beside a guest in S3 or on EFS without a signature, a cache
 //! directory another user owns or can write) is ignored with a warning, and the guest is
@@ -16,9 +22,11 @@
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -46,6 +54,10 @@ pub enum CacheError {
 /// The variable holding the key that signs artifacts shipped outside trusted directories.
 pub const SIGNING_KEY_VAR: &str = "QA_GUEST_ARTIFACT_KEY";
 
+/// The compile cache's size bound when none is configured (`QA_CACHE_MB`): the shipped guest,
+/// its instrumented build and a snapshot per model version take about 40 MB for one model.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
 /// Where compiled guests may be read from and written to.
 #[derive(Clone, Debug)]
 pub struct Artifacts {
@@ -54,6 +66,10 @@ pub struct Artifacts {
     /// Directories where the operator ships code (canonical).
     trusted_dirs: Vec<PathBuf>,
     signing_key: Option<Vec<u8>>,
+    /// Bytes the compile cache may hold (`QA_CACHE_MB`).
+    cache_bytes: u64,
+    /// Cached artifacts this process loaded or wrote: in use (or recently so), never pruned.
+    loaded: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl Artifacts {
@@ -78,8 +94,26 @@ impl Artifacts {
                 None
             }
         };
-        let trusted_dirs = trusted_dirs.into_iter().filter_map(|d| d.canonicalize().ok()).collect();
-        Self { cache_dir, trusted_dirs, signing_key }
+        let trusted_dirs = trusted_dirs
+            .into_iter()
+            .filter_map(|dir| {
+                let canonical = dir.canonicalize().ok()?;
+                match operator_only(&canonical, true) {
+                    Ok(()) => Some(canonical),
+                    Err(reason) => {
+                        tracing::warn!(dir = %dir.display(), reason, "precompiled guests in this directory are not trusted");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Self { cache_dir, trusted_dirs, signing_key, cache_bytes: DEFAULT_CACHE_BYTES, loaded: Default::default() }
+    }
+
+    /// The compile cache bounded to `bytes` (`QA_CACHE_MB`).
+    pub fn with_cache_limit(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
+        self
     }
 
     /// The signing key from [`SIGNING_KEY_VAR`], if set.
@@ -107,7 +141,7 @@ impl Artifacts {
         if !beside.is_file() {
             return None;
         }
-        match self.trust_beside(wasm_path, wasm, &beside) {
+        match self.trust_beside(wasm_path, wasm, &beside, kind) {
             // SAFETY: the artifact is in a directory only the operator writes, or signed with
             // the operator's key over this wasm and these bytes; wasmtime refuses artifacts
             // built for another engine or version.
@@ -124,9 +158,12 @@ impl Artifacts {
         None
     }
 
-    fn trust_beside(&self, wasm_path: &Path, wasm: &[u8], artifact: &Path) -> Result<Origin, String> {
+    fn trust_beside(&self, wasm_path: &Path, wasm: &[u8], artifact: &Path, kind: Option<&str>) -> Result<Origin, String> {
         let dir = artifact.parent().and_then(|d| d.canonicalize().ok()).ok_or("its directory cannot be resolved")?;
         if self.trusted_dirs.contains(&dir) {
+            // Checked again at use: a trusted directory stays trusted only while only the
+            // operator can change it, and the artifact too.
+            operator_only(&dir.join(artifact.file_name().unwrap_or_default()), false)?;
             return Ok(Origin::Shipped);
         }
         let Some(key) = &self.signing_key else {
@@ -139,7 +176,7 @@ impl Artifacts {
         let signature = hex::decode(signature.trim()).map_err(|_| "its signature is not hex".to_string())?;
         let bytes = std::fs::read(artifact).map_err(|e| e.to_string())?;
         // `verify_slice` compares in constant time.
-        mac(key, wasm, &bytes)
+        mac(key, wasm, kind, &bytes)
             .verify_slice(&signature)
             .map(|()| Origin::Signed)
             .map_err(|_| format!("its signature does not match {} and this key", wasm_path.display()))
@@ -165,9 +202,10 @@ impl Artifacts {
         self.cache_dir.as_ref().map(|dir| dir.join(format!("guest-{key}.cwasm")))
     }
 
-    /// The cached component under `key`, if there is a usable one.
+    /// The cached component under `key`, if there is a usable one (marked as just used).
     pub fn cached(&self, engine: &Engine, key: &str) -> Option<Component> {
         let artifact = self.artifact(key).filter(|a| a.is_file())?;
+        self.mark_loaded(&artifact);
         // SAFETY: the cache directory is owned by this host's user and writable by no one
         // else (checked at start), so the artifact was written by `precompile_component` of an
         // engine with this compatibility hash (in its key); wasmtime checks the header
@@ -187,14 +225,74 @@ impl Artifacts {
         let compiled =
             engine.precompile_component(bytes).map_err(|e| CacheError::Compile { path: what.to_path_buf(), reason: format!("{e:#}") })?;
         tracing::info!(what = %what.display(), ms = started.elapsed().as_millis() as u64, "compiled guest");
-        if let Some(artifact) = self.artifact(key)
-            && let Err(e) = write_atomically(&artifact, &compiled)
-        {
-            tracing::warn!(artifact = %artifact.display(), error = %e, "compiled guest not cached");
+        if let Some(artifact) = self.artifact(key) {
+            if compiled.len() as u64 > self.cache_bytes {
+                tracing::warn!(artifact = %artifact.display(), bytes = compiled.len(), limit = self.cache_bytes, "compiled guest larger than the compile cache (QA_CACHE_MB); not cached");
+            } else if let Err(e) = write_atomically(&artifact, &compiled) {
+                tracing::warn!(artifact = %artifact.display(), error = %e, "compiled guest not cached");
+            } else {
+                self.mark_loaded(&artifact);
+                self.prune();
+            }
         }
         // SAFETY: these bytes were produced by `precompile_component` of this very engine.
         unsafe { Component::deserialize(engine, &compiled) }
             .map_err(|e| CacheError::Compile { path: what.to_path_buf(), reason: format!("{e:#}") })
+    }
+}
+
+impl Artifacts {
+    /// Remembers that this process uses `artifact`, and marks it as just used (its mtime) for
+    /// least-recently-used pruning, here and in other processes sharing the cache.
+    fn mark_loaded(&self, artifact: &Path) {
+        if let Ok(mut loaded) = self.loaded.lock() {
+            loaded.insert(artifact.to_path_buf());
+        }
+        if let Err(e) = std::fs::File::options().append(true).open(artifact).and_then(|f| f.set_modified(SystemTime::now())) {
+            tracing::debug!(artifact = %artifact.display(), error = %e, "could not mark the compiled guest as used");
+        }
+    }
+
+    /// Removes the least recently used artifacts until the cache holds at most its bound,
+    /// never one this process loaded (which may be mapped and running). Temporary files of
+    /// writes in progress are left alone.
+    pub fn prune(&self) {
+        let Some(dir) = &self.cache_dir else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mut artifacts: Vec<(SystemTime, u64, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("guest-") && n.ends_with(".cwasm")))
+            .filter_map(|e| {
+                let meta = e.metadata().ok().filter(std::fs::Metadata::is_file)?;
+                Some((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = artifacts.iter().map(|(_, bytes, _)| bytes).sum();
+        if total <= self.cache_bytes {
+            return;
+        }
+        artifacts.sort();
+        let loaded = self.loaded.lock().map(|l| l.clone()).unwrap_or_default();
+        for (_, bytes, path) in artifacts {
+            if total <= self.cache_bytes {
+                break;
+            }
+            if loaded.contains(&path) {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    total -= bytes;
+                    tracing::info!(artifact = %path.display(), bytes, "pruned from the compile cache (least recently used)");
+                }
+                // Another process sharing the cache pruned it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => total -= bytes,
+                Err(e) => tracing::warn!(artifact = %path.display(), error = %e, "could not prune the compile cache"),
+            }
+        }
+        if total > self.cache_bytes {
+            tracing::warn!(bytes = total, limit = self.cache_bytes, "the compile cache is over its bound with artifacts in use");
+        }
     }
 }
 
@@ -238,18 +336,24 @@ fn signature_path(artifact: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// HMAC-SHA256 under `key` of the wasm's and the artifact's SHA-256.
-fn mac(key: &[u8], wasm: &[u8], artifact: &[u8]) -> Hmac<Sha256> {
+/// HMAC-SHA256 under `key` of the wasm's SHA-256, the artifact's kind (empty for the guest
+/// itself) and the artifact's SHA-256. The kind is inside the MAC so a signed artifact of one
+/// kind (a model's snapshot) cannot be renamed into another (the plain guest).
+fn mac(key: &[u8], wasm: &[u8], kind: Option<&str>, artifact: &[u8]) -> Hmac<Sha256> {
     // HMAC takes keys of any length; the error case cannot happen.
     let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    mac.update(b"qa-guest-artifact-v1\0");
+    mac.update(b"qa-guest-artifact-v2\0");
     mac.update(&Sha256::digest(wasm));
+    let kind = kind.unwrap_or_default().as_bytes();
+    // Its length first, so the kind cannot run into the digest after it.
+    mac.update(&(kind.len() as u64).to_le_bytes());
+    mac.update(kind);
     mac.update(&Sha256::digest(artifact));
     mac
 }
 
-fn sign(key: &[u8], wasm: &[u8], artifact: &[u8]) -> String {
-    hex::encode(mac(key, wasm, artifact).finalize().into_bytes())
+fn sign(key: &[u8], wasm: &[u8], kind: Option<&str>, artifact: &[u8]) -> String {
+    hex::encode(mac(key, wasm, kind, artifact).finalize().into_bytes())
 }
 
 /// Compiles the guest at `wasm_path` for `engine` and writes the artifact beside it, and its
@@ -279,7 +383,7 @@ pub fn write_shipped(
     write_atomically(&path, &compiled).map_err(write_error(&path))?;
     if let Some(key) = key {
         let signature = signature_path(&path);
-        write_atomically(&signature, sign(key, wasm, &compiled).as_bytes()).map_err(write_error(&signature))?;
+        write_atomically(&signature, sign(key, wasm, kind, &compiled).as_bytes()).map_err(write_error(&signature))?;
     }
     Ok(path)
 }
@@ -301,6 +405,41 @@ fn private_dir(dir: &Path) -> Result<(), String> {
     }
     if meta.mode() & 0o022 != 0 {
         return Err(format!("group or others can write it (mode {:o})", meta.mode() & 0o777));
+    }
+    Ok(())
+}
+
+/// Whether only the operator can change `path`: it and every directory above it are owned by
+/// root or this process's user, and no one else can write them (a directory above may be
+/// writable by others if it is sticky, since they cannot then rename or remove what is in
+/// it). `dir` says whether `path` is itself a directory (else a file whose directories are
+/// checked with it).
+fn operator_only(path: &Path, dir: bool) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    const STICKY: u32 = 0o1000;
+    let me = rustix::process::geteuid().as_raw();
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!("{} is a symbolic link", path.display()));
+    }
+    let mut checked = vec![(path.to_path_buf(), meta, false)];
+    let start = if dir { Some(path) } else { path.parent() };
+    if !dir && let Some(parent) = start {
+        let meta = std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        checked.push((parent.to_path_buf(), meta, false));
+    }
+    for ancestor in start.into_iter().flat_map(Path::ancestors).skip(1) {
+        let meta = std::fs::metadata(ancestor).map_err(|e| format!("{}: {e}", ancestor.display()))?;
+        checked.push((ancestor.to_path_buf(), meta, true));
+    }
+    for (path, meta, above) in checked {
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(format!("{} is owned by uid {}, neither root nor this process's uid {me}", path.display(), meta.uid()));
+        }
+        let writable_by_others = meta.mode() & 0o022 != 0;
+        if writable_by_others && !(above && meta.mode() & STICKY != 0) {
+            return Err(format!("group or others can write {} (mode {:o})", path.display(), meta.mode() & 0o7777));
+        }
     }
     Ok(())
 }
@@ -375,12 +514,106 @@ mod tests {
         assert!(Artifacts::new(&theirs, Vec::new(), None).cache_dir().is_none());
     }
 
+    /// A signed artifact of one kind (a model's snapshot, here compiled from another
+    /// component) renamed, with its signature, to the plain guest's artifact: the signature
+    /// names its kind, so it is refused; under its own name it is used.
     #[test]
-    fn signatures_bind_the_wasm_and_the_artifact() {
-        let signature = sign(b"key", b"wasm", b"native");
-        assert_eq!(signature, sign(b"key", b"wasm", b"native"));
-        assert_ne!(signature, sign(b"key", b"other wasm", b"native"));
-        assert_ne!(signature, sign(b"key", b"wasm", b"other native"));
-        assert_ne!(signature, sign(b"other key", b"wasm", b"native"));
+    fn a_signed_snapshot_cannot_pass_as_the_plain_guest() {
+        let engine = Engine::new(&crate::guest::engine_config()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let wasm_path = dir.path().join("guest.wasm");
+        let wasm = b"(component)".to_vec();
+        std::fs::write(&wasm_path, &wasm).unwrap();
+        let other = b"(component (core module))";
+        let key = b"operator key";
+        let snapshot = write_shipped(&engine, &wasm_path, &wasm, Some("prepared-0123"), other, Some(key)).unwrap();
+        let artifacts = Artifacts::new(&dir.path().join("cache"), Vec::new(), Some(key.to_vec()));
+        let found = artifacts.shipped(&engine, &wasm_path, &wasm, Some("prepared-0123")).map(|(_, origin)| origin);
+        assert_eq!(found, Some(Origin::Signed), "under its own kind the signed snapshot is used");
+        let plain = artifact_path(&wasm_path, &wasm, None);
+        std::fs::rename(&snapshot, &plain).unwrap();
+        std::fs::rename(signature_path(&snapshot), signature_path(&plain)).unwrap();
+        assert!(artifacts.shipped(&engine, &wasm_path, &wasm, None).is_none(), "a snapshot's signature does not make it the guest");
+    }
+
+    /// Past its bound the cache drops its least recently used artifacts first, never one this
+    /// process loaded, and only its own artifact files.
+    #[test]
+    fn the_compile_cache_is_pruned_least_recently_used_first_sparing_what_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let artifacts = Artifacts::new(dir.path(), Vec::new(), None).with_cache_limit(250);
+        let age = |path: &Path, secs: u64| {
+            let when = SystemTime::now() - std::time::Duration::from_secs(secs);
+            std::fs::File::options().append(true).open(path).unwrap().set_modified(when).unwrap();
+        };
+        let write = |name: &str, secs: u64| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, [0u8; 100]).unwrap();
+            age(&path, secs);
+            path
+        };
+        let in_use = write("guest-in-use.cwasm", 0);
+        artifacts.mark_loaded(&in_use);
+        // Loading marks an artifact as just used.
+        let modified = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+        assert!(modified(&in_use) > SystemTime::now() - std::time::Duration::from_secs(60));
+        // Loaded long ago and still in use: the least recently used of all.
+        age(&in_use, 400);
+        let old = write("guest-old.cwasm", 300);
+        let recent = write("guest-recent.cwasm", 200);
+        let newest = write("guest-newest.cwasm", 100);
+        let other = write("not-an-artifact", 500);
+        artifacts.prune();
+        assert!(in_use.exists(), "in use, though the least recently used");
+        assert!(!old.exists() && !recent.exists(), "the least recently used not in use go first, until 250 bytes are left");
+        assert!(newest.exists() && other.exists());
+    }
+
+    /// Directories where the operator ships code are trusted only while only root or this
+    /// user can change them and every directory above them (sticky ones, like `/tmp`, aside);
+    /// an artifact in them, likewise.
+    #[test]
+    fn trusted_directories_and_their_artifacts_must_be_the_operator_s_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let set_mode = |path: &Path, mode| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let deploy = root.path().join("deploy");
+        std::fs::create_dir(&deploy).unwrap();
+        set_mode(&deploy, 0o755);
+        assert_eq!(operator_only(&deploy, true), Ok(()), "under /tmp, which is sticky");
+        assert_eq!(Artifacts::new(&root.path().join("cache"), vec![deploy.clone()], None).trusted_dirs.len(), 1);
+        set_mode(&deploy, 0o775);
+        assert!(operator_only(&deploy, true).unwrap_err().contains("775"));
+        assert!(Artifacts::new(&root.path().join("cache"), vec![deploy.clone()], None).trusted_dirs.is_empty());
+        set_mode(&deploy, 0o755);
+        // A directory above that others may write (not sticky): they could swap `deploy`.
+        set_mode(root.path(), 0o777);
+        assert!(operator_only(&deploy, true).unwrap_err().contains("777"));
+        set_mode(root.path(), 0o1777);
+        assert_eq!(operator_only(&deploy, true), Ok(()));
+        set_mode(root.path(), 0o700);
+        let artifact = deploy.join("guest.wasm.0123.cwasm");
+        std::fs::write(&artifact, b"native").unwrap();
+        set_mode(&artifact, 0o644);
+        assert_eq!(operator_only(&artifact, false), Ok(()));
+        set_mode(&artifact, 0o666);
+        assert!(operator_only(&artifact, false).unwrap_err().contains("666"));
+        set_mode(&artifact, 0o644);
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&deploy, Some(rustix::process::Uid::from_raw(65534)), None).unwrap();
+            assert!(operator_only(&artifact, false).unwrap_err().contains("owned by uid 65534"));
+        }
+    }
+
+    #[test]
+    fn signatures_bind_the_wasm_the_kind_and_the_artifact() {
+        let signature = sign(b"key", b"wasm", None, b"native");
+        assert_eq!(signature, sign(b"key", b"wasm", None, b"native"));
+        assert_ne!(signature, sign(b"key", b"other wasm", None, b"native"));
+        assert_ne!(signature, sign(b"key", b"wasm", None, b"other native"));
+        assert_ne!(signature, sign(b"other key", b"wasm", None, b"native"));
+        let snapshot = sign(b"key", b"wasm", Some("prepared-0123"), b"native");
+        assert_ne!(signature, snapshot, "the same bytes signed as a snapshot are not signed as the guest");
+        assert_ne!(snapshot, sign(b"key", b"wasm", Some("instrumented"), b"native"));
+        assert_ne!(sign(b"key", b"wasm", Some(""), b"native"), sign(b"key", b"wasm", Some("x"), b"native"));
     }
 }

@@ -158,6 +158,40 @@ impl QaError {
     }
 }
 
+/// What a value lifted out of the guest occupies in the host: charged to the request's
+/// account (the lift itself was bounded by the store's hostcall fuel).
+pub trait HostBytes {
+    fn host_bytes(&self) -> u64;
+}
+
+impl HostBytes for Response {
+    fn host_bytes(&self) -> u64 {
+        let texts: usize = self.answers.iter().map(|a| a.text.len()).sum();
+        (size_of::<Self>() + self.answers.len() * size_of::<Answer>() + texts) as u64
+    }
+}
+
+impl HostBytes for QaError {
+    fn host_bytes(&self) -> u64 {
+        (size_of::<Self>() + self.message().len()) as u64
+    }
+}
+
+impl<T: HostBytes, E: HostBytes> HostBytes for Result<T, E> {
+    fn host_bytes(&self) -> u64 {
+        match self {
+            Ok(value) => value.host_bytes(),
+            Err(error) => error.host_bytes(),
+        }
+    }
+}
+
+impl<T: HostBytes> HostBytes for Vec<T> {
+    fn host_bytes(&self) -> u64 {
+        self.iter().map(HostBytes::host_bytes).sum::<u64>() + size_of::<Self>() as u64
+    }
+}
+
 /// `text` cut to at most `limit` bytes on a character boundary, with a marker saying how much
 /// was cut.
 pub fn bound_text(text: String, limit: usize) -> String {

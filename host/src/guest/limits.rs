@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::ResourceLimiter;
 
-/// Linear memory all guest instances of one host hold together (`QA_GUEST_MEMORY_TOTAL_MB`).
+/// Memory all guest instances of one host hold together (`QA_GUEST_MEMORY_TOTAL_MB`): their
+/// linear memories, and the host bytes their requests' accounts hold ([`super::Account`]).
 /// Each instance takes its growth from it and gives it all back when its store is dropped.
 #[derive(Clone, Debug)]
 pub struct MemoryBudget(Arc<Pool>);
@@ -34,12 +35,12 @@ impl MemoryBudget {
         self.0.used.load(Ordering::Acquire)
     }
 
-    fn take(&self, bytes: usize) -> bool {
+    pub(super) fn take(&self, bytes: usize) -> bool {
         let limit = self.0.limit.unwrap_or(usize::MAX);
         self.0.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(bytes).filter(|&next| next <= limit)).is_ok()
     }
 
-    fn give_back(&self, bytes: usize) {
+    pub(super) fn give_back(&self, bytes: usize) {
         let _ = self.0.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(bytes)));
     }
 }
@@ -73,7 +74,6 @@ impl InstanceLimits {
     }
 
     /// Bytes of linear memory the instance holds now, all memories together.
-    #[cfg(test)]
     pub fn memory_bytes(&self) -> usize {
         self.memory_bytes
     }

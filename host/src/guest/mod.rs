@@ -7,8 +7,11 @@
 //!   are async and are dropped with the call; a wasi-nn run goes on a blocking thread and is
 //!   terminated when the call's store is dropped ([`crate::nn::wit`]).
 //! - **Memory**: all linear memories and tables of an instance count together
-//!   ([`limits::InstanceLimits`]); wasi-nn tensors have their own budget; answers must be
-//!   spans of the context ([`answers`]) and error text is cut to [`MAX_ERROR_BYTES`].
+//!   ([`limits::InstanceLimits`]); every byte the host holds because of the guest (wasi-nn
+//!   tensors, names, contexts, error text, the answers lifted out of it) is charged to the
+//!   request's [`Account`] before it is made, and wasmtime copies no more into the host in
+//!   one call than the account has left; answers must be spans of the context ([`answers`])
+//!   and error text is cut to [`MAX_ERROR_BYTES`].
 //! - **Isolation**: nothing survives a request. Each request instantiates anew, from the
 //!   snapshot [`prepare`] took of an instance that had only parsed the model's files (so the
 //!   tokenizer is not parsed per request), with its own WASI context mounting only
@@ -19,6 +22,7 @@
 //!   is made, never from a generator the process holds: a SnapStart snapshot would give every
 //!   environment restored from it that generator's state, and so the same "random" bytes.
 
+mod account;
 mod answers;
 mod cache;
 mod contract;
@@ -26,8 +30,11 @@ mod limits;
 mod prepare;
 mod swap;
 
-pub use cache::{Artifacts, CacheError, Origin, SIGNING_KEY_VAR, artifact_path, shipped_artifact_path, write_shipped_artifact};
-pub use contract::{Answer, Decoding, Options, QaError as GuestQaError, Response, Timings, Version, bound_text};
+pub use account::{Account, Refused};
+pub use cache::{
+    Artifacts, CacheError, DEFAULT_CACHE_BYTES, Origin, SIGNING_KEY_VAR, artifact_path, shipped_artifact_path, write_shipped_artifact,
+};
+pub use contract::{Answer, Decoding, HostBytes, Options, QaError as GuestQaError, Response, Timings, Version, bound_text};
 pub use limits::MemoryBudget;
 pub use swap::{SwappableGuest, resolve_guest};
 
@@ -55,6 +62,12 @@ const STDERR_CAPACITY: usize = 64 * 1024;
 pub const MAX_ERROR_BYTES: usize = 4096;
 /// Handles (WASI streams, pollables, wasi-nn tensors...) an instance may hold at once.
 const MAX_HANDLES: usize = 4096;
+/// What one entry of a store's handle table costs the host, at most (the value it holds is
+/// charged by whoever puts it there).
+const HANDLE_ENTRY_BYTES: usize = 64;
+/// What every request's account holds from the start: the WASI context's bounded state (its
+/// stderr pipe, its handle table full).
+const WASI_RESERVE: u64 = (STDERR_CAPACITY + MAX_HANDLES * HANDLE_ENTRY_BYTES) as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -84,6 +97,10 @@ pub enum GuestError {
     /// `top_k` of them); the answer is dropped, never forwarded.
     #[error("guest broke the answer contract: {0}")]
     BadAnswer(String),
+    /// The guest made the host hold, or pass it in one call, more than its request's budget
+    /// (`QA_GUEST_HOST_MB`).
+    #[error("guest exceeded its host memory budget: {0}")]
+    HostBudget(String),
     /// Pre-initializing the guest for a model failed; requests then run without the snapshot.
     #[error("preparing the guest for model {model:?} failed: {reason}")]
     Prepare { model: String, reason: String },
@@ -101,8 +118,12 @@ pub struct GuestSettings {
     /// Whether a model's snapshot that was neither shipped nor cached is made (in the
     /// background for requests, at once for preloaded models). Off for one-shot commands.
     pub compile_snapshots: bool,
-    /// Linear memory all instances of guests sharing these settings hold together.
+    /// Linear memory all instances of guests sharing these settings hold together, and the
+    /// host bytes their requests' accounts hold.
     pub memory_total: MemoryBudget,
+    /// Largest guest memory a snapshot is made of (`QA_GUEST_SNAPSHOT_MB`): a `prepare` that
+    /// leaves more is not snapshotted, and the model serves unprepared.
+    pub snapshot_bytes: usize,
 }
 
 /// A model as one request's guest sees it.
@@ -122,6 +143,8 @@ struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     nn: NnState,
+    /// Every byte the host holds because of this store's guest.
+    account: Account,
     limits: InstanceLimits,
     stderr: MemoryOutputPipe,
 }
@@ -133,7 +156,7 @@ impl WasiView for HostState {
 }
 
 fn nn_view(state: &mut HostState) -> NnView<'_> {
-    NnView { state: &mut state.nn, table: &mut state.table }
+    NnView { state: &mut state.nn, table: &mut state.table, account: &mut state.account }
 }
 
 /// A model's pre-initialized guest, once [`prepare`] made it.
@@ -241,9 +264,12 @@ impl GuestRuntime {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HANDLES);
         let limits = InstanceLimits::new(self.settings.memory_bytes, self.settings.memory_total.clone());
-        let state = HostState { wasi: wasi.build(), table, nn, limits, stderr };
+        let mut account = Account::new(self.settings.nn.max_host_bytes, self.settings.memory_total.clone());
+        account.charge(WASI_RESERVE, "the WASI context").map_err(|refused| self.over_budget(&refused))?;
+        let state = HostState { wasi: wasi.build(), table, nn, account, limits, stderr };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        sync_hostcall_fuel(&mut store);
         // Guest code yields to the executor every tick (so the call's timeout can fire) and
         // traps once the deadline has passed.
         let until = Instant::now() + deadline;
@@ -418,8 +444,9 @@ impl GuestRuntime {
             .collect())
     }
 
-    /// Runs `work` on a fresh instance for `model` under the deadline; classifies traps.
-    async fn call<R>(
+    /// Runs `work` on a fresh instance for `model` under the deadline; classifies traps. What
+    /// `work` lifts out of the guest is charged to the request's account.
+    async fn call<R: HostBytes>(
         self: &Arc<Self>,
         model: &GuestModel,
         deadline: Duration,
@@ -437,13 +464,19 @@ impl GuestRuntime {
             // From here the call holds a pool slot: the line tests wait on (instead of a pause)
             // before they count on a guest being busy, and that shows which guest ran a call.
             tracing::debug!(guest = %self.id, model = %model.name, "guest instance started");
+            // Instantiating ran guest code that may have charged the account.
+            sync_hostcall_fuel(&mut store);
             work(&runner, &mut store).await
         };
         let outcome = match tokio::time::timeout(deadline, run).await {
             Err(_) => Err(GuestError::Timeout(deadline)),
-            Ok(Ok(result)) => Ok(result),
+            Ok(Ok(result)) => match store.data_mut().account.charge(result.host_bytes(), "the answers lifted out of the guest") {
+                Ok(()) => Ok(result),
+                Err(refused) => Err(self.over_budget(&refused)),
+            },
             Ok(Err(error)) => Err(self.classify_trap(&store, error, deadline)),
         };
+        store.data().account.report(&self.id);
         // Dropping the store returns the instance's slot to the pool, which resets the pages
         // the request wrote (0.15 ms for the shipped guest, see `runtime_config`). Done here,
         // not in the background, so the next request finds this slot free and warm, and
@@ -467,6 +500,21 @@ impl GuestRuntime {
         if state.limits.crowded {
             return GuestError::Crowded { limit_mb: self.settings.memory_total.limit().unwrap_or(usize::MAX) >> 20 };
         }
+        // A refused charge traps where the import has no error to return (the tensor
+        // constructor) and the trap says so; a refusal the guest got as a wasi-nn error and
+        // went on from is not what stopped it.
+        if let Some(refused) = state.account.refused()
+            && error.chain().any(|cause| cause.to_string().contains(&refused.to_string()))
+        {
+            return self.over_budget(refused);
+        }
+        if is_hostcall_fuel_exhausted(&error) {
+            return GuestError::HostBudget(format!(
+                "it passed the host more in one call than the {} bytes its request had left of {} (QA_GUEST_HOST_MB)",
+                store.hostcall_fuel(),
+                state.account.budget()
+            ));
+        }
         let stderr = state.stderr.contents();
         let stderr = String::from_utf8_lossy(&stderr);
         let last_lines: Vec<&str> = stderr.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
@@ -474,6 +522,31 @@ impl GuestRuntime {
             if last_lines.is_empty() { format!("{error:#}") } else { format!("{error:#}; guest stderr: {}", last_lines.join(" | ")) };
         GuestError::Trap(bound_text(message, MAX_ERROR_BYTES))
     }
+}
+
+impl GuestRuntime {
+    /// The error for a charge the request's account refused: its own budget, or the host-wide
+    /// one other requests hold (which may come free).
+    fn over_budget(&self, refused: &Refused) -> GuestError {
+        if refused.crowded {
+            GuestError::Crowded { limit_mb: self.settings.memory_total.limit().unwrap_or(usize::MAX) >> 20 }
+        } else {
+            GuestError::HostBudget(refused.to_string())
+        }
+    }
+}
+
+/// Sets the store's hostcall fuel (the most wasmtime copies into the host for one call or one
+/// result, before the host sees it) to what the request's account has left.
+fn sync_hostcall_fuel(store: &mut Store<HostState>) {
+    let fuel = usize::try_from(store.data().account.remaining()).unwrap_or(usize::MAX);
+    store.set_hostcall_fuel(fuel);
+}
+
+/// Whether `error` is wasmtime refusing to copy more into the host than the store's hostcall
+/// fuel allows (its error type is private: its message is matched, and a test proves it).
+fn is_hostcall_fuel_exhausted(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| cause.to_string().contains("fuel allocated for hostcalls has been exhausted"))
 }
 
 impl Drop for GuestRuntime {
@@ -505,6 +578,9 @@ pub fn ship_engine(settings: &GuestSettings, target: Option<&str>) -> Result<Eng
 
 /// Guest instances that can exist at once (requests in flight, each with its own).
 pub const DEFAULT_INSTANCES: u32 = 256;
+/// Largest guest memory a snapshot is made of by default (`QA_GUEST_SNAPSHOT_MB`): the shipped
+/// guest's is 8.4 MiB.
+pub const DEFAULT_SNAPSHOT_BYTES: usize = 128 << 20;
 /// Core instances, memories and tables a component may hold: `wasm-component-ld` makes a
 /// handful of each.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 16;

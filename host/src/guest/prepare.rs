@@ -118,8 +118,20 @@ pub(super) async fn snapshot(runtime: &GuestRuntime, name: &str, dir: &Path) -> 
     })
     .await
     .map_err(|_| failed(format!("prepare ran past {deadline:?}")))?;
-    let (instance, prepared) = initialized.map_err(|e| failed(format!("{e:#}")))?;
+    // Said as a request's failure is (past the deadline, over the memory limit, a trap with
+    // the guest's last stderr lines), and as bounded.
+    let (instance, prepared) = initialized.map_err(|e| failed(runtime.classify_trap(&store, e, deadline).to_string()))?;
     prepared.map_err(|e| failed(format!("the guest's prepare failed: {}", super::bound_text(e.message().to_string(), 512))))?;
+    // The snapshot holds the instance's memory: refused before it is copied out when larger
+    // than snapshots may be.
+    let memory = store.data().limits.memory_bytes();
+    if memory > runtime.settings.snapshot_bytes {
+        return Err(failed(format!(
+            "its memory after prepare is {} MiB; snapshots are limited to {} MiB (QA_GUEST_SNAPSHOT_MB)",
+            memory >> 20,
+            runtime.settings.snapshot_bytes >> 20
+        )));
+    }
 
     let mut state = Snapshotting { store: &mut store, instance, failure: None };
     let snapshot = wizer.snapshot_component(&context, &mut state).await.map_err(|e| failed(format!("snapshot: {e:#}")))?;

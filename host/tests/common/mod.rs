@@ -48,11 +48,13 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         guest_wasm: guest,
         guest_s3: None,
         cache_dir: workspace().join("target/qa-cache"),
+        cache_bytes: qa_host::guest::DEFAULT_CACHE_BYTES,
         onnxruntime: Some(onnxruntime()),
         guest_deadline: Duration::from_secs(60),
         guest_ttl: Duration::from_secs(60),
         guest_memory_bytes: 512 << 20,
         guest_nn: Default::default(),
+        guest_snapshot_bytes: qa_host::guest::DEFAULT_SNAPSHOT_BYTES,
         guest_instances: qa_host::guest::DEFAULT_INSTANCES,
         guest_memory_total_bytes: None,
         compile_snapshots: true,
@@ -359,7 +361,12 @@ impl LogCapture {
     }
 
     pub fn count(&self, needle: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).lines().filter(|l| l.contains(needle)).count()
+        self.lines(needle).len()
+    }
+
+    /// The lines that contain `needle`, in order.
+    pub fn lines(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
     }
 
     /// Waits until `count` lines contain `needle`; panics after `timeout`.
