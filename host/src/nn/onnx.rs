@@ -285,6 +285,7 @@ impl OnnxModel {
                     let started = Instant::now();
                     let outputs = execute(session, values, &run).and_then(|outputs| collect(&ports, &outputs));
                     call.add(started.elapsed());
+                    tracing::debug!(ms = started.elapsed().as_millis() as u64, ok = outputs.is_ok(), "shadow inference ran");
                     outputs
                 })
             }

@@ -72,7 +72,11 @@ pub type Build<S> = Arc<dyn Fn() -> Result<S, String> + Send + Sync>;
 /// A model's serving sessions: taken by the waiting call that has had the least inference,
 /// given back when its run ends. The pool starts with the sessions it is given and grows to
 /// `limit` only when runs find none idle: a process that never runs two at once (one-shot
-/// commands, Lambda on demand) builds one, and start-up waits for one.
+/// commands, Lambda on demand) builds one, and start-up waits for one. Once it has them all,
+/// the last idle session is kept for a call's first run: calls that already had inference
+/// (long documents' later batches) share the others, and a short request finds one free at
+/// once instead of waiting for a batch to end. (The shared thread pool still gives one run
+/// alone every thread.)
 pub struct Pool<S> {
     state: Mutex<PoolState<S>>,
     turn: Condvar,
@@ -83,8 +87,12 @@ pub struct Pool<S> {
 
 struct PoolState<S> {
     idle: Vec<S>,
-    /// Sessions built or being built.
-    count: usize,
+    /// Sessions built (idle or running).
+    built: usize,
+    /// A session is being built.
+    building: bool,
+    /// Building one failed: the pool keeps the sessions it has.
+    stopped: bool,
     /// Waiting runs by (inference their call had in µs, arrival): the first takes the next turn.
     queue: BTreeSet<(u64, u64)>,
     arrivals: u64,
@@ -99,14 +107,9 @@ impl<S: Send + 'static> Pool<S> {
 
     /// A pool of `sessions` that `build` grows to `limit` when runs find none idle.
     pub fn growing(sessions: Vec<S>, limit: usize, build: Option<Build<S>>) -> Self {
-        let count = sessions.len();
-        Self {
-            state: Mutex::new(PoolState { idle: sessions, count, queue: BTreeSet::new(), arrivals: 0 }),
-            turn: Condvar::new(),
-            waiting: AtomicUsize::new(0),
-            limit: limit.max(count),
-            build,
-        }
+        let built = sessions.len();
+        let state = PoolState { idle: sessions, built, building: false, stopped: false, queue: BTreeSet::new(), arrivals: 0 };
+        Self { state: Mutex::new(state), turn: Condvar::new(), waiting: AtomicUsize::new(0), limit: limit.max(built), build }
     }
 
     /// Runs waiting for a session now.
@@ -114,29 +117,32 @@ impl<S: Send + 'static> Pool<S> {
         self.waiting.load(Ordering::Acquire)
     }
 
-    /// A session for one run of a call that has had `served_us` of inference, once it is that
-    /// run's turn (blocking: runs are on blocking threads). Fails when `run` is terminated
-    /// while it waits.
+    /// A session for one run of a call that has had `served_us` of inference (0: its first
+    /// run), once it is that run's turn (blocking: runs are on blocking threads). Fails when
+    /// `run` is terminated while it waits.
     pub fn take(self: &Arc<Self>, served_us: u64, run: &RunControl) -> Result<Lease<S>, String> {
         let mut state = self.state.lock().map_err(poisoned)?;
         let ticket = (served_us, state.arrivals);
         state.arrivals += 1;
         state.queue.insert(ticket);
         self.waiting.store(state.queue.len(), Ordering::Release);
-        if state.idle.is_empty() && state.count < self.limit {
-            self.grow(&mut state);
-        }
         loop {
-            if state.queue.first() == Some(&ticket)
-                && let Some(session) = state.idle.pop()
-            {
-                state.queue.remove(&ticket);
-                self.waiting.store(state.queue.len(), Ordering::Release);
-                // Another session may be idle for the next in line.
-                if !state.idle.is_empty() && !state.queue.is_empty() {
-                    self.turn.notify_all();
+            if state.queue.first() == Some(&ticket) {
+                let kept = usize::from(served_us > 0 && self.limit >= 2 && state.built >= self.limit);
+                if state.idle.len() > kept
+                    && let Some(session) = state.idle.pop()
+                {
+                    state.queue.remove(&ticket);
+                    self.waiting.store(state.queue.len(), Ordering::Release);
+                    // Another session may be idle for the next in line.
+                    if !state.idle.is_empty() && !state.queue.is_empty() {
+                        self.turn.notify_all();
+                    }
+                    return Ok(Lease { pool: self.clone(), session: Some(session) });
                 }
-                return Ok(Lease { pool: self.clone(), session: Some(session) });
+                if !state.building && !state.stopped && state.built < self.limit {
+                    self.grow(&mut state);
+                }
             }
             if run.is_terminated() {
                 state.queue.remove(&ticket);
@@ -151,24 +157,30 @@ impl<S: Send + 'static> Pool<S> {
     /// Builds one more session on a thread of its own; the runs waiting meanwhile take
     /// whichever session comes free first.
     fn grow(self: &Arc<Self>, state: &mut PoolState<S>) {
-        let Some(build) = self.build.clone() else { return };
-        state.count += 1;
+        let Some(build) = self.build.clone() else {
+            state.stopped = true;
+            return;
+        };
+        state.building = true;
         let pool = self.clone();
         let spawned = std::thread::Builder::new().name("qa-session-build".into()).spawn(move || {
             let built = build();
             let Ok(mut state) = pool.state.lock() else { return };
+            state.building = false;
             match built {
-                Ok(session) => state.idle.push(session),
+                Ok(session) => {
+                    state.idle.push(session);
+                    state.built += 1;
+                }
                 Err(error) => {
-                    // Not retried: the pool keeps the sessions it has.
                     tracing::warn!(%error, "building another inference session failed; the model keeps its sessions");
-                    state.count = usize::MAX;
+                    state.stopped = true;
                 }
             }
             pool.turn.notify_all();
         });
         if spawned.is_err() {
-            state.count -= 1;
+            (state.building, state.stopped) = (false, true);
         }
     }
 }
@@ -329,6 +341,26 @@ mod tests {
         assert_eq!(pool.waiting(), 0);
         drop((a, b));
         assert!(pool.take(0, &run).is_ok());
+    }
+
+    /// With all its sessions, the pool keeps the last idle one for a call's first run: a call
+    /// that already had inference waits for another, a fresh call takes it at once.
+    #[test]
+    fn the_last_idle_session_is_kept_for_a_call_s_first_run() {
+        let pool = Arc::new(Pool::new(vec![0u32, 1]));
+        let run = control();
+        let long = pool.take(40_000, &run).unwrap();
+        let later = {
+            let (pool, run) = (pool.clone(), run.clone());
+            std::thread::spawn(move || pool.take(80_000, &run).map(drop))
+        };
+        until_waiting(&pool, 1);
+        let short = pool.take(0, &run).expect("a first run takes the kept session");
+        assert_eq!(pool.waiting(), 1, "the later batch still waits");
+        drop(short);
+        assert_eq!(pool.waiting(), 1, "one idle session: kept again");
+        drop(long);
+        later.join().unwrap().unwrap();
     }
 
     /// A pool that may grow builds a session only when a run finds none idle, and that run (or
