@@ -205,7 +205,7 @@ fn load_model(dir: &Path, backend: &OnnxBackend) -> Result<(qa_guest::tokenize::
     if profile.f32_inputs {
         bail!("{}: float32-input models are for `wasmtime run`; benchmark the int64 model", dir.display());
     }
-    qa_host::nn::init_onnx_runtime(std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).as_deref())?;
+    qa_host::nn::init_onnx_runtime(std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).as_deref(), &backend.settings)?;
     let session = backend.session(&dir.join("model.onnx"))?;
     Ok((tokenizer, OrtModel { session, profile }))
 }

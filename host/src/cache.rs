@@ -7,8 +7,8 @@
 use crate::api::ApiError;
 use crate::guest::GuestModel;
 use crate::models::{ModelCatalog, ModelSource, SourceError, VersionLease};
-use crate::nn::Model;
 use crate::nn::onnx::OnnxBackend;
+use crate::nn::{Call, Model, Priority};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -60,9 +60,22 @@ impl LoadedModel {
         true
     }
 
-    /// The model as the guest sees it under `name`.
+    /// The model as one serving call's guest sees it under `name`.
     pub fn guest_model(&self, name: &str) -> GuestModel {
-        GuestModel { name: name.to_string(), dir: self.dir.clone(), version: self.version.clone(), graph: self.graph.clone() }
+        self.guest_model_for(name, Call::new(Priority::Serving))
+    }
+
+    /// The model as the guest of `call` sees it under `name`: its inference scheduled as that
+    /// call's ([`crate::nn::schedule`]).
+    pub fn guest_model_for(&self, name: &str, call: Arc<Call>) -> GuestModel {
+        let priority = call.priority();
+        GuestModel {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+            version: self.version.clone(),
+            graph: self.graph.clone().for_call(call),
+            priority,
+        }
     }
 }
 

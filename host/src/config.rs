@@ -3,6 +3,7 @@
 use crate::models::S3Settings;
 use crate::models::manifest::{self, ManifestError};
 use crate::nn::NnLimits;
+use crate::nn::cpu::{CpuShare, InferencePlan};
 use crate::nn::onnx::SessionSettings;
 use crate::rollout::{Mode, Policy, RolloutSettings};
 use crate::server::ServeLimits;
@@ -55,8 +56,11 @@ pub struct HostConfig {
     /// Whether the guest's per-model snapshots are compiled when none was shipped or cached
     /// (off for one-shot commands, which would not live to use them).
     pub compile_snapshots: bool,
-    /// How ONNX Runtime sessions are built (`QA_INFERENCE_THREADS`, `QA_ORT_ARENA`).
+    /// How ONNX Runtime runs (`QA_INFERENCE_THREADS`, `QA_INFERENCE_SPINNING`,
+    /// `QA_INFERENCE_CONCURRENCY`, `QA_ORT_ARENA`); by default sized from `cpu`.
     pub session: SessionSettings,
+    /// The CPU this process may use, found at start ([`CpuShare::probe`]).
+    pub cpu: CpuShare,
     /// Models to load at start-up, outside any request (`QA_PRELOAD=nlp1,nlp2`).
     pub preload: Vec<String>,
     /// Budget in MiB for models loaded on demand (`QA_MODEL_CACHE_MB`); unbounded if unset.
@@ -88,50 +92,55 @@ pub struct LambdaEnvironment {
     pub snap_start: bool,
     /// The function's memory in MB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
     pub memory_mb: Option<u64>,
+    /// Lambda Managed Instances (`AWS_LAMBDA_MAX_CONCURRENCY` is set): the environment owns
+    /// whole vCPUs, which its cgroup and affinity show, instead of a share sized by memory.
+    pub managed_instances: bool,
+}
+
+impl LambdaEnvironment {
+    /// The memory that sizes the CPU share: on demand, Lambda gives CPU in proportion to it.
+    pub fn cpu_memory_mb(&self) -> Option<u64> {
+        if self.managed_instances { None } else { self.memory_mb }
+    }
 }
 
 /// The budgets of one execution environment that depend on how many invocations it serves
-/// at once: each is the default of its setting ([`HostConfig`] documents which).
+/// at once and on its CPU share: each is the default of its setting ([`HostConfig`] documents
+/// which).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budgets {
     pub guest_instances: u32,
     pub guest_memory_total_mb: Option<u64>,
-    /// ONNX Runtime sessions per model: inference runs on one model at once.
-    pub inference_concurrency: usize,
-    /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's choice).
-    pub inference_threads: usize,
+    /// ONNX Runtime's threads, spinning and sessions per model.
+    pub inference: InferencePlan,
     pub model_downloads: usize,
 }
 
 impl Budgets {
-    /// The defaults for `lambda` (`None`: not under Lambda) on a machine with `cpus` CPUs.
+    /// The defaults for `lambda` (`None`: not under Lambda) with the CPU `share`.
     ///
     /// With N invocations at once: N guest instances for the requests, up to N more for their
     /// shadow calls ([`crate::rollout::MAX_SHADOW_CALLS`] at most) and 2 for snapshots being
     /// made; guest memory in total half the function's memory (the other half holds the
-    /// models' sessions, ONNX Runtime's buffers and the host); one inference session per
-    /// request up to one per CPU, each with an equal share of the CPUs as threads (one run
-    /// on all threads serializes the requests behind it); 2 model downloads at once, up to 4
-    /// with 4 or more invocations (each already runs 4 ranged GETs, so more only splits the
-    /// bandwidth while holding 32 MiB of parts each).
-    pub fn for_environment(lambda: Option<&LambdaEnvironment>, cpus: usize) -> Self {
+    /// models' sessions, ONNX Runtime's buffers and the host); inference sized from the share
+    /// ([`InferencePlan::for_share`]: threads for the share, a session per whole CPU up to N);
+    /// 2 model downloads at once, up to 4 with 4 or more invocations (each already runs 4
+    /// ranged GETs, so more only splits the bandwidth while holding 32 MiB of parts each).
+    pub fn for_environment(lambda: Option<&LambdaEnvironment>, share: &CpuShare) -> Self {
         let Some(lambda) = lambda else {
             return Self {
                 guest_instances: crate::guest::DEFAULT_INSTANCES,
                 guest_memory_total_mb: None,
-                inference_concurrency: 1,
-                inference_threads: 0,
+                inference: InferencePlan::for_share(share, None),
                 model_downloads: 2,
             };
         };
         let n = lambda.max_concurrency.max(1);
         let shadows = u32::try_from(crate::rollout::MAX_SHADOW_CALLS).unwrap_or(u32::MAX).min(n);
-        let sessions = (n as usize).min(cpus.max(1));
         Self {
             guest_instances: n.saturating_add(shadows).saturating_add(2),
             guest_memory_total_mb: lambda.memory_mb.map(|mb| (mb / 2).max(1)),
-            inference_concurrency: sessions,
-            inference_threads: if sessions > 1 { (cpus / sessions).max(1) } else { 0 },
+            inference: InferencePlan::for_share(share, Some(n)),
             model_downloads: (n as usize).clamp(2, 4),
         }
     }
@@ -261,10 +270,12 @@ impl HostConfig {
                 max_concurrency: env.positive("AWS_LAMBDA_MAX_CONCURRENCY", "a whole number of invocations, at least 1")?.unwrap_or(1),
                 snap_start: env.text("AWS_LAMBDA_INITIALIZATION_TYPE").as_deref() == Some("snap-start"),
                 memory_mb: env.positive("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "a whole number of MB, at least 1")?,
+                managed_instances: env.text("AWS_LAMBDA_MAX_CONCURRENCY").is_some(),
             }),
         };
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let budgets = Budgets::for_environment(lambda.as_ref(), cpus);
+        let cpu = CpuShare::probe(lambda.as_ref().and_then(LambdaEnvironment::cpu_memory_mb));
+        let budgets = Budgets::for_environment(lambda.as_ref(), &cpu);
+        let session = session_settings(&env, &cpu, budgets.inference)?;
         s3.downloads = env.positive("QA_MODEL_DOWNLOADS", "a whole number of downloads, at least 1")?.unwrap_or(budgets.model_downloads);
         let nn_defaults = NnLimits::default();
         Ok(Self {
@@ -304,15 +315,8 @@ impl HostConfig {
             guest_snapshot_bytes: env
                 .positive::<usize>("QA_GUEST_SNAPSHOT_MB", "a whole number of MiB, at least 1")?
                 .map_or(crate::guest::DEFAULT_SNAPSHOT_BYTES, |mb| mb.saturating_mul(1 << 20)),
-            session: SessionSettings {
-                intra_threads: env
-                    .parsed("QA_INFERENCE_THREADS", "a whole number of threads (0: ONNX Runtime's choice)")?
-                    .unwrap_or(budgets.inference_threads),
-                memory_arena: env.switch("QA_ORT_ARENA")?.unwrap_or(true),
-                sessions: env
-                    .positive("QA_INFERENCE_CONCURRENCY", "a whole number of inference runs, at least 1")?
-                    .unwrap_or(budgets.inference_concurrency),
-            },
+            session,
+            cpu,
             preload: env
                 .text("QA_PRELOAD")
                 .unwrap_or_default()
@@ -330,6 +334,24 @@ impl HostConfig {
             lambda,
         })
     }
+}
+
+/// How ONNX Runtime runs: `plan` (sized from the CPU share), each part overridden by its
+/// setting; spinning, unless set, follows the threads and sessions finally chosen.
+fn session_settings<F: Fn(&str) -> Option<String>>(
+    env: &Settings<F>,
+    cpu: &CpuShare,
+    plan: InferencePlan,
+) -> Result<SessionSettings, ConfigError> {
+    let intra_threads = env.parsed("QA_INFERENCE_THREADS", "a whole number of threads (0: ONNX Runtime's choice)")?.unwrap_or(plan.threads);
+    let sessions = env.positive("QA_INFERENCE_CONCURRENCY", "a whole number of inference runs, at least 1")?.unwrap_or(plan.sessions);
+    let threads = if intra_threads == 0 { cpu.visible } else { intra_threads };
+    Ok(SessionSettings {
+        intra_threads,
+        spinning: env.switch("QA_INFERENCE_SPINNING")?.unwrap_or_else(|| InferencePlan::may_spin(cpu, threads, sessions)),
+        memory_arena: env.switch("QA_ORT_ARENA")?.unwrap_or(true),
+        sessions,
+    })
 }
 
 /// The candidate guest, if `QA_GUEST_SHADOW` or `QA_GUEST_CANARY` names one (not both: one
@@ -364,19 +386,21 @@ fn rollout<F: Fn(&str) -> Option<String>>(env: &Settings<F>) -> Result<Option<Ro
         },
         promote_after: env.positive("QA_ROLLOUT_PROMOTE_AFTER", "a whole number of calls, at least 1")?,
         shadow_max_delay: env.millis("QA_GUEST_SHADOW_MAX_DELAY_MS")?.unwrap_or(defaults.shadow_max_delay),
+        shadow_deadline: env.millis("QA_GUEST_SHADOW_DEADLINE_MS")?.unwrap_or(defaults.shadow_deadline),
     };
     Ok(Some(RolloutSettings { mode, candidate, candidate_s3: None, percent, policy }))
 }
 
 impl HostConfig {
-    /// How guests run, from these settings, with a fresh [`crate::guest::MemoryBudget`]: the
-    /// guests that share one call's settings share one budget.
+    /// How guests run, from these settings, with a fresh [`crate::guest::MemoryBudget`] and
+    /// [`crate::guest::InstanceBudget`]: the guests that share one call's settings share them.
     pub fn guest_settings(&self) -> crate::guest::GuestSettings {
         crate::guest::GuestSettings {
             deadline: self.guest_deadline,
             memory_bytes: self.guest_memory_bytes,
             nn: self.guest_nn,
             instances: self.guest_instances,
+            instances_total: crate::guest::InstanceBudget::new(self.guest_instances),
             compile_snapshots: self.compile_snapshots,
             memory_total: crate::guest::MemoryBudget::new(self.guest_memory_total_bytes),
             snapshot_bytes: self.guest_snapshot_bytes,
@@ -427,7 +451,9 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.default_model, None);
         assert_eq!(c.cache_dir, std::env::temp_dir().join("qa-host"));
-        assert_eq!(c.session.intra_threads, 0, "ONNX Runtime's choice");
+        // Sized from the machine's CPU share (its quota or affinity mask).
+        let plan = InferencePlan::for_share(&c.cpu, None);
+        assert_eq!((c.session.intra_threads, c.session.sessions, c.session.spinning), (plan.threads, plan.sessions, plan.spinning));
         assert!(c.session.memory_arena);
         assert!(c.manifest.is_empty() && c.preload.is_empty());
         assert_eq!(c.model_ttl, Duration::from_secs(60));
@@ -443,7 +469,7 @@ mod tests {
         assert_eq!((c.serve.max_requests, c.serve.max_connections), (64, 1024));
         assert_eq!((c.s3.attempt_timeout, c.s3.max_attempts), (Duration::from_millis(30_000), 4));
         assert_eq!((c.s3.part_bytes, c.s3.concurrency), (8 << 20, 4));
-        assert_eq!((c.guest_memory_total_bytes, c.session.sessions, c.s3.downloads), (None, 1, 2));
+        assert_eq!((c.guest_memory_total_bytes, c.s3.downloads), (None, 2));
         assert_eq!(c.lambda, None);
         // A candidate guest named and nothing else: its share and the rollout rule.
         let shadow = config(&[("QA_GUEST_SHADOW", "a.wasm")]).unwrap().rollout.unwrap();
@@ -456,6 +482,7 @@ mod tests {
             latency_ratio: 2.0,
             promote_after: None,
             shadow_max_delay: Duration::from_millis(1000),
+            shadow_deadline: Duration::from_millis(5000),
         };
         assert_eq!((shadow.policy, canary.policy), (documented, documented));
     }
@@ -492,39 +519,43 @@ mod tests {
     }
 
     /// The per-environment budgets follow the invocations Lambda sends at once: enough guest
-    /// instances for each and its shadow call, half the function's memory for guests, a
-    /// session per invocation up to one per CPU, 2 to 4 downloads.
+    /// instances for each and its shadow call, half the function's memory for guests,
+    /// inference sized from the CPU share with a session per whole CPU up to one per
+    /// invocation, 2 to 4 downloads.
     #[test]
-    fn budgets_are_sized_from_the_environment_s_concurrency() {
-        let outside = Budgets::for_environment(None, 8);
+    fn budgets_are_sized_from_the_environment_s_concurrency_and_cpu_share() {
+        let cores = |n| CpuShare::from_parts(None, None, n);
+        let outside = Budgets::for_environment(None, &cores(8));
+        let plan = |threads, sessions, spinning| InferencePlan { threads, sessions, spinning };
         assert_eq!(
             outside,
-            Budgets {
-                guest_instances: 256,
-                guest_memory_total_mb: None,
-                inference_concurrency: 1,
-                inference_threads: 0,
-                model_downloads: 2
-            }
+            Budgets { guest_instances: 256, guest_memory_total_mb: None, inference: plan(8, 8, false), model_downloads: 2 }
         );
-        let lambda = |max_concurrency, memory_mb| LambdaEnvironment { max_concurrency, snap_start: false, memory_mb };
-        let classic = Budgets::for_environment(Some(&lambda(1, Some(2048))), 2);
+        let lambda = |max_concurrency, memory_mb| LambdaEnvironment {
+            max_concurrency,
+            snap_start: false,
+            memory_mb,
+            managed_instances: max_concurrency > 1,
+        };
+        // On demand: the CPU is the memory's share of a vCPU, one invocation at a time.
+        let classic = lambda(1, Some(2048));
+        let share = CpuShare::from_parts(classic.cpu_memory_mb(), None, 2);
         assert_eq!(
-            classic,
-            Budgets {
-                guest_instances: 4,
-                guest_memory_total_mb: Some(1024),
-                inference_concurrency: 1,
-                inference_threads: 0,
-                model_downloads: 2
-            }
+            Budgets::for_environment(Some(&classic), &share),
+            Budgets { guest_instances: 4, guest_memory_total_mb: Some(1024), inference: plan(2, 1, false), model_downloads: 2 }
         );
-        let managed = Budgets::for_environment(Some(&lambda(8, Some(4096))), 2);
-        assert_eq!((managed.guest_instances, managed.inference_concurrency, managed.inference_threads), (8 + 4 + 2, 2, 1));
-        assert_eq!((managed.guest_memory_total_mb, managed.model_downloads), (Some(2048), 4));
-        let wide = Budgets::for_environment(Some(&lambda(4, None)), 16);
-        assert_eq!((wide.inference_concurrency, wide.inference_threads, wide.guest_memory_total_mb), (4, 4, None));
-        assert_eq!(Budgets::for_environment(Some(&lambda(64, None)), 4).guest_instances, 64 + 4 + 2, "shadow calls are capped");
+        let small = lambda(1, Some(512));
+        let share = CpuShare::from_parts(small.cpu_memory_mb(), None, 2);
+        assert_eq!(Budgets::for_environment(Some(&small), &share).inference, plan(1, 1, false), "0.29 of a vCPU: one thread");
+        // Managed Instances: the environment's own vCPUs (here 2), a session each.
+        let managed = lambda(8, Some(4096));
+        assert_eq!(managed.cpu_memory_mb(), None, "the memory does not size the CPU there");
+        let budgets = Budgets::for_environment(Some(&managed), &cores(2));
+        assert_eq!((budgets.guest_instances, budgets.inference), (8 + 4 + 2, plan(2, 2, false)));
+        assert_eq!((budgets.guest_memory_total_mb, budgets.model_downloads), (Some(2048), 4));
+        let wide = Budgets::for_environment(Some(&lambda(4, None)), &cores(16));
+        assert_eq!((wide.inference, wide.guest_memory_total_mb), (plan(16, 4, false), None));
+        assert_eq!(Budgets::for_environment(Some(&lambda(64, None)), &cores(4)).guest_instances, 64 + 4 + 2, "shadow calls are capped");
     }
 
     /// Lambda's own variables are read once, with the rest; a `QA_*` setting overrides the
@@ -535,10 +566,13 @@ mod tests {
         let runtime = ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001");
         let c = config(&[runtime, ("AWS_LAMBDA_MAX_CONCURRENCY", "8"), ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096")]).unwrap();
         let lambda = c.lambda.expect("under Lambda");
-        assert_eq!((lambda.max_concurrency, lambda.snap_start, lambda.memory_mb), (8, false, Some(4096)));
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!((lambda.max_concurrency, lambda.snap_start, lambda.memory_mb, lambda.managed_instances), (8, false, Some(4096), true));
         assert_eq!((c.guest_instances, c.guest_memory_total_bytes, c.s3.downloads), (14, Some(2048 << 20), 4));
-        assert_eq!(c.session.sessions, 8.min(cpus));
+        assert_eq!(c.session.sessions, InferencePlan::for_share(&c.cpu, Some(8)).sessions);
+        // On demand, the function's memory sizes the CPU share.
+        let on_demand = config(&[runtime, ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")]).unwrap();
+        assert!(matches!(on_demand.cpu.source, crate::nn::cpu::ShareSource::LambdaMemory { memory_mb: 512 }), "{:?}", on_demand.cpu);
+        assert_eq!((on_demand.session.intra_threads, on_demand.session.sessions, on_demand.session.spinning), (1, 1, false));
         let set = config(&[
             runtime,
             ("AWS_LAMBDA_MAX_CONCURRENCY", "8"),
@@ -547,12 +581,16 @@ mod tests {
             ("QA_GUEST_MEMORY_TOTAL_MB", "100"),
             ("QA_INFERENCE_CONCURRENCY", "1"),
             ("QA_INFERENCE_THREADS", "2"),
+            ("QA_INFERENCE_SPINNING", "on"),
             ("QA_MODEL_DOWNLOADS", "1"),
         ])
         .unwrap();
         assert!(set.lambda.unwrap().snap_start);
         assert_eq!((set.guest_instances, set.guest_memory_total_bytes, set.s3.downloads), (3, Some(100 << 20), 1));
-        assert_eq!((set.session.sessions, set.session.intra_threads), (1, 2));
+        assert_eq!((set.session.sessions, set.session.intra_threads, set.session.spinning), (1, 2, true));
+        // Threads set and spinning not: spinning follows the threads chosen and the share.
+        let one = config(&[runtime, ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1769"), ("QA_INFERENCE_THREADS", "2")]).unwrap();
+        assert!(!one.session.spinning, "2 threads on one vCPU do not spin");
         let error = config(&[runtime, ("AWS_LAMBDA_MAX_CONCURRENCY", "many")]).map(drop).unwrap_err().to_string();
         assert!(error.starts_with("AWS_LAMBDA_MAX_CONCURRENCY=\"many\""), "{error}");
     }
@@ -609,6 +647,8 @@ mod tests {
             ("QA_MODEL_CACHE_MB", "0"),
             ("QA_GUEST_MEMORY_TOTAL_MB", "0"),
             ("QA_INFERENCE_CONCURRENCY", "0"),
+            ("QA_INFERENCE_THREADS", "-1"),
+            ("QA_INFERENCE_SPINNING", "sometimes"),
             ("QA_MODEL_DOWNLOADS", "none"),
         ] {
             let error = config(&[(name, value)]).map(drop).unwrap_err().to_string();

@@ -64,6 +64,10 @@ pub struct Policy {
     /// (`QA_GUEST_SHADOW_MAX_DELAY_MS`); a shadow call cut by it is not held against the
     /// candidate.
     pub shadow_max_delay: Duration,
+    /// The deadline of a shadow call (`QA_GUEST_SHADOW_DEADLINE_MS`), well below the serving
+    /// guest's: a candidate that hangs frees its instance and its inference lane soon. Past
+    /// it the call failed (under `serve`; under Lambda the wait bound cuts first).
+    pub shadow_deadline: Duration,
 }
 
 impl Default for Policy {
@@ -75,6 +79,7 @@ impl Default for Policy {
             latency_ratio: 2.0,
             promote_after: None,
             shadow_max_delay: Duration::from_millis(1000),
+            shadow_deadline: Duration::from_millis(5000),
         }
     }
 }
@@ -398,7 +403,7 @@ impl Rollout {
         latency: Duration,
     ) {
         let Some(shadow) = shadow.filter(|s| !matches!(s, Err(GuestError::Busy(_) | GuestError::Crowded { .. }))) else {
-            tracing::info!(request_id, candidate = %candidate.id, "shadow call cut by the response's wait bound (or no instance free); not counted");
+            tracing::info!(request_id, candidate = %candidate.id, "shadow call cut by the response's wait bound (or shed for serving calls, or no instance free); not counted");
             return;
         };
         // The served guest answered this very input: a refusal by the candidate is its fault.
@@ -508,7 +513,7 @@ mod tests {
         let policy = Policy::default();
         assert_eq!((policy.window, policy.min_calls, policy.promote_after), (50, 10, None));
         assert_eq!((policy.failure_margin, policy.latency_ratio), (0.10, 2.0));
-        assert_eq!(policy.shadow_max_delay, Duration::from_millis(1000));
+        assert_eq!((policy.shadow_max_delay, policy.shadow_deadline), (Duration::from_millis(1000), Duration::from_millis(5000)));
         assert_eq!(MAX_SHADOW_CALLS, 4, "at most 4 shadow calls run at once");
     }
 

@@ -8,7 +8,7 @@ use crate::config::HostConfig;
 use crate::guest::{Artifacts, GuestError, GuestModel, GuestQaError, GuestRuntime, Options, SwappableGuest};
 use crate::models::{ModelCatalog, S3Connector, is_valid_name};
 use crate::nn::onnx::OnnxBackend;
-use crate::nn::{NnError, init_onnx_runtime};
+use crate::nn::{Call, NnError, Priority, init_onnx_runtime};
 use crate::rollout::{Answered, Role, Rollout, RolloutStatus, Route, best_answers};
 use crate::telemetry::prom::{PromMetrics, Snapshot};
 use std::future::Future;
@@ -46,7 +46,8 @@ pub struct QaService {
 
 impl QaService {
     pub async fn start(config: &HostConfig) -> Result<Self, StartError> {
-        init_onnx_runtime(config.onnxruntime.as_deref())?;
+        init_onnx_runtime(config.onnxruntime.as_deref(), &config.session)?;
+        log_inference_plan(config);
         let mut catalog = ModelCatalog::build(&config.models_dir, &config.manifest, config.s3.clone());
         catalog.set_default(config.default_model.clone());
         if catalog.names().next().is_none() {
@@ -268,29 +269,33 @@ impl QaService {
         if let (Route::Shadow(candidate), Some(served)) = (route, best_answers(&answered))
             && let Some(slot) = rollout.shadow_slot()
         {
-            let context = context.to_string();
+            // Its own call: a shadow's inference runs on the model's shadow lane, and is shed
+            // while serving calls wait ([`crate::nn::schedule`]).
+            let call = Call::new(Priority::Shadow);
             let shadow = Shadow {
                 rollout,
                 candidate,
-                model,
+                model: ready.model.guest_model_for(&ready.name, call.clone()),
+                call,
                 questions,
-                context,
+                context: context.to_string(),
                 options: ready.options,
                 request_id: request_id.to_string(),
                 served,
                 _slot: slot,
             };
+            // Well below the serving deadline, whatever the settings: at most half of it.
+            let cap = shadow.rollout.policy().shadow_deadline.min(self.guest_deadline / 2);
             match ready.budget {
                 // Under Lambda nothing runs between invocations: the shadow call runs now,
                 // within the wait bound and what is left of the invocation.
                 Some(budget) => {
                     let left = budget.saturating_sub(ready.started.elapsed());
-                    let bound = shadow.rollout.policy().shadow_max_delay.min(left);
+                    let bound = shadow.rollout.policy().shadow_max_delay.min(left).min(cap);
                     shadow.run(bound, true).await;
                 }
                 None => {
-                    let deadline = self.guest_deadline;
-                    tokio::spawn(shadow.run(deadline, false));
+                    tokio::spawn(shadow.run(cap, false));
                 }
             }
         }
@@ -378,6 +383,21 @@ impl QaService {
     }
 }
 
+/// Says once, at start, how inference was sized: the CPU share found and where from, and the
+/// threads, sessions and spinning chosen (from the share unless a setting overrode them).
+fn log_inference_plan(config: &HostConfig) {
+    let session = &config.session;
+    tracing::info!(
+        cpu_share = (config.cpu.cpus * 1000.0).round() / 1000.0,
+        share_from = %config.cpu.describe(),
+        visible_cpus = config.cpu.visible,
+        threads = session.intra_threads,
+        sessions_per_model = session.sessions,
+        spinning = session.spinning,
+        "inference sized to the CPU share"
+    );
+}
+
 /// The guest prepared for each model version the cache loads: a snapshot shipped or cached
 /// for it is picked up now (a deserialization); one to compile is made in the background.
 struct PrepareGuest(Arc<SwappableGuest>);
@@ -443,6 +463,8 @@ struct Shadow {
     request_id: String,
     /// The best answer the serving guest gave each question.
     served: Vec<Option<crate::guest::Answer>>,
+    /// The shadow call's standing in inference scheduling: whether its runs were shed.
+    call: Arc<Call>,
     /// Held while the shadow call runs (see [`crate::rollout::MAX_SHADOW_CALLS`]).
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -450,11 +472,12 @@ struct Shadow {
 impl Shadow {
     /// Runs the candidate within `bound` and records how it compares with what was served. When
     /// `cut_is_not_its_fault` (a bound shorter than the guest's deadline, under Lambda), a
-    /// call stopped by the bound is not counted.
+    /// call stopped by the bound is not counted; nor is one whose inference was shed to make
+    /// room for serving calls.
     async fn run(self, bound: Duration, cut_is_not_its_fault: bool) {
         let started = Instant::now();
         let shadow = self.questions.ask(&self.candidate, &self.model, &self.context, self.options, bound).await;
-        let cut = cut_is_not_its_fault && matches!(shadow, Err(GuestError::Timeout(_)));
+        let cut = (cut_is_not_its_fault && matches!(shadow, Err(GuestError::Timeout(_)))) || self.call.was_shed();
         self.rollout.record_shadow(&self.request_id, &self.candidate, &self.served, (!cut).then_some(&shadow), started.elapsed());
     }
 }

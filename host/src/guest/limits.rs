@@ -1,12 +1,66 @@
 //! What one guest instance may grow to: the sum of all its linear memories and of all its
 //! tables, not each alone (a component may hold several core instances, each with its own
 //! memory), and how many instances, memories and tables it may create; and what all instances
-//! of the host may hold together ([`MemoryBudget`]), which matters once one environment serves
-//! several invocations at once.
+//! of the host may hold together ([`MemoryBudget`], [`InstanceBudget`]), which matters once one
+//! environment serves several invocations at once, or runs a candidate guest beside the
+//! serving one.
 
+use crate::nn::Priority;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use wasmtime::ResourceLimiter;
+
+/// Guest calls all guests of one host may run at once (`QA_GUEST_INSTANCES`): the serving
+/// guest, one swapped in and a candidate each have an engine and a pool of their own, and
+/// draw on this one count. A shadow call never takes the last free instance: a serving request
+/// arriving meanwhile still finds one.
+#[derive(Clone, Debug)]
+pub struct InstanceBudget(Arc<Instances>);
+
+#[derive(Debug)]
+struct Instances {
+    limit: u32,
+    used: AtomicU32,
+}
+
+impl InstanceBudget {
+    pub fn new(limit: u32) -> Self {
+        Self(Arc::new(Instances { limit: limit.max(1), used: AtomicU32::new(0) }))
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.0.limit
+    }
+
+    /// Calls running now.
+    pub fn in_use(&self) -> u32 {
+        self.0.used.load(Ordering::Acquire)
+    }
+
+    /// A place for one call of `priority`, if one is free: held until the permit drops.
+    pub fn take(&self, priority: Priority) -> Option<InstancePermit> {
+        let free_after = match priority {
+            Priority::Serving => 0,
+            Priority::Shadow => 1,
+        };
+        let limit = self.0.limit;
+        self.0
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(1).filter(|&next| next + free_after <= limit))
+            .ok()
+            .map(|_| InstancePermit(self.clone()))
+    }
+}
+
+/// One call's place in the [`InstanceBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct InstancePermit(InstanceBudget);
+
+impl Drop for InstancePermit {
+    fn drop(&mut self) {
+        let _ = self.0.0.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(1)));
+    }
+}
 
 /// Memory all guest instances of one host hold together (`QA_GUEST_MEMORY_TOTAL_MB`): their
 /// linear memories, and the host bytes their requests' accounts hold ([`super::Account`]).
@@ -130,6 +184,22 @@ impl ResourceLimiter for InstanceLimits {
 mod tests {
     use super::*;
     use wasmtime::{Config, Engine, Instance, Module, Store};
+
+    /// Two places: two serving calls fill them; a shadow call needs one left over.
+    #[test]
+    fn instances_are_counted_together_and_a_shadow_leaves_the_last_one() {
+        let budget = InstanceBudget::new(2);
+        let shadow = budget.take(Priority::Shadow).expect("one of two free: a shadow may take it");
+        assert!(budget.take(Priority::Shadow).is_none(), "the last free place is for serving calls");
+        let serving = budget.take(Priority::Serving).expect("the last place");
+        assert!(budget.take(Priority::Serving).is_none(), "two in use of two");
+        assert_eq!(budget.in_use(), 2);
+        drop(shadow);
+        assert!(budget.take(Priority::Shadow).is_none(), "one free, and it is the last");
+        let again = budget.take(Priority::Serving).expect("a place came free");
+        drop((serving, again));
+        assert_eq!(budget.in_use(), 0);
+    }
 
     /// Two memories of a module that grow in turn: each alone stays under the cap, together
     /// they pass it, and the limiter refuses the growth that would.

@@ -35,10 +35,10 @@ pub use cache::{
     Artifacts, CacheError, DEFAULT_CACHE_BYTES, Origin, SIGNING_KEY_VAR, artifact_path, shipped_artifact_path, write_shipped_artifact,
 };
 pub use contract::{Answer, Decoding, HostBytes, Options, QaError as GuestQaError, Response, Timings, Version, bound_text};
-pub use limits::MemoryBudget;
+pub use limits::{InstanceBudget, MemoryBudget};
 pub use swap::{SwappableGuest, resolve_guest};
 
-use crate::nn::{Model, NnLimits, NnState, NnView};
+use crate::nn::{Model, NnLimits, NnState, NnView, Priority};
 use contract::{Linked, Runner};
 use limits::InstanceLimits;
 use sha2::{Digest, Sha256};
@@ -115,6 +115,9 @@ pub struct GuestSettings {
     pub nn: NnLimits,
     /// Instances that can exist at once: more concurrent requests than this are refused.
     pub instances: u32,
+    /// The count of calls running on every guest sharing these settings (serving, swapped
+    /// in, candidate), at most `instances` together.
+    pub instances_total: InstanceBudget,
     /// Whether a model's snapshot that was neither shipped nor cached is made (in the
     /// background for requests, at once for preloaded models). Off for one-shot commands.
     pub compile_snapshots: bool,
@@ -135,7 +138,10 @@ pub struct GuestModel {
     pub dir: PathBuf,
     /// The model's content version: a new version is prepared anew.
     pub version: String,
+    /// The model as this call's inference reaches it (scheduled as the call's own).
     pub graph: Arc<dyn Model>,
+    /// Whose call this is: a shadow call never takes the last free instance.
+    pub priority: Priority,
 }
 
 /// Per-store state: WASI, wasi-nn and the limiter.
@@ -453,6 +459,8 @@ impl GuestRuntime {
         work: impl AsyncFnOnce(&Runner, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, GuestError> {
         let deadline = deadline.min(self.settings.deadline);
+        // One count for every guest of the host (a candidate's engine has a pool of its own).
+        let instance = self.settings.instances_total.take(model.priority).ok_or(GuestError::Busy(self.settings.instances))?;
         let (template, prepared) = self.template(model);
         if !prepared {
             self.prepare_in_background(model);
@@ -482,6 +490,7 @@ impl GuestRuntime {
         // not in the background, so the next request finds this slot free and warm, and
         // sequential requests keep one slot resident, not two.
         drop(store);
+        drop(instance);
         outcome
     }
 

@@ -1,13 +1,18 @@
 //! The wasi-nn side of the host: ONNX Runtime set-up, the [`Model`] seam a backend
-//! implements ([`onnx`], one file per backend), and the bounded `wasi:nn` imports a guest
-//! sees ([`wit`]): one graph, the request's, and tensors within a budget.
+//! implements ([`onnx`], one file per backend), who runs inference next ([`schedule`]), how
+//! much CPU it may use ([`cpu`]), and the bounded `wasi:nn` imports a guest sees ([`wit`]):
+//! one graph, the request's, and tensors within a budget.
 
+pub mod cpu;
 pub mod model_file;
 pub mod onnx;
+pub mod schedule;
 pub mod wit;
 
+pub use schedule::{Call, Priority};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 pub use wit::{NnLimits, NnState, NnView, TensorType};
 
 /// Why ONNX Runtime or a model could not be made ready.
@@ -37,11 +42,14 @@ impl NnError {
     }
 }
 
-/// Finds `libonnxruntime.so` and initialises ONNX Runtime with it, once per process.
+/// Finds `libonnxruntime.so` and initialises ONNX Runtime with it, once per process, with
+/// one intra-op thread pool that every session shares (`settings`' threads and spinning): the
+/// process's CPU share is divided among concurrent runs by the pool, never multiplied by the
+/// sessions. A later call with other settings gets the first call's environment.
 ///
 /// Search order: `explicit` (the `--onnxruntime` flag or `ORT_DYLIB_PATH`), beside the
 /// executable, `/opt/lib` (Lambda layers) and `/usr/local/lib`.
-pub fn init_onnx_runtime(explicit: Option<&Path>) -> Result<PathBuf, NnError> {
+pub fn init_onnx_runtime(explicit: Option<&Path>, settings: &onnx::SessionSettings) -> Result<PathBuf, NnError> {
     static INIT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
     let candidates = runtime_candidates(explicit, exe_dir.as_deref());
@@ -51,7 +59,10 @@ pub fn init_onnx_runtime(explicit: Option<&Path>) -> Result<PathBuf, NnError> {
     };
     let outcome = INIT.get_or_init(|| {
         // `ort` panics when the library cannot be opened or is too old; turn that into an error.
-        let committed = std::panic::catch_unwind(|| ort::init_from(path.display().to_string()).commit());
+        let committed = std::panic::catch_unwind(|| {
+            let builder = ort::init_from(path.display().to_string());
+            builder.with_global_thread_pool(thread_pool(settings)?).commit()
+        });
         match committed {
             Ok(Ok(_)) => {
                 set_onnx_runtime_log_level();
@@ -66,6 +77,13 @@ pub fn init_onnx_runtime(explicit: Option<&Path>) -> Result<PathBuf, NnError> {
         }
     });
     outcome.clone().map_err(|reason| NnError::RuntimeUnusable { path, reason })
+}
+
+/// The shared intra-op pool: `settings`' threads and spinning. Sessions run their graphs
+/// sequentially, so the inter-op pool is one thread (none beside the caller).
+fn thread_pool(settings: &onnx::SessionSettings) -> ort::Result<ort::environment::GlobalThreadPoolOptions> {
+    let pool = ort::environment::GlobalThreadPoolOptions::default().with_inter_threads(1)?.with_spin_control(settings.spinning)?;
+    if settings.intra_threads > 0 { pool.with_intra_threads(settings.intra_threads) } else { Ok(pool) }
 }
 
 /// ONNX Runtime logs through `tracing` under the target `ort` (ort's `tracing` feature), at
@@ -131,28 +149,40 @@ pub trait Model: Send + Sync {
     /// Runs the model on `inputs`. Blocking; stops early (with an error) once `run` is
     /// terminated. Errors are messages for the guest and the host's log.
     fn run(&self, inputs: Vec<NamedTensor>, run: &RunControl) -> Result<Vec<NamedTensor>, String>;
+
+    /// The model as one guest call's runs reach it: each run scheduled by the call's priority
+    /// and by the inference the call already had ([`schedule`]).
+    fn for_call(self: Arc<Self>, call: Arc<Call>) -> Arc<dyn Model>;
 }
 
 /// Lets the host stop one request's inference run from another thread (ONNX Runtime checks
-/// the flag between graph nodes).
+/// the flag between graph nodes; a run still waiting for a session leaves the queue).
 #[derive(Clone)]
-pub struct RunControl(Option<Arc<ort::session::RunOptions>>);
+pub struct RunControl {
+    options: Option<Arc<ort::session::RunOptions>>,
+    terminated: Arc<AtomicBool>,
+}
 
 impl RunControl {
     pub fn new() -> Self {
-        Self(ort::session::RunOptions::new().ok().map(Arc::new))
+        Self { options: ort::session::RunOptions::new().ok().map(Arc::new), terminated: Arc::new(AtomicBool::new(false)) }
     }
 
     pub fn terminate(&self) {
-        if let Some(options) = &self.0 {
+        self.terminated.store(true, Ordering::Release);
+        if let Some(options) = &self.options {
             let _ = options.terminate();
         }
+    }
+
+    pub fn is_terminated(&self) -> bool {
+        self.terminated.load(Ordering::Acquire)
     }
 
     /// The options a run must be given to be stoppable (`None` only if ONNX Runtime could
     /// not allocate them, in which case runs are bounded by the element budget alone).
     pub fn options(&self) -> Option<&ort::session::RunOptions> {
-        self.0.as_deref()
+        self.options.as_deref()
     }
 }
 

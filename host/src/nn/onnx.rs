@@ -7,20 +7,27 @@
 //! wasi-nn, never a panic in the host. Before ONNX Runtime opens a file, [`model_file`] checks
 //! that it references no data outside its own directory.
 
+use super::schedule::{Build, Call, Lane, Pool, Priority};
 use super::{Model, NamedTensor, NnError, RunControl, Tensor, TensorType, model_file};
-use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionOutputs};
 use ort::tensor::{PrimitiveTensorElementType, TensorElementType};
 use ort::value::{DynValue, Tensor as OrtTensor, ValueType};
-use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
-/// How sessions are built, and how many per model: each runs one inference at a time, so
-/// `sessions` is how many requests' inference runs on one model at once.
-#[derive(Clone, Copy, Debug)]
+/// How inference runs: the process's ONNX Runtime thread pool (shared by every session, set
+/// once in [`super::init_onnx_runtime`]) and the sessions per model. Each session runs one
+/// inference at a time, so `sessions` is how many requests' inference runs on one model at once;
+/// all of them share the pool's threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionSettings {
-    /// Intra-op threads of each session; 0 lets ONNX Runtime pick (one per core).
+    /// Intra-op threads of the shared pool (`QA_INFERENCE_THREADS`); 0 lets ONNX Runtime pick
+    /// (one per core).
     pub intra_threads: usize,
+    /// Whether the pool's idle threads spin before they sleep (`QA_INFERENCE_SPINNING`).
+    pub spinning: bool,
     /// ONNX Runtime's CPU memory arena: buffers kept between runs (faster repeated shapes) at
     /// the cost of resident memory that grows to the largest batch seen.
     pub memory_arena: bool,
@@ -31,7 +38,7 @@ pub struct SessionSettings {
 
 impl Default for SessionSettings {
     fn default() -> Self {
-        Self { intra_threads: 0, memory_arena: true, sessions: 1 }
+        Self { intra_threads: 0, spinning: true, memory_arena: true, sessions: 1 }
     }
 }
 
@@ -42,18 +49,32 @@ pub struct OnnxBackend {
 }
 
 impl OnnxBackend {
-    /// Checks and loads `dir/model.onnx`, with [`SessionSettings::sessions`] sessions.
+    /// Checks and loads `dir/model.onnx` with one session; it grows to
+    /// [`SessionSettings::sessions`] once runs overlap.
     pub fn load_model_dir(&self, dir: &Path) -> Result<Arc<OnnxModel>, NnError> {
         let path = dir.join("model.onnx");
         model_file::check(&path).map_err(|reason| NnError::ModelUnloadable { path: path.clone(), reason })?;
-        let sessions = (0..self.settings.sessions.max(1)).map(|_| self.session(&path)).collect::<Result<Vec<_>, _>>()?;
-        OnnxModel::new(sessions).map(Arc::new).map_err(|reason| NnError::ModelUnloadable { path, reason })
+        let first = self.session(&path)?;
+        OnnxModel::new(first, *self, path.clone()).map(Arc::new).map_err(|reason| NnError::ModelUnloadable { path, reason })
     }
 
     /// An ONNX Runtime session for `path` with exactly the settings the guest's graphs get
     /// (the native benchmark rows use it, so they measure the same runtime configuration).
     pub fn session(&self, path: &Path) -> Result<Session, NnError> {
-        self.builder().and_then(|b| b.commit_from_file(path)).map_err(|e| {
+        self.commit(path, self.builder())
+    }
+
+    /// A session of the shadow lane: one thread of its own (the lane's, at the lowest
+    /// priority), never spinning, outside the shared pool.
+    fn lane_session(&self, path: &Path) -> Result<Session, NnError> {
+        let builder = self.builder().and_then(|b| {
+            b.with_independent_thread_pool()?.with_intra_threads(1)?.with_intra_op_spinning(false)?.with_inter_op_spinning(false)
+        });
+        self.commit(path, builder)
+    }
+
+    fn commit(&self, path: &Path, builder: ort::Result<ort::session::builder::SessionBuilder>) -> Result<Session, NnError> {
+        builder.and_then(|b| b.commit_from_file(path)).map_err(|e| {
             // ONNX Runtime's text names host paths: it goes to the log, its code to the reason.
             tracing::warn!(path = %path.display(), error = %e, "ONNX Runtime refused the model");
             NnError::ModelUnloadable { path: path.to_path_buf(), reason: format!("ONNX Runtime refused model.onnx ({:?})", e.code()) }
@@ -62,9 +83,6 @@ impl OnnxBackend {
 
     fn builder(&self) -> ort::Result<ort::session::builder::SessionBuilder> {
         let mut builder = Session::builder()?.with_optimization_level(GraphOptimizationLevel::Level3)?;
-        if self.settings.intra_threads > 0 {
-            builder = builder.with_intra_threads(self.settings.intra_threads)?;
-        }
         // Memory patterns (one block planned per input shape) cost about 36 MiB more peak
         // memory on long documents at the same speed (bench/long_docs.py, measured side by
         // side): off.
@@ -200,60 +218,31 @@ impl Port {
     }
 }
 
-/// A loaded ONNX model: its sessions and its ports. `Session::run` takes `&mut self`, so a
-/// run takes a session for itself; runs beyond the number of sessions wait for one.
+/// A loaded ONNX model: its serving sessions, its shadow lane and its ports. `Session::run`
+/// takes `&mut self`, so a run takes a session for itself; runs beyond the number of sessions
+/// wait for one, least served call first ([`schedule`](super::schedule)).
 pub struct OnnxModel {
-    sessions: SessionPool,
+    sessions: Arc<Pool<Session>>,
+    shadow: Lane<Session>,
     inputs: Vec<Port>,
-    outputs: Vec<Port>,
+    outputs: Arc<[Port]>,
 }
 
 impl OnnxModel {
-    fn new(sessions: Vec<Session>) -> Result<Self, String> {
-        let first = sessions.first().ok_or("no session")?;
+    fn new(first: Session, backend: OnnxBackend, path: PathBuf) -> Result<Self, String> {
         let inputs = first.inputs.iter().map(|i| Port::new(&i.name, &i.input_type)).collect::<Result<_, _>>()?;
         let outputs = first.outputs.iter().map(|o| Port::new(&o.name, &o.output_type)).collect::<Result<_, _>>()?;
-        Ok(Self { sessions: SessionPool { idle: Mutex::new(sessions), returned: Condvar::new() }, inputs, outputs })
+        let more = path.clone();
+        let build: Build<Session> = Arc::new(move || backend.session(&more).map_err(|e| e.client_reason()));
+        let sessions = Arc::new(Pool::growing(vec![first], backend.settings.sessions, Some(build)));
+        // The shadow lane's session is built on its first run: only hosts with a shadow
+        // candidate pay for it.
+        let shadow = Lane::new("qa-shadow-inference", move || backend.lane_session(&path).map_err(|e| e.client_reason()));
+        Ok(Self { sessions, shadow, inputs, outputs })
     }
-}
 
-/// A model's sessions not running now; a run takes one and gives it back when it ends.
-struct SessionPool {
-    idle: Mutex<Vec<Session>>,
-    returned: Condvar,
-}
-
-impl SessionPool {
-    /// A session for one run, once one is idle (blocking: runs are on blocking threads).
-    fn take(&self) -> Result<Taken<'_>, String> {
-        let poisoned = |_| "the model's sessions were poisoned by an earlier failure".to_string();
-        let mut idle = self.idle.lock().map_err(poisoned)?;
-        loop {
-            if let Some(session) = idle.pop() {
-                return Ok(Taken { pool: self, session: Some(session) });
-            }
-            idle = self.returned.wait(idle).map_err(poisoned)?;
-        }
-    }
-}
-
-/// A session taken for one run: given back to its pool when dropped, even by a panic.
-struct Taken<'a> {
-    pool: &'a SessionPool,
-    session: Option<Session>,
-}
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        if let (Some(session), Ok(mut idle)) = (self.session.take(), self.pool.idle.lock()) {
-            idle.push(session);
-            self.pool.returned.notify_one();
-        }
-    }
-}
-
-impl Model for OnnxModel {
-    fn run(&self, inputs: Vec<NamedTensor>, run: &RunControl) -> Result<Vec<NamedTensor>, String> {
+    /// The guest's tensors as ONNX Runtime values, checked against the model's inputs.
+    fn values(&self, inputs: Vec<NamedTensor>) -> Result<Vec<(String, DynValue)>, String> {
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for input in &inputs {
             let port = self.inputs.iter().find(|p| p.name == input.name).ok_or_else(|| {
@@ -268,25 +257,90 @@ impl Model for OnnxModel {
         if let Some(missing) = self.inputs.iter().find(|p| !inputs.iter().any(|i| i.name == p.name)) {
             return Err(format!("input {:?} was not given", missing.name));
         }
-        drop(inputs);
-        let mut taken = self.sessions.take()?;
-        let session = taken.session.as_mut().ok_or("no session taken")?;
-        let outputs = match run.options() {
-            Some(options) => session.run_with_options(values, options),
-            None => session.run(values),
+        Ok(values)
+    }
+
+    /// One run of `call`: on a serving session when its turn comes, or on the shadow lane.
+    fn run_call(&self, inputs: Vec<NamedTensor>, run: &RunControl, call: &Arc<Call>) -> Result<Vec<NamedTensor>, String> {
+        let values = self.values(inputs)?;
+        match call.priority() {
+            Priority::Serving => {
+                let mut lease = self.sessions.take(call.served_us(), run)?;
+                let started = Instant::now();
+                let outputs = execute(lease.session()?, values, run).and_then(|outputs| collect(&self.outputs, &outputs));
+                call.add(started.elapsed());
+                outputs
+            }
+            Priority::Shadow => {
+                let (sessions, ports, run, call) = (self.sessions.clone(), self.outputs.clone(), run.clone(), call.clone());
+                self.shadow.run(move |session| {
+                    // Serving calls waiting for a session want every CPU cycle there is.
+                    if sessions.waiting() > 0 {
+                        call.mark_shed();
+                        return Err("shadow inference shed: serving requests are waiting for inference".into());
+                    }
+                    if run.is_terminated() {
+                        return Err("the request ended while its inference waited".into());
+                    }
+                    let started = Instant::now();
+                    let outputs = execute(session, values, &run).and_then(|outputs| collect(&ports, &outputs));
+                    call.add(started.elapsed());
+                    tracing::debug!(ms = started.elapsed().as_millis() as u64, ok = outputs.is_ok(), "shadow inference ran");
+                    outputs
+                })
+            }
         }
-        .map_err(|e| {
-            // The guest (and through it the client) gets ONNX Runtime's error code, the log its text.
-            tracing::warn!(error = %e, "ONNX Runtime run failed");
-            format!("ONNX Runtime run failed ({:?})", e.code())
-        })?;
-        self.outputs
-            .iter()
-            .map(|port| {
-                let value = outputs.get(port.name.as_str()).ok_or_else(|| format!("output {:?} missing", port.name))?;
-                Ok(NamedTensor { name: port.name.clone(), tensor: port.tensor(value)? })
-            })
-            .collect()
+    }
+}
+
+/// One ONNX Runtime run, stoppable through `run`.
+fn execute<'s>(session: &'s mut Session, values: Vec<(String, DynValue)>, run: &'s RunControl) -> Result<SessionOutputs<'s>, String> {
+    match run.options() {
+        Some(options) => session.run_with_options(values, options),
+        None => session.run(values),
+    }
+    .map_err(|e| {
+        // The guest (and through it the client) gets ONNX Runtime's error code, the log its text.
+        tracing::warn!(error = %e, "ONNX Runtime run failed");
+        format!("ONNX Runtime run failed ({:?})", e.code())
+    })
+}
+
+/// The outputs the model declares, as wasi-nn tensors.
+fn collect(ports: &[Port], outputs: &SessionOutputs<'_>) -> Result<Vec<NamedTensor>, String> {
+    ports
+        .iter()
+        .map(|port| {
+            let value = outputs.get(port.name.as_str()).ok_or_else(|| format!("output {:?} missing", port.name))?;
+            Ok(NamedTensor { name: port.name.clone(), tensor: port.tensor(value)? })
+        })
+        .collect()
+}
+
+impl Model for OnnxModel {
+    /// A run outside any call (each its own): it queues as a fresh serving call.
+    fn run(&self, inputs: Vec<NamedTensor>, run: &RunControl) -> Result<Vec<NamedTensor>, String> {
+        self.run_call(inputs, run, &Call::new(Priority::Serving))
+    }
+
+    fn for_call(self: Arc<Self>, call: Arc<Call>) -> Arc<dyn Model> {
+        Arc::new(CallModel { model: self, call })
+    }
+}
+
+/// The model as one guest call's runs reach it.
+struct CallModel {
+    model: Arc<OnnxModel>,
+    call: Arc<Call>,
+}
+
+impl Model for CallModel {
+    fn run(&self, inputs: Vec<NamedTensor>, run: &RunControl) -> Result<Vec<NamedTensor>, String> {
+        self.model.run_call(inputs, run, &self.call)
+    }
+
+    fn for_call(self: Arc<Self>, call: Arc<Call>) -> Arc<dyn Model> {
+        self.model.clone().for_call(call)
     }
 }
 

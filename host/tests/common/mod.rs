@@ -60,6 +60,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         compile_snapshots: true,
         max_windows: qa_host::config::DEFAULT_MAX_WINDOWS,
         session: Default::default(),
+        cpu: qa_host::nn::cpu::CpuShare::probe(None),
         preload: Vec::new(),
         model_cache_mb: None,
         manifest: Vec::new(),
