@@ -191,7 +191,7 @@ fn precompiled_guests_are_used_only_from_trusted_places_or_signed() {
 }
 
 /// Options a request sets reach the guest through `serve`: each changes the answer the way
-/// the README says.
+/// docs/api.md says.
 #[test]
 fn non_default_options_reach_the_guest_through_the_host() {
     let server = Serving::start(&qa_guest(), &[] as &[(&str, &str)]);
@@ -248,7 +248,7 @@ fn requests_run_on_the_snapshot_and_never_parse_the_tokenizer_again() {
     assert_eq!((status, &body["Answer"]), (200, &serde_json::json!("1886")), "{body}");
 }
 
-/// The README's budget claim: any English context within the byte limit fits the window
+/// docs/api.md's budget claim (its limits table): any English context within the byte limit fits the window
 /// budget. 200,000 bytes of SQuAD paragraphs (the fixture's, repeated) with the Benz paragraph
 /// last are answered under both decodings, inside the default budget. (Which answer wins over
 /// so many paragraphs is the model's quality, measured by `long_documents_keep_their_paragraph_answers`.)
@@ -591,8 +591,8 @@ fn a_random_dev_sample_scores_the_readme_s_figures_within_its_standard_error() {
     }
 }
 
-/// Long documents: 100 dev questions drawn with seed 1 (`QA_TEST_SQUAD_DEV`, the README's
-/// long-document table's method), each paragraph hidden among 20 KB of other articles'
+/// Long documents: 100 dev questions drawn with seed 1 (`QA_TEST_SQUAD_DEV`, the method of
+/// docs/long-documents.md's table), each paragraph hidden among 20 KB of other articles'
 /// paragraphs (`eval --haystack 20000`, the same haystacks for both runs). The default
 /// decoding must keep most of the single-paragraph F1, and more than the pipeline's decoding
 /// keeps (the reason it is the default). Both F1 figures stay within a point of those measured
@@ -670,7 +670,7 @@ fn serve_answers_the_sample_and_refuses_bad_input_with_stable_codes() {
         let started = std::time::Instant::now();
         let (status, json) = server.post(body.clone());
         // Refusals are decided before inference: well under a second even in a debug build
-        // (the README's 100 ms is for release builds, measured by bench/long_docs.py); 2 s holds
+        // (docs/api.md's 2.1 ms is for release builds, measured by bench/long_docs.py); 2 s holds
         // on a loaded 2-core machine, and the windows refused here would take seconds to run.
         assert!(started.elapsed() < std::time::Duration::from_secs(2), "{name}: refused after {:?}", started.elapsed());
         assert_eq!(status, *want_status, "{name}: {json}");

@@ -601,7 +601,7 @@ fn log_and_metric_variables_choose_format_level_names_and_whether_metrics_are_wr
     let metric = lines.iter().find(|l| l.get("_aws").is_some()).expect("a metric line");
     qa_host::telemetry::emf::validate(metric).unwrap();
     assert_eq!(metric["_aws"]["CloudWatchMetrics"][0]["Namespace"], qa_host::telemetry::emf::DEFAULT_NAMESPACE);
-    assert_eq!(qa_host::telemetry::emf::DEFAULT_NAMESPACE, "QaWasmLambda", "the README's name");
+    assert_eq!(qa_host::telemetry::emf::DEFAULT_NAMESPACE, "QaWasmLambda", "the documented name (docs/configuration.md)");
     assert_eq!(metric["service"], "qa-host");
     assert_eq!(
         (&metric["GuestCacheMiss"], &metric["GuestCacheHit"], &metric["guest_origin"]),
