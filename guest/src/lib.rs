@@ -8,7 +8,7 @@
 //! windows). [`pipeline::answer`] runs them in order.
 //!
 //! Nothing here touches wasm or wasi-nn, so every stage is unit-tested natively; the component
-//! binding lives in `main.rs`.
+//! binding lives in `component.rs` and `wasi_nn_model.rs` (built into the `main.rs` binary).
 
 pub mod extract;
 pub mod fixture;

@@ -445,7 +445,7 @@ mod tests {
         assert_eq!(c.preload, ["a", "b"]);
     }
 
-    /// The README's configuration table, default column.
+    /// docs/configuration.md's table, default column.
     #[test]
     fn with_nothing_set_every_setting_is_its_documented_default() {
         let c = config(&[]).unwrap();

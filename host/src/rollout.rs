@@ -506,8 +506,8 @@ mod tests {
         Ok(vec![Ok(Response { answers: vec![answer], timings: Timings::default() })])
     }
 
-    /// The rule as the README's "Rolling out a guest" states it, in its numbers: a default
-    /// changed here fails until the README and this test follow.
+    /// The rule as docs/operations.md's rollout policy states it, in its numbers: a default
+    /// changed here fails until docs/operations.md and this test follow.
     #[test]
     fn the_policy_is_the_documented_one() {
         let policy = Policy::default();

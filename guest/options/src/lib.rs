@@ -74,9 +74,9 @@ mod tests {
         }
     }
 
-    /// The numbers the README documents (the request table's default column, the limits
+    /// The numbers docs/api.md documents (the request table's default column, the limits
     /// table's 64-token question), written here as the README writes them: a default changed
-    /// in `defaults.json` fails here until the README and this test follow.
+    /// in `defaults.json` fails here until docs/api.md and this test follow.
     #[test]
     fn the_defaults_are_the_documented_numbers() {
         assert_eq!(TOP_K, 1);

@@ -10,7 +10,7 @@ pub use error::ApiError;
 use crate::guest::{Decoding, Options};
 use serde::{Deserialize, Serialize};
 
-/// Limits on a request (documented in the README).
+/// Limits on a request (documented in docs/api.md).
 pub mod limits {
     /// Whole request body.
     pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -519,7 +519,7 @@ mod tests {
     fn options_a_request_leaves_out_are_the_defaults_file_and_the_rest_pass_through() {
         let parse = |body: &str| QaRequest::from_json(body.as_bytes());
         let defaults = QaRequest::new("q", "c").options(7);
-        // The README's request table, default column (and its limits table's 64-token question).
+        // docs/api.md's request table, default column (and its limits table's 64-token question).
         assert_eq!(
             (defaults.top_k, defaults.max_answer_len, defaults.max_seq_len, defaults.doc_stride, defaults.max_question_len),
             (1, 15, 384, 128, 64)
