@@ -513,6 +513,9 @@ fn a_setting_that_does_not_parse_stops_start_up_naming_it() {
 /// model file shipped (`fixtures/squad-dev-v1.1-random200.reference.json`, made by
 /// `tools/train-qa/reference.py` with Optimum's ONNX Runtime model, its figures computed by
 /// that script, not by this project). Asked with the pipeline's decoding (`--decoding pipeline`).
+/// The reference was made on an AVX-512 VNNI CPU; the shipped file's 7-bit weights make every
+/// CPU's integer products the same, and run-time activation rounding moved 1 answer of 50
+/// under an emulated AVX2 CPU (models/README.md, "The same answers on every CPU").
 #[test]
 fn eval_agrees_with_the_transformers_pipeline_on_random_dev_questions() {
     use sha2::Digest;
