@@ -68,6 +68,7 @@ COPY wit/ wit/
 COPY guest/ guest/
 COPY host/ host/
 COPY bench/ bench/
+COPY tools/ tools/
 RUN --mount=type=cache,target=/root/.cargo/registry \
     cargo build --locked --release -p qa-guest --target wasm32-wasip2 \
  && mkdir -p /out \
@@ -119,6 +120,7 @@ COPY wit/ wit/
 COPY guest/ guest/
 COPY host/ host/
 COPY bench/ bench/
+COPY tools/ tools/
 RUN --mount=type=cache,target=/root/.cargo/registry \
     cargo build --locked --release -p qa-host \
  && cp target/release/qa-host /out/bootstrap
