@@ -403,7 +403,7 @@ impl Rollout {
         latency: Duration,
     ) {
         let Some(shadow) = shadow.filter(|s| !matches!(s, Err(GuestError::Busy(_) | GuestError::Crowded { .. }))) else {
-            tracing::info!(request_id, candidate = %candidate.id, "shadow call cut by the response's wait bound (or shed for serving calls, or no instance free); not counted");
+            tracing::info!(request_id, candidate = %candidate.id, "shadow call cut by the response's wait bound (or shed for serving calls, or still waiting for the shadow lane, or no instance free); not counted");
             return;
         };
         // The served guest answered this very input: a refusal by the candidate is its fault.

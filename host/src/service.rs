@@ -473,11 +473,16 @@ impl Shadow {
     /// Runs the candidate within `bound` and records how it compares with what was served. When
     /// `cut_is_not_its_fault` (a bound shorter than the guest's deadline, under Lambda), a
     /// call stopped by the bound is not counted; nor is one whose inference was shed to make
-    /// room for serving calls.
+    /// room for serving calls, or one whose deadline passed while its inference waited for the
+    /// shadow lane.
     async fn run(self, bound: Duration, cut_is_not_its_fault: bool) {
         let started = Instant::now();
         let shadow = self.questions.ask(&self.candidate, &self.model, &self.context, self.options, bound).await;
-        let cut = (cut_is_not_its_fault && matches!(shadow, Err(GuestError::Timeout(_)))) || self.call.was_shed();
+        // A deadline that passed while the candidate's inference still waited for the shadow
+        // lane (which yields to every other thread: a host busy compiling or serving starves
+        // it) measured the host, not the candidate.
+        let timed_out = matches!(shadow, Err(GuestError::Timeout(_)));
+        let cut = (timed_out && (cut_is_not_its_fault || self.call.waits_for_lane())) || self.call.was_shed();
         self.rollout.record_shadow(&self.request_id, &self.candidate, &self.served, (!cut).then_some(&shadow), started.elapsed());
     }
 }

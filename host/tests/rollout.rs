@@ -220,3 +220,64 @@ fn a_spinning_shadow_runs_at_most_max_shadow_calls_at_once() {
         .count();
     assert_eq!(failed, max, "each timed out, a failure of the candidate");
 }
+
+/// Busy threads of normal priority, one per CPU, until dropped: a host with no CPU to spare.
+struct Hogs {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hogs {
+    fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cpus)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The shadow lane yields to every other thread (nice 19). On a host with no CPU to spare, a
+/// shadow call's deadline passes while its inference still waits for the lane (here: for the
+/// lane's session to be built): that measures the host, not the candidate, and is not counted.
+/// (A CI run on 2026-12-07 logged the serving guest, as its own shadow, failing such a call
+/// while the host compiled its snapshots; counted, calls like it roll back a sound candidate.)
+#[test]
+fn a_shadow_call_starved_of_cpu_before_its_inference_began_is_not_held_against_the_candidate() {
+    let host = Serving::start(
+        &qa_guest(),
+        &[
+            ("QA_GUEST_SHADOW", qa_guest().display().to_string()),
+            ("QA_GUEST_SHADOW_DEADLINE_MS", "1000".into()),
+            ("QA_ROLLOUT_MIN_CALLS", "1".into()),
+        ],
+    );
+    let hogs = Hogs::start();
+    let (status, body) = ask(&host, "When was the car invented?");
+    assert_eq!((status, &body["Answer"]), (200, &json!("1886")), "{body}");
+    host.process.wait_for_log("still waiting for the shadow lane", Duration::from_secs(60));
+    drop(hogs);
+    host.flush_log();
+    assert_eq!(host.process.count("shadow call failed"), 0, "{:#?}", host.process.lines());
+    assert_eq!(metric_lines(&host.process.lines(), "GuestFailures").iter().filter(|m| m["guest"] == "candidate").count(), 0);
+    let rollout = &health(&host)["rollout"];
+    assert_eq!(rollout["state"], "taking part", "{rollout}");
+}

@@ -272,11 +272,11 @@ impl OnnxModel {
                 outputs
             }
             Priority::Shadow => {
-                let (sessions, ports, run, call) = (self.sessions.clone(), self.outputs.clone(), run.clone(), call.clone());
-                self.shadow.run(move |session| {
+                let (sessions, ports, run, job_call) = (self.sessions.clone(), self.outputs.clone(), run.clone(), call.clone());
+                self.shadow.run(call, move |session| {
                     // Serving calls waiting for a session want every CPU cycle there is.
                     if sessions.waiting() > 0 {
-                        call.mark_shed();
+                        job_call.mark_shed();
                         return Err("shadow inference shed: serving requests are waiting for inference".into());
                     }
                     if run.is_terminated() {
@@ -284,7 +284,7 @@ impl OnnxModel {
                     }
                     let started = Instant::now();
                     let outputs = execute(session, values, &run).and_then(|outputs| collect(&ports, &outputs));
-                    call.add(started.elapsed());
+                    job_call.add(started.elapsed());
                     tracing::debug!(ms = started.elapsed().as_millis() as u64, ok = outputs.is_ok(), "shadow inference ran");
                     outputs
                 })

@@ -33,11 +33,14 @@ pub struct Call {
     /// Inference time this call has had, in microseconds.
     served_us: AtomicU64,
     shed: AtomicBool,
+    /// Set while a run of this call waits for the shadow lane: queued behind another run, or
+    /// behind the lane's session being built at the lowest priority.
+    lane_waiting: AtomicBool,
 }
 
 impl Call {
     pub fn new(priority: Priority) -> Arc<Self> {
-        Arc::new(Self { priority, served_us: AtomicU64::new(0), shed: AtomicBool::new(false) })
+        Arc::new(Self { priority, served_us: AtomicU64::new(0), shed: AtomicBool::new(false), lane_waiting: AtomicBool::new(false) })
     }
 
     pub fn priority(&self) -> Priority {
@@ -47,6 +50,13 @@ impl Call {
     /// Whether a run of this call was refused to make room for serving calls.
     pub fn was_shed(&self) -> bool {
         self.shed.load(Ordering::Acquire)
+    }
+
+    /// Whether a run of this call is waiting for the shadow lane now. A deadline that passes
+    /// while it waits measures how busy the host is (the lane yields to every other thread),
+    /// not the candidate.
+    pub fn waits_for_lane(&self) -> bool {
+        self.lane_waiting.load(Ordering::Acquire)
     }
 
     pub(super) fn mark_shed(&self) {
@@ -226,14 +236,26 @@ impl<S: 'static> Lane<S> {
         Self { jobs: Mutex::new(None), build: Arc::new(build), name: name.into() }
     }
 
-    /// Runs `job` on the lane after the jobs before it; blocks until it has run.
-    pub fn run<R: Send + 'static>(&self, job: impl FnOnce(&mut S) -> Result<R, String> + Send + 'static) -> Result<R, String> {
+    /// Runs `job` for `call` on the lane after the jobs before it; blocks until it has run.
+    /// Until the job starts, `call` [waits for the lane](Call::waits_for_lane).
+    pub fn run<R: Send + 'static>(
+        &self,
+        call: &Arc<Call>,
+        job: impl FnOnce(&mut S) -> Result<R, String> + Send + 'static,
+    ) -> Result<R, String> {
         let (reply, answer) = mpsc::sync_channel(1);
+        let started = call.clone();
         let job: Job<S> = Box::new(move |state| {
+            started.lane_waiting.store(false, Ordering::Release);
             let _ = reply.send(state.and_then(job));
         });
-        self.sender()?.send(job).map_err(|_| format!("{} stopped", self.name))?;
-        answer.recv().map_err(|_| format!("{} stopped during the run", self.name))?
+        call.lane_waiting.store(true, Ordering::Release);
+        let result = self
+            .sender()
+            .and_then(|jobs| jobs.send(job).map_err(|_| format!("{} stopped", self.name)))
+            .and_then(|()| answer.recv().map_err(|_| format!("{} stopped during the run", self.name))?);
+        call.lane_waiting.store(false, Ordering::Release);
+        result
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Job<S>>, String> {
@@ -400,7 +422,7 @@ mod tests {
             .map(|_| {
                 let (lane, running) = (lane.clone(), running.clone());
                 std::thread::spawn(move || {
-                    lane.run(move |state: &mut u32| {
+                    lane.run(&Call::new(Priority::Shadow), move |state: &mut u32| {
                         assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "one job at a time");
                         *state += 1;
                         let nice = rustix::process::getpriority_process(None).unwrap_or(0);
@@ -417,5 +439,45 @@ mod tests {
         assert_eq!(results.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4], "one state, kept between jobs");
         assert_eq!(builds.load(Ordering::SeqCst), 1);
         assert!(results.iter().all(|r| r.1 == 19), "nice 19: {results:?}");
+    }
+
+    /// A call queued behind another run of the lane waits for the lane until its own job
+    /// starts, and no longer once it has.
+    #[test]
+    fn a_call_waits_for_the_lane_until_its_job_starts() {
+        let lane = Arc::new(Lane::new("test-lane", || Ok(())));
+        let (release, hold) = mpsc::channel::<()>();
+        let (first_started, first_running) = mpsc::channel::<()>();
+        let busy = {
+            let lane = lane.clone();
+            std::thread::spawn(move || {
+                lane.run(&Call::new(Priority::Shadow), move |_| {
+                    first_started.send(()).map_err(|e| e.to_string())?;
+                    hold.recv().map_err(|e| e.to_string())
+                })
+            })
+        };
+        first_running.recv().unwrap();
+        let queued = Call::new(Priority::Shadow);
+        let (saw, seen) = mpsc::channel::<bool>();
+        let second = {
+            let (lane, call) = (lane.clone(), queued.clone());
+            std::thread::spawn(move || {
+                let inside = call.clone();
+                lane.run(&call, move |_| saw.send(inside.waits_for_lane()).map_err(|e| e.to_string()))
+            })
+        };
+        let started = std::time::Instant::now();
+        while !queued.waits_for_lane() {
+            assert!(started.elapsed() < Duration::from_secs(30), "the second call never queued");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(queued.waits_for_lane(), "still queued behind the first run");
+        release.send(()).unwrap();
+        busy.join().unwrap().unwrap();
+        second.join().unwrap().unwrap();
+        assert!(!seen.recv().unwrap(), "its job ran, so it no longer waited");
+        assert!(!queued.waits_for_lane());
     }
 }
