@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import long_docs  # noqa: E402
+from common import serve  # noqa: E402
 import many_questions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def cost_per_million(latency_ms: float, cold_s: float, memory_mb: int, questions
 def project(host: Path, inputs: dict, runs: int) -> dict:
     env = dict(os.environ, QA_PRELOAD="nlp1", QA_MODELS_DIR=str(ROOT / "models"), QA_LOG="warn", QA_INFERENCE_THREADS="1")
     started = time.monotonic()
-    proc, base = long_docs.serve(["taskset", "-c", "0", str(host), "serve", "--addr", "127.0.0.1:0"], env)
+    proc, base = serve(["taskset", "-c", "0", str(host), "serve", "--addr", "127.0.0.1:0"], env)
     try:
         status, _, _ = long_docs.ask(base, {"question": inputs["question"], "context": inputs["context"]})
         cold = time.monotonic() - started

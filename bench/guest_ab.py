@@ -20,7 +20,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from long_docs import DEV, ROOT, ask, document, peak_rss_mib, start
+from common import start_host
+from long_docs import DEV, ROOT, ask, document, peak_rss_mib
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
     try:
         for guest in guests:
             env = dict(os.environ, QA_PRELOAD="nlp1", QA_MODELS_DIR=str(ROOT / "models"), QA_LOG="warn", QA_GUEST=str(guest))
-            servers.append(start(args.qa_host, env))
+            servers.append(start_host(args.qa_host, env))
         for _, base in servers:
             for _ in range(2):
                 ask(base, body)

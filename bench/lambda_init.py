@@ -13,40 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
+from common import free_port, invoke, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"emulator did not listen on {port}")
-
-
-def invoke(port: int, event: dict) -> float:
-    started = time.perf_counter()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/2015-03-31/functions/_/invocations", data=json.dumps(event).encode())
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        body = json.loads(resp.read())
-    assert "Answer" in body, body
-    return (time.perf_counter() - started) * 1e3
 
 
 def measure(cargo_lambda: str, command: list[str], env: dict[str, str], ready_marker: str, cwd: Path = ROOT) -> tuple[float, float, float]:

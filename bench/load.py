@@ -30,7 +30,6 @@ import platform
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,15 +37,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 OHA_VERSION = "1.16.0"
 OHA_ROOT = Path.home() / ".cache/qa-tools" / f"oha-{OHA_VERSION}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def oha_version(path: str) -> str | None:

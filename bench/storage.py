@@ -38,7 +38,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,30 +47,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from common import free_port, start_host
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models/nlp1"
 FILES = ("model.onnx", "tokenizer.json", "config.json")
 MULTIPART_BYTES = 8 << 20  # `aws s3 cp`'s threshold and part size
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def default_qa_host() -> Path:
     release = ROOT / "target/release/qa-host"
     return release if release.exists() else ROOT / "target/debug/qa-host"
-
-
-def start_host(qa_host: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([str(qa_host), "serve", "--addr", "127.0.0.1:0"],
-                            env=dict(os.environ, **env), stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if line.startswith("qa-host: listening on "):
-            return proc, line.split("listening on ", 1)[1].strip()
-    raise SystemExit("qa-host exited before listening")
 
 
 def first_request(base: str, model: str) -> tuple[float, float]:
@@ -91,7 +77,7 @@ def first_request(base: str, model: str) -> tuple[float, float]:
 
 
 def measure(qa_host: Path, env: dict, model: str) -> tuple[float, float]:
-    proc, base = start_host(qa_host, env)
+    proc, base = start_host(qa_host, dict(os.environ, **env))
     try:
         return first_request(base, model)
     finally:

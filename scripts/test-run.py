@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from long_docs import serve  # noqa: E402  (the one place that waits for "listening on")
+from common import serve  # noqa: E402  (the one place that waits for "listening on")
 # The README's figures for the sample: "1886", characters 100-104, score 0.3343 (AVX-512 VNNI).
 # The model's integer products are exact on every CPU, but its activations are quantized at run
 # time, so where two CPUs' float kernels round an ulp apart a uint8 code can move: the same
@@ -40,7 +40,7 @@ def main() -> None:
         sys.exit(f"test-run: `bash scripts/run.sh` exited {asked.returncode}:\n{asked.stderr}")
     check("bash scripts/run.sh", json.loads(asked.stdout))
 
-    server, base = serve(["bash", "scripts/run.sh", "serve"], dict(os.environ, QA_ADDR="127.0.0.1:0"), ROOT)
+    server, base = serve(["bash", "scripts/run.sh", "serve"], dict(os.environ, QA_ADDR="127.0.0.1:0"), ROOT, timeout=1800)
     try:
         body = (ROOT / "fixtures/benz.json").read_bytes()
         request = urllib.request.Request(base + "/", data=body, headers={"Content-Type": "application/json"})
