@@ -53,11 +53,12 @@ def invoke(port: int, event: dict, answer: str | None = None) -> float:
 
 
 def serve(command: list[str], env: dict | None = None, cwd: Path | None = None,
-          timeout: float | None = 600) -> tuple[subprocess.Popen, str]:
+          timeout: float | None = 600, before: list[str] | None = None) -> tuple[subprocess.Popen, str]:
     """Starts `command` (a `qa-host serve` on port 0, or what execs one) and waits for its
     "listening on" line: the process and its base URL. Port 0 and the printed URL, not a port
     picked beforehand, so no other process can take the port in between. On exit or after
-    `timeout` seconds, exits saying so with the stderr read so far."""
+    `timeout` seconds, exits saying so with the stderr read so far. `before`, when given,
+    receives the stderr lines printed before that line (the start-up log)."""
     proc = subprocess.Popen(command, env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
     seen: list[str] = []
     found: list[str] = []
@@ -75,6 +76,8 @@ def serve(command: list[str], env: dict | None = None, cwd: Path | None = None,
     reader.start()
     reader.join(timeout)
     if found:
+        if before is not None:
+            before.extend(seen)
         return proc, found[0]
     if reader.is_alive():
         proc.kill()
