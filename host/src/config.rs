@@ -77,6 +77,48 @@ pub struct HostConfig {
     pub rollout: Option<RolloutSettings>,
     /// What Lambda says about the execution environment, when running under it.
     pub lambda: Option<LambdaEnvironment>,
+    /// Logging and metrics (`QA_LOG`, `QA_LOG_FORMAT`, the Powertools variables).
+    pub telemetry: TelemetryConfig,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging and metrics, read with every other setting, so a bad value stops start-up naming
+/// it instead of being dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// The log filter: `QA_LOG` (checked as a filter), else Lambda's `AWS_LAMBDA_LOG_LEVEL` as
+    /// one; `None` leaves it to the command (`info` under Lambda, `warn` elsewhere).
+    pub log_filter: Option<String>,
+    /// `QA_LOG_FORMAT`, else Lambda's `AWS_LAMBDA_LOG_FORMAT`; `None` leaves it to the command
+    /// (JSON under Lambda, text elsewhere).
+    pub log_format: Option<LogFormat>,
+    /// CloudWatch EMF metric lines (`POWERTOOLS_METRICS_DISABLED` turns them off).
+    pub metrics_enabled: bool,
+    /// `POWERTOOLS_METRICS_NAMESPACE`, the original sample's Powertools variable.
+    pub metrics_namespace: String,
+    /// `POWERTOOLS_SERVICE_NAME`.
+    pub service_name: String,
+    /// `AWS_LAMBDA_FUNCTION_NAME`, set by Lambda; `local` elsewhere.
+    pub function_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_filter: None,
+            log_format: None,
+            metrics_enabled: true,
+            metrics_namespace: crate::telemetry::emf::DEFAULT_NAMESPACE.into(),
+            service_name: crate::telemetry::emf::DEFAULT_SERVICE.into(),
+            function_name: "local".into(),
+        }
+    }
 }
 
 /// The execution environment as Lambda describes it in the bootstrap's environment
@@ -332,7 +374,49 @@ impl HostConfig {
             serve,
             rollout: rollout(&env)?,
             lambda,
+            telemetry: telemetry(&env)?,
         })
+    }
+}
+
+/// Logging and metrics. Lambda's own variables (`AWS_LAMBDA_LOG_LEVEL`, `AWS_LAMBDA_LOG_FORMAT`)
+/// are set by its logging configuration and taken as they come; ours are checked.
+fn telemetry<F: Fn(&str) -> Option<String>>(env: &Settings<F>) -> Result<TelemetryConfig, ConfigError> {
+    let defaults = TelemetryConfig::default();
+    let log_filter = match env.text("QA_LOG") {
+        Some(value) if tracing_subscriber::EnvFilter::try_new(&value).is_err() => {
+            return Err(ConfigError::BadSetting { name: "QA_LOG", value, expected: "a log filter such as info or warn,qa_host=debug" });
+        }
+        Some(value) => Some(value),
+        None => env.text("AWS_LAMBDA_LOG_LEVEL").map(|level| lambda_level_directive(&level).to_string()),
+    };
+    let format = |value: &str| match value.to_ascii_lowercase().as_str() {
+        "json" => Some(LogFormat::Json),
+        "text" => Some(LogFormat::Text),
+        _ => None,
+    };
+    let log_format = match env.text("QA_LOG_FORMAT") {
+        Some(value) => Some(format(&value).ok_or(ConfigError::BadSetting { name: "QA_LOG_FORMAT", value, expected: "json or text" })?),
+        None => env.text("AWS_LAMBDA_LOG_FORMAT").and_then(|value| format(&value)),
+    };
+    Ok(TelemetryConfig {
+        log_filter,
+        log_format,
+        metrics_enabled: !env.switch("POWERTOOLS_METRICS_DISABLED")?.unwrap_or(false),
+        metrics_namespace: env.text("POWERTOOLS_METRICS_NAMESPACE").unwrap_or(defaults.metrics_namespace),
+        service_name: env.text("POWERTOOLS_SERVICE_NAME").unwrap_or(defaults.service_name),
+        function_name: env.text("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
+    })
+}
+
+/// Lambda's level names (`TRACE`..`FATAL`) as a filter directive.
+fn lambda_level_directive(level: &str) -> &'static str {
+    match level.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "warn" => "warn",
+        "error" | "fatal" => "error",
+        _ => "info",
     }
 }
 
@@ -650,9 +734,59 @@ mod tests {
             ("QA_INFERENCE_THREADS", "-1"),
             ("QA_INFERENCE_SPINNING", "sometimes"),
             ("QA_MODEL_DOWNLOADS", "none"),
+            ("QA_LOG", "qa_host=loud"),
+            ("QA_LOG_FORMAT", "yaml"),
+            ("POWERTOOLS_METRICS_DISABLED", "maybe"),
         ] {
             let error = config(&[(name, value)]).map(drop).unwrap_err().to_string();
             assert!(error.starts_with(&format!("{name}={value:?} is not ")), "{name}={value}: {error}");
+        }
+    }
+
+    /// Logging and metrics are read with the rest: ours checked, Lambda's taken as they come,
+    /// ours first.
+    #[test]
+    fn logging_and_metrics_settings_are_read_once_with_the_rest() {
+        let unset = config(&[]).unwrap().telemetry;
+        assert_eq!(unset, TelemetryConfig::default());
+        assert!(unset.metrics_enabled);
+        let lambda = config(&[("AWS_LAMBDA_LOG_LEVEL", "FATAL"), ("AWS_LAMBDA_LOG_FORMAT", "JSON"), ("AWS_LAMBDA_FUNCTION_NAME", "qa")])
+            .unwrap()
+            .telemetry;
+        assert_eq!(
+            (lambda.log_filter.as_deref(), lambda.log_format, lambda.function_name.as_str()),
+            (Some("error"), Some(LogFormat::Json), "qa")
+        );
+        let ours = config(&[
+            ("AWS_LAMBDA_LOG_LEVEL", "DEBUG"),
+            ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+            ("QA_LOG", "warn,qa_host=debug"),
+            ("QA_LOG_FORMAT", "Text"),
+            ("POWERTOOLS_METRICS_DISABLED", "1"),
+            ("POWERTOOLS_METRICS_NAMESPACE", "Mine"),
+            ("POWERTOOLS_SERVICE_NAME", "svc"),
+        ])
+        .unwrap()
+        .telemetry;
+        assert_eq!(
+            ours,
+            TelemetryConfig {
+                log_filter: Some("warn,qa_host=debug".into()),
+                log_format: Some(LogFormat::Text),
+                metrics_enabled: false,
+                metrics_namespace: "Mine".into(),
+                service_name: "svc".into(),
+                function_name: "local".into(),
+            }
+        );
+        // A level or format Lambda does not document is left to the default, not refused: the
+        // function's logging configuration sets them, not the operator of this host.
+        let odd = config(&[("AWS_LAMBDA_LOG_LEVEL", "?"), ("AWS_LAMBDA_LOG_FORMAT", "xml")]).unwrap().telemetry;
+        assert_eq!((odd.log_filter.as_deref(), odd.log_format), (Some("info"), None));
+        for (level, directive) in
+            [("TRACE", "trace"), ("DEBUG", "debug"), ("INFO", "info"), ("WARN", "warn"), ("ERROR", "error"), ("FATAL", "error")]
+        {
+            assert_eq!(lambda_level_directive(level), directive, "{level}");
         }
     }
 }

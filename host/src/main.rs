@@ -123,8 +123,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let under_lambda =
         matches!(cli.command, Some(Command::Lambda)) || (cli.command.is_none() && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some());
-    qa_host::telemetry::init_logging(under_lambda);
-    match run(cli, process_started).await {
+    // The settings first, so logging follows them; a bad one is reported through the default
+    // logging, as every start-up failure is.
+    let config = HostConfig::from_env();
+    let telemetry = config.as_ref().map(|c| c.telemetry.clone()).unwrap_or_default();
+    qa_host::telemetry::init_logging(under_lambda, &telemetry);
+    match run(cli, config, process_started).await {
         Ok(code) => code,
         Err(Failure::Start(error)) if under_lambda => {
             let message = describe(&error);
@@ -169,8 +173,12 @@ impl From<anyhow::Error> for Failure {
 }
 
 /// Reads the configuration (flags over the environment) and runs the command.
-async fn run(cli: Cli, process_started: std::time::Instant) -> Result<ExitCode, Failure> {
-    let mut config = HostConfig::from_env().map_err(|e| Failure::Start(e.into()))?;
+async fn run(
+    cli: Cli,
+    config: Result<HostConfig, qa_host::config::ConfigError>,
+    process_started: std::time::Instant,
+) -> Result<ExitCode, Failure> {
+    let mut config = config.map_err(|e| Failure::Start(e.into()))?;
     let HostArgs { models_dir, guest, cache_dir, onnxruntime } = cli.host;
     config.models_dir = models_dir.unwrap_or(config.models_dir);
     config.guest_wasm = guest.unwrap_or(config.guest_wasm);

@@ -10,6 +10,7 @@ use crate::models::{ModelCatalog, S3Connector, is_valid_name};
 use crate::nn::onnx::OnnxBackend;
 use crate::nn::{Call, NnError, Priority, init_onnx_runtime};
 use crate::rollout::{Answered, Role, Rollout, RolloutStatus, Route, best_answers};
+use crate::telemetry::emf::Metrics;
 use crate::telemetry::prom::{PromMetrics, Snapshot};
 use std::future::Future;
 use std::pin::Pin;
@@ -42,6 +43,8 @@ pub struct QaService {
     prom: Arc<PromMetrics>,
     /// Every S3 client the service uses: its models', its guest's and its candidate's.
     s3: Vec<Arc<S3Connector>>,
+    /// How CloudWatch metric lines are labelled, and whether they are written.
+    metrics: Metrics,
 }
 
 impl QaService {
@@ -63,7 +66,9 @@ impl QaService {
             SwappableGuest::new(guest, &config.guest_wasm, config.guest_s3.clone(), artifacts.clone(), settings.clone(), config.guest_ttl);
         let prom = Arc::new(PromMetrics::new()?);
         let rollout = match &config.rollout {
-            Some(rollout) => start_rollout(rollout, &guest, artifacts, settings, config.guest_ttl, prom.clone()).await,
+            Some(rollout) => {
+                start_rollout(rollout, &guest, artifacts, settings, config.guest_ttl, prom.clone(), Metrics::new(&config.telemetry)).await
+            }
             None => None,
         };
         let guests_s3 = [config.guest_s3.as_ref(), config.rollout.as_ref().and_then(|r| r.candidate_s3.as_ref())];
@@ -85,6 +90,7 @@ impl QaService {
             rollout,
             prom,
             s3,
+            metrics: Metrics::new(&config.telemetry),
         })
     }
 
@@ -126,6 +132,11 @@ impl QaService {
     /// The Prometheus metrics the edges feed (through the telemetry layer).
     pub fn prom(&self) -> &Arc<PromMetrics> {
         &self.prom
+    }
+
+    /// How CloudWatch metric lines are labelled, and whether they are written.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Every metric in the Prometheus text format, with the state they report as it is now.
@@ -496,12 +507,13 @@ async fn start_rollout(
     guest: crate::guest::GuestSettings,
     ttl: Duration,
     prom: Arc<PromMetrics>,
+    metrics: Metrics,
 ) -> Option<Arc<Rollout>> {
     match GuestRuntime::load(&settings.candidate, artifacts.clone(), guest.clone()).await {
         Ok(runtime) => {
             tracing::info!(candidate = %runtime.id, serving = %serving.current().id, percent = settings.percent, setting = settings.setting(), "candidate guest ready");
             let candidate = SwappableGuest::new(runtime, &settings.candidate, settings.candidate_s3.clone(), artifacts, guest, ttl);
-            Some(Arc::new(Rollout::new(serving.clone(), candidate, settings, crate::telemetry::emf::Metrics::from_env(), prom)))
+            Some(Arc::new(Rollout::new(serving.clone(), candidate, settings, metrics, prom)))
         }
         Err(error) => {
             tracing::error!(setting = settings.setting(), guest = %settings.candidate.display(), %error, "candidate guest rejected; the serving guest takes every request");

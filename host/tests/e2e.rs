@@ -506,6 +506,13 @@ fn a_setting_that_does_not_parse_stops_start_up_naming_it() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("QA_GUEST_DEADLINE_MS=\"30s\" is not a whole number of milliseconds"), "{command:?}: {stderr}");
     }
+    // Logging's own settings too: a filter that does not parse was once dropped in silence.
+    for (name, value) in [("QA_LOG", "qa_host=loud"), ("QA_LOG_FORMAT", "yaml"), ("POWERTOOLS_METRICS_DISABLED", "maybe")] {
+        let output = host_bin().env(name, value).args(["ask", "--question", "q", "--context", "c"]).output().expect("run qa-host");
+        assert_eq!(output.status.code(), Some(2), "{name}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("{name}={value:?} is not ")), "{name}: {stderr}");
+    }
 }
 
 /// The CI gate on answer quality: 200 questions drawn at random from the whole SQuAD v1.1 dev

@@ -15,7 +15,7 @@ mod snapstart;
 pub mod trigger;
 
 use crate::service::QaService;
-use crate::telemetry::emf::{ColdStart, Metrics};
+use crate::telemetry::emf::ColdStart;
 use crate::telemetry::layer::{Answering, Call, TelemetryLayer, answering};
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
@@ -35,7 +35,7 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 pub async fn run(service: Arc<QaService>, process_started: Instant) -> Result<(), lambda_runtime::Error> {
     let (guest_origin, guest_load) = service.guest_load();
     let cold = ColdStart { init: process_started.elapsed(), guest_load, guest_origin, restore: None };
-    let telemetry = TelemetryLayer::new(service.catalog().clone(), service.prom().clone(), Some((Metrics::from_env(), cold)));
+    let telemetry = TelemetryLayer::new(service.catalog().clone(), service.prom().clone(), Some((service.metrics().clone(), cold)));
     let snapshot = Arc::new(snapstart::Snapshot { service: service.clone(), telemetry: telemetry.clone() });
     let answer = answering(service, telemetry);
     let handler = service_fn(move |event: LambdaEvent<Value>| {

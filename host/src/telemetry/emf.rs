@@ -4,7 +4,8 @@
 //!
 //! Namespace and service come from `POWERTOOLS_METRICS_NAMESPACE` and
 //! `POWERTOOLS_SERVICE_NAME`, the variables the original Python sample's Powertools read;
-//! `POWERTOOLS_METRICS_DISABLED=true` turns the lines off.
+//! `POWERTOOLS_METRICS_DISABLED` (`true`, `1`, `on` or `yes`) turns the lines off; all read with
+//! the rest of the configuration ([`crate::config::TelemetryConfig`]).
 
 use crate::api::{ApiError, QaReply};
 use crate::guest::Origin;
@@ -48,14 +49,13 @@ pub struct Invocation<'a> {
 }
 
 impl Metrics {
-    pub fn from_env() -> Self {
-        let var =
-            |key: &str, default: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string());
+    /// The labels and switch the configuration read.
+    pub fn new(settings: &crate::config::TelemetryConfig) -> Self {
         Self {
-            namespace: var("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE),
-            service: var("POWERTOOLS_SERVICE_NAME", DEFAULT_SERVICE),
-            function_name: var("AWS_LAMBDA_FUNCTION_NAME", "local"),
-            enabled: !var("POWERTOOLS_METRICS_DISABLED", "false").eq_ignore_ascii_case("true"),
+            namespace: settings.metrics_namespace.clone(),
+            service: settings.service_name.clone(),
+            function_name: settings.function_name.clone(),
+            enabled: settings.metrics_enabled,
         }
     }
 

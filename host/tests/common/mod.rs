@@ -69,6 +69,7 @@ pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
         serve: qa_host::server::ServeLimits::for_deadline(Duration::from_secs(60)),
         rollout: None,
         lambda: None,
+        telemetry: Default::default(),
     }
 }
 
