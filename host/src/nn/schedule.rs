@@ -1,10 +1,14 @@
 //! Who runs inference next on a model.
 //!
-//! - **Serving calls share a pool of sessions, least served first.** A guest runs a long
+//! - **Serving calls share a pool of sessions, least served first, aged.** A guest runs a long
 //!   document's windows a few at a time (one `compute` per batch), giving its session back
-//!   between batches; a waiting call that has had less inference so far takes the next free
-//!   session before one that has had more (least attained service). A short request queued
-//!   behind long documents therefore waits for one batch, not for their whole documents.
+//!   between batches. A waiting run's place is when it began waiting plus the inference its
+//!   call has had so far: among runs that begin waiting together, the call that had less
+//!   goes first (least attained service), so a short request queued behind long documents
+//!   waits for one batch, not for their whole documents; and a call that has waited as long
+//!   as it has run goes before any newer one, so a stream of newer calls cannot starve it
+//!   (pure least-attained-service did: under four concurrent 20 KB documents a call that had
+//!   had the most inference waited past its 30 s deadline while newer ones kept arriving).
 //! - **Shadow calls run on a lane of their own**: at most one run at a time per model, on the
 //!   lane's own session and a thread of the lowest scheduling priority, and none while serving
 //!   calls wait for a session (the run is shed: refused, and the call marked so that the
@@ -14,7 +18,7 @@ use super::RunControl;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Whose inference a guest call runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,8 +83,9 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// Builds one more session of a pool.
 pub type Build<S> = Arc<dyn Fn() -> Result<S, String> + Send + Sync>;
 
-/// A model's serving sessions: taken by the waiting call that has had the least inference,
-/// given back when its run ends. The pool starts with the sessions it is given and grows to
+/// A model's serving sessions: taken by the waiting run whose wait began earliest once the
+/// inference its call already had is added (the module's "least served first, aged"), given
+/// back when its run ends. The pool starts with the sessions it is given and grows to
 /// `limit` only when runs find none idle: a process that never runs two at once (one-shot
 /// commands, Lambda on demand) builds one, and start-up waits for one. Once it has them all,
 /// the last idle session is kept for a call's first run: calls that already had inference
@@ -93,6 +98,8 @@ pub struct Pool<S> {
     waiting: AtomicUsize,
     limit: usize,
     build: Option<Build<S>>,
+    /// The clock of the queue's places.
+    began: Instant,
 }
 
 struct PoolState<S> {
@@ -103,7 +110,8 @@ struct PoolState<S> {
     building: bool,
     /// Building one failed: the pool keeps the sessions it has.
     stopped: bool,
-    /// Waiting runs by (inference their call had in µs, arrival): the first takes the next turn.
+    /// Waiting runs by (µs since the pool began at which the run began waiting, plus the
+    /// inference its call had in µs; arrival): the first takes the next turn.
     queue: BTreeSet<(u64, u64)>,
     arrivals: u64,
 }
@@ -119,7 +127,14 @@ impl<S: Send + 'static> Pool<S> {
     pub fn growing(sessions: Vec<S>, limit: usize, build: Option<Build<S>>) -> Self {
         let built = sessions.len();
         let state = PoolState { idle: sessions, built, building: false, stopped: false, queue: BTreeSet::new(), arrivals: 0 };
-        Self { state: Mutex::new(state), turn: Condvar::new(), waiting: AtomicUsize::new(0), limit: limit.max(built), build }
+        Self {
+            state: Mutex::new(state),
+            turn: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            limit: limit.max(built),
+            build,
+            began: Instant::now(),
+        }
     }
 
     /// Runs waiting for a session now.
@@ -132,7 +147,8 @@ impl<S: Send + 'static> Pool<S> {
     /// `run` is terminated while it waits.
     pub fn take(self: &Arc<Self>, served_us: u64, run: &RunControl) -> Result<Lease<S>, String> {
         let mut state = self.state.lock().map_err(poisoned)?;
-        let ticket = (served_us, state.arrivals);
+        let now_us = u64::try_from(self.began.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let ticket = (now_us.saturating_add(served_us), state.arrivals);
         state.arrivals += 1;
         state.queue.insert(ticket);
         self.waiting.store(state.queue.len(), Ordering::Release);
@@ -304,7 +320,6 @@ fn lowest_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     /// A run's control without ONNX Runtime's options (these tests load no library).
     fn control() -> RunControl {
@@ -343,6 +358,33 @@ mod tests {
         drop(held);
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert_eq!(*order.lock().unwrap(), [2, 1, 0]);
+    }
+
+    /// A call that has waited longer than the inference it had goes before a fresh call: the
+    /// call with the most inference is not starved by a stream of newer ones.
+    #[test]
+    fn a_call_that_waited_as_long_as_it_ran_goes_before_newer_calls() {
+        let pool = Arc::new(Pool::new(vec![0u32]));
+        let run = control();
+        let held = pool.take(0, &run).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiter = |name: &'static str, served_us: u64| {
+            let (pool, order, run) = (pool.clone(), order.clone(), run.clone());
+            std::thread::spawn(move || {
+                let lease = pool.take(served_us, &run).unwrap();
+                order.lock().unwrap().push(name);
+                drop(lease);
+            })
+        };
+        let long = waiter("had 50 ms", 50_000);
+        until_waiting(&pool, 1);
+        std::thread::sleep(Duration::from_millis(120));
+        let fresh = waiter("fresh", 0);
+        until_waiting(&pool, 2);
+        drop(held);
+        long.join().unwrap();
+        fresh.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), ["had 50 ms", "fresh"]);
     }
 
     /// Two sessions: two runs take them at once; a third waits until one is given back.
