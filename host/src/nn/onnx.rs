@@ -220,7 +220,7 @@ impl Port {
 
 /// A loaded ONNX model: its serving sessions, its shadow lane and its ports. `Session::run`
 /// takes `&mut self`, so a run takes a session for itself; runs beyond the number of sessions
-/// wait for one, least served call first ([`schedule`](super::schedule)).
+/// wait for one, least served call first, aged ([`schedule`](super::schedule)).
 pub struct OnnxModel {
     sessions: Arc<Pool<Session>>,
     shadow: Lane<Session>,
