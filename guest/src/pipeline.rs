@@ -216,6 +216,8 @@ fn rank(scored: Vec<(&Window, WindowScores)>, decoding: Decoding) -> Ranked<'_> 
         scored.into_iter().flat_map(|(window, s)| log_odds_against_no_answer(s).into_iter().map(move |span| (window, span))).collect();
     // Odds relative to the best (log-odds `top`), so that none overflows and the best are near 1.
     let top = spans.iter().map(|(_, span)| span.score).chain(has_no_answer.then_some(0.0)).fold(f64::NEG_INFINITY, f64::max);
+    // Every span of probability zero and no "no answer": all scores are 0, never NaN.
+    let top = if top.is_finite() { top } else { 0.0 };
     for (_, span) in &mut spans {
         span.score = (span.score - top).exp();
     }

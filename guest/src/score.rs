@@ -78,12 +78,26 @@ pub fn score_window(
 /// (the soft-maxes' normalizers cancel). A window whose model puts its mass on "no answer" (the
 /// answer is elsewhere) gives its best span low log-odds; a window without a classifier token
 /// keeps the log of its probabilities.
+///
+/// A logit of -inf is a probability of zero: such a span gets log-odds -inf (it never wins,
+/// even against a "no answer" of -inf, where `-inf - -inf` would be NaN); a "no answer" of
+/// -inf is taken as the masked tokens' pair of logits (as unlikely as a token outside the
+/// context), so that the window's spans get large finite log-odds that still rank against
+/// each other instead of all being +inf.
 pub fn log_odds_against_no_answer(scored: WindowScores) -> Vec<TokenSpan> {
     let WindowScores { spans, span_logits, null_logit, .. } = scored;
+    let null_logit = null_logit.map(|null| null.max(2.0 * f64::from(MASKED_LOGIT)));
     spans
         .into_iter()
         .zip(span_logits)
-        .map(|(span, logit)| TokenSpan { score: null_logit.map_or_else(|| span.score.ln(), |null| logit - null), ..span })
+        .map(|(span, logit)| {
+            let score = match null_logit {
+                _ if logit == f64::NEG_INFINITY => f64::NEG_INFINITY,
+                Some(null) => logit - null,
+                None => span.score.ln(),
+            };
+            TokenSpan { score, ..span }
+        })
         .collect()
 }
 
@@ -179,6 +193,22 @@ mod tests {
         };
         let (strong, middling, weak) = (window(30.0), window(25.0), window(20.0));
         assert_eq!((strong, middling, weak), (180.0, 170.0, 160.0));
+    }
+
+    /// Found by `props::non_finite_logits_are_inference_errors` (CI, 2026-12-07): end logits of
+    /// -inf over a whole window made `-inf - -inf` log-odds, NaN scores answered as a success.
+    #[test]
+    fn zero_probabilities_give_ordered_log_odds_never_nan() {
+        let ninf = f32::NEG_INFINITY;
+        let start = [0.0, 0.0, 0.0, 0.0, 2.0, 1.0, 0.0, 0.0, 0.0];
+        // Every end logit, the classifier's too, is -inf: every span has probability zero.
+        let nowhere = log_odds_against_no_answer(score_window(&start, &[ninf; 9], &CTX, Some(0), 5, 15));
+        assert!(!nowhere.is_empty() && nowhere.iter().all(|span| span.score == f64::NEG_INFINITY), "{nowhere:?}");
+        // "No answer" alone has probability zero: the spans keep finite log-odds, in order.
+        let end = [ninf, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0];
+        let certain = log_odds_against_no_answer(score_window(&[ninf, 0.0, 0.0, 0.0, 2.0, 1.0, 0.0, 0.0, 0.0], &end, &CTX, Some(0), 3, 15));
+        assert!(certain.iter().all(|span| span.score.is_finite() && span.score > 0.0), "{certain:?}");
+        assert!(certain.windows(2).all(|w| w[0].score >= w[1].score) && certain[0].score > certain[2].score, "{certain:?}");
     }
 
     #[test]
