@@ -24,7 +24,7 @@
 # Final image layout (scripts/image-layout.sh reproduces it from local builds; keep the two in
 # step: it parses this file and refuses COPY lines it does not know):
 #   /var/runtime/bootstrap                          qa-host
-#   /var/task/libonnxruntime.so                     ONNX Runtime 1.22
+#   /var/task/libonnxruntime.so                     ONNX Runtime (ORT_VERSION below)
 #   /var/task/qa-guest.wasm                         the guest component
 #   /var/task/qa-guest.wasm.<sha256-16>.cwasm       the guest precompiled for this qa-host
 #   /var/task/qa-guest.wasm.<sha256-16>.instrumented.cwasm
@@ -36,17 +36,17 @@
 # Size budget (uncompressed; Lambda allows 10 GB):
 #   provided:al2023 base                      < 40 MB
 #   bootstrap (qa-host release)               46 MB    (wasmtime + Cranelift + AWS SDK; measured x86_64)
-#   libonnxruntime.so                         ~ 21 MB
+#   libonnxruntime.so                         ~ 29 MB  (1.31.1; 1.22.1 was 21 MB)
 #   qa-guest.wasm + .cwasm + instrumented     ~ 3 + 8 + 8 MB
 #   snapshot per shipped model                ~ 15 MB  (0 with WITH_MODELS=false)
 #   models/nlp1 (int8)                        ~ 34 MB  (0 with WITH_MODELS=false)
-#   total                                     ~ 176 MB with the model, ~ 125 MB without; budget 180 MB
+#   total                                     ~ 184 MB with the model, ~ 133 MB without; budget 190 MB
 #
 # Everything is downloaded from package registries: rustup's toolchain, crates.io, and the
 # onnxruntime wheel from PyPI.
 
 ARG RUST_VERSION=1.95.0
-ARG ORT_VERSION=1.22.1
+ARG ORT_VERSION=1.31.1
 ARG WITH_MODELS=true
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +99,8 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
 ENV PATH=/root/.cargo/bin:$PATH
 # ONNX Runtime: the shared library inside the onnxruntime wheel for the target architecture.
 # Only the C library is used, so the wheel's Python version does not matter; it is named
-# because AL2023's python3 (3.9) has no onnxruntime 1.22 wheel.
+# because AL2023's python3 (3.9) has no wheel of the pinned release. Keep ORT_VERSION equal to
+# scripts/env.sh's.
 RUN case "${TARGETARCH}" in \
       amd64) arch=x86_64 ;; \
       arm64) arch=aarch64 ;; \

@@ -9,7 +9,7 @@
 # The zip holds, at its root (Lambda unpacks it into /var/task, LAMBDA_TASK_ROOT, where the
 # host looks for each by default):
 #   bootstrap                                  qa-host for that architecture
-#   libonnxruntime.so                          ONNX Runtime 1.22.1 from PyPI's wheel for it
+#   libonnxruntime.so                          ONNX Runtime (scripts/env.sh's ORT_VERSION) from PyPI's wheel for it
 #   qa-guest.wasm                              the guest component
 #   qa-guest.wasm.<sha16>[.<kind>].cwasm       the guest, the instrumented guest and, with
 #                                              --with-models, each model's snapshot, compiled
@@ -55,7 +55,6 @@ esac
 build_here=$([ -z "$bootstrap" ] && echo true || echo false)
 suffix=$arch$([ "$with_models" = true ] && echo -models || true)
 out=${out:-target/lambda/qa-$suffix.zip}
-ORT_VERSION=1.22.1
 
 # cargo-lambda and zig (its cross-compiler) from PyPI, into the tools environment.
 TOOLS="cargo-lambda==1.9.2 ziglang==0.17.1"
@@ -83,20 +82,11 @@ fi
 ! $build_here || bash scripts/setup.sh
 source scripts/env.sh
 
-wheels=.cache/wheels-$arch
 lib=.cache/onnxruntime-$arch/libonnxruntime.so
 if [ "$arch" = x86_64 ] && [ "$(uname -m)" = x86_64 ]; then
   lib=$ORT_DYLIB_PATH
-elif [ ! -f "$lib" ]; then
-  echo "package: fetching ONNX Runtime $ORT_VERSION for $arch from PyPI" >&2
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --platform "$wheel_platform" \
-    --python-version 311 "onnxruntime==$ORT_VERSION" -d "$wheels"
-  tmp=$(mktemp -d)
-  python3 -m zipfile -e "$(ls "$wheels"/onnxruntime-"$ORT_VERSION"-*.whl | head -n 1)" "$tmp"
-  mkdir -p "$(dirname "$lib")"
-  cp "$tmp/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$lib.partial"
-  mv "$lib.partial" "$lib"
-  rm -rf "$tmp"
+else
+  fetch_onnxruntime "$lib" --platform "$wheel_platform" --python-version 311
 fi
 
 stage=target/lambda/stage-$suffix

@@ -11,25 +11,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
-ORT_VERSION=1.22.1
-
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   echo "setup: adding the wasm32-wasip2 target" >&2
   rustup target add wasm32-wasip2
 fi
 
-if [ ! -f "$ORT_DYLIB_PATH" ]; then
-  echo "setup: fetching ONNX Runtime $ORT_VERSION from the onnxruntime wheel on PyPI" >&2
-  wheels=.cache/wheels
-  mkdir -p "$wheels" "$(dirname "$ORT_DYLIB_PATH")"
-  python3 -m pip download --quiet --no-deps --only-binary=:all: "onnxruntime==$ORT_VERSION" -d "$wheels"
-  wheel=$(ls "$wheels"/onnxruntime-"$ORT_VERSION"-*.whl | head -n 1)
-  tmp=$(mktemp -d)
-  python3 -m zipfile -e "$wheel" "$tmp"
-  # Copy then rename, so an interrupted setup never leaves a truncated library behind.
-  cp "$tmp"/onnxruntime/capi/libonnxruntime.so."$ORT_VERSION" "$ORT_DYLIB_PATH.partial"
-  mv "$ORT_DYLIB_PATH.partial" "$ORT_DYLIB_PATH"
-  rm -rf "$tmp"
+# The library this script manages is refreshed when the pin moves; one set elsewhere is
+# only fetched when it is missing.
+if [ "$ORT_DYLIB_PATH" = "$PWD/.cache/onnxruntime/libonnxruntime.so" ] || [ ! -f "$ORT_DYLIB_PATH" ]; then
+  fetch_onnxruntime "$ORT_DYLIB_PATH"
 fi
 
 echo "setup: building the guest component" >&2

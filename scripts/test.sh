@@ -26,7 +26,10 @@ cargo fmt --all --check
 # onnxruntime and tokenizers for the benchmark's Python row. Installed into .cache/tools-venv
 # once; reinstalled when the pinned versions change. Before the package build below, which
 # installs into the same environment.
-TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5 awscrt==0.38.0 onnx==1.19.1 onnxruntime==1.22.1 tokenizers==0.22.2"
+source scripts/env.sh # ORT_VERSION
+# The image fetches ONNX Runtime by its own ARG: the same release as every script here.
+grep -qx "ARG ORT_VERSION=$ORT_VERSION" Dockerfile || { echo "test: Dockerfile's ORT_VERSION is not scripts/env.sh's $ORT_VERSION" >&2; exit 1; }
+TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5 awscrt==0.38.0 onnx==1.19.1 onnxruntime==$ORT_VERSION tokenizers==0.22.2"
 export CARGO_LAMBDA="$PWD/.cache/tools-venv/bin/cargo-lambda"
 export MOTO_SERVER="$PWD/.cache/tools-venv/bin/moto_server"
 if [ "$(cat .cache/tools-venv/.installed 2>/dev/null)" != "$TOOLS" ]; then

@@ -485,6 +485,25 @@ fn ask_command_takes_the_context_from_a_file_and_the_model_and_top_k_from_flags(
     assert_eq!(json["answers"].as_array().map(Vec::len), Some(3));
 }
 
+/// The host names the ONNX Runtime release it loaded, once, at `info` for a tested release;
+/// `ort`'s warning of every release newer than the C API it speaks (1.22's) stays out of the log.
+#[test]
+fn start_up_names_the_onnx_runtime_release_it_loaded() {
+    let output = host_bin()
+        .env("QA_LOG", "info")
+        .env("QA_LOG_FORMAT", "text")
+        .args(["ask", "--request"])
+        .arg(workspace().join("fixtures/benz.json"))
+        .output()
+        .expect("run qa-host");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let log = String::from_utf8_lossy(&output.stderr);
+    let loaded: Vec<&str> = log.lines().filter(|line| line.contains("ONNX Runtime loaded")).collect();
+    assert_eq!(loaded.len(), 1, "{log}");
+    assert!(loaded[0].contains(" INFO ") && loaded[0].contains("version=1."), "{log}");
+    assert!(!log.contains("compatibility issues") && !log.contains(" WARN "), "{log}");
+}
+
 #[test]
 fn ask_command_reports_a_missing_onnx_runtime_clearly() {
     let output = host_bin()

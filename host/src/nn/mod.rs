@@ -59,13 +59,19 @@ pub fn init_onnx_runtime(explicit: Option<&Path>, settings: &onnx::SessionSettin
     };
     let outcome = INIT.get_or_init(|| {
         // `ort` panics when the library cannot be opened or is too old; turn that into an error.
+        // It also warns of every release newer than the C API it speaks (1.22's), which later
+        // releases keep: its events are dropped here and the host says itself, below, which
+        // release it loaded and whether that one was tested.
         let committed = std::panic::catch_unwind(|| {
-            let builder = ort::init_from(path.display().to_string());
-            builder.with_global_thread_pool(thread_pool(settings)?).commit()
+            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+                let builder = ort::init_from(path.display().to_string());
+                builder.with_global_thread_pool(thread_pool(settings)?).commit()
+            })
         });
         match committed {
             Ok(Ok(_)) => {
                 set_onnx_runtime_log_level();
+                log_runtime_version(&path);
                 Ok(path.clone())
             }
             Ok(Err(e)) => Err(e.to_string()),
@@ -77,6 +83,56 @@ pub fn init_onnx_runtime(explicit: Option<&Path>, settings: &onnx::SessionSettin
         }
     });
     outcome.clone().map_err(|reason| NnError::RuntimeUnusable { path, reason })
+}
+
+/// The ONNX Runtime releases the host's tests and measurements ran on: `ort` speaks the C API
+/// of 1.22, which every later release keeps (ONNX Runtime only appends to its API tables).
+pub const TESTED_RUNTIMES: std::ops::RangeInclusive<(u32, u32)> = (1, 22)..=(1, 31);
+
+/// Logs the release of the library ONNX Runtime was loaded from, with a warning when it is
+/// outside [`TESTED_RUNTIMES`] (older ones `ort` has already refused).
+fn log_runtime_version(path: &Path) {
+    match runtime_version(path) {
+        Ok(version) if is_tested_runtime(&version) => tracing::info!(%version, path = %path.display(), "ONNX Runtime loaded"),
+        Ok(version) => tracing::warn!(
+            %version,
+            path = %path.display(),
+            tested = %format_args!("{}.{} to {}.{}", TESTED_RUNTIMES.start().0, TESTED_RUNTIMES.start().1, TESTED_RUNTIMES.end().0, TESTED_RUNTIMES.end().1),
+            "ONNX Runtime loaded is a release the host was not tested with; answers may differ slightly from the documented ones"
+        ),
+        Err(reason) => tracing::warn!(path = %path.display(), %reason, "ONNX Runtime loaded, its release unknown"),
+    }
+}
+
+/// Whether a version string (`1.31.1`) is a release within [`TESTED_RUNTIMES`].
+fn is_tested_runtime(version: &str) -> bool {
+    let mut parts = version.split('.').map(str::parse::<u32>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => TESTED_RUNTIMES.contains(&(major, minor)),
+        _ => false,
+    }
+}
+
+/// The release string of the ONNX Runtime library at `path`, from its `OrtGetApiBase`.
+fn runtime_version(path: &Path) -> Result<String, String> {
+    // SAFETY: `ort` has loaded this library and called the same entry point; `OrtGetApiBase`
+    // takes nothing and returns a pointer to a static table whose `GetVersionString` returns a
+    // static NUL-terminated string (ONNX Runtime's C API). The library stays loaded by `ort`
+    // after this handle is dropped.
+    unsafe {
+        let library = libloading::Library::new(path).map_err(|e| e.to_string())?;
+        let api_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            library.get(b"OrtGetApiBase").map_err(|e| e.to_string())?;
+        let base = api_base();
+        if base.is_null() {
+            return Err("OrtGetApiBase returned null".into());
+        }
+        let version = ((*base).GetVersionString)();
+        if version.is_null() {
+            return Err("GetVersionString returned null".into());
+        }
+        Ok(std::ffi::CStr::from_ptr(version).to_string_lossy().into_owned())
+    }
 }
 
 /// The shared intra-op pool: `settings`' threads and spinning. Sessions run their graphs
@@ -203,5 +259,27 @@ mod tests {
         let found = runtime_candidates(None, Some(Path::new("/var/task")));
         let expected = ["/var/task/libonnxruntime.so", "/opt/lib/libonnxruntime.so", "/usr/local/lib/libonnxruntime.so"];
         assert_eq!(found, expected.map(PathBuf::from));
+    }
+
+    #[test]
+    fn tested_runtimes_are_the_releases_1_22_to_1_31() {
+        for tested in ["1.22.1", "1.22.0", "1.31.1", "1.27"] {
+            assert!(is_tested_runtime(tested), "{tested}");
+        }
+        for untested in ["1.21.1", "1.32.0", "2.22.0", "1", "", "v1.31.1", "1.x.0"] {
+            assert!(!is_tested_runtime(untested), "{untested:?}");
+        }
+    }
+
+    /// The library the tests run on (`scripts/setup.sh`'s pinned wheel) is a tested release,
+    /// read through its own C API.
+    #[test]
+    fn the_runtime_the_tests_use_is_a_tested_release() {
+        let path = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/onnxruntime/libonnxruntime.so"));
+        let version = runtime_version(&path).unwrap_or_else(|e| panic!("{}: {e} (bash scripts/setup.sh fetches it)", path.display()));
+        assert!(is_tested_runtime(&version), "{version}");
+        assert!(runtime_version(Path::new("/nonexistent/libonnxruntime.so")).is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! What a `model.onnx` may reference: tensors may keep their data in "external data" files,
-//! and ONNX Runtime 1.22 opens whatever path a tensor's `location` names (`../../etc/...`, an
-//! absolute path, or its in-memory address marker `*/_ORT_MEM_ADDR_/*`). The model's author
+//! and ONNX Runtime 1.22 opened whatever path a tensor's `location` named (`../../etc/...`, an
+//! absolute path, or its in-memory address marker `*/_ORT_MEM_ADDR_/*`); later releases check
+//! locations themselves, and this check stays so that the host's rule does not depend on the
+//! library it was given. The model's author
 //! is not trusted, so before ONNX Runtime sees a file, every `location` in it (initializers,
 //! sparse initializers, attribute tensors, subgraphs and functions, at any depth) must name a
 //! regular file inside the model's own directory.
