@@ -588,7 +588,7 @@ fn eval_agrees_with_the_transformers_pipeline_on_random_dev_questions() {
     }
 }
 
-/// The README's full-dev figures for the shipped model ("exact match 67.7, F1 78.1", to the
+/// The README's full-dev figures for the shipped model ("exact match 67.6, F1 78.1", to the
 /// tenth), checked on a fixed random sample of SQuAD v1.1 dev (`QA_TEST_SQUAD_DEV`, fetched
 /// from PyPI by `scripts/test.sh`) with the default decoding: the sample's scores must lie
 /// within three standard errors of the documented figures, either way (a model or decoding
@@ -606,7 +606,7 @@ fn a_random_dev_sample_scores_the_readme_s_figures_within_its_standard_error() {
     assert_eq!((report["total"].as_u64(), report["failed"].as_u64()), (Some(QUESTIONS as u64), Some(0)), "{report}");
     // A sample without replacement from a finite set strays less than the standard error says.
     let finite_population = (1.0 - QUESTIONS as f64 / DEV_QUESTIONS).sqrt();
-    for (key, documented) in [("exact_match", 67.7), ("f1", 78.1)] {
+    for (key, documented) in [("exact_match", 67.6), ("f1", 78.1)] {
         let measured = report[key].as_f64().unwrap();
         let stderr = report[&format!("{key}_stderr")].as_f64().unwrap();
         assert!(stderr > 0.0, "{report}");
