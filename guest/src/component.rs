@@ -1,11 +1,9 @@
 //! Thin binding layer: WIT types ⇄ library types, the wasi-nn model, the prepared models and
 //! the fixture runner. No QA logic lives here.
 
-use qa_guest::infer::{Logits, QaModel};
 use qa_guest::pipeline::{self, ModelProfile};
 use qa_guest::tokenize::QaTokenizer;
 use qa_guest::tokenize::load_tokenizer;
-use qa_guest::window::Batch;
 use qa_guest::{Decoding, Options, QaError};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,6 +16,11 @@ wit_bindgen::generate!({
 
 use exports::qa::extractive0_3_0::qa as wit;
 use wasi::nn::{graph, tensor};
+
+// The model behind `wasi:nn`, shared with the contract-0.1.0 build of this guest in
+// `guest/fixtures`.
+mod wasi_nn_model;
+use wasi_nn_model::{MODELS_ROOT, WasiNnModel, run_fixture_with, to_u32};
 
 struct Component;
 export!(Component);
@@ -155,10 +158,6 @@ fn load_files<'m>(models: &'m mut HashMap<String, Loaded>, model: &str) -> Resul
     }
     models.get_mut(model).ok_or_else(|| QaError::ModelNotFound(model.to_string()))
 }
-
-// The model behind `wasi:nn` (`WasiNnModel`), shared with the contract-0.1.0 build of this
-// guest in `guest/fixtures` (it names the same generated `graph` and `tensor` modules).
-include!("wasi_nn_model.rs");
 
 /// `wasmtime run` entry: a fixture on stdin ([`qa_guest::fixture`]), the answers on stdout;
 /// the exit code says whether every expected answer matched (2: the run failed).

@@ -5,11 +5,14 @@
 //! [`window`] (padded tensors for one batched inference) → an [`infer::QaModel`] (start/end
 //! logits; wasi-nn in the component, a stub in tests) → [`score`] (masked softmax, span
 //! scoring, top-k) → [`extract`] (token spans to exact slices of the context, merged across
-//! windows). [`pipeline::answer`] runs them in order.
+//! windows). [`pipeline::answer`] runs them in order; [`decode`] holds what the two decodings
+//! do differently (how windows are cut, batched and ranked), one file each.
 //!
 //! Nothing here touches wasm or wasi-nn, so every stage is unit-tested natively; the component
-//! binding lives in `component.rs` and `wasi_nn_model.rs` (built into the `main.rs` binary).
+//! binding lives in `component.rs` and `component/wasi_nn_model.rs` (built into the `main.rs`
+//! binary).
 
+pub mod decode;
 pub mod extract;
 pub mod fixture;
 pub mod infer;

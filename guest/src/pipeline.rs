@@ -1,12 +1,13 @@
 //! The stages in order: tokenize → window → infer → score → extract.
 
+use crate::decode::{Placed, Ranked, strategy};
 use crate::extract::collect_answers;
 use crate::infer::QaModel;
-use crate::score::{TokenSpan, WindowScores, log_odds_against_no_answer, score_window};
+use crate::score::{WindowScores, score_window};
 use crate::tokenize::QaTokenizer;
-use crate::tokenize::{Question, cut_windows, encode_context, encode_question, min_tokens, window_count, window_ranges};
+use crate::tokenize::{Question, cut_windows, encode_context, encode_question, min_tokens};
 use crate::window::{Batch, Window};
-use crate::{Answered, Decoding, Options, QaError, Timings};
+use crate::{Answered, Options, QaError, Timings};
 use std::time::Instant;
 
 /// Windows per inference call: all windows of a short context go in one batch, long contexts
@@ -113,7 +114,7 @@ pub fn answer_many(
         .enumerate()
         .flat_map(|(q, windows)| {
             let windows: Vec<Placed> = windows.iter().flatten().enumerate().map(|(i, w)| (q, i, w)).collect();
-            batches(windows, &options)
+            strategy(options.decoding).batches(windows, &options)
         })
         .collect();
     // The reference keeps more candidates per window than it returns, since merging and
@@ -148,7 +149,7 @@ pub fn answer_many(
             let windows = windows.as_ref().map_err(Clone::clone)?;
             let started = Instant::now();
             let scored = std::mem::take(&mut scored_windows[q]).into_iter().flatten().collect();
-            let Ranked { spans, null_score, shares_of } = rank(scored, options.decoding);
+            let Ranked { spans, null_score, shares_of } = strategy(options.decoding).rank(scored);
             let null_score = null_score.filter(|_| options.handle_impossible);
             let mut answers = collect_answers(context, spans, null_score, options.top_k);
             if let Some(total) = shares_of {
@@ -166,72 +167,6 @@ pub fn answer_many(
         })
         .collect();
     Ok(results)
-}
-
-/// A window of one question: (question, its place among the question's windows, window).
-type Placed<'w> = (usize, usize, &'w Window);
-
-/// A question's windows cut into inference calls. `Pipeline`: [`MAX_BATCH_ROWS`] windows a
-/// call in context order, as always (with a dynamically quantized model the batch changes the
-/// scores, and the reference's must stay reproducible). `Document`: shortest first, as many
-/// windows as fit in [`DOCUMENT_BATCH_TOKENS`] (or in [`MAX_BATCH_ROWS`] full windows, if
-/// fewer) once padded to the longest, a longer window alone. Paragraphs make windows of very
-/// different lengths; in context order a short one padded to its long neighbour wastes the
-/// difference, and a call has a fixed cost. Sorted, the 100 KB document of
-/// `bench/long_docs.py` pads 3 % instead of 31 % of its tokens.
-fn batches<'w>(mut windows: Vec<Placed<'w>>, options: &Options) -> Vec<Vec<Placed<'w>>> {
-    if options.decoding == Decoding::Pipeline {
-        return windows.chunks(MAX_BATCH_ROWS).map(<[_]>::to_vec).collect();
-    }
-    // Stable: windows of equal length keep context order, so the batches are reproducible.
-    windows.sort_by_key(|&(_, _, w)| w.len());
-    let budget = DOCUMENT_BATCH_TOKENS.min(MAX_BATCH_ROWS * options.max_seq_len);
-    let mut batches: Vec<Vec<Placed<'w>>> = Vec::new();
-    for window in windows {
-        match batches.last_mut() {
-            // Sorted, the newcomer is the longest: the batch pads to its length.
-            Some(batch) if (batch.len() + 1) * window.2.len() <= budget => batch.push(window),
-            _ => batches.push(vec![window]),
-        }
-    }
-    batches
-}
-
-/// A question's spans from all its windows, scored as `decoding` says, and its "no answer"
-/// score. `Pipeline`, and any context of one window: the reference's probabilities, "no
-/// answer" the least over windows. `Document` over several windows: each span by its log-odds
-/// against its window's "no answer" ([`log_odds_against_no_answer`]), "no answer" itself at
-/// log-odds 0 (it wins when no span is likelier than its own window's "no answer"); the
-/// answers' scores are then their shares of all the odds, "no answer" included: a distribution
-/// over the candidates that does not saturate at the top (as `odds / (1 + odds)` did, giving
-/// 1.0 to every confident answer of a long document) and keeps the log-odds' order.
-fn rank(scored: Vec<(&Window, WindowScores)>, decoding: Decoding) -> Ranked<'_> {
-    if decoding == Decoding::Pipeline || scored.len() == 1 {
-        let null_score = scored.iter().filter_map(|(_, s)| s.null_score.map(f64::from)).reduce(f64::min);
-        let spans = scored.into_iter().flat_map(|(window, s)| s.spans.into_iter().map(move |span| (window, span))).collect();
-        return Ranked { spans, null_score, shares_of: None };
-    }
-    let has_no_answer = scored.iter().any(|(_, s)| s.null_logit.is_some());
-    let mut spans: Vec<(&Window, TokenSpan)> =
-        scored.into_iter().flat_map(|(window, s)| log_odds_against_no_answer(s).into_iter().map(move |span| (window, span))).collect();
-    // Odds relative to the best (log-odds `top`), so that none overflows and the best are near 1.
-    let top = spans.iter().map(|(_, span)| span.score).chain(has_no_answer.then_some(0.0)).fold(f64::NEG_INFINITY, f64::max);
-    // Every span of probability zero and no "no answer": all scores are 0, never NaN.
-    let top = if top.is_finite() { top } else { 0.0 };
-    for (_, span) in &mut spans {
-        span.score = (span.score - top).exp();
-    }
-    let null_score = has_no_answer.then(|| (-top).exp());
-    let total = spans.iter().map(|(_, span)| span.score).sum::<f64>() + null_score.unwrap_or(0.0);
-    Ranked { spans, null_score, shares_of: (total > 0.0).then_some(total) }
-}
-
-/// What [`rank`] gives: the spans, the "no answer" score, and, where the scores are relative
-/// odds, their total, which turns each into its share.
-struct Ranked<'w> {
-    spans: Vec<(&'w Window, TokenSpan)>,
-    null_score: Option<f64>,
-    shares_of: Option<f64>,
 }
 
 /// Stages 1 and 2 for one question: checks the request, fits `options` to the model, and
@@ -274,16 +209,8 @@ pub fn windows_many(
     // a context of at least `tokens` tokens: the pipeline's windows are full but for the
     // last, and every context token is in some window with the question.
     let full = options.max_seq_len.max(1);
-    let at_least = |tokens: usize| -> usize {
-        encoded
-            .iter()
-            .flatten()
-            .map(|q| match options.decoding {
-                Decoding::Pipeline => window_count(tokens, q.room, options.doc_stride),
-                Decoding::Document => (tokens + full - q.room).div_ceil(full),
-            })
-            .sum()
-    };
+    let decoding = strategy(options.decoding);
+    let at_least = |tokens: usize| -> usize { encoded.iter().flatten().map(|q| decoding.min_windows(tokens, q.room, &options)).sum() };
     let over_budget = |windows: usize, how: &str| {
         (options.max_windows > 0 && windows > options.max_windows).then(|| {
             QaError::TooManyWindows(format!(
@@ -297,8 +224,11 @@ pub fn windows_many(
         return Err(refused);
     }
     let context = encode_context(tokenizer, context)?;
-    let window_tokens: usize =
-        encoded.iter().flatten().flat_map(|q| window_ranges(&context, q.room, &options).into_iter().map(|r| r.len() + full - q.room)).sum();
+    let window_tokens: usize = encoded
+        .iter()
+        .flatten()
+        .flat_map(|q| decoding.window_ranges(&context, q.room, &options).into_iter().map(|r| r.len() + full - q.room))
+        .sum();
     if let Some(refused) = over_budget(window_tokens.div_ceil(full), "") {
         return Err(refused);
     }
@@ -316,6 +246,7 @@ fn micros(since: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Decoding;
     use crate::infer::Logits;
     use crate::tokenize::tests::tiny_tokenizer;
 

@@ -18,8 +18,8 @@
 pub struct TokenSpan {
     pub start: usize,
     pub end: usize,
-    /// `p_start * p_end`, computed in f32 as the reference does, kept in f64 so that
-    /// [`odds_against_no_answer`] does not overflow.
+    /// `p_start * p_end`, computed in f32 as the reference does; f64, since the document
+    /// decoding puts log-odds here ([`log_odds_against_no_answer`]) and then their odds.
     pub score: f64,
 }
 

@@ -10,7 +10,8 @@
 //! stride is not smaller than the room left for the context, and `OnlySecond` fails when the
 //! question leaves no room at all. Both are refused here before anything is cut.
 
-use crate::{Decoding, Options, QaError};
+use crate::decode::strategy;
+use crate::{Options, QaError};
 use std::ops::Range;
 use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{Encoding, PostProcessor, Tokenizer};
@@ -206,9 +207,10 @@ pub fn min_tokens(context: &str) -> usize {
 
 /// The question's windows over the context: each is `[special] question [special] piece
 /// [special]` as the tokenizer's post-processor builds it, the pieces those of
-/// [`window_ranges`].
+/// the decoding's [`Strategy::window_ranges`](crate::decode::Strategy::window_ranges).
 pub fn cut_windows(tokenizer: &QaTokenizer, question: &Question, context: &Context, options: &Options) -> Result<Vec<Encoding>, QaError> {
-    window_ranges(context, question.room, options)
+    strategy(options.decoding)
+        .window_ranges(context, question.room, options)
         .into_iter()
         .map(|range| {
             tokenizer
@@ -216,33 +218,6 @@ pub fn cut_windows(tokenizer: &QaTokenizer, question: &Question, context: &Conte
                 .map_err(|e| QaError::InvalidInput(format!("windows cannot be built: {e}")))
         })
         .collect()
-}
-
-/// Token ranges of the context in the question's windows (`room` context tokens each).
-/// `Pipeline`: the reference's windows, `room` tokens overlapping by `doc_stride` wherever they
-/// fall (what `tokenizers` cuts with `only_second` truncation and a stride). `Document`: each
-/// paragraph on its own, cut the same way when longer than a window: a window never mixes
-/// paragraphs, as the model saw them in training (one paragraph each).
-pub fn window_ranges(context: &Context, room: usize, options: &Options) -> Vec<Range<usize>> {
-    match options.decoding {
-        Decoding::Pipeline => stride_ranges(0..context.len(), room, options.doc_stride),
-        Decoding::Document => context.paragraphs.iter().flat_map(|p| stride_ranges(p.clone(), room, options.doc_stride)).collect(),
-    }
-}
-
-/// `span` cut into ranges of at most `room` tokens, each starting `stride` tokens before the
-/// previous one ended (`stride < room`); at least one range, empty for an empty span.
-fn stride_ranges(span: Range<usize>, room: usize, stride: usize) -> Vec<Range<usize>> {
-    let mut ranges = Vec::with_capacity(window_count(span.len(), room, stride));
-    let mut start = span.start;
-    loop {
-        let end = (start + room).min(span.end);
-        ranges.push(start..end);
-        if end == span.end {
-            return ranges;
-        }
-        start = end - stride;
-    }
 }
 
 /// Encodes the pair into windows of at most `options.max_seq_len` tokens that together cover
@@ -256,6 +231,7 @@ pub fn encode_windows(tokenizer: &QaTokenizer, question: &str, context: &str, op
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::Decoding;
 
     /// A tiny uncased BERT-style tokenizer.json: enough to exercise windows and offsets
     /// without shipping a vocabulary in the unit tests.
@@ -568,9 +544,9 @@ pub(crate) mod tests {
         assert_eq!(context.paragraphs, [0..80, 80..280]);
         let options = Options { max_seq_len: 128, doc_stride: 32, ..Options::default() };
         // 128 less "where" and 3 special tokens: 123 context tokens a window.
-        assert_eq!(window_ranges(&context, 123, &options), [0..80, 80..203, 171..280]);
+        assert_eq!(strategy(options.decoding).window_ranges(&context, 123, &options), [0..80, 80..203, 171..280]);
         let pipeline = Options { decoding: Decoding::Pipeline, ..options };
-        assert_eq!(window_ranges(&context, 123, &pipeline), [0..123, 91..214, 182..280]);
+        assert_eq!(strategy(pipeline.decoding).window_ranges(&context, 123, &pipeline), [0..123, 91..214, 182..280]);
         let windows = encode_windows(&tok, "where", &format!("{first}\n\n{second}"), &options).unwrap();
         assert_eq!(windows.len(), 3);
         assert!(windows.iter().all(|w| w.len() <= 128));
@@ -608,7 +584,7 @@ pub(crate) mod tests {
             let context = Context { encoding, paragraphs: paragraphs(starts, n) };
             for decoding in [Decoding::Document, Decoding::Pipeline] {
                 let options = Options { doc_stride: stride, decoding, ..Options::default() };
-                let ranges = window_ranges(&context, room, &options);
+                let ranges = strategy(options.decoding).window_ranges(&context, room, &options);
                 let case = format!("n {n} room {room} stride {stride} {decoding:?} {:?}: {ranges:?}", context.paragraphs);
                 assert_eq!(ranges.first().map(|r| r.start), Some(0), "{case}");
                 assert_eq!(ranges.last().map(|r| r.end), Some(n), "{case}");

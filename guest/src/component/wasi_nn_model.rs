@@ -1,20 +1,26 @@
-// Included by `component.rs` and by the contract-0.1.0 guest of `guest/fixtures`: both
-// generate the same `wasi:nn` bindings (`graph`, `tensor`), so what stands on them (the
-// model, the fixture runner's model choice) is written once. Needs `QaModel`, `Logits`,
-// `Batch`, `QaError` and `Options` in scope.
+//! The model behind `wasi:nn` and the fixture runner, on the `wasi:nn` bindings (`graph`,
+//! `tensor`) of the module that declares this one: `component.rs`, and the contract-0.1.0
+//! guest of `guest/fixtures` (its own bindings of the same `wasi:nn`), so what stands on them
+//! is written once.
+
+use super::{graph, tensor};
+use qa_guest::infer::{Logits, QaModel};
+use qa_guest::pipeline::ModelProfile;
+use qa_guest::window::Batch;
+use qa_guest::{Options, QaError};
 
 /// A count as WIT's `u32`, saturating (counts here are far below it).
-fn to_u32(n: usize) -> u32 {
+pub(crate) fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Where the host (or `wasmtime run --dir models::/models`) mounts the model directories.
-const MODELS_ROOT: &str = "/models";
+pub(crate) const MODELS_ROOT: &str = "/models";
 
 /// Runs the fixture on stdin with `answer_many` (model, questions, context, options) and
 /// prints the report; the exit code: 0 every expectation held, 1 one did not, 2 the run
 /// failed.
-fn run_fixture_with(
+pub(crate) fn run_fixture_with(
     answer_many: impl FnOnce(&str, &[String], &str, &Options) -> Result<Vec<qa_guest::fixture::Outcome>, QaError>,
 ) -> i32 {
     let run = || -> Result<bool, String> {
@@ -55,9 +61,9 @@ fn preloaded_model() -> Result<String, String> {
 /// The model behind `wasi:nn`: int64 `input_ids`, `attention_mask` (and `token_type_ids`
 /// when the model takes them) in, `start_logits` and `end_logits` out. Models marked as taking
 /// float32 ids get the same values as f32 (exact for ids below 2^24).
-struct WasiNnModel {
-    graph: graph::Graph,
-    profile: ModelProfile,
+pub(crate) struct WasiNnModel {
+    pub(crate) graph: graph::Graph,
+    pub(crate) profile: ModelProfile,
 }
 
 impl QaModel for WasiNnModel {
