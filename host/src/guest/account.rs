@@ -144,6 +144,21 @@ mod tests {
         assert_eq!(account.refused().map(|r| r.what), Some("overflow"), "the last refusal is kept");
     }
 
+    /// Found by the mutation run (2026-12-07): nothing checked the budget reported or the
+    /// host calls counted (the log line `report` writes is read by `tests/boundary.rs`).
+    #[test]
+    fn host_calls_are_counted_and_the_longest_kept_less_its_wait() {
+        let mut account = Account::new(100, MemoryBudget::new(None));
+        assert_eq!(account.budget(), 100);
+        let long_ago = Instant::now().checked_sub(Duration::from_millis(50)).expect("a clock 50 ms old");
+        account.record_call(long_ago, Duration::from_millis(20));
+        account.record_call(Instant::now(), Duration::ZERO);
+        assert_eq!(account.calls, 2);
+        // 50 ms or more since `long_ago`, less the 20 ms wait; the second call took about none.
+        assert!(account.longest_call >= Duration::from_millis(30), "{:?}", account.longest_call);
+        assert!(account.longest_call < Duration::from_secs(30), "{:?}", account.longest_call);
+    }
+
     #[test]
     fn charges_also_take_from_the_host_wide_budget_and_give_it_back() {
         let shared = MemoryBudget::new(Some(150));

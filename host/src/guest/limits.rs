@@ -189,6 +189,7 @@ mod tests {
     #[test]
     fn instances_are_counted_together_and_a_shadow_leaves_the_last_one() {
         let budget = InstanceBudget::new(2);
+        assert_eq!((budget.limit(), InstanceBudget::new(0).limit()), (2, 1), "at least one instance");
         let shadow = budget.take(Priority::Shadow).expect("one of two free: a shadow may take it");
         assert!(budget.take(Priority::Shadow).is_none(), "the last free place is for serving calls");
         let serving = budget.take(Priority::Serving).expect("the last place");
