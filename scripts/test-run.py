@@ -17,14 +17,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from common import serve  # noqa: E402  (the one place that waits for "listening on")
-# The README's figures for the sample: "1886", characters 100-104, score 0.3343 (AVX-512 VNNI).
+# The README's figures for the sample: "1886", characters 100-104, score 0.3508 (AVX-512 VNNI,
+# ONNX Runtime 1.31.1; 0.3343 on 1.22.1, whose int8 kernels round differently).
 # The model's integer products are exact on every CPU, but its activations are quantized at run
 # time, so where two CPUs' float kernels round an ulp apart a uint8 code can move: the same
 # file scores 0.0003 more (0.3345) under `qemu-x86_64 -cpu Haswell` (models/README.md, "The
 # same answers on every CPU"). The tolerance is several times that gap; the file shipped
 # before scored 0.3502 on AVX2 and 0.3880 on AVX-512 VNNI.
 EXPECTED = {"Model_Type": "nlp1", "Question": "When was the car invented?", "Answer": "1886", "start": 100, "end": 104}
-SCORE, SCORE_TOLERANCE = 0.3343, 0.002
+SCORE, SCORE_TOLERANCE = 0.3508, 0.002
 
 
 def check(where: str, reply: dict) -> None:
