@@ -42,8 +42,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$arch" in
-  x86_64) triple=x86_64-unknown-linux-gnu; wheel_platform=manylinux_2_27_x86_64 ;;
-  arm64) triple=aarch64-unknown-linux-gnu; wheel_platform=manylinux_2_27_aarch64 ;;
+  x86_64) triple=x86_64-unknown-linux-gnu; wheel_platform=manylinux_2_28_x86_64 ;;
+  arm64) triple=aarch64-unknown-linux-gnu; wheel_platform=manylinux_2_28_aarch64 ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
 case "$profile" in
