@@ -86,7 +86,8 @@ lib=.cache/onnxruntime-$arch/libonnxruntime.so
 if [ "$arch" = x86_64 ] && [ "$(uname -m)" = x86_64 ]; then
   lib=$ORT_DYLIB_PATH
 else
-  fetch_onnxruntime "$lib" --platform "$wheel_platform" --python-version 311
+  fetch_onnxruntime "$lib" "$([ "$arch" = arm64 ] && echo "$ORT_VERSION_ARM64" || echo "$ORT_VERSION")" \
+    --platform "$wheel_platform" --python-version 311
 fi
 
 stage=target/lambda/stage-$suffix

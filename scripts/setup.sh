@@ -19,7 +19,7 @@ fi
 # The library this script manages is refreshed when the pin moves; one set elsewhere is
 # only fetched when it is missing.
 if [ "$ORT_DYLIB_PATH" = "$PWD/.cache/onnxruntime/libonnxruntime.so" ] || [ ! -f "$ORT_DYLIB_PATH" ]; then
-  fetch_onnxruntime "$ORT_DYLIB_PATH"
+  fetch_onnxruntime "$ORT_DYLIB_PATH" "$ORT_VERSION"
 fi
 
 echo "setup: building the guest component" >&2

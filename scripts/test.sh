@@ -28,7 +28,9 @@ cargo fmt --all --check
 # installs into the same environment.
 source scripts/env.sh # ORT_VERSION
 # The image fetches ONNX Runtime by its own ARG: the same release as every script here.
-grep -qx "ARG ORT_VERSION=$ORT_VERSION" Dockerfile || { echo "test: Dockerfile's ORT_VERSION is not scripts/env.sh's $ORT_VERSION" >&2; exit 1; }
+for pin in "ORT_VERSION=$ORT_VERSION" "ORT_VERSION_ARM64=$ORT_VERSION_ARM64"; do
+  grep -qx "ARG $pin" Dockerfile || { echo "test: the Dockerfile has no ARG $pin (scripts/env.sh's)" >&2; exit 1; }
+done
 TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5 awscrt==0.38.0 onnx==1.19.1 onnxruntime==$ORT_VERSION tokenizers==0.22.2"
 export CARGO_LAMBDA="$PWD/.cache/tools-venv/bin/cargo-lambda"
 export MOTO_SERVER="$PWD/.cache/tools-venv/bin/moto_server"
