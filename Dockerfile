@@ -36,7 +36,7 @@
 # Size budget (uncompressed; Lambda allows 10 GB):
 #   provided:al2023 base                      < 40 MB
 #   bootstrap (qa-host release)               46 MB    (wasmtime + Cranelift + AWS SDK; measured x86_64)
-#   libonnxruntime.so                         ~ 29 MB  (1.31.1; 1.22.1 was 21 MB)
+#   libonnxruntime.so                         ~ 29 MB  (1.31.1, x86_64; 1.22.1 on arm64: 18 MB)
 #   qa-guest.wasm + .cwasm + instrumented     ~ 3 + 8 + 8 MB
 #   snapshot per shipped model                ~ 15 MB  (0 with WITH_MODELS=false)
 #   models/nlp1 (int8)                        ~ 34 MB  (0 with WITH_MODELS=false)

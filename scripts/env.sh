@@ -18,19 +18,19 @@ ORT_VERSION_ARM64=1.22.1
 # DEST, fetched again when DEST.version names another release. Copied then renamed, so an
 # interrupted fetch never leaves a truncated library behind.
 fetch_onnxruntime() {
-  local dest=$1 ORT_VERSION=$2 wheels tmp
+  local dest=$1 version=$2 wheels tmp
   shift 2
-  if [ -f "$dest" ] && [ "$(cat "$dest.version" 2>/dev/null)" = "$ORT_VERSION" ]; then
+  if [ -f "$dest" ] && [ "$(cat "$dest.version" 2>/dev/null)" = "$version" ]; then
     return 0
   fi
-  echo "fetching ONNX Runtime $ORT_VERSION from the onnxruntime wheel on PyPI into $dest" >&2
+  echo "fetching ONNX Runtime $version from the onnxruntime wheel on PyPI into $dest" >&2
   wheels=$(mktemp -d)
   tmp=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --only-binary=:all: "$@" "onnxruntime==$ORT_VERSION" -d "$wheels"
-  python3 -m zipfile -e "$(ls "$wheels"/onnxruntime-"$ORT_VERSION"-*.whl | head -n 1)" "$tmp"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: "$@" "onnxruntime==$version" -d "$wheels"
+  python3 -m zipfile -e "$(ls "$wheels"/onnxruntime-"$version"-*.whl | head -n 1)" "$tmp"
   mkdir -p "$(dirname "$dest")"
-  cp "$tmp/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$dest.partial"
+  cp "$tmp/onnxruntime/capi/libonnxruntime.so.$version" "$dest.partial"
   mv "$dest.partial" "$dest"
-  echo "$ORT_VERSION" > "$dest.version"
+  echo "$version" > "$dest.version"
   rm -rf "$wheels" "$tmp"
 }
