@@ -139,9 +139,9 @@ impl ProjectRow {
         // SAFETY: set before any other thread exists.
         unsafe { std::env::set_var("QA_MODELS", format!("{}=image:{}", Self::MODEL, model_dir.display())) };
         let mut config = HostConfig::from_env()?;
-        config.guest_wasm = guest;
+        config.guest_wasm = qa_host::guest::GuestLocation::File(guest);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        let service = Arc::new(runtime.block_on(QaService::start(&config))?);
+        let service = Arc::new(runtime.block_on(qa_host::bootstrap::start(&config))?);
         // Loaded and the guest prepared for it before timing, as `QA_PRELOAD` does.
         runtime.block_on(service.preload(&[Self::MODEL.to_string()])).map_err(|e| anyhow!("{e}"))?;
         Ok(Self { runtime, service })

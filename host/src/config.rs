@@ -1,12 +1,13 @@
 //! Where the host finds its parts, from flags and environment variables.
 
+use crate::guest::GuestLocation;
 use crate::models::S3Settings;
 use crate::models::manifest::{self, ManifestError};
 use crate::nn::NnLimits;
 use crate::nn::cpu::{CpuShare, InferencePlan};
 use crate::nn::onnx::SessionSettings;
 use crate::rollout::{Mode, Policy, RolloutSettings};
-use crate::server::ServeLimits;
+use crate::telemetry::{LogFormat, TelemetryConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,18 +16,17 @@ use std::time::Duration;
 /// the default window and stride (200 KB of SQuAD paragraphs needs 167 windows).
 pub const DEFAULT_MAX_WINDOWS: u32 = 256;
 
-/// Everything [`crate::service::QaService`] needs to start.
+/// Every setting, read once at start ([`HostConfig::from_env`]); the host is built from it
+/// (`crate::bootstrap`) and never changes it.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
     /// Directory of model directories (`<dir>/<name>/{model.onnx,tokenizer.json,config.json}`).
     pub models_dir: PathBuf,
     /// Model used when a request names none.
     pub default_model: Option<String>,
-    /// The guest component (`.wasm`): a local path, or the local copy of `guest_s3`.
-    pub guest_wasm: PathBuf,
-    /// The guest's S3 object when `QA_GUEST` is an `s3://bucket/key` URI, with the version
-    /// fetched at start-up (see [`crate::guest::resolve_guest`]).
-    pub guest_s3: Option<(std::sync::Arc<crate::models::S3Source>, String)>,
+    /// The guest component (`.wasm`, `QA_GUEST`): a local path, or an S3 object fetched at
+    /// start-up.
+    pub guest_wasm: GuestLocation,
     /// Where compiled guests are cached (must be writable; `/tmp` on Lambda).
     pub cache_dir: PathBuf,
     /// Bytes the compiled-guest cache may hold (`QA_CACHE_MB`); the least recently used
@@ -79,46 +79,6 @@ pub struct HostConfig {
     pub lambda: Option<LambdaEnvironment>,
     /// Logging and metrics (`QA_LOG`, `QA_LOG_FORMAT`, the Powertools variables).
     pub telemetry: TelemetryConfig,
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Logging and metrics, read with every other setting, so a bad value stops start-up naming
-/// it instead of being dropped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TelemetryConfig {
-    /// The log filter: `QA_LOG` (checked as a filter), else Lambda's `AWS_LAMBDA_LOG_LEVEL` as
-    /// one; `None` leaves it to the command (`info` under Lambda, `warn` elsewhere).
-    pub log_filter: Option<String>,
-    /// `QA_LOG_FORMAT`, else Lambda's `AWS_LAMBDA_LOG_FORMAT`; `None` leaves it to the command
-    /// (JSON under Lambda, text elsewhere).
-    pub log_format: Option<LogFormat>,
-    /// CloudWatch EMF metric lines (`POWERTOOLS_METRICS_DISABLED` turns them off).
-    pub metrics_enabled: bool,
-    /// `POWERTOOLS_METRICS_NAMESPACE`, the original sample's Powertools variable.
-    pub metrics_namespace: String,
-    /// `POWERTOOLS_SERVICE_NAME`.
-    pub service_name: String,
-    /// `AWS_LAMBDA_FUNCTION_NAME`, set by Lambda; `local` elsewhere.
-    pub function_name: String,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            log_filter: None,
-            log_format: None,
-            metrics_enabled: true,
-            metrics_namespace: crate::telemetry::emf::DEFAULT_NAMESPACE.into(),
-            service_name: crate::telemetry::emf::DEFAULT_SERVICE.into(),
-            function_name: "local".into(),
-        }
-    }
 }
 
 /// The execution environment as Lambda describes it in the bootstrap's environment
@@ -213,6 +173,12 @@ impl<F: Fn(&str) -> Option<String>> Settings<F> {
         self.text(name).map(PathBuf::from)
     }
 
+    /// A guest component: a path, or `s3://bucket/key`.
+    fn guest(&self, name: &'static str) -> Result<Option<GuestLocation>, ConfigError> {
+        let Some(value) = self.text(name) else { return Ok(None) };
+        value.parse().map(Some).map_err(|expected| ConfigError::BadSetting { name, value, expected })
+    }
+
     fn parsed<T: std::str::FromStr>(&self, name: &'static str, expected: &'static str) -> Result<Option<T>, ConfigError> {
         let Some(value) = self.text(name) else { return Ok(None) };
         value.parse().map(Some).map_err(|_| ConfigError::BadSetting { name, value, expected })
@@ -267,7 +233,7 @@ impl HostConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Settings { lookup };
         let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
-        let guest_wasm = env.path("QA_GUEST").unwrap_or_else(|| default_guest(exe_dir.as_deref()));
+        let guest_wasm = env.guest("QA_GUEST")?.unwrap_or_else(|| GuestLocation::File(default_guest(exe_dir.as_deref())));
         let mut manifest = manifest::parse_env(&env.text("QA_MODELS").unwrap_or_default())?;
         if let Some(path) = env.path("QA_MODELS_FILE") {
             let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::new(format!("{}: {e}", path.display())))?;
@@ -324,7 +290,6 @@ impl HostConfig {
             models_dir: env.path("QA_MODELS_DIR").unwrap_or_else(|| default_models_dir(env.path("LAMBDA_TASK_ROOT"))),
             default_model: env.text("QA_DEFAULT_MODEL"),
             guest_wasm,
-            guest_s3: None,
             cache_dir: env.path("QA_CACHE_DIR").unwrap_or_else(|| std::env::temp_dir().join("qa-host")),
             cache_bytes: env
                 .positive::<u64>("QA_CACHE_MB", "a whole number of MiB, at least 1")?
@@ -441,12 +406,12 @@ fn session_settings<F: Fn(&str) -> Option<String>>(
 /// The candidate guest, if `QA_GUEST_SHADOW` or `QA_GUEST_CANARY` names one (not both: one
 /// candidate at a time), with its share and the rollback policy.
 fn rollout<F: Fn(&str) -> Option<String>>(env: &Settings<F>) -> Result<Option<RolloutSettings>, ConfigError> {
-    let (mode, candidate, percent) = match (env.path("QA_GUEST_SHADOW"), env.path("QA_GUEST_CANARY")) {
+    let (mode, candidate, percent) = match (env.guest("QA_GUEST_SHADOW")?, env.guest("QA_GUEST_CANARY")?) {
         (None, None) => return Ok(None),
         (Some(_), Some(canary)) => {
             return Err(ConfigError::BadSetting {
                 name: "QA_GUEST_CANARY",
-                value: canary.display().to_string(),
+                value: canary.to_string(),
                 expected: "unset while QA_GUEST_SHADOW is set (one candidate at a time)",
             });
         }
@@ -472,11 +437,11 @@ fn rollout<F: Fn(&str) -> Option<String>>(env: &Settings<F>) -> Result<Option<Ro
         shadow_max_delay: env.millis("QA_GUEST_SHADOW_MAX_DELAY_MS")?.unwrap_or(defaults.shadow_max_delay),
         shadow_deadline: env.millis("QA_GUEST_SHADOW_DEADLINE_MS")?.unwrap_or(defaults.shadow_deadline),
     };
-    Ok(Some(RolloutSettings { mode, candidate, candidate_s3: None, percent, policy }))
+    Ok(Some(RolloutSettings { mode, candidate, percent, policy }))
 }
 
 impl HostConfig {
-    /// How guests run, from these settings, with a fresh [`crate::guest::MemoryBudget`] and
+    /// How guests run, from these settings, with a fresh [`crate::boundary::MemoryBudget`] and
     /// [`crate::guest::InstanceBudget`]: the guests that share one call's settings share them.
     pub fn guest_settings(&self) -> crate::guest::GuestSettings {
         crate::guest::GuestSettings {
@@ -486,7 +451,7 @@ impl HostConfig {
             instances: self.guest_instances,
             instances_total: crate::guest::InstanceBudget::new(self.guest_instances),
             compile_snapshots: self.compile_snapshots,
-            memory_total: crate::guest::MemoryBudget::new(self.guest_memory_total_bytes),
+            memory_total: crate::boundary::MemoryBudget::new(self.guest_memory_total_bytes),
             snapshot_bytes: self.guest_snapshot_bytes,
         }
     }
@@ -506,6 +471,35 @@ fn default_guest(exe_dir: Option<&Path>) -> PathBuf {
         .chain([PathBuf::from("target/wasm32-wasip2/release").join(name)])
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Bounds on what clients can make `serve` hold ([`crate::server`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    /// Time from a connection's start (or its previous response) to the end of a request's
+    /// headers (`QA_SERVE_HEADER_TIMEOUT_MS`).
+    pub header_timeout: Duration,
+    /// Time from the end of the headers to the response, body upload included
+    /// (`QA_SERVE_REQUEST_TIMEOUT_MS`).
+    pub request_timeout: Duration,
+    /// Requests answered at once; more are refused with 503 `overloaded`
+    /// (`QA_SERVE_MAX_REQUESTS`).
+    pub max_requests: usize,
+    /// Open connections; more wait to be accepted (`QA_SERVE_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+}
+
+impl ServeLimits {
+    /// The defaults, for a guest deadline of `guest_deadline`: a request may take the deadline
+    /// plus 10 s (model load, body upload).
+    pub fn for_deadline(guest_deadline: Duration) -> Self {
+        ServeLimits {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: guest_deadline + Duration::from_secs(10),
+            max_requests: 64,
+            max_connections: 1024,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -711,6 +705,12 @@ mod tests {
                 .rollout
                 .unwrap();
         assert_eq!((shadow.mode, shadow.percent, shadow.policy.promote_after), (Mode::Shadow, 12.5, Some(500)));
+        assert_eq!(canary.candidate, GuestLocation::S3 { bucket: "b".into(), key: "next.wasm".into() });
+        assert_eq!(shadow.candidate, GuestLocation::File("/mnt/g.wasm".into()));
+        for name in ["QA_GUEST", "QA_GUEST_SHADOW", "QA_GUEST_CANARY"] {
+            let error = config(&[(name, "s3://bucket/guests/")]).map(drop).unwrap_err().to_string();
+            assert!(error.starts_with(&format!("{name}=")) && error.contains("s3://bucket/key"), "{error}");
+        }
         let both = config(&[("QA_GUEST_SHADOW", "a.wasm"), ("QA_GUEST_CANARY", "b.wasm")]).map(drop).unwrap_err().to_string();
         assert!(both.contains("one candidate at a time"), "{both}");
         for (name, value) in [("QA_GUEST_CANARY_PERCENT", "101"), ("QA_GUEST_CANARY_PERCENT", "-1"), ("QA_ROLLOUT_LATENCY_RATIO", "0.5")] {

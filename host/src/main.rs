@@ -4,6 +4,7 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 use qa_host::api::QaRequest;
 use qa_host::config::HostConfig;
+use qa_host::guest::GuestLocation;
 use qa_host::service::QaService;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,9 +29,9 @@ struct HostArgs {
     /// Directory of model directories [env: QA_MODELS_DIR].
     #[arg(long, global = true)]
     models_dir: Option<PathBuf>,
-    /// Guest component (.wasm) [env: QA_GUEST].
+    /// Guest component (.wasm): a path or s3://bucket/key [env: QA_GUEST].
     #[arg(long, global = true)]
-    guest: Option<PathBuf>,
+    guest: Option<GuestLocation>,
     /// Cache for compiled guests [env: QA_CACHE_DIR].
     #[arg(long, global = true)]
     cache_dir: Option<PathBuf>,
@@ -203,8 +204,7 @@ async fn run(
 /// models loaded. Failures here are start-up failures.
 async fn start(config: &mut HostConfig, compile_snapshots: bool) -> Result<Arc<QaService>, Failure> {
     config.compile_snapshots = compile_snapshots;
-    qa_host::guest::resolve_guest(config).await.map_err(|e| Failure::Start(anyhow!(e)))?;
-    let service = Arc::new(QaService::start(config).await.map_err(|e| Failure::Start(e.into()))?);
+    let service = Arc::new(qa_host::bootstrap::start(config).await.map_err(|e| Failure::Start(e.into()))?);
     // Before a SnapStart snapshot no request is waiting: every model of the image is loaded
     // (and its guest prepared) unless QA_PRELOAD names which.
     let preload = match &config.lambda {
@@ -294,7 +294,10 @@ async fn compile_guest(config: &HostConfig, target: Option<&str>) -> anyhow::Res
     let started = std::time::Instant::now();
     let key = Artifacts::key_from_env();
     let engine = ship_engine(&config.guest_settings(), target)?;
-    let path = write_shipped_artifact(&engine, &config.guest_wasm, key.as_deref())?;
+    let GuestLocation::File(wasm) = &config.guest_wasm else {
+        anyhow::bail!("compile-guest compiles a guest on local disk; QA_GUEST={} is in S3", config.guest_wasm);
+    };
+    let path = write_shipped_artifact(&engine, wasm, key.as_deref())?;
     println!("{}", path.display());
     let catalog = qa_host::models::ModelCatalog::build(&config.models_dir, &config.manifest, config.s3.clone());
     let mut models = Vec::new();
@@ -304,21 +307,14 @@ async fn compile_guest(config: &HostConfig, target: Option<&str>) -> anyhow::Res
             models.push((name.to_string(), local.dir));
         }
     }
-    let runtime = GuestRuntime::load(
-        &config.guest_wasm,
-        Artifacts::from_env(&config.cache_dir).with_cache_limit(config.cache_bytes),
-        config.guest_settings(),
-    )
-    .await?;
+    let runtime =
+        GuestRuntime::load(wasm, Artifacts::from_env(&config.cache_dir).with_cache_limit(config.cache_bytes), config.guest_settings())
+            .await?;
     for path in runtime.ship_snapshots(&models, key.as_deref(), &engine).await? {
         println!("{}", path.display());
     }
     let names: Vec<&str> = models.iter().map(|(name, _)| name.as_str()).collect();
     let target = target.unwrap_or("this machine");
-    eprintln!(
-        "qa-host: compiled {} and its snapshots for {names:?} for {target} in {} ms",
-        config.guest_wasm.display(),
-        started.elapsed().as_millis()
-    );
+    eprintln!("qa-host: compiled {} and its snapshots for {names:?} for {target} in {} ms", wasm.display(), started.elapsed().as_millis());
     Ok(ExitCode::SUCCESS)
 }

@@ -12,16 +12,17 @@
 //! number of clean calls, if asked to. Each call writes a metric line whose only dimension
 //! besides `service` is `guest` (`serving` or `candidate`), so the series stay two.
 
-use crate::guest::{Answer, GuestError, GuestQaError, GuestRuntime, Response, SwappableGuest};
+use crate::api::RolloutStatus;
+use crate::guest::{Answer, GuestError, GuestLocation, GuestModel, GuestQaError, GuestRuntime, Options, Response, SwappableGuest};
+use crate::model_cache::LoadedModel;
+use crate::nn::{Call as NnCall, Priority};
 use crate::telemetry::emf::{Metrics, now_ms};
 use crate::telemetry::prom::PromMetrics;
-use serde::Serialize;
 use serde_json::{Map, json};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Shadow calls that may run at once: more shadowed requests than this skip their shadow
 /// call, so a candidate that spins until its deadline cannot multiply the host's work.
@@ -84,13 +85,12 @@ impl Default for Policy {
     }
 }
 
-/// The candidate as configured: its `.wasm` (a path, or the local copy of an `s3://` object),
-/// the share of requests it takes, and the policy.
+/// The candidate as configured: its `.wasm` (a path, or an `s3://` object), the share of
+/// requests it takes, and the policy.
 #[derive(Clone, Debug)]
 pub struct RolloutSettings {
     pub mode: Mode,
-    pub candidate: PathBuf,
-    pub candidate_s3: Option<(Arc<crate::models::S3Source>, String)>,
+    pub candidate: GuestLocation,
     /// Percent of requests, 0 to 100.
     pub percent: f64,
     pub policy: Policy,
@@ -134,6 +134,148 @@ impl Role {
 /// A guest call's outcome as a rollout counts it: its answers (one per question), or why
 /// there are none.
 pub type Answered = Result<Vec<Result<Response, GuestError>>, GuestError>;
+
+/// The question or questions one guest call answers.
+#[derive(Clone, Debug)]
+pub enum Questions {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// One guest call as the request path makes it: the questions over one context, on the
+/// request's model, with its options and deadline.
+pub struct GuestCall<'a> {
+    pub model: &'a Arc<LoadedModel>,
+    /// The model's name, as the guest loads it.
+    pub name: &'a str,
+    pub questions: Questions,
+    pub context: &'a str,
+    pub options: Options,
+    pub deadline: Duration,
+}
+
+impl GuestCall<'_> {
+    /// Asks `guest`, at serving priority; one entry per question.
+    pub async fn ask(&self, guest: &Arc<GuestRuntime>) -> Answered {
+        ask(guest, &self.model.guest_model(self.name), &self.questions, self.context, self.options, self.deadline).await
+    }
+}
+
+async fn ask(
+    guest: &Arc<GuestRuntime>,
+    model: &GuestModel,
+    questions: &Questions,
+    context: &str,
+    options: Options,
+    deadline: Duration,
+) -> Answered {
+    match questions {
+        Questions::One(question) => guest.ask(model, question, context, options, deadline).await.map(|r| vec![Ok(r)]),
+        Questions::Many(questions) => guest.ask_many(model, questions, context, options, deadline).await,
+    }
+}
+
+/// What a guest call gave the request: the answers, which guest gave them and how long its
+/// call took (a shadow call after it not included).
+pub struct GuestRun {
+    pub answered: Answered,
+    pub guest_version: String,
+    pub took: Duration,
+}
+
+/// How long a shadow call may take: under Lambda (`invocation`: when the request started and
+/// the time it was given) no more than the invocation has left once the serving guest
+/// answered; and never more than half the serving guest's deadline.
+pub struct ShadowBound {
+    pub invocation: Option<(Instant, Duration)>,
+    pub serving_deadline: Duration,
+}
+
+impl Rollout {
+    /// Runs `call` on the guest this request routes to (the serving guest, or the candidate for
+    /// a canary share) and records it; for a shadow share the candidate then runs the same
+    /// call (under Lambda now, within the wait bound and what is left of the invocation;
+    /// elsewhere in the background).
+    pub async fn ask(self: &Arc<Self>, serving: Arc<GuestRuntime>, call: GuestCall<'_>, request_id: &str, bound: ShadowBound) -> GuestRun {
+        let started = Instant::now();
+        let route = self.route(request_id);
+        let (guest, role) = match &route {
+            Route::Canary(candidate) => (candidate.clone(), Role::Candidate),
+            _ => (serving, Role::Serving),
+        };
+        let answered = call.ask(&guest).await;
+        let took = started.elapsed();
+        self.record(role, &guest, &answered, took);
+        if let (Route::Shadow(candidate), Some(served)) = (route, best_answers(&answered))
+            && let Some(slot) = self.shadow_slot()
+        {
+            // Its own call: a shadow's inference runs on the model's shadow lane, and is shed
+            // while serving calls wait ([`crate::nn::schedule`]).
+            let lane = NnCall::new(Priority::Shadow);
+            let shadow = Shadow {
+                rollout: self.clone(),
+                candidate,
+                model: call.model.guest_model_for(call.name, lane.clone()),
+                call: lane,
+                questions: call.questions,
+                context: call.context.to_string(),
+                options: call.options,
+                request_id: request_id.to_string(),
+                served,
+                _slot: slot,
+            };
+            // Well below the serving deadline, whatever the settings: at most half of it.
+            let cap = self.policy.shadow_deadline.min(bound.serving_deadline / 2);
+            match bound.invocation {
+                // Under Lambda nothing runs between invocations: the shadow call runs now,
+                // within the wait bound and what is left of the invocation.
+                Some((request_started, budget)) => {
+                    let left = budget.saturating_sub(request_started.elapsed());
+                    shadow.run(self.policy.shadow_max_delay.min(left).min(cap), true).await;
+                }
+                None => {
+                    tokio::spawn(shadow.run(cap, false));
+                }
+            }
+        }
+        GuestRun { answered, guest_version: guest.id.clone(), took }
+    }
+}
+
+/// A request run again on the candidate, after the serving guest answered it.
+struct Shadow {
+    rollout: Arc<Rollout>,
+    candidate: Arc<GuestRuntime>,
+    model: GuestModel,
+    questions: Questions,
+    context: String,
+    options: Options,
+    request_id: String,
+    /// The best answer the serving guest gave each question.
+    served: Vec<Option<Answer>>,
+    /// The shadow call's standing in inference scheduling: whether its runs were shed.
+    call: Arc<NnCall>,
+    /// Held while the shadow call runs (see [`MAX_SHADOW_CALLS`]).
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Shadow {
+    /// Runs the candidate within `bound` and records how it compares with what was served. When
+    /// `cut_is_not_its_fault` (a bound shorter than the guest's deadline, under Lambda), a
+    /// call stopped by the bound is not counted; nor is one whose inference was shed to make
+    /// room for serving calls, or one whose deadline passed while its inference waited for the
+    /// shadow lane.
+    async fn run(self, bound: Duration, cut_is_not_its_fault: bool) {
+        let started = Instant::now();
+        let shadow = ask(&self.candidate, &self.model, &self.questions, &self.context, self.options, bound).await;
+        // A deadline that passed while the candidate's inference still waited for the shadow
+        // lane (which yields to every other thread: a host busy compiling or serving starves
+        // it) measured the host, not the candidate.
+        let timed_out = matches!(shadow, Err(GuestError::Timeout(_)));
+        let cut = (timed_out && (cut_is_not_its_fault || self.call.waits_for_lane())) || self.call.was_shed();
+        self.rollout.record_shadow(&self.request_id, &self.candidate, &self.served, (!cut).then_some(&shadow), started.elapsed());
+    }
+}
 
 /// The guest, not the caller or the host, is at fault: it trapped, ran out of time or memory,
 /// broke the answer contract or failed inference. Refused input and a full pool are not
@@ -200,24 +342,6 @@ struct State {
     agreed: u64,
     /// Set when the candidate was rolled back or promoted: it takes no more requests.
     ended: Option<&'static str>,
-}
-
-/// Where the rollout stands (`/health`'s `rollout`).
-#[derive(Clone, Debug, Serialize)]
-pub struct RolloutStatus {
-    /// `shadow` or `canary`.
-    pub mode: &'static str,
-    /// The candidate's version.
-    pub candidate: String,
-    /// `taking part`, `rolled back` or `promoted`.
-    pub state: &'static str,
-    /// The candidate's share of requests.
-    pub percent: f64,
-    /// Candidate calls in the judging window.
-    pub calls: usize,
-    pub failure_rate: f64,
-    /// Share of shadow calls that agreed; `None` before the first.
-    pub shadow_agreement: Option<f64>,
 }
 
 /// What recording a call decided.
@@ -499,7 +623,8 @@ fn compare(served: &[Option<Answer>], shadow: &Answered) -> Option<(bool, f64)> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::{Answer, Timings};
+    use crate::api::RolloutStatus;
+    use crate::guest::{Answer, GuestLocation, Timings};
 
     fn answered(text: &str, start: u32, score: f64) -> Answered {
         let answer = Answer { text: text.into(), score, start, end: start + text.len() as u32 };

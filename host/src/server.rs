@@ -10,8 +10,10 @@
 //! away is dropped with its connection, and with it the guest call it was waiting on.
 
 use crate::api::{ApiError, QaRequest, limits};
+use crate::config::ServeLimits;
 use crate::service::QaService;
-use crate::telemetry::layer::{Answering, Call, TelemetryLayer, answering};
+use crate::service::answering;
+use crate::telemetry::layer::{Answering, Call, TelemetryLayer};
 use axum::Router;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
@@ -26,35 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tower::{ServiceBuilder, ServiceExt};
-
-/// Bounds on what clients can make `serve` hold.
-#[derive(Clone, Copy, Debug)]
-pub struct ServeLimits {
-    /// Time from a connection's start (or its previous response) to the end of a request's
-    /// headers (`QA_SERVE_HEADER_TIMEOUT_MS`).
-    pub header_timeout: Duration,
-    /// Time from the end of the headers to the response, body upload included
-    /// (`QA_SERVE_REQUEST_TIMEOUT_MS`).
-    pub request_timeout: Duration,
-    /// Requests answered at once; more are refused with 503 `overloaded`
-    /// (`QA_SERVE_MAX_REQUESTS`).
-    pub max_requests: usize,
-    /// Open connections; more wait to be accepted (`QA_SERVE_MAX_CONNECTIONS`).
-    pub max_connections: usize,
-}
-
-impl ServeLimits {
-    /// The defaults, for a guest deadline of `guest_deadline`: a request may take the deadline
-    /// plus 10 s (model load, body upload).
-    pub fn for_deadline(guest_deadline: Duration) -> Self {
-        ServeLimits {
-            header_timeout: Duration::from_secs(10),
-            request_timeout: guest_deadline + Duration::from_secs(10),
-            max_requests: 64,
-            max_connections: 1024,
-        }
-    }
-}
 
 /// Seconds a client refused with `overloaded` is asked to wait.
 const RETRY_AFTER_SECS: u32 = 1;

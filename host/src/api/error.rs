@@ -1,6 +1,11 @@
-//! Every way a request can fail, each with a stable code and an HTTP status. Edges convert
-//! an [`ApiError`] once, with [`ApiError::body`].
+//! Every way a request can fail, each with a stable code and an HTTP status. The layers' own
+//! errors become an [`ApiError`] here and nowhere else (a model from the cache,
+//! [`ApiError::from_guest_error`] for a guest call); edges convert an [`ApiError`] once, with
+//! [`ApiError::body`].
 
+use crate::guest::{GuestError, GuestQaError};
+use crate::model_cache::CacheError;
+use crate::models::SourceError;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +58,41 @@ pub enum ApiError {
     Guest { guest_version: String, error: Box<ApiError> },
 }
 
+impl From<CacheError> for ApiError {
+    fn from(error: CacheError) -> Self {
+        match error {
+            CacheError::Unknown { name, available } => Self::UnknownModel { name, available },
+            CacheError::Source { name, source: SourceError::NotFound(reason) } => Self::ModelNotFound { name, reason },
+            CacheError::Source { name, source: SourceError::Unavailable(reason) } => Self::ModelUnavailable { name, reason },
+            CacheError::Source { name, source: SourceError::Corrupt(reason) } => Self::ModelCorrupt { name, reason },
+            CacheError::Directory { name, source } => Self::ModelUnavailable { name, reason: format!("the model's directory: {source}") },
+            // The client is told the reason without host paths; the log has the whole error.
+            CacheError::Invalid { name, source } => Self::ModelInvalid { name, reason: source.client_reason() },
+            CacheError::Loader(error) => Self::Internal(format!("model loader: {error}")),
+            CacheError::Internal(what) => Self::Internal(what.into()),
+        }
+    }
+}
+
 impl ApiError {
+    /// `error`, which a guest call for `model` ended in, as the API reports it.
+    pub fn from_guest_error(model: &str, error: GuestError) -> Self {
+        match error {
+            GuestError::Qa(GuestQaError::InvalidInput(m)) => Self::GuestRejected(m),
+            GuestError::Qa(GuestQaError::InvalidOption(m)) => Self::InvalidField(m),
+            GuestError::Qa(GuestQaError::TooManyWindows(m)) => Self::TooManyWindows(m),
+            GuestError::Qa(GuestQaError::ModelNotFound(m) | GuestQaError::ModelInvalid(m)) => {
+                Self::ModelInvalid { name: model.to_string(), reason: m }
+            }
+            GuestError::Qa(GuestQaError::Inference(m)) => Self::Inference(m),
+            GuestError::Prepare { model, reason } => Self::ModelInvalid { name: model, reason },
+            GuestError::Timeout(_) => Self::GuestTimeout(error.to_string()),
+            // Retryable: an instance, or its memory, comes free as soon as a request in flight ends.
+            GuestError::Busy(_) | GuestError::Crowded { .. } => Self::Overloaded,
+            other => Self::GuestFailed(other.to_string()),
+        }
+    }
+
     /// `error` as the guest `guest_version` ended in it.
     pub fn from_guest(guest_version: &str, error: ApiError) -> Self {
         Self::Guest { guest_version: guest_version.to_string(), error: Box::new(error) }

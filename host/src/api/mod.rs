@@ -416,6 +416,25 @@ impl QaReply {
     }
 }
 
+/// Where the rollout stands (`/health`'s `rollout`, and `GET /metrics`); reported by
+/// [`crate::rollout`].
+#[derive(Clone, Debug, Serialize)]
+pub struct RolloutStatus {
+    /// `shadow` or `canary`.
+    pub mode: &'static str,
+    /// The candidate's version.
+    pub candidate: String,
+    /// `taking part`, `rolled back` or `promoted`.
+    pub state: &'static str,
+    /// The candidate's share of requests.
+    pub percent: f64,
+    /// Candidate calls in the judging window.
+    pub calls: usize,
+    pub failure_rate: f64,
+    /// Share of shadow calls that agreed; `None` before the first.
+    pub shadow_agreement: Option<f64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //!
 //! A swapped-in guest of any of these versions runs without redeploying the host.
 
+use crate::boundary::bound_text;
 use wasmtime::component::{Component, Instance, InstancePre};
 use wasmtime::{Engine, Store};
 
@@ -190,19 +191,6 @@ impl<T: HostBytes> HostBytes for Vec<T> {
     fn host_bytes(&self) -> u64 {
         self.iter().map(HostBytes::host_bytes).sum::<u64>() + size_of::<Self>() as u64
     }
-}
-
-/// `text` cut to at most `limit` bytes on a character boundary, with a marker saying how much
-/// was cut.
-pub fn bound_text(text: String, limit: usize) -> String {
-    if text.len() <= limit {
-        return text;
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [cut: {} more bytes]", &text[..end], text.len() - end)
 }
 
 /// The same conversions for every version's generated types (structurally equal, but for

@@ -1,13 +1,14 @@
 //! What one guest instance may grow to: the sum of all its linear memories and of all its
 //! tables, not each alone (a component may hold several core instances, each with its own
 //! memory), and how many instances, memories and tables it may create; and what all instances
-//! of the host may hold together ([`MemoryBudget`], [`InstanceBudget`]), which matters once one
+//! of the host may hold together ([`InstanceBudget`], and [`MemoryBudget`] in [`crate::boundary`]), which matters once one
 //! environment serves several invocations at once, or runs a candidate guest beside the
 //! serving one.
 
+use crate::boundary::MemoryBudget;
 use crate::nn::Priority;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use wasmtime::ResourceLimiter;
 
 /// Guest calls all guests of one host may run at once (`QA_GUEST_INSTANCES`): the serving
@@ -59,43 +60,6 @@ pub struct InstancePermit(InstanceBudget);
 impl Drop for InstancePermit {
     fn drop(&mut self) {
         let _ = self.0.0.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(1)));
-    }
-}
-
-/// Memory all guest instances of one host hold together (`QA_GUEST_MEMORY_TOTAL_MB`): their
-/// linear memories, and the host bytes their requests' accounts hold ([`super::Account`]).
-/// Each instance takes its growth from it and gives it all back when its store is dropped.
-#[derive(Clone, Debug)]
-pub struct MemoryBudget(Arc<Pool>);
-
-#[derive(Debug)]
-struct Pool {
-    /// `None`: unbounded (each instance's own limit still applies).
-    limit: Option<usize>,
-    used: AtomicUsize,
-}
-
-impl MemoryBudget {
-    pub fn new(limit: Option<usize>) -> Self {
-        Self(Arc::new(Pool { limit, used: AtomicUsize::new(0) }))
-    }
-
-    pub fn limit(&self) -> Option<usize> {
-        self.0.limit
-    }
-
-    /// Bytes the live instances hold now.
-    pub fn in_use(&self) -> usize {
-        self.0.used.load(Ordering::Acquire)
-    }
-
-    pub(super) fn take(&self, bytes: usize) -> bool {
-        let limit = self.0.limit.unwrap_or(usize::MAX);
-        self.0.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(bytes).filter(|&next| next <= limit)).is_ok()
-    }
-
-    pub(super) fn give_back(&self, bytes: usize) {
-        let _ = self.0.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(bytes)));
     }
 }
 

@@ -26,7 +26,7 @@ pub(super) const INSTRUMENTED: &str = "instrumented";
 /// another machine (`compile-guest --target`) is found there by name.
 pub(super) fn shipped_kind(runtime: &GuestRuntime, name: &str, dir: &Path) -> Result<String, GuestError> {
     let (tokenizer, config) = model_files(name, dir)?;
-    Ok(format!("prepared-{}", super::cache::content_key(&[b"prepared-v1", &runtime.wasm, name.as_bytes(), &tokenizer, &config])))
+    Ok(format!("prepared-{}", super::artifacts::content_key(&[b"prepared-v1", &runtime.wasm, name.as_bytes(), &tokenizer, &config])))
 }
 
 /// The compile cache's key for a model's snapshot: what it is made of, and this engine.
@@ -87,7 +87,7 @@ async fn instrumented(runtime: &GuestRuntime, bytes: Vec<u8>) -> Result<&Compone
             let what = runtime.wasm_path.with_extension("instrumented.wasm");
             tokio::task::spawn_blocking(move || artifacts.load_or_compile(&engine, &bytes, &what).map(|(c, _)| c))
                 .await
-                .map_err(|e| GuestError::Instantiate(format!("compiling the instrumented guest: {e}")))?
+                .map_err(GuestError::Compiler)?
                 .map_err(GuestError::from)
         })
         .await
@@ -121,7 +121,7 @@ pub(super) async fn snapshot(runtime: &GuestRuntime, name: &str, dir: &Path) -> 
     // Said as a request's failure is (past the deadline, over the memory limit, a trap with
     // the guest's last stderr lines), and as bounded.
     let (instance, prepared) = initialized.map_err(|e| failed(runtime.classify_trap(&store, e, deadline).to_string()))?;
-    prepared.map_err(|e| failed(format!("the guest's prepare failed: {}", super::bound_text(e.message().to_string(), 512))))?;
+    prepared.map_err(|e| failed(format!("the guest's prepare failed: {}", crate::boundary::bound_text(e.message().to_string(), 512))))?;
     // The snapshot holds the instance's memory: refused before it is copied out when larger
     // than snapshots may be.
     let memory = store.data().limits.memory_bytes();

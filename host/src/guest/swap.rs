@@ -7,7 +7,7 @@
 //! logged and ignored until the file changes again, and the previous guest keeps serving.
 
 use super::{Artifacts, GuestRuntime, GuestSettings};
-use crate::models::{ModelSource, S3Source};
+use crate::models::{ModelSource, S3Connector, S3Settings, S3Source, SourceError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,24 +37,18 @@ pub struct SwappableGuest {
 }
 
 impl SwappableGuest {
-    pub fn new(
-        runtime: Arc<GuestRuntime>,
-        path: &Path,
-        s3: Option<(Arc<S3Source>, String)>,
-        artifacts: Artifacts,
-        settings: GuestSettings,
-        ttl: Duration,
-    ) -> Arc<Self> {
+    pub fn new(runtime: Arc<GuestRuntime>, local: LocalGuest, artifacts: Artifacts, settings: GuestSettings, ttl: Duration) -> Arc<Self> {
+        let LocalGuest { path, s3 } = local;
         let (s3, s3_version) = s3.map_or((None, String::new()), |(source, version)| (Some(source), version));
         Arc::new(Self {
             current: RwLock::new(runtime),
-            path: path.to_path_buf(),
+            seen: Mutex::new((stamp(&path), Instant::now())),
+            path,
             s3,
             s3_version: Mutex::new(s3_version),
             artifacts,
             settings,
             ttl,
-            seen: Mutex::new((stamp(path), Instant::now())),
             swapping: AtomicBool::new(false),
             stale: AtomicBool::new(false),
         })
@@ -140,41 +134,84 @@ impl SwappableGuest {
     }
 }
 
-/// When `config.guest_wasm` (or the rollout's candidate) is an `s3://bucket/key` URI,
-/// downloads it into the S3 cache (verified, atomically, as models are) and points the setting
-/// at the local copy.
-pub async fn resolve_guest(config: &mut crate::config::HostConfig) -> Result<(), String> {
-    if let Some((path, s3)) = fetch_guest(config, "QA_GUEST", &config.guest_wasm, "_guest").await? {
-        config.guest_wasm = path;
-        config.guest_s3 = Some(s3);
-    }
-    let Some(rollout) = config.rollout.as_ref() else { return Ok(()) };
-    if let Some((path, s3)) = fetch_guest(config, rollout.setting(), &rollout.candidate, "_candidate").await?
-        && let Some(rollout) = config.rollout.as_mut()
-    {
-        rollout.candidate = path;
-        rollout.candidate_s3 = Some(s3);
-    }
-    Ok(())
+/// Where a guest component comes from (`QA_GUEST`, or a candidate's setting): a local file,
+/// or an S3 object, fetched at start-up and re-checked like a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestLocation {
+    File(PathBuf),
+    S3 { bucket: String, key: String },
 }
 
-/// The local copy of the guest at `uri` when it is `s3://bucket/key`, cached under `name`,
-/// with its S3 source and version; `None` for a local path.
-async fn fetch_guest(
-    config: &crate::config::HostConfig,
-    setting: &str,
-    uri: &Path,
-    name: &str,
-) -> Result<Option<(PathBuf, (Arc<S3Source>, String))>, String> {
-    let Some(object) = uri.to_str().and_then(|s| s.strip_prefix("s3://")) else {
-        return Ok(None);
-    };
-    let (bucket, key) = object
-        .split_once('/')
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty() && !k.ends_with('/'))
-        .ok_or_else(|| format!("{setting}={} is not s3://bucket/key", uri.display()))?;
-    let source = Arc::new(S3Source::single_object(crate::models::S3Connector::new(config.s3.clone()), name, bucket, key));
-    let local = source.fetch().await.map_err(|e| format!("{setting} {}: {e}", uri.display()))?;
-    let file = key.rsplit('/').next().unwrap_or(key);
-    Ok(Some((local.dir.join(file), (source, local.version))))
+impl std::str::FromStr for GuestLocation {
+    type Err = &'static str;
+
+    /// `s3://bucket/key` (an object, not a prefix), or a path.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let Some(object) = text.strip_prefix("s3://") else {
+            return Ok(Self::File(PathBuf::from(text)));
+        };
+        object
+            .split_once('/')
+            .filter(|(bucket, key)| !bucket.is_empty() && !key.is_empty() && !key.ends_with('/'))
+            .map(|(bucket, key)| Self::S3 { bucket: bucket.to_string(), key: key.to_string() })
+            .ok_or("a path, or s3://bucket/key naming one object")
+    }
+}
+
+impl std::fmt::Display for GuestLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+        }
+    }
+}
+
+/// A guest on local disk, ready to load: the file itself, or the local copy of its S3 object
+/// with the source and the version it came from.
+#[derive(Clone)]
+pub struct LocalGuest {
+    pub path: PathBuf,
+    pub s3: Option<(Arc<S3Source>, String)>,
+}
+
+/// Why a guest in S3 could not be fetched.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {source}")]
+pub struct FetchError {
+    location: String,
+    #[source]
+    source: SourceError,
+}
+
+impl GuestLocation {
+    /// The guest on local disk: a file as it is; an S3 object downloaded into the S3 cache
+    /// under `cache_name` (verified, and published atomically, as models are).
+    pub async fn fetch(&self, s3: &S3Settings, cache_name: &str) -> Result<LocalGuest, FetchError> {
+        let (bucket, key) = match self {
+            Self::File(path) => return Ok(LocalGuest { path: path.clone(), s3: None }),
+            Self::S3 { bucket, key } => (bucket, key),
+        };
+        let source = Arc::new(S3Source::single_object(S3Connector::new(s3.clone()), cache_name, bucket, key));
+        let local = source.fetch().await.map_err(|source| FetchError { location: self.to_string(), source })?;
+        let file = key.rsplit('/').next().unwrap_or(key);
+        Ok(LocalGuest { path: local.dir.join(file), s3: Some((source, local.version)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_is_a_path_or_one_s3_object() {
+        assert_eq!("/opt/qa-guest.wasm".parse(), Ok(GuestLocation::File("/opt/qa-guest.wasm".into())));
+        assert_eq!("guests/next.wasm".parse(), Ok(GuestLocation::File("guests/next.wasm".into())));
+        let s3: GuestLocation = "s3://bucket/guests/next.wasm".parse().unwrap();
+        assert_eq!(s3, GuestLocation::S3 { bucket: "bucket".into(), key: "guests/next.wasm".into() });
+        assert_eq!(s3.to_string(), "s3://bucket/guests/next.wasm");
+        for prefix_or_nothing in ["s3://bucket", "s3://bucket/", "s3://bucket/guests/", "s3:///key.wasm"] {
+            assert!(prefix_or_nothing.parse::<GuestLocation>().is_err(), "{prefix_or_nothing}");
+        }
+    }
 }

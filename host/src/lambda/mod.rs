@@ -15,8 +15,9 @@ mod snapstart;
 pub mod trigger;
 
 use crate::service::QaService;
+use crate::service::answering;
 use crate::telemetry::emf::ColdStart;
-use crate::telemetry::layer::{Answering, Call, TelemetryLayer, answering};
+use crate::telemetry::layer::{Answering, Call, TelemetryLayer};
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 use std::sync::Arc;

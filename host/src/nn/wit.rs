@@ -28,7 +28,7 @@
 //!   reads the last detail back from [`NnState::last_failure`] for its error report.
 
 use super::{Model, NamedTensor, RunControl, Tensor};
-use crate::guest::{Account, bound_text};
+use crate::boundary::{Account, bound_text};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::StoreContextMut;

@@ -5,7 +5,7 @@
 //! Namespace and service come from `POWERTOOLS_METRICS_NAMESPACE` and
 //! `POWERTOOLS_SERVICE_NAME`, the variables the original Python sample's Powertools read;
 //! `POWERTOOLS_METRICS_DISABLED` (`true`, `1`, `on` or `yes`) turns the lines off; all read with
-//! the rest of the configuration ([`crate::config::TelemetryConfig`]).
+//! the rest of the configuration ([`super::TelemetryConfig`]).
 
 use crate::api::{ApiError, QaReply};
 use crate::guest::Origin;
@@ -50,7 +50,7 @@ pub struct Invocation<'a> {
 
 impl Metrics {
     /// The labels and switch the configuration read.
-    pub fn new(settings: &crate::config::TelemetryConfig) -> Self {
+    pub fn new(settings: &super::TelemetryConfig) -> Self {
         Self {
             namespace: settings.metrics_namespace.clone(),
             service: settings.service_name.clone(),

@@ -8,14 +8,13 @@ use super::emf::{ColdStart, Invocation, Metrics};
 use super::prom::PromMetrics;
 use crate::api::{ApiError, QaReply, QaRequest};
 use crate::models::ModelCatalog;
-use crate::service::QaService;
 use futures_util::future::BoxFuture;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{Layer, Service};
 
 /// One request as an edge hands it over: parsed, or refused while parsing (still reported).
 pub struct Call {
@@ -28,22 +27,9 @@ pub struct Call {
 /// A call's answer, or why there is none.
 pub type Outcome = Result<QaReply, ApiError>;
 
-/// The service an edge answers through: [`QaService::reply_within`] behind a [`TelemetryLayer`].
+/// The service an edge answers through: the request handler behind a [`TelemetryLayer`]
+/// (`crate::service::answering`).
 pub type Answering = BoxCloneSyncService<Call, Outcome, Infallible>;
-
-/// `service`'s answers, each reported by `telemetry`; a call that did not parse is reported
-/// and handed back.
-pub fn answering(service: Arc<QaService>, telemetry: TelemetryLayer) -> Answering {
-    BoxCloneSyncService::new(ServiceBuilder::new().layer(telemetry).service_fn(move |call: Call| {
-        let service = service.clone();
-        async move {
-            Ok::<Outcome, Infallible>(match call.request {
-                Ok(request) => service.reply_within(request, call.budget, &call.request_id).await,
-                Err(error) => Err(error),
-            })
-        }
-    }))
-}
 
 /// Reports every call through the inner service.
 #[derive(Clone)]

@@ -8,8 +8,47 @@ pub mod emf;
 pub mod layer;
 pub mod prom;
 
-use crate::config::{LogFormat, TelemetryConfig};
 use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging and metrics, read with every other setting, so a bad value stops start-up naming
+/// it instead of being dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// The log filter: `QA_LOG` (checked as a filter), else Lambda's `AWS_LAMBDA_LOG_LEVEL` as
+    /// one; `None` leaves it to the command (`info` under Lambda, `warn` elsewhere).
+    pub log_filter: Option<String>,
+    /// `QA_LOG_FORMAT`, else Lambda's `AWS_LAMBDA_LOG_FORMAT`; `None` leaves it to the command
+    /// (JSON under Lambda, text elsewhere).
+    pub log_format: Option<LogFormat>,
+    /// CloudWatch EMF metric lines (`POWERTOOLS_METRICS_DISABLED` turns them off).
+    pub metrics_enabled: bool,
+    /// `POWERTOOLS_METRICS_NAMESPACE`, the original sample's Powertools variable.
+    pub metrics_namespace: String,
+    /// `POWERTOOLS_SERVICE_NAME`.
+    pub service_name: String,
+    /// `AWS_LAMBDA_FUNCTION_NAME`, set by Lambda; `local` elsewhere.
+    pub function_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_filter: None,
+            log_format: None,
+            metrics_enabled: true,
+            metrics_namespace: emf::DEFAULT_NAMESPACE.into(),
+            service_name: emf::DEFAULT_SERVICE.into(),
+            function_name: "local".into(),
+        }
+    }
+}
 
 /// Installs the global subscriber with `settings` (read and checked with the rest of the
 /// configuration). Unset, the filter is `info` under Lambda (one line per invocation) and

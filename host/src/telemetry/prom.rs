@@ -9,7 +9,7 @@
 //! catalogue's names (or `unknown`, `none`), codes the API's.
 
 use super::emf::Invocation;
-use crate::rollout::RolloutStatus;
+use crate::api::RolloutStatus;
 use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Mutex;
 

@@ -40,41 +40,36 @@ pub fn models_dir() -> PathBuf {
     workspace().join("models")
 }
 
-/// A configuration over the real parts, with the compiled-guest cache in `target/`.
+/// A configuration over the real parts, read by the host's own parser from the tests' settings
+/// ([`TEST_SETTINGS`]), never from the process environment.
 pub fn config(guest: PathBuf, models_dir: PathBuf) -> HostConfig {
-    HostConfig {
-        models_dir,
-        default_model: None,
-        guest_wasm: guest,
-        guest_s3: None,
-        cache_dir: workspace().join("target/qa-cache"),
-        cache_bytes: qa_host::guest::DEFAULT_CACHE_BYTES,
-        onnxruntime: Some(onnxruntime()),
-        guest_deadline: Duration::from_secs(60),
-        guest_ttl: Duration::from_secs(60),
-        guest_memory_bytes: 512 << 20,
-        guest_nn: Default::default(),
-        guest_snapshot_bytes: qa_host::guest::DEFAULT_SNAPSHOT_BYTES,
-        guest_instances: qa_host::guest::DEFAULT_INSTANCES,
-        guest_memory_total_bytes: None,
-        compile_snapshots: true,
-        max_windows: qa_host::config::DEFAULT_MAX_WINDOWS,
-        session: Default::default(),
-        cpu: qa_host::nn::cpu::CpuShare::probe(None),
-        preload: Vec::new(),
-        model_cache_mb: None,
-        manifest: Vec::new(),
-        model_ttl: Duration::from_secs(60),
-        s3: Default::default(),
-        serve: qa_host::server::ServeLimits::for_deadline(Duration::from_secs(60)),
-        rollout: None,
-        lambda: None,
-        telemetry: Default::default(),
-    }
+    config_with(guest, models_dir, &[])
+}
+
+/// What every test's host is set to, beside its guest and models: the compiled-guest cache in
+/// `target/`, a 60 s guest deadline (a loaded 2-core machine), and the inference settings the
+/// tests were written against (ONNX Runtime's own thread count, spinning, one session per
+/// model) rather than the ones sized from this machine's CPU share.
+pub const TEST_SETTINGS: &[(&str, &str)] =
+    &[("QA_GUEST_DEADLINE_MS", "60000"), ("QA_INFERENCE_THREADS", "0"), ("QA_INFERENCE_SPINNING", "on"), ("QA_INFERENCE_CONCURRENCY", "1")];
+
+/// [`config`] with `settings` over [`TEST_SETTINGS`]; a setting that does not parse fails the
+/// test, naming it.
+pub fn config_with(guest: PathBuf, models_dir: PathBuf, settings: &[(&str, &str)]) -> HostConfig {
+    let paths = [
+        ("QA_GUEST", guest),
+        ("QA_MODELS_DIR", models_dir),
+        ("QA_CACHE_DIR", workspace().join("target/qa-cache")),
+        ("ORT_DYLIB_PATH", onnxruntime()),
+    ];
+    let mut values: std::collections::BTreeMap<&str, String> =
+        paths.into_iter().map(|(name, path)| (name, path.display().to_string())).collect();
+    values.extend(TEST_SETTINGS.iter().chain(settings).map(|(name, value)| (*name, value.to_string())));
+    HostConfig::from_lookup(|name| values.get(name).cloned()).unwrap_or_else(|e| panic!("the tests' settings: {e}"))
 }
 
 pub async fn service(config: &HostConfig) -> Arc<QaService> {
-    Arc::new(QaService::start(config).await.unwrap_or_else(|e| panic!("service failed to start: {e}")))
+    Arc::new(qa_host::bootstrap::start(config).await.unwrap_or_else(|e| panic!("service failed to start: {e}")))
 }
 
 /// The original AWS sample's request.

@@ -44,7 +44,7 @@ pub enum Origin {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CacheError {
+pub enum ArtifactError {
     #[error("guest {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("guest {path} is not a valid component: {reason}")]
@@ -127,7 +127,7 @@ impl Artifacts {
 
     /// Loads the guest at `wasm_path`: a shipped or signed artifact beside it, else the
     /// compile cache, else compiles it (and caches the result).
-    pub fn load_guest(&self, engine: &Engine, wasm_path: &Path, wasm: &[u8]) -> Result<(Component, Origin), CacheError> {
+    pub fn load_guest(&self, engine: &Engine, wasm_path: &Path, wasm: &[u8]) -> Result<(Component, Origin), ArtifactError> {
         match self.shipped(engine, wasm_path, wasm, None) {
             Some(found) => Ok(found),
             None => self.load_or_compile(engine, wasm, wasm_path),
@@ -183,7 +183,7 @@ impl Artifacts {
     }
 
     /// A component for `bytes` from the compile cache, or compiled now (and cached).
-    pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8], what: &Path) -> Result<(Component, Origin), CacheError> {
+    pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8], what: &Path) -> Result<(Component, Origin), ArtifactError> {
         let key = self.key(engine, &[bytes]);
         match self.cached(engine, &key) {
             Some(component) => Ok((component, Origin::Cached)),
@@ -220,10 +220,11 @@ impl Artifacts {
     }
 
     /// Compiles `bytes` and keeps the result in the cache under `key`.
-    pub fn compile_into_cache(&self, engine: &Engine, bytes: &[u8], key: &str, what: &Path) -> Result<Component, CacheError> {
+    pub fn compile_into_cache(&self, engine: &Engine, bytes: &[u8], key: &str, what: &Path) -> Result<Component, ArtifactError> {
         let started = Instant::now();
-        let compiled =
-            engine.precompile_component(bytes).map_err(|e| CacheError::Compile { path: what.to_path_buf(), reason: format!("{e:#}") })?;
+        let compiled = engine
+            .precompile_component(bytes)
+            .map_err(|e| ArtifactError::Compile { path: what.to_path_buf(), reason: format!("{e:#}") })?;
         tracing::info!(what = %what.display(), ms = started.elapsed().as_millis() as u64, "compiled guest");
         if let Some(artifact) = self.artifact(key) {
             if compiled.len() as u64 > self.cache_bytes {
@@ -237,7 +238,7 @@ impl Artifacts {
         }
         // SAFETY: these bytes were produced by `precompile_component` of this very engine.
         unsafe { Component::deserialize(engine, &compiled) }
-            .map_err(|e| CacheError::Compile { path: what.to_path_buf(), reason: format!("{e:#}") })
+            .map_err(|e| ArtifactError::Compile { path: what.to_path_buf(), reason: format!("{e:#}") })
     }
 }
 
@@ -358,8 +359,8 @@ fn sign(key: &[u8], wasm: &[u8], kind: Option<&str>, artifact: &[u8]) -> String 
 
 /// Compiles the guest at `wasm_path` for `engine` and writes the artifact beside it, and its
 /// signature when `key` is given. Returns the artifact's path.
-pub fn write_shipped_artifact(engine: &Engine, wasm_path: &Path, key: Option<&[u8]>) -> Result<PathBuf, CacheError> {
-    let wasm = std::fs::read(wasm_path).map_err(|source| CacheError::Read { path: wasm_path.to_path_buf(), source })?;
+pub fn write_shipped_artifact(engine: &Engine, wasm_path: &Path, key: Option<&[u8]>) -> Result<PathBuf, ArtifactError> {
+    let wasm = std::fs::read(wasm_path).map_err(|source| ArtifactError::Read { path: wasm_path.to_path_buf(), source })?;
     write_shipped(engine, wasm_path, &wasm, None, &wasm, key)
 }
 
@@ -372,13 +373,14 @@ pub fn write_shipped(
     kind: Option<&str>,
     bytes: &[u8],
     key: Option<&[u8]>,
-) -> Result<PathBuf, CacheError> {
-    let compiled =
-        engine.precompile_component(bytes).map_err(|e| CacheError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
+) -> Result<PathBuf, ArtifactError> {
+    let compiled = engine
+        .precompile_component(bytes)
+        .map_err(|e| ArtifactError::Compile { path: wasm_path.to_path_buf(), reason: format!("{e:#}") })?;
     let path = artifact_path(wasm_path, wasm, kind);
     let write_error = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| CacheError::Read { path, source }
+        move |source| ArtifactError::Read { path, source }
     };
     write_atomically(&path, &compiled).map_err(write_error(&path))?;
     if let Some(key) = key {

@@ -11,7 +11,7 @@
 //! The accountant also times the host's own work in each import (not ONNX Runtime's run,
 //! which the deadline terminates), so tests can hold every call to a bound.
 
-use super::limits::MemoryBudget;
+use super::MemoryBudget;
 use std::time::{Duration, Instant};
 
 /// Why a charge was refused: the request's own budget, or the host-wide one that other

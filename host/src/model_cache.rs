@@ -4,11 +4,10 @@
 //! first when on-demand models exceed their budget. Requests hold the [`LoadedModel`] they
 //! started with, so a replacement or an eviction never pulls a model from under one.
 
-use crate::api::ApiError;
 use crate::guest::GuestModel;
 use crate::models::{ModelCatalog, ModelSource, SourceError, VersionLease};
 use crate::nn::onnx::OnnxBackend;
-use crate::nn::{Call, Model, Priority};
+use crate::nn::{Call, Model, NnError, Priority};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -16,6 +15,40 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Why the cache could not give a model.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// No model of that name is configured.
+    #[error("unknown model {name:?}; available: {available}")]
+    Unknown { name: String, available: String },
+    /// Its source could not give its files.
+    #[error("model {name:?}: {source}")]
+    Source {
+        name: String,
+        #[source]
+        source: SourceError,
+    },
+    /// Its files arrived, and their directory cannot be read.
+    #[error("model {name:?}: the model's directory: {source}")]
+    Directory {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// ONNX Runtime refused it, or it failed the host's checks.
+    #[error("model {name:?} failed to load: {source}")]
+    Invalid {
+        name: String,
+        #[source]
+        source: NnError,
+    },
+    /// The thread loading it ended without a result.
+    #[error("the model loader: {0}")]
+    Loader(#[source] tokio::task::JoinError),
+    #[error("the model cache: {0}")]
+    Internal(&'static str),
+}
 
 /// What runs when a model version is loaded, before requests use it (the service prepares the
 /// guest for it).
@@ -137,13 +170,13 @@ impl ModelCache {
     /// (stale-while-revalidate): a slow or stalled source never holds a request. A new
     /// version found by the re-check serves the requests that start after it is loaded;
     /// requests already running finish on the old one, whose files stay until they do.
-    pub async fn get(self: &Arc<Self>, name: &str, preloaded: bool) -> Result<(Arc<LoadedModel>, bool), ApiError> {
-        let source = self.catalog.get(name).cloned().ok_or_else(|| ApiError::UnknownModel {
+    pub async fn get(self: &Arc<Self>, name: &str, preloaded: bool) -> Result<(Arc<LoadedModel>, bool), CacheError> {
+        let source = self.catalog.get(name).cloned().ok_or_else(|| CacheError::Unknown {
             name: name.to_string(),
             available: self.catalog.names().collect::<Vec<_>>().join(", "),
         })?;
         let slot = {
-            let mut slots = self.slots.lock().map_err(|_| ApiError::Internal("model table poisoned".into()))?;
+            let mut slots = self.slots.lock().map_err(|_| CacheError::Internal("model table poisoned"))?;
             slots.entry(name.to_string()).or_default().clone()
         };
         let mut current = slot.current.lock().await;
@@ -158,7 +191,7 @@ impl ModelCache {
                 let fresh = self
                     .refresh(name, source.as_ref(), None, preloaded)
                     .await?
-                    .ok_or_else(|| ApiError::Internal("a first load found nothing to load".into()))?;
+                    .ok_or(CacheError::Internal("a first load found nothing to load"))?;
                 self.on_load.loaded(name, &fresh).await;
                 tracing::info!(model = name, version = %fresh.version, "model serving");
                 *current = Some(fresh.clone());
@@ -202,9 +235,9 @@ impl ModelCache {
         source: &dyn ModelSource,
         loaded: Option<&Arc<LoadedModel>>,
         preloaded: bool,
-    ) -> Result<Option<Arc<LoadedModel>>, ApiError> {
+    ) -> Result<Option<Arc<LoadedModel>>, CacheError> {
         let started = Instant::now();
-        let local = source.fetch().await.map_err(|e| source_error(name, e))?;
+        let local = source.fetch().await.map_err(|source| CacheError::Source { name: name.to_string(), source })?;
         if let Some(model) = loaded.filter(|m| m.version == local.version) {
             if let Ok(mut checked) = model.checked.lock() {
                 *checked = Instant::now();
@@ -213,19 +246,17 @@ impl ModelCache {
         }
         let dir = std::fs::canonicalize(&local.dir).map_err(|e| {
             tracing::warn!(model = name, dir = %local.dir.display(), error = %e, "model directory unreadable");
-            ApiError::ModelUnavailable { name: name.to_string(), reason: format!("the model's directory: {e}") }
+            CacheError::Directory { name: name.to_string(), source: e }
         })?;
         // Each session holds its own copy of the weights.
         let sessions = self.backend.settings.sessions.max(1) as u64;
         let bytes = std::fs::metadata(dir.join("model.onnx")).map(|m| m.len()).unwrap_or(0).saturating_mul(sessions);
         let backend = self.backend;
         let load_dir = dir.clone();
-        let graph: Arc<dyn Model> = tokio::task::spawn_blocking(move || backend.load_model_dir(&load_dir))
-            .await
-            .map_err(|e| ApiError::Internal(format!("model loader: {e}")))?
-            .map_err(|e| {
+        let graph: Arc<dyn Model> =
+            tokio::task::spawn_blocking(move || backend.load_model_dir(&load_dir)).await.map_err(CacheError::Loader)?.map_err(|e| {
                 tracing::warn!(model = name, error = %e, "model failed to load");
-                ApiError::ModelInvalid { name: name.to_string(), reason: e.client_reason() }
+                CacheError::Invalid { name: name.to_string(), source: e }
             })?;
         tracing::info!(model = name, version = %local.version, ms = started.elapsed().as_millis() as u64, "model loaded");
         Ok(Some(Arc::new(LoadedModel {
@@ -268,14 +299,5 @@ impl ModelCache {
                 None => return,
             }
         }
-    }
-}
-
-fn source_error(model: &str, error: SourceError) -> ApiError {
-    let name = model.to_string();
-    match error {
-        SourceError::NotFound(reason) => ApiError::ModelNotFound { name, reason },
-        SourceError::Unavailable(reason) => ApiError::ModelUnavailable { name, reason },
-        SourceError::Corrupt(reason) => ApiError::ModelCorrupt { name, reason },
     }
 }
