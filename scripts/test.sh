@@ -134,10 +134,11 @@ if [ $# -gt 0 ]; then
   cargo test "${HOST_PACKAGES[@]}" "$@"
   exit 0
 fi
+# --no-fail-fast: every test binary runs, so one failing run reports every failure at once.
 step "cargo test (guest, options)"
-cargo test -p qa-guest -p qa-options
+cargo test --no-fail-fast -p qa-guest -p qa-options
 step "cargo test (host, bench), all but $arm64_test"
-cargo test "${HOST_PACKAGES[@]}" -- --skip "$arm64_test"
+cargo test --no-fail-fast "${HOST_PACKAGES[@]}" -- --skip "$arm64_test"
 
 # The deployment, offline: SAM templates (cfn-lint, and the SAM transform) and the Dockerfile
 # (hadolint).

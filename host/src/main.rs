@@ -2,7 +2,7 @@
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
-use qa_host::api::QaRequest;
+use qa_host::api::{QaRequest, Questions};
 use qa_host::config::HostConfig;
 use qa_host::guest::GuestLocation;
 use qa_host::service::QaService;
@@ -230,9 +230,9 @@ async fn ask(service: Arc<QaService>, args: AskArgs) -> Result<ExitCode, Failure
         request.context = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     }
     match <[String; 1]>::try_from(question) {
-        Ok([one]) => (request.question, request.questions) = (one, None),
+        Ok([one]) => request.questions = Questions::One(one),
         Err(many) if many.is_empty() => {}
-        Err(many) => (request.question, request.questions) = (String::new(), Some(many)),
+        Err(many) => request.questions = Questions::Many(many),
     }
     request.context = context.unwrap_or(request.context);
     request.model_type = model.or(request.model_type);

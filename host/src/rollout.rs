@@ -12,7 +12,7 @@
 //! number of clean calls, if asked to. Each call writes a metric line whose only dimension
 //! besides `service` is `guest` (`serving` or `candidate`), so the series stay two.
 
-use crate::api::RolloutStatus;
+use crate::api::{Questions, RolloutStatus};
 use crate::guest::{Answer, GuestError, GuestLocation, GuestModel, GuestQaError, GuestRuntime, Options, Response, SwappableGuest};
 use crate::model_cache::LoadedModel;
 use crate::nn::{Call as NnCall, Priority};
@@ -134,13 +134,6 @@ impl Role {
 /// A guest call's outcome as a rollout counts it: its answers (one per question), or why
 /// there are none.
 pub type Answered = Result<Vec<Result<Response, GuestError>>, GuestError>;
-
-/// The question or questions one guest call answers.
-#[derive(Clone, Debug)]
-pub enum Questions {
-    One(String),
-    Many(Vec<String>),
-}
 
 /// One guest call as the request path makes it: the questions over one context, on the
 /// request's model, with its options and deadline.
@@ -623,8 +616,7 @@ fn compare(served: &[Option<Answer>], shadow: &Answered) -> Option<(bool, f64)> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::RolloutStatus;
-    use crate::guest::{Answer, GuestLocation, Timings};
+    use crate::guest::Timings;
 
     fn answered(text: &str, start: u32, score: f64) -> Answered {
         let answer = Answer { text: text.into(), score, start, end: start + text.len() as u32 };

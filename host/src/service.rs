@@ -3,12 +3,12 @@
 //! [`QaService::reply_within`].
 
 use crate::api::{
-    AnswerSpan, ApiError, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult, RolloutStatus, check_question,
+    Answer, ApiError, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult, Questions, RolloutStatus, check_question,
 };
-use crate::guest::{GuestError, Options, SwappableGuest};
+use crate::guest::{GuestError, Options, SwappableGuest, Timings};
 use crate::model_cache::{LoadedModel, ModelCache};
 use crate::models::{ModelCatalog, S3Connector, is_valid_name};
-use crate::rollout::{GuestCall, GuestRun, Questions, Rollout, ShadowBound};
+use crate::rollout::{GuestCall, GuestRun, Rollout, ShadowBound};
 use crate::telemetry::emf::Metrics;
 use crate::telemetry::layer::{Answering, Call, Outcome, TelemetryLayer};
 use crate::telemetry::prom::{PromMetrics, Snapshot};
@@ -156,8 +156,8 @@ impl QaService {
         request_id: &str,
     ) -> Result<QaReply, ApiError> {
         match request.questions {
-            Some(_) => self.answer_many_within(request, budget, request_id).await.map(QaReply::Many),
-            None => self.answer_within(request, budget, request_id).await.map(QaReply::One),
+            Questions::Many(_) => self.answer_many_within(request, budget, request_id).await.map(QaReply::Many),
+            Questions::One(_) => self.answer_within(request, budget, request_id).await.map(QaReply::One),
         }
     }
 
@@ -169,31 +169,29 @@ impl QaService {
         budget: Option<Duration>,
         request_id: &str,
     ) -> Result<QaResponse, ApiError> {
-        if request.questions.is_some() {
+        let Questions::One(question) = &request.questions else {
             return Err(ApiError::Internal("a request with `questions` reached the one-question path".into()));
-        }
+        };
+        let question = question.clone();
         let ready = self.ready(&request, budget).await?;
-        let run = self.run_guest(&ready, Questions::One(request.question.clone()), &request.context, request_id).await;
+        let run = self.run_guest(&ready, Questions::One(question.clone()), &request.context, request_id).await;
         let (guest_version, guest_time) = (run.guest_version, run.took);
         let response = run
             .answered
             .and_then(|mut results| results.pop().unwrap_or_else(|| Err(GuestError::BadAnswer("no result".into()))))
             .map_err(|e| ApiError::from_guest(&guest_version, ApiError::from_guest_error(&ready.name, e)))?;
-        let mut timings = GuestTimings::default();
-        timings.add(&response.timings);
-        let answers = spans(response.answers);
-        let best = AnswerSpan::best(&answers);
+        let best = Answer::best(&response.answers);
         Ok(QaResponse {
-            question: request.question,
+            question,
             answer: best.text,
             score: best.score,
             start: best.start,
             end: best.end,
-            answers,
-            windows: timings.windows,
+            answers: response.answers,
+            windows: response.timings.windows,
             model_version: ready.model.version.clone(),
             guest_version,
-            timings_ms: timings.phases(ready.fetched, guest_time, ready.started.elapsed()),
+            timings_ms: PhaseTimings::new(ready.fetched, guest_time, &response.timings, ready.started.elapsed()),
             model_loaded: ready.model_loaded,
             model_type: ready.name,
         })
@@ -228,7 +226,9 @@ impl QaService {
         request_id: &str,
     ) -> Result<QaBatchResponse, ApiError> {
         let ready = self.ready(&request, budget).await?;
-        let questions = request.questions.unwrap_or_default();
+        let Questions::Many(questions) = request.questions else {
+            return Err(ApiError::Internal("a request of one question reached the many-question path".into()));
+        };
         let checked: Vec<Result<(), ApiError>> = questions.iter().map(|q| check_question(q)).collect();
         let asked: Vec<String> = questions.iter().zip(&checked).filter(|(_, check)| check.is_ok()).map(|(q, _)| q.clone()).collect();
         let (answered, guest_version, guest_time) = match asked.is_empty() {
@@ -240,7 +240,7 @@ impl QaService {
                 (answered, run.guest_version, run.took)
             }
         };
-        let mut timings = GuestTimings::default();
+        let mut timings = Timings::default();
         let mut answered = answered.into_iter();
         let results = questions
             .into_iter()
@@ -248,8 +248,8 @@ impl QaService {
             .map(|(question, check)| match check.map(|()| answered.next()) {
                 Err(error) => QaResult::failed(question, &error),
                 Ok(Some(Ok(response))) => {
-                    timings.add(&response.timings);
-                    QaResult::answered(question, spans(response.answers))
+                    timings += &response.timings;
+                    QaResult::answered(question, response.answers)
                 }
                 Ok(Some(Err(error))) => QaResult::failed(question, &ApiError::from_guest_error(&ready.name, error)),
                 Ok(None) => QaResult::failed(question, &ApiError::Internal("the guest gave fewer results than questions".into())),
@@ -260,7 +260,7 @@ impl QaService {
             windows: timings.windows,
             model_version: ready.model.version.clone(),
             guest_version,
-            timings_ms: timings.phases(ready.fetched, guest_time, ready.started.elapsed()),
+            timings_ms: PhaseTimings::new(ready.fetched, guest_time, &timings, ready.started.elapsed()),
             model_loaded: ready.model_loaded,
             model_type: ready.name,
         })
@@ -325,38 +325,4 @@ struct Ready {
     budget: Option<Duration>,
     started: Instant,
     fetched: Duration,
-}
-
-/// The guest's timings, summed over the questions of a call.
-#[derive(Default)]
-struct GuestTimings {
-    tokenize_us: u64,
-    inference_us: u64,
-    decode_us: u64,
-    windows: u32,
-}
-
-impl GuestTimings {
-    fn add(&mut self, timings: &crate::guest::Timings) {
-        self.tokenize_us += timings.tokenize_us;
-        self.inference_us += timings.inference_us;
-        self.decode_us += timings.decode_us;
-        self.windows += timings.windows;
-    }
-
-    fn phases(&self, fetch: Duration, guest: Duration, total: Duration) -> PhaseTimings {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        PhaseTimings {
-            fetch: ms(fetch),
-            guest: ms(guest),
-            tokenize: self.tokenize_us as f64 / 1e3,
-            inference: self.inference_us as f64 / 1e3,
-            decode: self.decode_us as f64 / 1e3,
-            total: ms(total),
-        }
-    }
-}
-
-fn spans(answers: Vec<crate::guest::Answer>) -> Vec<AnswerSpan> {
-    answers.into_iter().map(|a| AnswerSpan { text: a.text, score: a.score, start: a.start, end: a.end }).collect()
 }

@@ -7,7 +7,7 @@ mod common;
 
 use common::openapi::{contract, pointer_token};
 use common::*;
-use qa_host::api::{AnswerSpan, ApiError, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult};
+use qa_host::api::{Answer, ApiError, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -165,7 +165,7 @@ fn the_request_schema_keeps_to_json_schema_draft_4() {
 
 #[test]
 fn responses_built_from_the_rust_types_are_what_the_document_describes() {
-    let span = AnswerSpan { text: "1886".into(), score: 0.97, start: 95, end: 99 };
+    let span = Answer { text: "1886".into(), score: 0.97, start: 95, end: 99 };
     let timings = PhaseTimings { fetch: 0.1, guest: 20.0, tokenize: 1.0, inference: 17.0, decode: 0.5, total: 21.0 };
     let one = QaReply::One(QaResponse {
         model_type: "nlp1".into(),

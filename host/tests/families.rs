@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use qa_host::api::{AnswerSpan, QaRequest};
+use qa_host::api::{Answer, QaRequest};
 use qa_host::guest::Decoding;
 use serde_json::Value;
 
@@ -24,7 +24,7 @@ fn read_json(path: &std::path::Path) -> Value {
 }
 
 /// The answers of `expected` (a list of `{text, start, end, score}`), for comparison.
-fn expected_answers(expected: &Value) -> Vec<AnswerSpan> {
+fn expected_answers(expected: &Value) -> Vec<Answer> {
     serde_json::from_value(expected.clone()).expect("a list of answers")
 }
 

@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use proptest::prelude::*;
 use proptest::strategy::LazyJust;
 use proptest::test_runner::TestCaseError;
-use qa_host::api::{AnswerSpan, ApiError, PhaseTimings, QaReply, QaRequest, QaResponse, limits};
+use qa_host::api::{Answer, ApiError, PhaseTimings, QaReply, QaRequest, QaResponse, Questions, limits};
 use qa_host::guest::Decoding;
 use qa_host::lambda::trigger::{TRIGGERS, Trigger, recognize};
 use serde_json::{Map, Value, json};
@@ -168,11 +168,14 @@ fn check_respond(source: Source, result: Result<QaResponse, ApiError>, request_i
 }
 
 /// A response for a parsed request, as the service would give one.
-fn response_for(request: &QaRequest, answers: Vec<AnswerSpan>, score: f64) -> QaResponse {
+fn response_for(request: &QaRequest, answers: Vec<Answer>, score: f64) -> QaResponse {
     let best = answers.first().cloned();
     QaResponse {
         model_type: request.model_type.clone().unwrap_or_else(|| "nlp1".into()),
-        question: request.question.clone(),
+        question: match &request.questions {
+            Questions::One(question) => question.clone(),
+            Questions::Many(_) => String::new(),
+        },
         answer: best.as_ref().map(|a| a.text.clone()).unwrap_or_default(),
         score,
         start: best.as_ref().map_or(0, |a| a.start),
@@ -197,7 +200,7 @@ fn check_event(event: Value, source: Option<Source>, expected: Option<&Result<Qa
     if let Some(expected) = expected {
         same_outcome(&request, expected)?;
     }
-    let result = request.map(|r| response_for(&r, vec![AnswerSpan { text: r.context.clone(), score: 0.5, start: 0, end: 1 }], 0.5));
+    let result = request.map(|r| response_for(&r, vec![Answer { text: r.context.clone(), score: 0.5, start: 0, end: 1 }], 0.5));
     check_respond(got_source, result, "req-props")?;
     Ok(())
 }
@@ -318,8 +321,7 @@ fn request() -> impl Strategy<Value = QaRequest> {
         |(question, questions, context, model_type, (top_k, max_answer_len, handle, max_seq_len, doc_stride, decoding))| QaRequest {
             model_type,
             // `question` or `questions`, as a body carries them.
-            question: if questions.is_some() { String::new() } else { question },
-            questions,
+            questions: questions.map_or(Questions::One(question), Questions::Many),
             context,
             top_k,
             max_answer_len,
@@ -456,7 +458,7 @@ fn float() -> impl Strategy<Value = f64> {
 }
 
 fn response() -> impl Strategy<Value = QaResponse> {
-    let span = (string(), float(), any::<u32>(), any::<u32>()).prop_map(|(text, score, start, end)| AnswerSpan { text, score, start, end });
+    let span = (string(), float(), any::<u32>(), any::<u32>()).prop_map(|(text, score, start, end)| Answer { text, score, start, end });
     (request(), prop::collection::vec(span, 0..4), float()).prop_map(|(request, answers, score)| response_for(&request, answers, score))
 }
 

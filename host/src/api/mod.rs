@@ -7,8 +7,11 @@ mod error;
 
 pub use error::ApiError;
 
-use crate::guest::{Decoding, Options};
+pub use crate::guest::Answer;
+
+use crate::guest::{Decoding, Options, Timings};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// Limits on a request (documented in docs/api.md).
 pub mod limits {
@@ -26,33 +29,31 @@ pub mod limits {
 }
 
 /// A question (or several, `questions`) as it arrives, after the transport's envelope is
-/// removed.
+/// removed. Its JSON form is [`RawRequest`]'s.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(try_from = "RawRequest", into = "RawRequest")]
 pub struct QaRequest {
     /// Which model answers; the default model when absent.
-    #[serde(default)]
     pub model_type: Option<String>,
-    /// The question; empty when `questions` is given.
-    pub question: String,
-    /// Several questions over the one context, answered in one call (1 to
-    /// [`limits::MAX_QUESTIONS`]); the response then has `results`.
-    pub questions: Option<Vec<String>>,
+    pub questions: Questions,
     pub context: String,
-    #[serde(default)]
     pub top_k: Option<u32>,
-    #[serde(default)]
     pub max_answer_len: Option<u32>,
-    #[serde(default)]
     pub handle_impossible_answer: Option<bool>,
-    #[serde(default)]
     pub max_seq_len: Option<u32>,
-    #[serde(default)]
     pub doc_stride: Option<u32>,
     /// How answers of different windows compare: `document` (the default) or `pipeline` (the
     /// transformers pipeline's per-window scores).
-    #[serde(default)]
     pub decoding: Option<Decoding>,
+}
+
+/// What a request asks: one question (`question`), or several over the one context
+/// (`questions`, 1 to [`limits::MAX_QUESTIONS`], answered in one call; the response then has
+/// `results`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Questions {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// The body as written: `question` or `questions`, one of the two. An option given as `null`
@@ -109,11 +110,14 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Opt
 
 impl From<QaRequest> for RawRequest {
     fn from(request: QaRequest) -> Self {
-        let question = request.questions.is_none().then_some(request.question);
+        let (question, questions) = match request.questions {
+            Questions::One(question) => (Some(question), None),
+            Questions::Many(questions) => (None, Some(questions)),
+        };
         RawRequest {
             model_type: request.model_type,
             question,
-            questions: request.questions,
+            questions,
             context: request.context,
             top_k: request.top_k,
             max_answer_len: request.max_answer_len,
@@ -129,15 +133,14 @@ impl TryFrom<RawRequest> for QaRequest {
     type Error = String;
 
     fn try_from(raw: RawRequest) -> Result<Self, String> {
-        let (question, questions) = match (raw.question, raw.questions) {
-            (Some(question), None) => (question, None),
-            (None, Some(questions)) => (String::new(), Some(questions)),
+        let questions = match (raw.question, raw.questions) {
+            (Some(question), None) => Questions::One(question),
+            (None, Some(questions)) => Questions::Many(questions),
             (None, None) => return Err("missing field `question` (or `questions`)".into()),
             (Some(_), Some(_)) => return Err("give `question` or `questions`, not both".into()),
         };
         Ok(QaRequest {
             model_type: raw.model_type,
-            question,
             questions,
             context: raw.context,
             top_k: raw.top_k,
@@ -155,8 +158,7 @@ impl QaRequest {
     pub fn new(question: impl Into<String>, context: impl Into<String>) -> Self {
         Self {
             model_type: None,
-            question: question.into(),
-            questions: None,
+            questions: Questions::One(question.into()),
             context: context.into(),
             top_k: None,
             max_answer_len: None,
@@ -181,7 +183,7 @@ impl QaRequest {
 
     /// Several questions over one context: same options, one call.
     pub fn many(questions: Vec<String>, context: impl Into<String>) -> Self {
-        Self { questions: Some(questions), ..Self::new("", context) }
+        Self { questions: Questions::Many(questions), ..Self::new("", context) }
     }
 
     /// Checks sizes and option ranges; emptiness counts after trimming white space. With
@@ -189,15 +191,15 @@ impl QaRequest {
     /// only its entry.
     pub fn validate(&self) -> Result<(), ApiError> {
         match &self.questions {
-            None => check_question(&self.question)?,
-            Some(questions) if questions.is_empty() || questions.len() > limits::MAX_QUESTIONS => {
+            Questions::One(question) => check_question(question)?,
+            Questions::Many(questions) if questions.is_empty() || questions.len() > limits::MAX_QUESTIONS => {
                 return Err(ApiError::InvalidField(format!(
                     "questions must hold 1 to {} questions, got {}",
                     limits::MAX_QUESTIONS,
                     questions.len()
                 )));
             }
-            Some(_) => {}
+            Questions::Many(_) => {}
         }
         if self.context.trim().is_empty() {
             return Err(ApiError::EmptyContext);
@@ -246,22 +248,6 @@ pub fn check_question(question: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// One answer: `start..end` are character offsets into the context, `text` that slice.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct AnswerSpan {
-    pub text: String,
-    pub score: f64,
-    pub start: u32,
-    pub end: u32,
-}
-
-impl AnswerSpan {
-    /// The first of `answers` (they come best first), or the empty answer when there is none.
-    pub fn best(answers: &[AnswerSpan]) -> AnswerSpan {
-        answers.first().cloned().unwrap_or(AnswerSpan { text: String::new(), score: 0.0, start: 0, end: 0 })
-    }
-}
-
 /// Milliseconds per phase: making the model available (`fetch`), the whole guest call
 /// (`guest`), and inside it `tokenize`, `inference` and `decode` (span scoring and answer
 /// extraction); `total` is the request end to end.
@@ -273,6 +259,23 @@ pub struct PhaseTimings {
     pub inference: f64,
     pub decode: f64,
     pub total: f64,
+}
+
+impl PhaseTimings {
+    /// The phases of a request that took `total`, of which `fetch` making its model available
+    /// and `guest` its guest call, inside which the guest measured `inside`.
+    pub fn new(fetch: Duration, guest: Duration, inside: &Timings, total: Duration) -> Self {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let us = |n: u64| n as f64 / 1e3;
+        Self {
+            fetch: ms(fetch),
+            guest: ms(guest),
+            tokenize: us(inside.tokenize_us),
+            inference: us(inside.inference_us),
+            decode: us(inside.decode_us),
+            total: ms(total),
+        }
+    }
 }
 
 /// The sample's response body, extended. The first three keys keep the sample's spelling.
@@ -288,7 +291,7 @@ pub struct QaResponse {
     pub score: f64,
     pub start: u32,
     pub end: u32,
-    pub answers: Vec<AnswerSpan>,
+    pub answers: Vec<Answer>,
     /// Windows the context was split into.
     pub windows: u32,
     /// Version of the model's files that answered (changes when the stored model changes).
@@ -317,7 +320,7 @@ pub struct QaResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answers: Option<Vec<AnswerSpan>>,
+    pub answers: Option<Vec<Answer>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<EntryError>,
 }
@@ -332,8 +335,8 @@ pub struct EntryError {
 
 impl QaResult {
     /// The entry for `question` answered with `answers` (best first).
-    pub fn answered(question: String, answers: Vec<AnswerSpan>) -> Self {
-        let best = AnswerSpan::best(&answers);
+    pub fn answered(question: String, answers: Vec<Answer>) -> Self {
+        let best = Answer::best(&answers);
         QaResult {
             question,
             answer: Some(best.text),
@@ -480,7 +483,7 @@ mod tests {
     #[test]
     fn questions_replace_question_and_are_bounded() {
         let many = QaRequest::from_json(br#"{"questions": ["Who?", "When?"], "context": "c"}"#).unwrap();
-        assert_eq!(many.questions.as_deref(), Some(&["Who?".to_string(), "When?".to_string()][..]));
+        assert_eq!(many.questions, Questions::Many(vec!["Who?".to_string(), "When?".to_string()]));
         assert!(many.validate().is_ok());
         let both = QaRequest::from_json(br#"{"question": "q", "questions": ["Who?"], "context": "c"}"#).unwrap_err();
         assert_eq!(both.code(), "invalid_field");

@@ -96,7 +96,9 @@ pub struct Options {
     pub decoding: Decoding,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// One answer, as the guest gives it and the API returns it: `start..end` are character
+/// offsets into the context, `text` that slice.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 pub struct Answer {
     pub text: String,
     pub score: f64,
@@ -104,12 +106,29 @@ pub struct Answer {
     pub end: u32,
 }
 
+impl Answer {
+    /// The first of `answers` (they come best first), or the empty answer when there is none.
+    pub fn best(answers: &[Answer]) -> Answer {
+        answers.first().cloned().unwrap_or(Answer { text: String::new(), score: 0.0, start: 0, end: 0 })
+    }
+}
+
+/// What the guest measured inside its call, for one question or summed over several.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timings {
     pub tokenize_us: u64,
     pub inference_us: u64,
     pub decode_us: u64,
     pub windows: u32,
+}
+
+impl std::ops::AddAssign<&Timings> for Timings {
+    fn add_assign(&mut self, other: &Timings) {
+        self.tokenize_us += other.tokenize_us;
+        self.inference_us += other.inference_us;
+        self.decode_us += other.decode_us;
+        self.windows += other.windows;
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
