@@ -163,7 +163,8 @@ impl Row for ProjectRow {
             self.runtime.block_on(self.runtime.spawn(async move { service.answer(request).await }))?.map_err(|e| anyhow!("{e}"))?;
         let response_body = serde_json::to_vec(&response)?;
         std::hint::black_box(&response_body);
-        Ok(Some(Answer { text: response.answer, start: response.start, end: response.end, score: response.score }))
+        let best = response.body;
+        Ok(Some(Answer { text: best.answer, start: best.start, end: best.end, score: best.score }))
     }
 }
 

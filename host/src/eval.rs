@@ -147,7 +147,7 @@ pub async fn evaluate(
         let prediction = match service.answer(request).await {
             Ok(response) => {
                 model_used = response.model_type;
-                response.answer
+                response.body.answer
             }
             Err(error) => {
                 failed += 1;

@@ -616,7 +616,7 @@ fn compare(served: &[Option<Answer>], shadow: &Answered) -> Option<(bool, f64)> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::Timings;
+    use crate::guest::{AnswerError, Timings};
 
     fn answered(text: &str, start: u32, score: f64) -> Answered {
         let answer = Answer { text: text.into(), score, start, end: start + text.len() as u32 };
@@ -657,7 +657,7 @@ mod tests {
         assert!(!guest_fault(&GuestError::Busy(4)));
         assert!(guest_fault(&GuestError::Trap("unreachable".into())));
         assert!(guest_fault(&GuestError::Timeout(Duration::from_secs(1))));
-        assert!(guest_fault(&GuestError::BadAnswer("not a span".into())));
+        assert!(guest_fault(&GuestError::BadAnswer(AnswerError::TooMany { got: 2, top_k: 1 })));
     }
 
     fn judged(serving: &[bool], candidate: &[bool], policy: &Policy) -> Verdict {

@@ -3,9 +3,10 @@
 //! [`QaService::reply_within`].
 
 use crate::api::{
-    Answer, ApiError, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult, Questions, RolloutStatus, check_question,
+    ApiError, ManyAnswers, OneAnswer, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult, Questions, RolloutStatus,
+    check_question,
 };
-use crate::guest::{GuestError, Options, SwappableGuest, Timings};
+use crate::guest::{AnswerError, Options, SwappableGuest, Timings};
 use crate::model_cache::{LoadedModel, ModelCache};
 use crate::models::{ModelCatalog, S3Connector, is_valid_name};
 use crate::rollout::{GuestCall, GuestRun, Rollout, ShadowBound};
@@ -156,8 +157,8 @@ impl QaService {
         request_id: &str,
     ) -> Result<QaReply, ApiError> {
         match request.questions {
-            Questions::Many(_) => self.answer_many_within(request, budget, request_id).await.map(QaReply::Many),
-            Questions::One(_) => self.answer_within(request, budget, request_id).await.map(QaReply::One),
+            Questions::Many(_) => self.answer_many_within(request, budget, request_id).await.map(QaReply::from),
+            Questions::One(_) => self.answer_within(request, budget, request_id).await.map(QaReply::from),
         }
     }
 
@@ -178,16 +179,10 @@ impl QaService {
         let (guest_version, guest_time) = (run.guest_version, run.took);
         let response = run
             .answered
-            .and_then(|mut results| results.pop().unwrap_or_else(|| Err(GuestError::BadAnswer("no result".into()))))
+            .and_then(|mut results| results.pop().unwrap_or_else(|| Err(AnswerError::ResultCount { results: 0, questions: 1 }.into())))
             .map_err(|e| ApiError::from_guest(&guest_version, ApiError::from_guest_error(&ready.name, e)))?;
-        let best = Answer::best(&response.answers);
         Ok(QaResponse {
-            question,
-            answer: best.text,
-            score: best.score,
-            start: best.start,
-            end: best.end,
-            answers: response.answers,
+            body: OneAnswer::new(question, response.answers),
             windows: response.timings.windows,
             model_version: ready.model.version.clone(),
             guest_version,
@@ -256,7 +251,7 @@ impl QaService {
             })
             .collect();
         Ok(QaBatchResponse {
-            results,
+            body: ManyAnswers { results },
             windows: timings.windows,
             model_version: ready.model.version.clone(),
             guest_version,

@@ -7,7 +7,7 @@ mod common;
 
 use common::openapi::{contract, pointer_token};
 use common::*;
-use qa_host::api::{Answer, ApiError, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult};
+use qa_host::api::{Answer, ApiError, ManyAnswers, OneAnswer, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -167,23 +167,20 @@ fn the_request_schema_keeps_to_json_schema_draft_4() {
 fn responses_built_from_the_rust_types_are_what_the_document_describes() {
     let span = Answer { text: "1886".into(), score: 0.97, start: 95, end: 99 };
     let timings = PhaseTimings { fetch: 0.1, guest: 20.0, tokenize: 1.0, inference: 17.0, decode: 0.5, total: 21.0 };
-    let one = QaReply::One(QaResponse {
+    let one = QaReply::from(QaResponse {
         model_type: "nlp1".into(),
-        question: "When?".into(),
-        answer: "1886".into(),
-        score: 0.97,
-        start: 95,
-        end: 99,
-        answers: vec![span.clone()],
+        body: OneAnswer { question: "When?".into(), answer: "1886".into(), score: 0.97, start: 95, end: 99, answers: vec![span.clone()] },
         windows: 1,
         model_version: "image".into(),
         guest_version: "0123456789ab".into(),
         timings_ms: timings.clone(),
         model_loaded: true,
     });
-    let many = QaReply::Many(QaBatchResponse {
+    let many = QaReply::from(QaBatchResponse {
         model_type: "nlp1".into(),
-        results: vec![QaResult::answered("When?".into(), vec![span]), QaResult::failed(" ".into(), &ApiError::EmptyQuestion)],
+        body: ManyAnswers {
+            results: vec![QaResult::answered("When?".into(), vec![span]), QaResult::failed(" ".into(), &ApiError::EmptyQuestion)],
+        },
         windows: 1,
         model_version: "image".into(),
         guest_version: "0123456789ab".into(),

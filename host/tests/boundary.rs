@@ -77,7 +77,7 @@ async fn check(service: &Arc<QaService>, log: &LogCapture, dispatch: &tracing::D
     let outcome = service.answer(QaRequest::new(question, "ok")).with_subscriber(dispatch.clone()).await;
     let took = started.elapsed();
     prop_assert!(took < DEADLINE + LATE, "the request ended after {took:?}");
-    let outcome = outcome.map(|r| r.answer).map_err(|e| (e.code(), e.to_string()));
+    let outcome = outcome.map(|r| r.body.answer).map_err(|e| (e.code(), e.to_string()));
     if let Err((code, message)) = &outcome {
         prop_assert!(["guest_failed", "inference_failed", "guest_timeout", "invalid_input"].contains(code), "{code}: {message}");
     }

@@ -22,7 +22,7 @@ async fn misbehaving_service(deadline: Duration, memory_mb: usize) -> std::sync:
 
 /// Asks the misbehaving guest; a well-behaved answer is the whole context, "ok".
 async fn ask(service: &std::sync::Arc<qa_host::service::QaService>, question: &str) -> Result<String, (u16, &'static str, String)> {
-    service.answer(QaRequest::new(question, "ok")).await.map(|r| r.answer).map_err(|e| (e.status(), e.code(), e.to_string()))
+    service.answer(QaRequest::new(question, "ok")).await.map(|r| r.body.answer).map_err(|e| (e.status(), e.code(), e.to_string()))
 }
 
 /// What a probing question found out from inside the sandbox (reported as an error, since

@@ -6,15 +6,14 @@
 mod common;
 
 use common::*;
-use qa_host::api::{QaBatchResponse, QaRequest, QaResult};
+use qa_host::api::{Answers, QaBatchResponse, QaRequest, QaResult};
 use std::sync::Arc;
 
 async fn many(service: &Arc<qa_host::service::QaService>) -> QaBatchResponse {
     let request = QaRequest::many(sample_questions(), benz_request()["context"].as_str().unwrap());
-    match service.reply_within(request, None, "test").await.expect("answered") {
-        qa_host::api::QaReply::Many(response) => response,
-        other => panic!("not a many-question response: {other:?}"),
-    }
+    let reply = service.reply_within(request, None, "test").await.expect("answered");
+    let Answers::Many(body) = reply.body.clone() else { panic!("not a many-question response: {reply:?}") };
+    reply.map(|_| body)
 }
 
 fn check_entries(results: &[QaResult], guest: &str) {

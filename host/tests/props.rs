@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use proptest::prelude::*;
 use proptest::strategy::LazyJust;
 use proptest::test_runner::TestCaseError;
-use qa_host::api::{Answer, ApiError, PhaseTimings, QaReply, QaRequest, QaResponse, Questions, limits};
+use qa_host::api::{Answer, ApiError, OneAnswer, PhaseTimings, QaReply, QaRequest, QaResponse, Questions, limits};
 use qa_host::guest::Decoding;
 use qa_host::lambda::trigger::{TRIGGERS, Trigger, recognize};
 use serde_json::{Map, Value, json};
@@ -122,7 +122,7 @@ fn same_outcome(got: &Result<QaRequest, ApiError>, expected: &Result<QaRequest, 
 
 /// Checks `respond(source, result, request_id)` and returns it.
 fn check_respond(source: Source, result: Result<QaResponse, ApiError>, request_id: &str) -> Result<Value, TestCaseError> {
-    let result = result.map(QaReply::One);
+    let result = result.map(QaReply::from);
     let expected_status = match &result {
         Ok(_) => 200,
         Err(error) => u64::from(error.status()),
@@ -172,15 +172,17 @@ fn response_for(request: &QaRequest, answers: Vec<Answer>, score: f64) -> QaResp
     let best = answers.first().cloned();
     QaResponse {
         model_type: request.model_type.clone().unwrap_or_else(|| "nlp1".into()),
-        question: match &request.questions {
-            Questions::One(question) => question.clone(),
-            Questions::Many(_) => String::new(),
+        body: OneAnswer {
+            question: match &request.questions {
+                Questions::One(question) => question.clone(),
+                Questions::Many(_) => String::new(),
+            },
+            answer: best.as_ref().map(|a| a.text.clone()).unwrap_or_default(),
+            score,
+            start: best.as_ref().map_or(0, |a| a.start),
+            end: best.as_ref().map_or(0, |a| a.end),
+            answers,
         },
-        answer: best.as_ref().map(|a| a.text.clone()).unwrap_or_default(),
-        score,
-        start: best.as_ref().map_or(0, |a| a.start),
-        end: best.as_ref().map_or(0, |a| a.end),
-        answers,
         windows: 1,
         model_version: "props".into(),
         guest_version: "0123456789ab".into(),

@@ -24,7 +24,7 @@ async fn hostile(deadline: Duration, configure: impl FnOnce(&mut qa_host::config
 }
 
 async fn ask(service: &Arc<QaService>, question: &str) -> Result<String, (u16, &'static str, String)> {
-    service.answer(QaRequest::new(question, "ok")).await.map(|r| r.answer).map_err(|e| (e.status(), e.code(), e.to_string()))
+    service.answer(QaRequest::new(question, "ok")).await.map(|r| r.body.answer).map_err(|e| (e.status(), e.code(), e.to_string()))
 }
 
 /// What a probe found (probes report through an `inference` error).
@@ -214,6 +214,19 @@ async fn guest_error_text_is_cut_and_marked() {
     assert_eq!((status, code), (400, "invalid_input"));
     assert!(message.len() < 5 << 10, "a 32 MiB error message reached the caller as {} bytes", message.len());
     assert!(message.ends_with(&format!("[cut: {} more bytes]", (32 << 20) - 4096)), "{}", &message[message.len() - 60..]);
+}
+
+/// A guest that traps after a wasi-nn call failed: the report says what the backend said,
+/// whatever the guest made of it (here, nothing).
+#[tokio::test]
+async fn a_trap_after_a_wasi_nn_failure_reports_the_backend_s_detail() {
+    let service = hostile(Duration::from_secs(30), |_| {}).await;
+    let (status, code, message) = ask(&service, "script:l5 p").await.unwrap_err();
+    assert_eq!((status, code), (500, "guest_failed"), "{message}");
+    assert!(message.contains("trap requested by the script"), "{message}");
+    assert!(message.contains("its last wasi-nn error: ") && message.contains("\"mmmmm\""), "the failed load's detail: {message}");
+    let (_, _, plain) = ask(&service, "script:p").await.unwrap_err();
+    assert!(!plain.contains("wasi-nn error"), "no wasi-nn call failed: {plain}");
 }
 
 #[tokio::test]

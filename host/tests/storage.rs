@@ -1192,7 +1192,7 @@ fn under_lambda_a_model_that_cannot_be_fetched_in_the_time_left_is_a_503_within_
         let started = std::time::Instant::now();
         let response = runtime.block_on(service.answer_within(request("warm"), Some(budget), "test"));
         let took = started.elapsed();
-        assert_eq!(response.map(|r| r.answer).map_err(|e| e.to_string()), Ok("1886".to_string()), "round {round}");
+        assert_eq!(response.map(|r| r.body.answer).map_err(|e| e.to_string()), Ok("1886".to_string()), "round {round}");
         assert!(took < budget, "round {round}: answered after {took:?}, with {budget:?} left");
     }
 }

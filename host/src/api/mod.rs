@@ -278,11 +278,32 @@ impl PhaseTimings {
     }
 }
 
-/// The sample's response body, extended. The first three keys keep the sample's spelling.
+/// A response: what every answer shares (this envelope) around the answers themselves
+/// (`body`, whose fields sit beside the envelope's in the JSON). The first keys keep the
+/// sample's spelling: `Model_Type`, then the body's `Question` and `Answer`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct QaResponse {
+pub struct Reply<B> {
     #[serde(rename = "Model_Type")]
     pub model_type: String,
+    #[serde(flatten)]
+    pub body: B,
+    /// Windows inference ran on (all questions together).
+    pub windows: u32,
+    /// Version of the model's files that answered (changes when the stored model changes).
+    pub model_version: String,
+    /// Which guest answered: the first 12 hex digits of its `.wasm`'s SHA-256.
+    #[serde(default)]
+    pub guest_version: String,
+    /// The call's phases (summed over the questions inside the guest).
+    pub timings_ms: PhaseTimings,
+    /// Whether this request had to load the model (a model-cache miss); for metrics only.
+    #[serde(skip)]
+    pub model_loaded: bool,
+}
+
+/// The answer to one question: the sample's body, extended.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct OneAnswer {
     #[serde(rename = "Question")]
     pub question: String,
     /// The best answer's text ("" when the best answer is "no answer").
@@ -292,17 +313,63 @@ pub struct QaResponse {
     pub start: u32,
     pub end: u32,
     pub answers: Vec<Answer>,
-    /// Windows the context was split into.
-    pub windows: u32,
-    /// Version of the model's files that answered (changes when the stored model changes).
-    pub model_version: String,
-    /// Which guest answered: the first 12 hex digits of its `.wasm`'s SHA-256.
-    #[serde(default)]
-    pub guest_version: String,
-    pub timings_ms: PhaseTimings,
-    /// Whether this request had to load the model (a model-cache miss); for metrics only.
-    #[serde(skip)]
-    pub model_loaded: bool,
+}
+
+impl OneAnswer {
+    /// The body for `question` answered with `answers` (best first).
+    pub fn new(question: String, answers: Vec<Answer>) -> Self {
+        let best = Answer::best(&answers);
+        Self { question, answer: best.text, score: best.score, start: best.start, end: best.end, answers }
+    }
+}
+
+/// The answers to `questions`: one entry per question, in order.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct ManyAnswers {
+    pub results: Vec<QaResult>,
+}
+
+/// Either body.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Answers {
+    One(OneAnswer),
+    Many(ManyAnswers),
+}
+
+/// The response to one question.
+pub type QaResponse = Reply<OneAnswer>;
+/// The response to `questions`.
+pub type QaBatchResponse = Reply<ManyAnswers>;
+/// An answered request: one question, or several.
+pub type QaReply = Reply<Answers>;
+
+impl<B> std::ops::Deref for Reply<B> {
+    type Target = B;
+
+    fn deref(&self) -> &B {
+        &self.body
+    }
+}
+
+impl<B> Reply<B> {
+    /// The same envelope around `f(body)`.
+    pub fn map<C>(self, f: impl FnOnce(B) -> C) -> Reply<C> {
+        let Reply { model_type, body, windows, model_version, guest_version, timings_ms, model_loaded } = self;
+        Reply { model_type, body: f(body), windows, model_version, guest_version, timings_ms, model_loaded }
+    }
+}
+
+impl From<QaResponse> for QaReply {
+    fn from(reply: QaResponse) -> Self {
+        reply.map(Answers::One)
+    }
+}
+
+impl From<QaBatchResponse> for QaReply {
+    fn from(reply: QaBatchResponse) -> Self {
+        reply.map(Answers::Many)
+    }
 }
 
 /// One question's entry in a many-question response: the single response's answer fields,
@@ -352,70 +419,6 @@ impl QaResult {
     pub fn failed(question: String, error: &ApiError) -> Self {
         let error = EntryError { code: error.code().to_string(), message: error.to_string(), status: error.status() };
         QaResult { question, answer: None, score: None, start: None, end: None, answers: None, error: Some(error) }
-    }
-}
-
-/// The response to `questions`: one entry per question, in order, and what they share.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct QaBatchResponse {
-    #[serde(rename = "Model_Type")]
-    pub model_type: String,
-    pub results: Vec<QaResult>,
-    /// Windows inference ran on, all questions together.
-    pub windows: u32,
-    pub model_version: String,
-    /// Which guest answered (see [`QaResponse::guest_version`]).
-    #[serde(default)]
-    pub guest_version: String,
-    /// The call's phases, summed over the questions inside the guest.
-    pub timings_ms: PhaseTimings,
-    #[serde(skip)]
-    pub model_loaded: bool,
-}
-
-/// An answered request: one question, or several.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(untagged)]
-pub enum QaReply {
-    One(QaResponse),
-    Many(QaBatchResponse),
-}
-
-impl QaReply {
-    pub fn model_type(&self) -> &str {
-        match self {
-            Self::One(r) => &r.model_type,
-            Self::Many(r) => &r.model_type,
-        }
-    }
-
-    pub fn windows(&self) -> u32 {
-        match self {
-            Self::One(r) => r.windows,
-            Self::Many(r) => r.windows,
-        }
-    }
-
-    pub fn model_version(&self) -> &str {
-        match self {
-            Self::One(r) => &r.model_version,
-            Self::Many(r) => &r.model_version,
-        }
-    }
-
-    pub fn timings(&self) -> &PhaseTimings {
-        match self {
-            Self::One(r) => &r.timings_ms,
-            Self::Many(r) => &r.timings_ms,
-        }
-    }
-
-    /// Whether this request had to load the model (a model-cache miss).
-    pub fn model_loaded(&self) -> bool {
-        match self {
-            Self::One(r) => r.model_loaded,
-            Self::Many(r) => r.model_loaded,
-        }
     }
 }
 
@@ -588,12 +591,7 @@ mod tests {
     fn response_keeps_the_sample_spelling() {
         let response = QaResponse {
             model_type: "nlp1".into(),
-            question: "q".into(),
-            answer: "1886".into(),
-            score: 0.9,
-            start: 1,
-            end: 5,
-            answers: vec![],
+            body: OneAnswer { question: "q".into(), answer: "1886".into(), score: 0.9, start: 1, end: 5, answers: vec![] },
             windows: 1,
             model_version: "image".into(),
             guest_version: "0123456789ab".into(),

@@ -2,12 +2,27 @@
 
 use super::Response;
 
+/// How a guest's answer broke the contract; the answer is dropped, never forwarded.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("{got} answers for top_k {top_k}")]
+    TooMany { got: usize, top_k: u32 },
+    #[error("answer {index} spans characters {start}..{end} of a {chars}-character context")]
+    OutsideContext { index: usize, start: usize, end: usize, chars: usize },
+    #[error("answer {index} text ({bytes} bytes) is not the context's characters {start}..{end}")]
+    NotTheSpan { index: usize, bytes: usize, start: usize, end: usize },
+    #[error("answer {index} has score {score}")]
+    NotFinite { index: usize, score: f64 },
+    #[error("{results} results for {questions} questions")]
+    ResultCount { results: usize, questions: usize },
+}
+
 /// A guest is untrusted code: its answers must be character spans of the context with exactly
 /// that text, at most `top_k` of them, scores finite. This also bounds what a guest can make
 /// the host send back (no answer is larger than the request's context).
-pub(super) fn check(response: &Response, context: &str, top_k: u32) -> Result<(), String> {
+pub(super) fn check(response: &Response, context: &str, top_k: u32) -> Result<(), AnswerError> {
     if response.answers.len() > top_k as usize {
-        return Err(format!("{} answers for top_k {top_k}", response.answers.len()));
+        return Err(AnswerError::TooMany { got: response.answers.len(), top_k });
     }
     // Byte offset of each character boundary up to the furthest answer end, so character
     // offsets map to slices in O(1) (an answer past the context's end finds no boundary).
@@ -19,12 +34,12 @@ pub(super) fn check(response: &Response, context: &str, top_k: u32) -> Result<()
         let slice = (start <= end)
             .then(|| Some(&context[*boundaries.get(start)?..*boundaries.get(end)?]))
             .flatten()
-            .ok_or_else(|| format!("answer {i} spans characters {start}..{end} of a {}-character context", context.chars().count()))?;
+            .ok_or_else(|| AnswerError::OutsideContext { index: i, start, end, chars: context.chars().count() })?;
         if answer.text != slice {
-            return Err(format!("answer {i} text ({} bytes) is not the context's characters {start}..{end}", answer.text.len()));
+            return Err(AnswerError::NotTheSpan { index: i, bytes: answer.text.len(), start, end });
         }
         if !answer.score.is_finite() {
-            return Err(format!("answer {i} has score {}", answer.score));
+            return Err(AnswerError::NotFinite { index: i, score: answer.score });
         }
     }
     Ok(())
@@ -48,7 +63,7 @@ mod tests {
         assert_eq!(check(&response(&[("1886", 28, 32, 0.9)]), context, 1), Ok(()));
         assert_eq!(check(&response(&[("🚗", 33, 34, 0.1), ("née", 6, 9, 0.1)]), context, 2), Ok(()));
         assert_eq!(check(&response(&[("", 0, 0, 0.0)]), context, 1), Ok(()), "the no-answer span");
-        let refused = |answers: &[(&str, u32, u32, f64)], top_k| check(&response(answers), context, top_k).unwrap_err();
+        let refused = |answers: &[(&str, u32, u32, f64)], top_k| check(&response(answers), context, top_k).unwrap_err().to_string();
         assert!(refused(&[("1886", 28, 32, 0.9), ("1844", 10, 14, 0.1)], 1).contains("2 answers"));
         assert!(refused(&[("x", 35, 99, 0.5)], 1).contains("35..99"));
         assert!(refused(&[("", 5, 4, 0.5)], 1).contains("5..4"));

@@ -32,6 +32,7 @@ mod sandbox;
 mod snapshots;
 mod swap;
 
+pub use answers::AnswerError;
 pub use artifacts::{
     ArtifactError, Artifacts, DEFAULT_CACHE_BYTES, Origin, SIGNING_KEY_VAR, artifact_path, shipped_artifact_path, write_shipped_artifact,
 };
@@ -105,7 +106,7 @@ pub enum GuestError {
     /// The guest answered outside the contract (spans must be slices of the context, at most
     /// `top_k` of them); the answer is dropped, never forwarded.
     #[error("guest broke the answer contract: {0}")]
-    BadAnswer(String),
+    BadAnswer(#[from] AnswerError),
     /// The guest made the host hold, or pass it in one call, more than its request's budget
     /// (`QA_GUEST_HOST_MB`).
     #[error("guest exceeded its host memory budget: {0}")]
@@ -236,7 +237,7 @@ impl GuestRuntime {
             })
             .await?
             .map_err(|e| GuestError::Qa(e.bounded(MAX_ERROR_BYTES)))?;
-        answers::check(&response, context, options.top_k).map_err(GuestError::BadAnswer)?;
+        answers::check(&response, context, options.top_k)?;
         Ok(response)
     }
 
@@ -257,13 +258,13 @@ impl GuestRuntime {
             .await?
             .map_err(|e| GuestError::Qa(e.bounded(MAX_ERROR_BYTES)))?;
         if results.len() != questions.len() {
-            return Err(GuestError::BadAnswer(format!("{} results for {} questions", results.len(), questions.len())));
+            return Err(AnswerError::ResultCount { results: results.len(), questions: questions.len() }.into());
         }
         Ok(results
             .into_iter()
             .map(|result| {
                 let response = result.map_err(|e| GuestError::Qa(e.bounded(MAX_ERROR_BYTES)))?;
-                answers::check(&response, context, options.top_k).map_err(GuestError::BadAnswer)?;
+                answers::check(&response, context, options.top_k)?;
                 Ok(response)
             })
             .collect())

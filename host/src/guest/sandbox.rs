@@ -112,8 +112,15 @@ impl GuestRuntime {
         let stderr = state.stderr.contents();
         let stderr = String::from_utf8_lossy(&stderr);
         let last_lines: Vec<&str> = stderr.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
-        let message =
-            if last_lines.is_empty() { format!("{error:#}") } else { format!("{error:#}; guest stderr: {}", last_lines.join(" | ")) };
+        let mut message = format!("{error:#}");
+        if !last_lines.is_empty() {
+            message.push_str(&format!("; guest stderr: {}", last_lines.join(" | ")));
+        }
+        // A guest that trapped after a wasi-nn call failed: what the backend said (the guest
+        // may have reported it in its own words, or not at all).
+        if let Some(detail) = state.nn.last_failure() {
+            message.push_str(&format!("; its last wasi-nn error: {detail}"));
+        }
         GuestError::Trap(bound_text(message, MAX_ERROR_BYTES))
     }
 }

@@ -27,6 +27,13 @@ pub enum NnError {
     RuntimeUnusable { path: PathBuf, reason: String },
     #[error("{path}: not a loadable ONNX model: {reason}")]
     ModelUnloadable { path: PathBuf, reason: String },
+    /// The host's own check of the file refused it before ONNX Runtime saw it.
+    #[error("{path}: not a loadable ONNX model: {source}")]
+    ModelRefused {
+        path: PathBuf,
+        #[source]
+        source: model_file::ModelFileError,
+    },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -36,6 +43,7 @@ impl NnError {
     pub fn client_reason(&self) -> String {
         match self {
             NnError::ModelUnloadable { reason, .. } => reason.clone(),
+            NnError::ModelRefused { source, .. } => source.to_string(),
             NnError::Io { source, .. } => format!("model.onnx: {source}"),
             NnError::RuntimeMissing { .. } | NnError::RuntimeUnusable { .. } => "ONNX Runtime is not usable on this host".into(),
         }

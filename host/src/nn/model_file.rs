@@ -16,21 +16,34 @@ use std::path::{Component, Path};
 /// Deeper nesting of graphs in attributes than any real model has.
 const MAX_DEPTH: usize = 64;
 
+/// Why a `model.onnx` is refused before ONNX Runtime sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    #[error("cannot read: {0}")]
+    Read(#[from] std::io::Error),
+    /// The file is not the protobuf a model is (cut short, malformed, nested too deep).
+    #[error("{0}")]
+    Malformed(String),
+    #[error("external data location {location:?} {why}; it must name a file beside model.onnx")]
+    Location { location: String, why: &'static str },
+}
+
 /// Checks `model_path`; the error says which location is refused and why.
-pub fn check(model_path: &Path) -> Result<(), String> {
-    let file = std::fs::File::open(model_path).map_err(|e| format!("cannot read: {e}"))?;
-    let len = file.metadata().map_err(|e| format!("cannot read: {e}"))?.len();
+pub fn check(model_path: &Path) -> Result<(), ModelFileError> {
+    let file = std::fs::File::open(model_path)?;
+    let len = file.metadata()?.len();
     let dir = model_path.parent().unwrap_or(Path::new("."));
     let mut locations = Vec::new();
-    walk(&mut Reader { inner: std::io::BufReader::new(file), at: 0 }, len, Message::Model, 0, &mut locations)?;
+    walk(&mut Reader { inner: std::io::BufReader::new(file), at: 0 }, len, Message::Model, 0, &mut locations)
+        .map_err(ModelFileError::Malformed)?;
     for location in locations {
         check_location(dir, &location)?;
     }
     Ok(())
 }
 
-fn check_location(dir: &Path, location: &str) -> Result<(), String> {
-    let refuse = |why: &str| Err(format!("external data location {location:?} {why}; it must name a file beside model.onnx"));
+fn check_location(dir: &Path, location: &str) -> Result<(), ModelFileError> {
+    let refuse = |why: &'static str| Err(ModelFileError::Location { location: location.to_string(), why });
     if location.contains("_ORT_MEM_ADDR_") {
         return refuse("is ONNX Runtime's in-memory address marker");
     }

@@ -53,7 +53,7 @@ impl OnnxBackend {
     /// [`SessionSettings::sessions`] once runs overlap.
     pub fn load_model_dir(&self, dir: &Path) -> Result<Arc<OnnxModel>, NnError> {
         let path = dir.join("model.onnx");
-        model_file::check(&path).map_err(|reason| NnError::ModelUnloadable { path: path.clone(), reason })?;
+        model_file::check(&path).map_err(|source| NnError::ModelRefused { path: path.clone(), source })?;
         let first = self.session(&path)?;
         OnnxModel::new(first, *self, path.clone()).map(Arc::new).map_err(|reason| NnError::ModelUnloadable { path, reason })
     }

@@ -72,18 +72,18 @@ impl Metrics {
         metric(&mut fields, &mut request_metrics, "TotalTime", "Milliseconds", ms(invocation.total));
         match invocation.result {
             Ok(response) => {
-                let t = response.timings();
+                let t = &response.timings_ms;
                 metric(&mut fields, &mut request_metrics, "Errors", "Count", 0.0);
                 metric(&mut fields, &mut request_metrics, "FetchTime", "Milliseconds", t.fetch);
                 metric(&mut fields, &mut request_metrics, "GuestTime", "Milliseconds", t.guest);
                 metric(&mut fields, &mut request_metrics, "TokenizeTime", "Milliseconds", t.tokenize);
                 metric(&mut fields, &mut request_metrics, "InferenceTime", "Milliseconds", t.inference);
                 metric(&mut fields, &mut request_metrics, "DecodeTime", "Milliseconds", t.decode);
-                let loaded = response.model_loaded();
+                let loaded = response.model_loaded;
                 metric(&mut fields, &mut request_metrics, "ModelCacheHit", "Count", if loaded { 0.0 } else { 1.0 });
                 metric(&mut fields, &mut request_metrics, "ModelCacheMiss", "Count", if loaded { 1.0 } else { 0.0 });
-                fields.insert("model_version".into(), json!(response.model_version()));
-                fields.insert("windows".into(), json!(response.windows()));
+                fields.insert("model_version".into(), json!(response.model_version));
+                fields.insert("windows".into(), json!(response.windows));
             }
             Err(error) => {
                 metric(&mut fields, &mut request_metrics, "Errors", "Count", 1.0);
@@ -208,21 +208,16 @@ pub fn validate(line: &Value) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{PhaseTimings, QaResponse};
+    use crate::api::{OneAnswer, PhaseTimings, QaResponse};
 
     fn metrics() -> Metrics {
         Metrics { namespace: "Ns".into(), service: "svc".into(), function_name: "fn".into(), enabled: true }
     }
 
     fn response(model_loaded: bool) -> QaReply {
-        QaReply::One(QaResponse {
+        QaReply::from(QaResponse {
             model_type: "nlp1".into(),
-            question: "q".into(),
-            answer: "a".into(),
-            score: 0.5,
-            start: 0,
-            end: 1,
-            answers: vec![],
+            body: OneAnswer { question: "q".into(), answer: "a".into(), score: 0.5, start: 0, end: 1, answers: vec![] },
             windows: 1,
             model_version: "v1".into(),
             guest_version: "0123456789ab".into(),

@@ -127,15 +127,15 @@ impl Shared {
         match outcome {
             Ok(reply) => tracing::info!(
                 request_id,
-                model = reply.model_type(),
-                windows = reply.windows(),
+                model = reply.model_type.as_str(),
+                windows = reply.windows,
                 ms = total.as_secs_f64() * 1e3,
                 "answered"
             ),
             Err(error) => tracing::warn!(request_id, code = error.code(), status = error.status(), %error, "request failed"),
         }
         let model = match (outcome, named) {
-            (Ok(reply), _) => Some(reply.model_type().to_string()),
+            (Ok(reply), _) => Some(reply.model_type.as_str().to_string()),
             (Err(_), Some(Some(name))) if self.catalog.get(&name).is_some() => Some(name),
             (Err(_), Some(Some(_))) => Some("unknown".to_string()),
             (Err(_), Some(None)) => self.catalog.default_name().map(str::to_string),

@@ -140,11 +140,11 @@ impl PromMetrics {
         self.requests.with_label_values(&[model, status.as_str(), code]).inc();
         self.total.with_label_values(&[model]).observe(invocation.total.as_secs_f64());
         if let Ok(reply) = invocation.result {
-            let timings = reply.timings();
+            let timings = &reply.timings_ms;
             self.guest.with_label_values(&[model]).observe(timings.guest / 1e3);
             self.inference.with_label_values(&[model]).observe(timings.inference / 1e3);
-            self.windows.with_label_values(&[model]).observe(f64::from(reply.windows()));
-            let result = if reply.model_loaded() { "miss" } else { "hit" };
+            self.windows.with_label_values(&[model]).observe(f64::from(reply.windows));
+            let result = if reply.model_loaded { "miss" } else { "hit" };
             self.model_cache.with_label_values(&[model, result]).inc();
         }
     }
