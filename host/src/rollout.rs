@@ -616,11 +616,11 @@ fn compare(served: &[Option<Answer>], shadow: &Answered) -> Option<(bool, f64)> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::{AnswerError, Timings};
+    use crate::guest::{AnswerError, PhaseTimings};
 
     fn answered(text: &str, start: u32, score: f64) -> Answered {
         let answer = Answer { text: text.into(), score, start, end: start + text.len() as u32 };
-        Ok(vec![Ok(Response { answers: vec![answer], timings: Timings::default() })])
+        Ok(vec![Ok(Response { answers: vec![answer], timings: PhaseTimings::default(), windows: 1 })])
     }
 
     /// The rule as docs/operations.md's rollout policy states it, in its numbers: a default

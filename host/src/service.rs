@@ -6,7 +6,7 @@ use crate::api::{
     ApiError, ManyAnswers, OneAnswer, PhaseTimings, QaBatchResponse, QaReply, QaRequest, QaResponse, QaResult, Questions, RolloutStatus,
     check_question,
 };
-use crate::guest::{AnswerError, Options, SwappableGuest, Timings};
+use crate::guest::{AnswerError, Options, SwappableGuest};
 use crate::model_cache::{LoadedModel, ModelCache};
 use crate::models::{ModelCatalog, S3Connector, is_valid_name};
 use crate::rollout::{GuestCall, GuestRun, Rollout, ShadowBound};
@@ -183,10 +183,10 @@ impl QaService {
             .map_err(|e| ApiError::from_guest(&guest_version, ApiError::from_guest_error(&ready.name, e)))?;
         Ok(QaResponse {
             body: OneAnswer::new(question, response.answers),
-            windows: response.timings.windows,
+            windows: response.windows,
             model_version: ready.model.version.clone(),
             guest_version,
-            timings_ms: PhaseTimings::new(ready.fetched, guest_time, &response.timings, ready.started.elapsed()),
+            timings_ms: response.timings.with_host(ready.fetched, guest_time, ready.started.elapsed()),
             model_loaded: ready.model_loaded,
             model_type: ready.name,
         })
@@ -235,7 +235,7 @@ impl QaService {
                 (answered, run.guest_version, run.took)
             }
         };
-        let mut timings = Timings::default();
+        let (mut timings, mut windows) = (PhaseTimings::default(), 0);
         let mut answered = answered.into_iter();
         let results = questions
             .into_iter()
@@ -244,6 +244,7 @@ impl QaService {
                 Err(error) => QaResult::failed(question, &error),
                 Ok(Some(Ok(response))) => {
                     timings += &response.timings;
+                    windows += response.windows;
                     QaResult::answered(question, response.answers)
                 }
                 Ok(Some(Err(error))) => QaResult::failed(question, &ApiError::from_guest_error(&ready.name, error)),
@@ -252,10 +253,10 @@ impl QaService {
             .collect();
         Ok(QaBatchResponse {
             body: ManyAnswers { results },
-            windows: timings.windows,
+            windows,
             model_version: ready.model.version.clone(),
             guest_version,
-            timings_ms: PhaseTimings::new(ready.fetched, guest_time, &timings, ready.started.elapsed()),
+            timings_ms: timings.with_host(ready.fetched, guest_time, ready.started.elapsed()),
             model_loaded: ready.model_loaded,
             model_type: ready.name,
         })

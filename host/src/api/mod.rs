@@ -7,11 +7,10 @@ mod error;
 
 pub use error::ApiError;
 
-pub use crate::guest::Answer;
+pub use crate::guest::{Answer, PhaseTimings};
 
-use crate::guest::{Decoding, Options, Timings};
+use crate::guest::{Decoding, Options};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 
 /// Limits on a request (documented in docs/api.md).
 pub mod limits {
@@ -246,36 +245,6 @@ pub fn check_question(question: &str) -> Result<(), ApiError> {
         return Err(ApiError::QuestionTooLong { len: question.len(), limit: limits::MAX_QUESTION_BYTES });
     }
     Ok(())
-}
-
-/// Milliseconds per phase: making the model available (`fetch`), the whole guest call
-/// (`guest`), and inside it `tokenize`, `inference` and `decode` (span scoring and answer
-/// extraction); `total` is the request end to end.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct PhaseTimings {
-    pub fetch: f64,
-    pub guest: f64,
-    pub tokenize: f64,
-    pub inference: f64,
-    pub decode: f64,
-    pub total: f64,
-}
-
-impl PhaseTimings {
-    /// The phases of a request that took `total`, of which `fetch` making its model available
-    /// and `guest` its guest call, inside which the guest measured `inside`.
-    pub fn new(fetch: Duration, guest: Duration, inside: &Timings, total: Duration) -> Self {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let us = |n: u64| n as f64 / 1e3;
-        Self {
-            fetch: ms(fetch),
-            guest: ms(guest),
-            tokenize: us(inside.tokenize_us),
-            inference: us(inside.inference_us),
-            decode: us(inside.decode_us),
-            total: ms(total),
-        }
-    }
 }
 
 /// A response: what every answer shares (this envelope) around the answers themselves

@@ -48,12 +48,13 @@ pub(super) fn check(response: &Response, context: &str, top_k: u32) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::{Answer, Timings};
+    use crate::guest::{Answer, PhaseTimings};
 
     fn response(answers: &[(&str, u32, u32, f64)]) -> Response {
         Response {
             answers: answers.iter().map(|&(text, start, end, score)| Answer { text: text.into(), score, start, end }).collect(),
-            timings: Timings { tokenize_us: 0, inference_us: 0, decode_us: 0, windows: 1 },
+            timings: PhaseTimings::default(),
+            windows: 1,
         }
     }
 

@@ -12,6 +12,7 @@
 //! A swapped-in guest of any of these versions runs without redeploying the host.
 
 use crate::boundary::bound_text;
+use std::time::Duration;
 use wasmtime::component::{Component, Instance, InstancePre};
 use wasmtime::{Engine, Store};
 
@@ -113,28 +114,53 @@ impl Answer {
     }
 }
 
-/// What the guest measured inside its call, for one question or summed over several.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Timings {
-    pub tokenize_us: u64,
-    pub inference_us: u64,
-    pub decode_us: u64,
-    pub windows: u32,
+/// Milliseconds per phase of a request, as the API returns them (`timings_ms`): inside the
+/// guest's call `tokenize`, `inference` and `decode` (span scoring and answer extraction), which
+/// the guest measures; around it `fetch` (making the model available), `guest` (the whole guest
+/// call) and `total` (the request end to end), which the host adds ([`PhaseTimings::with_host`]).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct PhaseTimings {
+    pub fetch: f64,
+    pub guest: f64,
+    pub tokenize: f64,
+    pub inference: f64,
+    pub decode: f64,
+    pub total: f64,
 }
 
-impl std::ops::AddAssign<&Timings> for Timings {
-    fn add_assign(&mut self, other: &Timings) {
-        self.tokenize_us += other.tokenize_us;
-        self.inference_us += other.inference_us;
-        self.decode_us += other.decode_us;
-        self.windows += other.windows;
+impl PhaseTimings {
+    /// What the guest measured (in microseconds), before the host's phases are known.
+    pub fn inside_guest(tokenize_us: u64, inference_us: u64, decode_us: u64) -> Self {
+        let ms = |us: u64| us as f64 / 1e3;
+        Self { tokenize: ms(tokenize_us), inference: ms(inference_us), decode: ms(decode_us), ..Self::default() }
+    }
+
+    /// These phases in a request that took `total`, of which `fetch` making its model available
+    /// and `guest` its guest call.
+    pub fn with_host(self, fetch: Duration, guest: Duration, total: Duration) -> Self {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Self { fetch: ms(fetch), guest: ms(guest), total: ms(total), ..self }
     }
 }
 
+/// Phases summed, as over the questions of one call.
+impl std::ops::AddAssign<&PhaseTimings> for PhaseTimings {
+    fn add_assign(&mut self, other: &PhaseTimings) {
+        self.fetch += other.fetch;
+        self.guest += other.guest;
+        self.tokenize += other.tokenize;
+        self.inference += other.inference;
+        self.decode += other.decode;
+        self.total += other.total;
+    }
+}
+
+/// A guest's answers to one question, what it measured, and the windows it ran.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Response {
     pub answers: Vec<Answer>,
-    pub timings: Timings,
+    pub timings: PhaseTimings,
+    pub windows: u32,
 }
 
 /// An error of the contract (the WIT `qa-error` variant; 0.1 has the first four).
@@ -234,12 +260,8 @@ macro_rules! convert {
             fn from(r: $wit::Response) -> Self {
                 Self {
                     answers: r.answers.into_iter().map(|a| Answer { text: a.text, score: a.score, start: a.start, end: a.end }).collect(),
-                    timings: Timings {
-                        tokenize_us: r.timings.tokenize_us,
-                        inference_us: r.timings.inference_us,
-                        decode_us: r.timings.decode_us,
-                        windows: r.timings.windows,
-                    },
+                    timings: PhaseTimings::inside_guest(r.timings.tokenize_us, r.timings.inference_us, r.timings.decode_us),
+                    windows: r.timings.windows,
                 }
             }
         }

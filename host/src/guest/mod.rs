@@ -36,7 +36,7 @@ pub use answers::AnswerError;
 pub use artifacts::{
     ArtifactError, Artifacts, DEFAULT_CACHE_BYTES, Origin, SIGNING_KEY_VAR, artifact_path, shipped_artifact_path, write_shipped_artifact,
 };
-pub use contract::{Answer, Decoding, HostBytes, Options, QaError as GuestQaError, Response, Timings, Version};
+pub use contract::{Answer, Decoding, HostBytes, Options, PhaseTimings, QaError as GuestQaError, Response, Version};
 pub use engine::{engine_config, ship_engine};
 pub use limits::InstanceBudget;
 pub use sandbox::MODELS_MOUNT;
