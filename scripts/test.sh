@@ -54,32 +54,18 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 
 # The arm64 zip package (cargo-lambda and zig from PyPI; a debug build, for time), run by one
 # Lambda test under qemu-aarch64 with Debian's arm64 C libraries. It builds in the background
-# so that it gets only CPU time nothing else wants (link steps, tests that wait), in its own
-# build directory (cargo profile package-debug); its test runs last. Its own session and
-# process group (`setsid`), so that a failing run stops it too; a new session is a new
-# autogroup, and where the kernel groups by session (`sched_autogroup_enabled`) it shares the
-# CPU between autogroups by their own weight, whatever their processes' nice or policy: the job
-# under SCHED_IDLE (`chrt --idle 0`) alone still took half the machine (the cold run's setup
-# took 16m36s beside it, against 11m21s for the same build alone). So its autogroup gets the
-# lowest weight too (`/proc/PID/autogroup`, nice 19), once `setsid` has made it.
+# under SCHED_IDLE (`chrt --idle 0`), in its own build directory (cargo profile package-debug);
+# its test runs last. Its own session and process group (`setsid`), so that a failing run stops
+# it too. That session is an autogroup of its own, and where the kernel groups by session
+# (`sched_autogroup_enabled`) SCHED_IDLE yields only inside it: beside the setup step below the
+# job takes about half the CPU (docs/testing.md, "How long CI takes"). Giving its autogroup the
+# lowest weight made it yield, but then the job still ran during the tests, and two rollout
+# tests that starve the shadow lane with busy threads failed (2026-12-07); so it stays as it was.
 mkdir -p target
 package_log=target/package-arm64.log
 setsid chrt --idle 0 bash scripts/package-lambda.sh arm64 --with-models --profile debug \
   > target/package-arm64.path 2> "$package_log" < /dev/null &
 package_pid=$!
-lowest_autogroup() {
-  local own theirs
-  own=$(cut -d' ' -f1 /proc/$$/autogroup 2> /dev/null) || return 0
-  for _ in $(seq 100); do
-    theirs=$(cut -d' ' -f1 "/proc/$1/autogroup" 2> /dev/null) || return 0
-    if [ "$theirs" != "$own" ]; then
-      echo 19 > "/proc/$1/autogroup" || true
-      return 0
-    fi
-    sleep 0.05
-  done
-}
-lowest_autogroup "$package_pid"
 trap 'kill -- "-$package_pid" 2> /dev/null || true' EXIT
 step "building the arm64 package in the background (log: $package_log)"
 wait_for_package() {
