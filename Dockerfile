@@ -36,7 +36,7 @@
 # Size budget (uncompressed; Lambda allows 10 GB):
 #   provided:al2023 base                      < 40 MB
 #   bootstrap (qa-host release)               46 MB    (wasmtime + Cranelift + AWS SDK; measured x86_64)
-#   libonnxruntime.so                         ~ 29 MB  (1.31.1, x86_64; 1.22.1 on arm64: 18 MB)
+#   libonnxruntime.so                         ~ 29 MB  (1.31.1; 25 MB on arm64)
 #   qa-guest.wasm + .cwasm + instrumented     ~ 3 + 8 + 8 MB
 #   snapshot per shipped model                ~ 15 MB  (0 with WITH_MODELS=false)
 #   models/nlp1 (int8)                        ~ 34 MB  (0 with WITH_MODELS=false)
@@ -47,8 +47,6 @@
 
 ARG RUST_VERSION=1.95.0
 ARG ORT_VERSION=1.31.1
-# arm64 stays on 1.22.1 (scripts/env.sh says why).
-ARG ORT_VERSION_ARM64=1.22.1
 ARG WITH_MODELS=true
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +90,6 @@ FROM models-${WITH_MODELS} AS models
 FROM public.ecr.aws/amazonlinux/amazonlinux:2023 AS build
 ARG RUST_VERSION
 ARG ORT_VERSION
-ARG ORT_VERSION_ARM64
 ARG TARGETARCH
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3041
@@ -102,21 +99,21 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
 ENV PATH=/root/.cargo/bin:$PATH
 # ONNX Runtime: the shared library inside the onnxruntime wheel for the target architecture.
 # Only the C library is used, so the wheel's Python version does not matter; it is named
-# because AL2023's python3 (3.9) has no wheel of the pinned release. Keep ORT_VERSION and
-# ORT_VERSION_ARM64 equal to scripts/env.sh's.
+# because AL2023's python3 (3.9) has no wheel of the pinned release. Keep ORT_VERSION equal to
+# scripts/env.sh's.
 RUN case "${TARGETARCH}" in \
-      amd64) arch=x86_64 version="${ORT_VERSION}" ;; \
-      arm64) arch=aarch64 version="${ORT_VERSION_ARM64}" ;; \
+      amd64) arch=x86_64 ;; \
+      arm64) arch=aarch64 ;; \
       *) echo "TARGETARCH='${TARGETARCH}': build with BuildKit for linux/amd64 or linux/arm64" >&2; exit 1 ;; \
     esac \
  && if [ "$(uname -m)" != "${arch}" ]; then \
       echo "this stage runs on $(uname -m) but targets ${arch}; build with --platform linux/${TARGETARCH}" >&2; exit 1; \
     fi \
  && python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-      --platform "manylinux_2_28_${arch}" "onnxruntime==${version}" -d /tmp/ort \
+      --platform "manylinux_2_28_${arch}" "onnxruntime==${ORT_VERSION}" -d /tmp/ort \
  && python3 -m zipfile -e /tmp/ort/onnxruntime-*.whl /tmp/ort/x \
  && mkdir -p /out \
- && cp "/tmp/ort/x/onnxruntime/capi/libonnxruntime.so.${version}" /out/libonnxruntime.so \
+ && cp "/tmp/ort/x/onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}" /out/libonnxruntime.so \
  && rm -rf /tmp/ort
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

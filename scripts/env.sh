@@ -10,9 +10,6 @@ QA_HOST_BIN="$PWD/target/debug/qa-host"
 # Dockerfile has its own ARG). ort 2.0.0-rc.10 speaks the C API of 1.22, which later releases
 # keep; the host logs the release it loaded and warns outside the tested ones.
 ORT_VERSION=1.31.1
-# The arm64 package's release: 1.31.1's aarch64 library dies at start (SIGSEGV) under
-# qemu-aarch64, the only arm64 machine CI has, where 1.22.1 runs; not tried on Graviton.
-ORT_VERSION_ARM64=1.22.1
 
 # fetch_onnxruntime DEST VERSION [pip download options]: that release's libonnxruntime.so at
 # DEST, fetched again when DEST.version names another release. Copied then renamed, so an

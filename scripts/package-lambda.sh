@@ -10,7 +10,7 @@
 # host looks for each by default):
 #   bootstrap                                  qa-host for that architecture
 #   libonnxruntime.so                          ONNX Runtime from PyPI's wheel for it (scripts/env.sh's
-#                                              ORT_VERSION; ORT_VERSION_ARM64 for arm64)
+#                                              ORT_VERSION)
 #   qa-guest.wasm                              the guest component
 #   qa-guest.wasm.<sha16>[.<kind>].cwasm       the guest, the instrumented guest and, with
 #                                              --with-models, each model's snapshot, compiled
@@ -43,8 +43,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$arch" in
-  x86_64) triple=x86_64-unknown-linux-gnu; wheel_platform=manylinux_2_28_x86_64 ort_version=ORT_VERSION ;;
-  arm64) triple=aarch64-unknown-linux-gnu; wheel_platform=manylinux_2_28_aarch64 ort_version=ORT_VERSION_ARM64 ;;
+  x86_64) triple=x86_64-unknown-linux-gnu; wheel_platform=manylinux_2_28_x86_64 ;;
+  arm64) triple=aarch64-unknown-linux-gnu; wheel_platform=manylinux_2_28_aarch64 ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
 case "$profile" in
@@ -87,8 +87,7 @@ lib=.cache/onnxruntime-$arch/libonnxruntime.so
 if [ "$arch" = x86_64 ] && [ "$(uname -m)" = x86_64 ]; then
   lib=$ORT_DYLIB_PATH
 else
-  # ort_version names the pin (scripts/env.sh) for this architecture.
-  fetch_onnxruntime "$lib" "${!ort_version}" --platform "$wheel_platform" --python-version 311
+  fetch_onnxruntime "$lib" "$ORT_VERSION" --platform "$wheel_platform" --python-version 311
 fi
 
 stage=target/lambda/stage-$suffix

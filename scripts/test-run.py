@@ -1,6 +1,8 @@
 """The README's first command, run as a newcomer runs it (called by scripts/test.sh after the
 cargo tests): `bash scripts/run.sh` must print the sample's answer, and `bash scripts/run.sh
-serve` must serve the same answer over HTTP. Exits non-zero, saying what differed, otherwise.
+serve` must serve the same answer over HTTP; the host it builds has no S3, so an `s3://` model
+must stop it at start-up, saying how to build one with S3. Exits non-zero, saying what
+differed, otherwise.
 
     python3 scripts/test-run.py
 """
@@ -50,6 +52,13 @@ def main() -> None:
     finally:
         server.kill()
         server.wait()
+
+    # The first command's host leaves S3 out: a setting that needs it is refused, not ignored.
+    env = dict(os.environ, QA_ADDR="127.0.0.1:0", QA_MODELS="nlp9=s3://bucket/models/nlp9/")
+    refused = subprocess.run(["bash", "scripts/run.sh", "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if refused.returncode == 0 or "built without S3 support" not in refused.stderr or "bash scripts/setup.sh" not in refused.stderr:
+        sys.exit(f"test-run: `bash scripts/run.sh serve` with an S3 model exited {refused.returncode}:\n{refused.stderr}")
+    print("test-run: bash scripts/run.sh serve refuses an S3 model: built without S3 support", file=sys.stderr)
 
 
 if __name__ == "__main__":

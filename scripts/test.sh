@@ -28,9 +28,8 @@ cargo fmt --all --check
 # installs into the same environment.
 source scripts/env.sh # ORT_VERSION
 # The image fetches ONNX Runtime by its own ARG: the same release as every script here.
-for pin in "ORT_VERSION=$ORT_VERSION" "ORT_VERSION_ARM64=$ORT_VERSION_ARM64"; do
-  grep -qx "ARG $pin" Dockerfile || { echo "test: the Dockerfile has no ARG $pin (scripts/env.sh's)" >&2; exit 1; }
-done
+grep -qx "ARG ORT_VERSION=$ORT_VERSION" Dockerfile \
+  || { echo "test: the Dockerfile has no ARG ORT_VERSION=$ORT_VERSION (scripts/env.sh's)" >&2; exit 1; }
 TOOLS="cargo-lambda==1.9.2 moto[server]==5.2.5 awscrt==0.38.0 onnx==1.19.1 onnxruntime==$ORT_VERSION tokenizers==0.22.2"
 export CARGO_LAMBDA="$PWD/.cache/tools-venv/bin/cargo-lambda"
 export MOTO_SERVER="$PWD/.cache/tools-venv/bin/moto_server"
@@ -55,17 +54,18 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 # The arm64 zip package (cargo-lambda and zig from PyPI; a debug build, for time), run by one
 # Lambda test under qemu-aarch64 with Debian's arm64 C libraries. It builds in the background
 # under SCHED_IDLE (`chrt --idle 0`), in its own build directory (cargo profile package-debug);
-# its test runs last. Its own session and process group (`setsid`), so that a failing run stops
-# it too. That session is an autogroup of its own, and where the kernel groups by session
-# (`sched_autogroup_enabled`) SCHED_IDLE yields only inside it: beside the setup step below the
-# job takes about half the CPU (docs/testing.md, "How long CI takes"). Giving its autogroup the
-# lowest weight made it yield, but then the job still ran during the tests, and two rollout
-# tests that starve the shadow lane with busy threads failed (2026-12-07); so it stays as it was.
+# its test runs last. Its own process group (job control, `set -m`), so that a failing run
+# stops it too, but this script's session: under Linux autogroups (`sched_autogroup_enabled`)
+# a session is a scheduling group and SCHED_IDLE yields only to tasks of its own group, so in
+# a session of its own (`setsid`, until 2026-12-07) it took half the machine beside the setup
+# step (docs/testing.md, "How long CI takes").
 mkdir -p target
 package_log=target/package-arm64.log
-setsid chrt --idle 0 bash scripts/package-lambda.sh arm64 --with-models --profile debug \
+set -m
+chrt --idle 0 bash scripts/package-lambda.sh arm64 --with-models --profile debug \
   > target/package-arm64.path 2> "$package_log" < /dev/null &
 package_pid=$!
+set +m
 trap 'kill -- "-$package_pid" 2> /dev/null || true' EXIT
 step "building the arm64 package in the background (log: $package_log)"
 wait_for_package() {
@@ -118,13 +118,29 @@ if ! echo "3e85deb501d4e538b6bc56f786231552  $SQUAD_DEV" | md5sum -c --status - 
 fi
 export QA_TEST_SQUAD_DEV="$SQUAD_DEV"
 
-# qemu-user and Debian's arm64 C libraries, for the arm64 package's test.
-if ! command -v qemu-aarch64 > /dev/null || [ ! -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] \
-  || [ ! -e /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ]; then
-  step "installing qemu-user and the arm64 C libraries from Debian"
+# qemu-user 10 or later and Debian's arm64 C libraries, for the arm64 package's test. ONNX
+# Runtime 1.31.1's aarch64 library reads the CPU's description when it loads and dies (SIGSEGV)
+# under Debian 12's qemu 7.2, which shows an emulated program the x86 host's /proc/cpuinfo;
+# qemu 10 shows it an arm64 one (docs/testing.md, "The arm64 package"). On Debian 12 it comes
+# from bookworm-backports, added to apt's sources for it.
+qemu_major() { qemu-aarch64 --version 2> /dev/null | sed -n 's/^qemu-aarch64 version \([0-9]*\)\..*/\1/p'; }
+if [ "$(qemu_major)" -lt 10 ] 2> /dev/null || [ -z "$(qemu_major)" ] \
+  || [ ! -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || [ ! -e /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ]; then
+  step "installing qemu-user (10 or later) and the arm64 C libraries from Debian"
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  from=()
+  if [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = bookworm ]; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n' \
+      | $sudo tee /etc/apt/sources.list.d/bookworm-backports.sources > /dev/null
+    from=(-t bookworm-backports)
+  fi
   $sudo apt-get update -q >&2
-  $sudo apt-get install -y -q qemu-user libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross >&2
+  $sudo apt-get install -y -q "${from[@]}" qemu-user >&2
+  $sudo apt-get install -y -q libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross >&2
+  if [ "$(qemu_major)" -lt 10 ] 2> /dev/null || [ -z "$(qemu_major)" ]; then
+    echo "test: the arm64 test needs qemu-aarch64 10 or later; this machine has $(qemu-aarch64 --version | head -n 1)" >&2
+    exit 1
+  fi
 fi
 
 # The arm64 package's test runs last, once the package is built; with arguments (a test name,

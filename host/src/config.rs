@@ -155,6 +155,9 @@ pub enum ConfigError {
     Manifest(#[from] ManifestError),
     #[error("{name}={value:?} is not {expected}")]
     BadSetting { name: &'static str, value: String, expected: &'static str },
+    /// A well-formed value this build cannot serve (an `s3://` guest without the `s3` feature).
+    #[error("{name}={value:?}: {reason}")]
+    Unsupported { name: &'static str, value: String, reason: &'static str },
 }
 
 /// The environment, read through `lookup` (the process environment in [`HostConfig::from_env`],
@@ -176,7 +179,11 @@ impl<F: Fn(&str) -> Option<String>> Settings<F> {
     /// A guest component: a path, or `s3://bucket/key`.
     fn guest(&self, name: &'static str) -> Result<Option<GuestLocation>, ConfigError> {
         let Some(value) = self.text(name) else { return Ok(None) };
-        value.parse().map(Some).map_err(|expected| ConfigError::BadSetting { name, value, expected })
+        let location = value.parse().map_err(|expected| ConfigError::BadSetting { name, value: value.clone(), expected })?;
+        if let GuestLocation::S3 { .. } = location {
+            crate::models::s3_available().map_err(|reason| ConfigError::Unsupported { name, value, reason })?;
+        }
+        Ok(Some(location))
     }
 
     fn parsed<T: std::str::FromStr>(&self, name: &'static str, expected: &'static str) -> Result<Option<T>, ConfigError> {

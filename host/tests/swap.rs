@@ -45,7 +45,7 @@ fn a_new_guest_is_picked_up_after_the_ttl_and_a_broken_one_is_rejected() {
     let fixture_answers = |body: &serde_json::Value| body["Answer"] == benz_request()["context"];
 
     // New guests that parse but cannot run: one that fails to link (it imports an interface
-    // this host does not provide; the WebAssembly text format, which wasmtime compiles too),
+    // this host does not provide; written in the WebAssembly text format),
     // and one that cannot be instantiated (its memory starts at 1 GiB, over the per-instance
     // cap: refused when it is loaded, before any request could start it). Each is rejected,
     // naming why, and the guest before it keeps serving.
@@ -54,7 +54,7 @@ fn a_new_guest_is_picked_up_after_the_ttl_and_a_broken_one_is_rejected() {
         (instance $empty)
         (export "qa:extractive/qa@0.3.0" (instance $empty)))"#;
     let cases = [
-        ("unlinkable", unlinkable.as_bytes().to_vec(), "example:unknown/thing"),
+        ("unlinkable", wat::parse_str(unlinkable).unwrap(), "example:unknown/thing"),
         ("oversized", std::fs::read(oversized_guest()).unwrap(), "memory has a minimum byte size"),
     ];
     for (what, bytes, reason) in cases {

@@ -524,9 +524,9 @@ mod tests {
         let engine = Engine::new(&crate::guest::engine_config()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let wasm_path = dir.path().join("guest.wasm");
-        let wasm = b"(component)".to_vec();
+        let wasm = wat::parse_str("(component)").unwrap();
         std::fs::write(&wasm_path, &wasm).unwrap();
-        let other = b"(component (core module))";
+        let other = &wat::parse_str("(component (core module))").unwrap();
         let key = b"operator key";
         let snapshot = write_shipped(&engine, &wasm_path, &wasm, Some("prepared-0123"), other, Some(key)).unwrap();
         let artifacts = Artifacts::new(&dir.path().join("cache"), Vec::new(), Some(key.to_vec()));

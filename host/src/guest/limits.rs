@@ -175,10 +175,13 @@ mod tests {
         let engine = Engine::new(&config).unwrap();
         let module = Module::new(
             &engine,
-            r#"(module
+            wat::parse_str(
+                r#"(module
                 (memory $a 1) (memory $b 1)
                 (func (export "grow_a") (param i32) (result i32) (memory.grow $a (local.get 0)))
                 (func (export "grow_b") (param i32) (result i32) (memory.grow $b (local.get 0))))"#,
+            )
+            .unwrap(),
         )
         .unwrap();
         let page = 64 << 10;
@@ -202,10 +205,13 @@ mod tests {
         let engine = Engine::default();
         let module = Module::new(
             &engine,
-            r#"(module
+            wat::parse_str(
+                r#"(module
                 (table $a 1 funcref) (table $b 1 funcref)
                 (func (export "grow_a") (param i32) (result i32) (table.grow $a (ref.null func) (local.get 0)))
                 (func (export "grow_b") (param i32) (result i32) (table.grow $b (ref.null func) (local.get 0))))"#,
+            )
+            .unwrap(),
         )
         .unwrap();
         let mut store = Store::new(&engine, InstanceLimits::new(1 << 30, MemoryBudget::new(None)));
@@ -227,9 +233,11 @@ mod tests {
     #[test]
     fn instances_share_the_host_s_budget_and_give_it_back() {
         let engine = Engine::default();
-        let module =
-            Module::new(&engine, r#"(module (memory 1) (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#)
-                .unwrap();
+        let module = Module::new(
+            &engine,
+            wat::parse_str(r#"(module (memory 1) (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#).unwrap(),
+        )
+        .unwrap();
         let page = 64 << 10;
         let budget = MemoryBudget::new(Some(100 * page));
         let instance = |budget: &MemoryBudget| {

@@ -59,6 +59,7 @@ pub fn parse_location(text: &str) -> Result<Location, ManifestError> {
             "" => String::new(),
             p => format!("{p}/"),
         };
+        super::s3_available().map_err(|why| ManifestError(format!("{text:?}: {why}")))?;
         return Ok(Location::S3 { bucket: bucket.to_string(), prefix });
     }
     let dir = |path: &str| {

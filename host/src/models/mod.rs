@@ -4,15 +4,35 @@
 //! (downloaded into a cache under `/tmp`). The [`ModelCatalog`] maps the names requests use
 //! (`model_type`) to sources, from a manifest ([`manifest`]) and by discovering directories.
 
+#[cfg(feature = "s3")]
 pub mod download;
 mod efs;
 mod image;
 pub mod manifest;
+#[cfg(feature = "s3")]
 pub mod s3;
+/// A host built without the `s3` feature (the README's first command, which answers from the
+/// image's model) has no S3 client; its settings refuse S3 locations (`s3_available`).
+#[cfg(not(feature = "s3"))]
+#[path = "s3_absent.rs"]
+pub mod s3;
+mod s3_settings;
 
 pub use efs::EfsSource;
 pub use image::ImageSource;
-pub use s3::{S3Connector, S3Settings, S3Source};
+pub use s3::{S3Connector, S3Source};
+pub use s3_settings::S3Settings;
+
+/// Whether this build can fetch from S3; where not, what to do about it, for the setting that
+/// named an `s3://` location.
+pub fn s3_available() -> Result<(), &'static str> {
+    if cfg!(feature = "s3") {
+        Ok(())
+    } else {
+        Err("this qa-host was built without S3 support (the `s3` cargo feature, left out by `scripts/run.sh` \
+             to answer sooner): build it with `bash scripts/setup.sh` or `cargo build -p qa-host`")
+    }
+}
 
 use std::collections::BTreeMap;
 use std::future::Future;
