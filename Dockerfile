@@ -127,6 +127,10 @@ RUN --mount=type=cache,target=/root/.cargo/registry \
  && cp target/release/qa-host /out/bootstrap
 COPY --from=guest /out/qa-guest.wasm /out/qa-guest.wasm
 COPY --from=models /models/ /models/
+# Each model's graph optimized once here instead of at every cold start (about half of
+# building its session; docs/performance.md, "Cold start"), by the release the image ships,
+# at the level whose saved graphs hold no machine-specific layouts.
+RUN find /models -mindepth 1 -maxdepth 1 -type d -exec /out/bootstrap optimize-model {} +
 # The guest precompiled by the bootstrap itself: same wasmtime, same settings, beside it the
 # instrumented guest and the guest's snapshot for each model the image ships (the snapshot a
 # request starts from, with the model's tokenizer parsed). They carry this machine's CPU
@@ -138,7 +142,7 @@ RUN /out/bootstrap compile-guest --guest /out/qa-guest.wasm --models-dir /models
 FROM public.ecr.aws/lambda/provided:al2023
 COPY --from=build /out/bootstrap ${LAMBDA_RUNTIME_DIR}/bootstrap
 COPY --from=build /out/libonnxruntime.so /out/qa-guest.wasm /out/qa-guest.wasm.*.cwasm ${LAMBDA_TASK_ROOT}/
-COPY --from=models /models/ ${LAMBDA_TASK_ROOT}/models/
+COPY --from=build /models/ ${LAMBDA_TASK_ROOT}/models/
 # Each deployment template overrides QA_PRELOAD (and adds QA_MODELS) for its own models.
 ENV ORT_DYLIB_PATH=${LAMBDA_TASK_ROOT}/libonnxruntime.so \
     QA_GUEST=${LAMBDA_TASK_ROOT}/qa-guest.wasm \

@@ -13,7 +13,9 @@
 #                                                     guest, the instrumented guest, a snapshot
 #                                                     per model in the layout
 #   OUT_DIR/var/task/models/                          models/ (only models/README.md when
-#                                                     WITH_MODELS=false, as the build argument)
+#                                                     WITH_MODELS=false, as the build argument),
+#                                                     each graph optimized by `bootstrap
+#                                                     optimize-model`
 # and OUT_DIR/env: the base image's LAMBDA_TASK_ROOT and LAMBDA_RUNTIME_DIR, then the final
 # stage's ENV, one KEY=VALUE a line (unquoted), each ${VAR} expanded as in the build and each
 # value under /var/task or /var/runtime moved under OUT_DIR, so the paths in it are absolute
@@ -135,7 +137,10 @@ SOURCES = {
     ("build", "/out/qa-guest.wasm"): os.path.join(target_dir, "wasm32-wasip2/release/qa-guest.wasm"),
     ("build", "/out/qa-guest.wasm.*.cwasm"): "compile-guest",
     ("models", "/models/"): models if with_models == "true" else os.path.join(models, "README.md"),
+    # The build stage's copy of the models, each graph optimized by the bootstrap (below).
+    ("build", "/models/"): models if with_models == "true" else os.path.join(models, "README.md"),
 }
+OPTIMIZED = ("build", "/models/")
 
 # Start from an empty OUT_DIR, or replace an earlier layout.
 leftovers = set(os.listdir(out)) - {"var", "env"}
@@ -145,7 +150,7 @@ shutil.rmtree(os.path.join(out, "var"), ignore_errors=True)
 if os.path.exists(os.path.join(out, "env")):
     os.remove(os.path.join(out, "env"))
 
-copied, compile_into = [], None
+copied, compile_into, optimize_into = [], None, None
 for number, text in all_instructions[froms[-1] + 1 :]:
     where = f"Dockerfile:{number}"
     keyword, _, rest = text.partition(" ")
@@ -197,6 +202,8 @@ for number, text in all_instructions[froms[-1] + 1 :]:
         if local == "compile-guest":
             compile_into = dest_dir.rstrip("/")
             continue
+        if (stage, source) == OPTIMIZED:
+            optimize_into = target.rstrip("/")
         if not os.path.exists(local):
             fail(f"{where}: {local} (for {source}) does not exist: build it first (scripts/setup.sh builds debug)")
         if os.path.isdir(local):
@@ -213,12 +220,18 @@ layout_env = {key: in_layout(env[key]) for key in env_keys}
 bootstrap = in_layout("/var/runtime/bootstrap")
 if not os.access(bootstrap, os.X_OK):
     fail(f"the final stage does not install an executable {bootstrap}")
+run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **layout_env}
+if optimize_into is not None:
+    # Each model's graph optimized by the bootstrap, as the image build does, before the guest's
+    # snapshots are made from them. The copies are new files, so the repository's stay as they are.
+    dirs = [os.path.join(optimize_into, d) for d in sorted(os.listdir(optimize_into)) if os.path.isdir(os.path.join(optimize_into, d))]
+    if dirs and subprocess.run([bootstrap, "optimize-model", *dirs], env=run_env, stdout=subprocess.DEVNULL).returncode != 0:
+        fail(f"{bootstrap} optimize-model failed")
 if compile_into is not None:
     guest = os.path.join(compile_into, "qa-guest.wasm")
     if not os.path.isfile(guest):
         fail(f"the compiled guest goes to {compile_into}, but no qa-guest.wasm was copied there")
     # The bootstrap precompiles the guest beside it, as the image build does (its own env only).
-    run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **layout_env}
     result = subprocess.run([bootstrap, "compile-guest", "--guest", guest], env=run_env,
                             stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:

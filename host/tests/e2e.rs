@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use qa_host::api::QaRequest;
+use std::path::Path;
 use std::process::Command;
 
 fn sample() -> QaRequest {
@@ -405,6 +406,56 @@ fn ask_command_prints_the_sample_answer() {
     assert_eq!(json["Answer"], "1886");
     assert_eq!(json["Model_Type"], "nlp1");
     assert_eq!(json["Question"], "When was the car invented?");
+}
+
+/// `optimize-model` replaces a model's graph with ONNX Runtime's optimized one and marks it;
+/// the host then loads it without optimizing (and says so) and answers exactly as from the
+/// original, to the last bit of the score. A marker that no longer describes the file (here,
+/// another release's) loads it the usual way, with the same answer.
+#[test]
+fn an_optimized_model_loads_as_saved_and_answers_as_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("models/nlp1");
+    std::fs::create_dir_all(&model).unwrap();
+    for file in ["model.onnx", "tokenizer.json", "config.json"] {
+        std::fs::copy(models_dir().join("nlp1").join(file), model.join(file)).unwrap();
+    }
+    let ask = |models: &Path| {
+        let output = host_bin()
+            .env("QA_MODELS_DIR", models)
+            .env("QA_LOG", "info")
+            .env("QA_LOG_FORMAT", "text")
+            .args(["ask", "--request"])
+            .arg(workspace().join("fixtures/benz.json"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        (answer["answers"].clone(), String::from_utf8_lossy(&output.stderr).contains("loaded as saved"))
+    };
+    let (original, as_saved) = ask(&models_dir());
+    assert!(!as_saved, "the repository's model is optimized at load");
+    let stamp = |path: &Path| std::fs::metadata(path).map(|m| (m.len(), m.modified().unwrap())).unwrap();
+    let repository_model = stamp(&models_dir().join("nlp1/model.onnx"));
+
+    let optimized = host_bin().arg("optimize-model").arg(&model).output().unwrap();
+    assert!(optimized.status.success(), "{}", String::from_utf8_lossy(&optimized.stderr));
+    let marker: serde_json::Value = serde_json::from_slice(&optimized.stdout).unwrap();
+    assert_eq!(marker["level"], "extended");
+    assert_ne!(marker["sha256"], marker["source_sha256"], "the graph was rewritten");
+    assert_eq!(std::fs::read(model.join("model.optimized.json")).map(|b| !b.is_empty()).ok(), Some(true));
+    assert_eq!(stamp(&models_dir().join("nlp1/model.onnx")), repository_model, "the repository's model is untouched");
+
+    let (answers, as_saved) = ask(&dir.path().join("models"));
+    assert!(as_saved, "the optimized graph is loaded as saved");
+    assert_eq!(answers, original, "the same answers and scores, bit for bit");
+
+    let mut stale = marker.clone();
+    stale["onnxruntime"] = "0.0.1".into();
+    std::fs::write(model.join("model.optimized.json"), stale.to_string()).unwrap();
+    let (answers, as_saved) = ask(&dir.path().join("models"));
+    assert!(!as_saved, "a marker of another release is not trusted");
+    assert_eq!(answers, original);
 }
 
 /// With none of its path settings, `qa-host` finds the guest beside its executable, the models

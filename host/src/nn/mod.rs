@@ -6,6 +6,7 @@
 pub mod cpu;
 pub mod model_file;
 pub mod onnx;
+pub mod optimized;
 pub mod schedule;
 pub mod wit;
 
@@ -100,7 +101,11 @@ pub const TESTED_RUNTIMES: std::ops::RangeInclusive<(u32, u32)> = (1, 22)..=(1, 
 /// Logs the release of the library ONNX Runtime was loaded from, with a warning when it is
 /// outside [`TESTED_RUNTIMES`] (older ones `ort` has already refused).
 fn log_runtime_version(path: &Path) {
-    match runtime_version(path) {
+    let version = runtime_version(path);
+    if let Ok(version) = &version {
+        let _ = LOADED_RUNTIME.set(version.clone());
+    }
+    match version {
         Ok(version) if is_tested_runtime(&version) => tracing::info!(%version, path = %path.display(), "ONNX Runtime loaded"),
         Ok(version) => tracing::warn!(
             %version,
@@ -110,6 +115,14 @@ fn log_runtime_version(path: &Path) {
         ),
         Err(reason) => tracing::warn!(path = %path.display(), %reason, "ONNX Runtime loaded, its release unknown"),
     }
+}
+
+static LOADED_RUNTIME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The release of the ONNX Runtime this process loaded (`1.31.1`), once [`init_onnx_runtime`]
+/// has loaded it and could read it.
+pub fn loaded_runtime_version() -> Option<&'static str> {
+    LOADED_RUNTIME.get().map(String::as_str)
 }
 
 /// Whether a version string (`1.31.1`) is a release within [`TESTED_RUNTIMES`].

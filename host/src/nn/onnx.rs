@@ -8,7 +8,7 @@
 //! that it references no data outside its own directory.
 
 use super::schedule::{Build, Call, Lane, Pool, Priority};
-use super::{Model, NamedTensor, NnError, RunControl, Tensor, TensorType, model_file};
+use super::{Model, NamedTensor, NnError, RunControl, Tensor, TensorType, model_file, optimized};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionOutputs};
 use ort::tensor::{PrimitiveTensorElementType, TensorElementType};
@@ -54,23 +54,44 @@ impl OnnxBackend {
     pub fn load_model_dir(&self, dir: &Path) -> Result<Arc<OnnxModel>, NnError> {
         let path = dir.join("model.onnx");
         model_file::check(&path).map_err(|source| NnError::ModelRefused { path: path.clone(), source })?;
-        let first = self.session(&path)?;
-        OnnxModel::new(first, *self, path.clone()).map(Arc::new).map_err(|reason| NnError::ModelUnloadable { path, reason })
+        let graph = Graph::of(path);
+        let first = self.session_of(&graph)?;
+        let path = graph.path.clone();
+        OnnxModel::new(first, *self, graph).map(Arc::new).map_err(|reason| NnError::ModelUnloadable { path, reason })
     }
 
     /// An ONNX Runtime session for `path` with exactly the settings the guest's graphs get
     /// (the native benchmark rows use it, so they measure the same runtime configuration).
     pub fn session(&self, path: &Path) -> Result<Session, NnError> {
-        self.commit(path, self.builder())
+        self.session_of(&Graph::of(path.to_path_buf()))
+    }
+
+    fn session_of(&self, graph: &Graph) -> Result<Session, NnError> {
+        self.commit(&graph.path, self.builder(graph.optimization()))
     }
 
     /// A session of the shadow lane: one thread of its own (the lane's, at the lowest
     /// priority), never spinning, outside the shared pool.
-    fn lane_session(&self, path: &Path) -> Result<Session, NnError> {
-        let builder = self.builder().and_then(|b| {
+    fn lane_session(&self, graph: &Graph) -> Result<Session, NnError> {
+        let builder = self.builder(graph.optimization()).and_then(|b| {
             b.with_independent_thread_pool()?.with_intra_threads(1)?.with_intra_op_spinning(false)?.with_inter_op_spinning(false)
         });
-        self.commit(path, builder)
+        self.commit(&graph.path, builder)
+    }
+
+    /// Replaces `dir/model.onnx` with ONNX Runtime's optimized graph of it and marks it so
+    /// (`qa-host optimize-model`; [`optimized`]): later loads by this release skip optimizing.
+    pub fn optimize_model_dir(&self, dir: &Path) -> Result<optimized::Optimized, NnError> {
+        let path = dir.join("model.onnx");
+        model_file::check(&path).map_err(|source| NnError::ModelRefused { path: path.clone(), source })?;
+        let runtime = super::loaded_runtime_version()
+            .ok_or_else(|| NnError::ModelUnloadable { path: path.clone(), reason: "the ONNX Runtime release is unknown".into() })?;
+        optimized::optimize(dir, runtime, |from, to| {
+            let builder = Session::builder()
+                .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level2))
+                .and_then(|b| b.with_optimized_model_path(to));
+            self.commit(from, builder).map(drop)
+        })
     }
 
     fn commit(&self, path: &Path, builder: ort::Result<ort::session::builder::SessionBuilder>) -> Result<Session, NnError> {
@@ -81,8 +102,8 @@ impl OnnxBackend {
         })
     }
 
-    fn builder(&self) -> ort::Result<ort::session::builder::SessionBuilder> {
-        let mut builder = Session::builder()?.with_optimization_level(GraphOptimizationLevel::Level3)?;
+    fn builder(&self, optimization: GraphOptimizationLevel) -> ort::Result<ort::session::builder::SessionBuilder> {
+        let mut builder = Session::builder()?.with_optimization_level(optimization)?;
         // Memory patterns (one block planned per input shape) cost about 36 MiB more peak
         // memory on long documents at the same speed (bench/long_docs.py, measured side by
         // side): off.
@@ -92,6 +113,36 @@ impl OnnxBackend {
             builder = builder.with_execution_providers([cpu])?;
         }
         Ok(builder)
+    }
+}
+
+/// A model file and how ONNX Runtime treats its graph: optimized at load (every level), or
+/// as saved where [`optimized::already_optimized`] holds for it. Decided once per load, so the
+/// file is hashed once however many sessions it gets.
+#[derive(Clone, Debug)]
+struct Graph {
+    path: PathBuf,
+    as_saved: bool,
+}
+
+impl Graph {
+    fn of(path: PathBuf) -> Self {
+        let runtime = super::loaded_runtime_version().unwrap_or("unknown");
+        let as_saved = match optimized::already_optimized(&path, runtime) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), runtime, "model graph optimized when packaged: loaded as saved");
+                true
+            }
+            Err(reason) => {
+                tracing::debug!(path = %path.display(), %reason, "model graph optimized at load");
+                false
+            }
+        };
+        Self { path, as_saved }
+    }
+
+    fn optimization(&self) -> GraphOptimizationLevel {
+        if self.as_saved { GraphOptimizationLevel::Disable } else { GraphOptimizationLevel::Level3 }
     }
 }
 
@@ -229,15 +280,15 @@ pub struct OnnxModel {
 }
 
 impl OnnxModel {
-    fn new(first: Session, backend: OnnxBackend, path: PathBuf) -> Result<Self, String> {
+    fn new(first: Session, backend: OnnxBackend, graph: Graph) -> Result<Self, String> {
         let inputs = first.inputs.iter().map(|i| Port::new(&i.name, &i.input_type)).collect::<Result<_, _>>()?;
         let outputs = first.outputs.iter().map(|o| Port::new(&o.name, &o.output_type)).collect::<Result<_, _>>()?;
-        let more = path.clone();
-        let build: Build<Session> = Arc::new(move || backend.session(&more).map_err(|e| e.client_reason()));
+        let more = graph.clone();
+        let build: Build<Session> = Arc::new(move || backend.session_of(&more).map_err(|e| e.client_reason()));
         let sessions = Arc::new(Pool::growing(vec![first], backend.settings.sessions, Some(build)));
         // The shadow lane's session is built on its first run: only hosts with a shadow
         // candidate pay for it.
-        let shadow = Lane::new("qa-shadow-inference", move || backend.lane_session(&path).map_err(|e| e.client_reason()));
+        let shadow = Lane::new("qa-shadow-inference", move || backend.lane_session(&graph).map_err(|e| e.client_reason()));
         Ok(Self { sessions, shadow, inputs, outputs })
     }
 
