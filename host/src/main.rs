@@ -62,7 +62,7 @@ enum Command {
         target: Option<String>,
     },
     /// Replace each model directory's `model.onnx` with ONNX Runtime's optimized graph of it
-    /// and mark it (`model.optimized.json`: the release, the file's SHA-256), so that this
+    /// and mark it (`model.optimized.json`: the release, the file's CRC-32), so that this
     /// ONNX Runtime release loads it without optimizing again: about half of a session's build
     /// time at cold start. Run on the copy a package ships, not on a model you keep editing.
     OptimizeModel {

@@ -510,6 +510,8 @@ fn the_container_image_layout_runs_as_a_bootstrap_under_the_emulator() {
     assert!(prepared.contains("nlp1") && prepared.contains("Shipped"), "the shipped snapshot was used: {prepared}");
     let answer = envelope_body(&lambda.invoke(&http_v2(&benz_request().to_string(), false)), 200);
     assert_eq!(answer["Answer"], "1886");
+    assert!(lambda.logged("loaded as saved"), "the image's model graph was optimized when built: {:?}", lambda.function.lines());
+    assert!(!workspace().join("models/nlp1/model.optimized.json").exists(), "the repository's model is left as it is");
 }
 
 /// A bootstrap that cannot start (here: its guest is missing) tells the Runtime API why on
@@ -691,6 +693,7 @@ fn answers_from_the_package(lambda: &Lambda, timeout: Duration) {
     let answer = envelope_body(&lambda.invoke(&http_v2(&benz_request().to_string(), false)), 200);
     assert_eq!(answer["Answer"], "1886", "{answer}");
     assert!(!lambda.logged("compiled guest"), "nothing was compiled: {:?}", lambda.function.lines());
+    assert!(lambda.logged("loaded as saved"), "the package's model graph was optimized when packaged: {:?}", lambda.function.lines());
 }
 
 /// `scripts/package-lambda.sh` makes the zip Lambda runs: unpacked as Lambda unpacks it, its
