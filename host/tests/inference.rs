@@ -282,28 +282,35 @@ fn a_shadow_that_hogs_inference_does_not_stretch_served_latency() {
     let hogs = || shadowed.process.count(SHADOW_RAN);
     let hogs_before = hogs();
     let measuring = Instant::now();
+    // The lane was busy for most of the measurement: the runs that ended during it (each
+    // logs how long it ran; a run cut by the shadow's deadline still hogged until then).
+    let busy = || -> u64 {
+        shadowed.process.lines()[..]
+            .iter()
+            .filter(|l| l.contains(SHADOW_RAN))
+            .skip(hogs_before)
+            .map(|l| l.split("ms=").nth(1).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+            .sum()
+    };
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    // Until at least 30 samples each and until shadow runs ended during the measurement.
-    while a.len() < 30 || hogs() < hogs_before + 2 {
-        assert!(a.len() < 2000, "the shadow's inference never ran");
+    // Until at least 30 samples each, shadow runs ended during the measurement, and they kept
+    // the lane busy for half of it (a run that started late on a loaded machine left it at 49 %
+    // once, 2026-12-08: measuring on until it holds, rather than failing, keeps the claim's
+    // condition without depending on when the first run began).
+    let (measured, busy) = loop {
+        let (elapsed, busy) = (measuring.elapsed(), busy());
+        if a.len() >= 30 && hogs() >= hogs_before + 2 && Duration::from_millis(busy) * 2 >= elapsed {
+            break (elapsed, busy);
+        }
+        assert!(a.len() < 2000, "the shadow's inference never ran for half the measurement");
         let (status, reply, took) = timed(&alone, &body);
         assert_eq!(status, 200, "{reply}");
         a.push(took);
         let (status, reply, took) = timed(&shadowed, &body);
         assert_eq!(status, 200, "{reply}");
         b.push(took);
-    }
-    let measured = measuring.elapsed();
-    // The lane was busy for most of the measurement: the runs that ended during it (each
-    // logs how long it ran; a run cut by the shadow's deadline still hogged until then).
-    let busy: u64 = shadowed.process.lines()[..]
-        .iter()
-        .filter(|l| l.contains(SHADOW_RAN))
-        .skip(hogs_before)
-        .map(|l| l.split("ms=").nth(1).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-        .sum();
+    };
     eprintln!("the shadow lane ran {busy} ms of inference during {:.0} ms of measurement", ms(measured));
-    assert!(Duration::from_millis(busy) * 2 >= measured, "the shadow hogged inference for at most half the measurement");
     let (a50, a99, b50, b99) = (percentile(&a, 0.5), percentile(&a, 0.99), percentile(&b, 0.5), percentile(&b, 0.99));
     eprintln!(
         "{} requests each: alone p50 {:.0} ms p99 {:.0} ms; beside a hogging shadow p50 {:.0} ms p99 {:.0} ms",
