@@ -129,14 +129,14 @@ COPY --from=guest /out/qa-guest.wasm /out/qa-guest.wasm
 COPY --from=models /models/ /models/
 # Each model's graph optimized once here instead of at every cold start (about half of
 # building its session; docs/performance.md, "Cold start"), by the release the image ships,
-# at the level whose saved graphs hold no machine-specific layouts.
-RUN find /models -mindepth 1 -maxdepth 1 -type d -exec /out/bootstrap optimize-model {} +
+# at the level whose saved graphs hold no machine-specific layouts (first, in the RUN below).
 # The guest precompiled by the bootstrap itself: same wasmtime, same settings, beside it the
 # instrumented guest and the guest's snapshot for each model the image ships (the snapshot a
 # request starts from, with the model's tokenizer parsed). They carry this machine's CPU
 # features; on a Lambda host that lacks one, wasmtime refuses them and the guest is compiled
 # at cold start (about 1.3 s; a snapshot about 4 s) and cached in /tmp instead.
-RUN /out/bootstrap compile-guest --guest /out/qa-guest.wasm --models-dir /models
+RUN find /models -mindepth 1 -maxdepth 1 -type d -exec /out/bootstrap optimize-model {} + \
+ && /out/bootstrap compile-guest --guest /out/qa-guest.wasm --models-dir /models
 
 # ---------------------------------------------------------------------------------------------
 FROM public.ecr.aws/lambda/provided:al2023
