@@ -127,8 +127,8 @@ RUN --mount=type=cache,target=/root/.cargo/registry \
  && cp target/release/qa-host /out/bootstrap
 COPY --from=guest /out/qa-guest.wasm /out/qa-guest.wasm
 COPY --from=models /models/ /models/
-# Each model's graph optimized once here instead of at every cold start (about half of
-# building its session; docs/performance.md, "Cold start"), by the release the image ships,
+# Each model's graph optimized once here instead of at every cold start (its cold
+# load in about 0.88x the time; docs/performance.md, "Cold start"), by the release the image ships,
 # at the level whose saved graphs hold no machine-specific layouts (first, in the RUN below).
 # The guest precompiled by the bootstrap itself: same wasmtime, same settings, beside it the
 # instrumented guest and the guest's snapshot for each model the image ships (the snapshot a

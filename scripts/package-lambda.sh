@@ -98,8 +98,8 @@ cp "$lib" "$stage/libonnxruntime.so"
 cp target/wasm32-wasip2/release/qa-guest.wasm "$stage/qa-guest.wasm"
 if [ "$with_models" = true ]; then
   cp -r models/. "$stage/models/"
-  # Each model's graph optimized once here instead of at every cold start (about half of
-  # building its session; docs/performance.md, "Cold start"): by this machine's ONNX Runtime,
+  # Each model's graph optimized once here instead of at every cold start (its cold
+  # load in about 0.88x the time; docs/performance.md, "Cold start"): by this machine's ONNX Runtime,
   # the release both packages carry (scripts/env.sh), at the level whose saved graphs hold no
   # machine-specific layouts, so the arm64 package's ONNX Runtime loads them as saved too.
   find "$stage/models" -mindepth 1 -maxdepth 1 -type d -exec "$QA_HOST_BIN" optimize-model {} + > /dev/null

@@ -63,8 +63,8 @@ enum Command {
     },
     /// Replace each model directory's `model.onnx` with ONNX Runtime's optimized graph of it
     /// and mark it (`model.optimized.json`: the release, the file's CRC-32), so that this
-    /// ONNX Runtime release loads it without optimizing again: about half of a session's build
-    /// time at cold start. Run on the copy a package ships, not on a model you keep editing.
+    /// ONNX Runtime release loads it without optimizing again (its cold load in about 0.88x
+    /// the time; docs/performance.md). Run on the copy a package ships, not on a model you keep editing.
     OptimizeModel {
         /// Model directories (each holding `model.onnx`).
         #[arg(required = true)]

@@ -129,7 +129,7 @@ impl Graph {
     fn of(path: PathBuf) -> Self {
         let runtime = super::loaded_runtime_version().unwrap_or("unknown");
         let as_saved = match optimized::already_optimized(&path, runtime) {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::info!(path = %path.display(), runtime, "model graph optimized when packaged: loaded as saved");
                 true
             }
