@@ -154,6 +154,17 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Writes one line of output. A reader that has gone (`qa-host ask | head -1`) ends the output
+/// quietly, as other command-line tools do, where `println!` would panic.
+fn print_line(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error).context("writing to standard output"),
+        _ => Ok(()),
+    }
+}
+
 /// The error and its causes on one line, each cause once: many of this crate's errors already
 /// print their source, which anyhow's `{:#}` would repeat.
 fn describe(error: &anyhow::Error) -> String {
@@ -253,11 +264,11 @@ async fn ask(service: Arc<QaService>, args: AskArgs) -> Result<ExitCode, Failure
     }
     match service.reply_within(request, None, "cli").await {
         Ok(response) => {
-            println!("{}", serde_json::to_string_pretty(&response).context("printing the response")?);
+            print_line(serde_json::to_string_pretty(&response).context("printing the response")?)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
-            println!("{}", error.body("cli"));
+            print_line(error.body("cli"))?;
             eprintln!("qa-host: {error}");
             Ok(ExitCode::from(1))
         }
@@ -293,7 +304,7 @@ async fn eval(service: Arc<QaService>, args: EvalArgs) -> Result<ExitCode, Failu
         let json = serde_json::to_vec_pretty(&predicted).context("predictions as JSON")?;
         std::fs::write(&path, json).with_context(|| path.display().to_string())?;
     }
-    println!("{}", serde_json::to_string_pretty(&report).context("printing the report")?);
+    print_line(serde_json::to_string_pretty(&report).context("printing the report")?)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -304,7 +315,7 @@ fn optimize_models(config: &HostConfig, dirs: &[PathBuf]) -> anyhow::Result<Exit
     for dir in dirs {
         let started = std::time::Instant::now();
         let done = backend.optimize_model_dir(dir)?;
-        println!("{}", serde_json::to_string(&done.marker).context("printing the marker")?);
+        print_line(serde_json::to_string(&done.marker).context("printing the marker")?)?;
         eprintln!("qa-host: optimized {} in {} ms", done.model.display(), started.elapsed().as_millis());
     }
     Ok(ExitCode::SUCCESS)
@@ -321,7 +332,7 @@ async fn compile_guest(config: &HostConfig, target: Option<&str>) -> anyhow::Res
         anyhow::bail!("compile-guest compiles a guest on local disk; QA_GUEST={} is in S3", config.guest_wasm);
     };
     let path = write_shipped_artifact(&engine, wasm, key.as_deref())?;
-    println!("{}", path.display());
+    print_line(path.display())?;
     let catalog = qa_host::models::ModelCatalog::build(&config.models_dir, &config.manifest, config.s3.clone());
     let mut models = Vec::new();
     for name in catalog.names() {
@@ -334,7 +345,7 @@ async fn compile_guest(config: &HostConfig, target: Option<&str>) -> anyhow::Res
         GuestRuntime::load(wasm, Artifacts::from_env(&config.cache_dir).with_cache_limit(config.cache_bytes), config.guest_settings())
             .await?;
     for path in runtime.ship_snapshots(&models, key.as_deref(), &engine).await? {
-        println!("{}", path.display());
+        print_line(path.display())?;
     }
     let names: Vec<&str> = models.iter().map(|(name, _)| name.as_str()).collect();
     let target = target.unwrap_or("this machine");

@@ -408,6 +408,25 @@ fn ask_command_prints_the_sample_answer() {
     assert_eq!(json["Question"], "When was the car invented?");
 }
 
+/// `qa-host ask | head -1`: the reader of the answer has gone before it is written (here its
+/// pipe is closed at once). The host ends quietly and successfully, as other command-line tools
+/// do, instead of panicking on the broken pipe.
+#[test]
+fn ask_into_a_closed_pipe_ends_quietly() {
+    let mut child = host_bin()
+        .args(["ask", "--request"])
+        .arg(workspace().join("fixtures/benz.json"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run qa-host");
+    drop(child.stdout.take()); // the only read end: every write now fails with EPIPE
+    let output = child.wait_with_output().expect("wait for qa-host");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "exit {:?}: {stderr}", output.status);
+}
+
 /// `optimize-model` replaces a model's graph with ONNX Runtime's optimized one and marks it;
 /// the host then loads it without optimizing (and says so) and answers exactly as from the
 /// original, to the last bit of the score. A marker that no longer describes the file (here,
